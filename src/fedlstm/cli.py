@@ -1,0 +1,211 @@
+"""The `fedlstm` command: a thin layer over the library, rendering with rich."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+from fedlstm import __version__
+from fedlstm.training.loop import Reporter
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Federated LSTM intrusion and anomaly detection.")
+data_app = typer.Typer(no_args_is_help=True, help="Find, fetch and describe datasets.")
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+out_console = Console()
+
+DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Dataset folder (default: $FEDLSTM_DATA).")]
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)])
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+class RichReporter(Reporter):
+    def __init__(self, label: str):
+        self.label = label
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=console, transient=False)
+
+    def start(self, epochs: int, batches_per_epoch: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task(f"{self.label} epoch 1/{epochs}",
+                                           total=epochs * batches_per_epoch)
+        self.epochs = epochs
+
+    def advance(self, n: int = 1) -> None:
+        self.progress.advance(self.task, n)
+
+    def epoch_end(self, record: dict) -> None:
+        e = record["epoch"]
+        val = f" val_loss {record['val_loss']:.4f} val_acc {record['val_accuracy']:.4f}" \
+            if "val_loss" in record else ""
+        self.progress.console.print(f"epoch {e}: train_loss {record['train_loss']:.4f} "
+                                    f"train_acc {record['train_accuracy']:.4f}{val}")
+        self.progress.update(self.task, description=f"{self.label} epoch {min(e + 1, self.epochs)}/{self.epochs}")
+
+    def finish(self) -> None:
+        self.progress.stop()
+
+
+@data_app.command("fetch")
+def data_fetch(names: Annotated[Optional[list[str]], typer.Argument(help="Datasets (default: all).")] = None,
+               data_dir: DataDir = None,
+               mirror: Annotated[Optional[str], typer.Option(help="Base URL serving <folder>/<file>.")] = None,
+               force: bool = False) -> None:
+    """Download datasets from their publishers (or a mirror), verifying sha256."""
+    from fedlstm.data.fetch import fetch_dataset
+    from fedlstm.data.registry import data_dir as resolve
+    from fedlstm.data.schemas import DATASETS, get_spec
+
+    try:
+        root = resolve(data_dir)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} B"),
+                      TimeRemainingColumn(), console=console) as progress:
+            def factory(name: str, total: int | None):
+                task = progress.add_task(name, total=total)
+                return lambda n: progress.advance(task, n)
+
+            for name in names or list(DATASETS):
+                for path in fetch_dataset(get_spec(name), root, mirror=mirror,
+                                          progress_factory=factory, force=force):
+                    console.print(f"[green]ok[/] {path}")
+    except (KeyError, OSError, ValueError, RuntimeError) as exc:
+        _fail(exc)
+
+
+@data_app.command("info")
+def data_info(name: str, data_dir: DataDir = None, lenient: bool = False) -> None:
+    """Files, rows, class and attack-family distribution of a dataset."""
+    from fedlstm.data.readers import read_records
+    from fedlstm.data.registry import data_dir as resolve
+    from fedlstm.data.registry import locate
+    from fedlstm.data.schemas import get_spec
+
+    try:
+        spec = get_spec(name)
+        root = resolve(data_dir)
+        out_console.print(f"[bold]{spec.title}[/] ({spec.name}): {len(spec.feature_columns)} features "
+                          f"({len(spec.categorical)} categorical); order: {spec.order_note}")
+        for fspec in spec.files:
+            try:
+                path = locate(spec, fspec.role, root)
+            except FileNotFoundError as exc:
+                out_console.print(f"[yellow]{fspec.role}[/]: {exc}")
+                continue
+            recs = read_records(path, spec, lenient=lenient)
+            table = Table(title=f"{fspec.role}: {path} ({len(recs):,} rows)")
+            table.add_column("family")
+            table.add_column("rows", justify="right")
+            table.add_column("share", justify="right")
+            for fam, n in Counter(recs.family).most_common():
+                table.add_row(fam, f"{n:,}", f"{n / len(recs):.2%}")
+            out_console.print(table)
+            out_console.print(f"attack types: {len(set(recs.attack)) - 1}; duplicate records: "
+                              f"{int(recs.frame.assign(a=recs.attack).duplicated().sum()):,}")
+    except (KeyError, OSError, ValueError) as exc:
+        _fail(exc)
+
+
+def _summary_table(metrics: dict) -> Table:
+    table = Table(title=f"{metrics['dataset']} / protocol {metrics['protocol']} / {metrics['mode']}")
+    for col in ("set", "n", "accuracy", "precision", "recall", "f1", "roc_auc", "fpr"):
+        table.add_column(col, justify="right")
+    for name, ev in metrics["evaluations"].items():
+        b = ev["binary"]
+        table.add_row(name, f"{b['n']:,}", *(f"{b[k]:.4f}" if b[k] is not None else "-"
+                                             for k in ("accuracy", "precision", "recall", "f1",
+                                                       "roc_auc", "fpr")))
+    return table
+
+
+@app.command()
+def train(
+    dataset: Annotated[Optional[str], typer.Option(help="nsl-kdd | kdd99 | unsw-nb15")] = None,
+    protocol: Annotated[Optional[str], typer.Option(help="official | random-split")] = None,
+    window: Annotated[Optional[int], typer.Option(help="Records per window (W).")] = None,
+    task: Annotated[Optional[str], typer.Option(help="binary | family")] = None,
+    epochs: Annotated[Optional[int], typer.Option()] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
+    out: Annotated[Path, typer.Option(help="Run directory to create.")] = Path("runs/latest"),
+    config: Annotated[Optional[Path], typer.Option(help="TOML or JSON run configuration.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value")] = None,
+    data_dir: DataDir = None,
+    overwrite: bool = False,
+) -> None:
+    """Train and evaluate the centralised LSTM detector; writes a run directory."""
+    from fedlstm.config import load_config
+    from fedlstm.pipeline import train_centralised
+    from fedlstm.runs import write_run
+
+    try:
+        cfg = load_config(config, set_, data__dataset=dataset, data__protocol=protocol,
+                          data__data_dir=data_dir, windows__window=window, model__task=task,
+                          train__epochs=epochs, seed=seed, train__device=device)
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+        console.print(f"fedlstm {__version__}: {cfg.data.dataset}, protocol [bold]{cfg.data.protocol}[/], "
+                      f"W={cfg.windows.window}, task {cfg.model.task}")
+        result = train_centralised(cfg, reporter=RichReporter("train"))
+        write_run(result, cfg, out, overwrite=overwrite, command=shlex.join(["fedlstm", *sys.argv[1:]]))
+    except (KeyError, OSError, ValueError, RuntimeError) as exc:
+        _fail(exc)
+    metrics = json.loads((out / "metrics.json").read_text())
+    out_console.print(_summary_table(metrics))
+    out_console.print(f"run written to {out}")
+
+
+@app.command()
+def evaluate(
+    bundle: Path,
+    dataset: Annotated[Optional[str], typer.Option()] = None,
+    protocol: Annotated[str, typer.Option()] = "official",
+    data_dir: DataDir = None,
+    seed: int = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics here.")] = None,
+) -> None:
+    """Re-evaluate a model bundle on a dataset's test set(s) under a protocol."""
+    from fedlstm.config import DataConfig
+    from fedlstm.data.splits import build_split
+    from fedlstm.detection import ModelBundle
+    from fedlstm.pipeline import evaluate_bundle
+    from fedlstm.runs import public
+
+    try:
+        model = ModelBundle.load(bundle)
+        cfg = DataConfig(dataset=dataset or model.spec.name, protocol=protocol, data_dir=data_dir)
+        split = build_split(cfg, seed=seed)
+        evaluations = {name: public(evaluate_bundle(model, recs)) for name, recs in split.tests.items()}
+    except (KeyError, OSError, ValueError, RuntimeError) as exc:
+        _fail(exc)
+    metrics = {"dataset": cfg.dataset, "protocol": protocol, "mode": model.metadata.get("mode", "?"),
+               "bundle": str(bundle), "evaluations": evaluations}
+    out_console.print(_summary_table(metrics))
+    if json_out:
+        json_out.write_text(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,104 @@
+"""Typed run configuration. Every run writes the configuration it resolved next to its results."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    dataset: str = "nsl-kdd"
+    protocol: Literal["official", "random-split"] = "official"
+    data_dir: str | None = None  # falls back to $FEDLSTM_DATA
+    split_file: str | None = None  # random-split: role of the file to split (default: first present)
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # random-split only
+    val_fraction: float = Field(0.1, gt=0, lt=1)  # always carved from training data
+    dedup: bool = False  # drop exact duplicate records before splitting
+    lenient: bool = False  # skip (and report) malformed lines instead of failing
+    max_train_rows: int | None = None  # stratified subsample of the training part (quick runs)
+
+
+class PreprocessConfig(_Strict):
+    feature_range: tuple[float, float] = (0.0, 1.0)
+    outliers: Literal["none", "log", "clip", "log+clip"] = "log"
+    log_threshold: float = 100.0
+    clip_quantile: float = Field(0.999, gt=0, le=1)
+
+
+class WindowConfig(_Strict):
+    window: int = Field(8, ge=1)
+    stride: int = Field(1, ge=1)  # for training windows; evaluation scores every record
+
+
+class ModelConfig(_Strict):
+    name: str = "lstm"
+    task: Literal["binary", "family"] = "binary"
+    hidden_size: int = 64
+    num_layers: int = 1
+    dropout: float = 0.1
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = 0.0
+    class_weights: Literal["none", "balanced"] = "none"
+    patience: int | None = 3  # early stopping on validation loss; None disables
+    threads: int = Field(1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    proximal_mu: float = 0.0  # FedProx's proximal term; 0 = plain training
+    threshold: Literal["fixed", "val-f1"] = "fixed"  # attack-probability threshold policy
+    fixed_threshold: float = 0.5
+
+
+class RunConfig(_Strict):
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    windows: WindowConfig = WindowConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """`--set train.epochs=3 model.hidden_size=32`: dotted keys, JSON values (bare text = string)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = _parse_value(value.strip())
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                **top: Any) -> RunConfig:
+    data: dict = {}
+    if path:
+        path = Path(path)
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    for dotted, value in top.items():
+        if value is not None:
+            apply_overrides(data, [f"{dotted.replace('__', '.')}={json.dumps(value)}"])
+    apply_overrides(data, overrides or [])
+    return RunConfig.model_validate(data)

@@ -1,0 +1,3 @@
+from fedlstm.detection.bundle import BundleError, ModelBundle
+
+__all__ = ["BundleError", "ModelBundle"]

@@ -1,0 +1,98 @@
+"""Mergeable preprocessing statistics: what a federation must agree on, without sharing rows.
+
+`merge(stats(A), stats(B)) == stats(A ∪ B)` holds exactly: counts and histograms add, minima and
+maxima take the min/max, category sets take the union. Quantiles come from a fixed-grid histogram
+in signed-log space (a sketch whose bins are the same at every site, so it merges by addition;
+resolution ~2.7% relative), because exact quantiles cannot be merged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+_LOG_LIMIT = float(np.log1p(1e12))  # covers byte counts far beyond any real flow
+N_BINS = 1024
+_BIN_WIDTH = 2 * _LOG_LIMIT / N_BINS
+
+
+def _signed_log(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def _bin_index(x: np.ndarray) -> np.ndarray:
+    idx = np.floor((_signed_log(x) + _LOG_LIMIT) / _BIN_WIDTH)
+    return np.clip(idx, 0, N_BINS - 1).astype(np.int64)
+
+
+def bin_upper_edge(idx: np.ndarray) -> np.ndarray:
+    edge = (idx + 1) * _BIN_WIDTH - _LOG_LIMIT
+    return np.sign(edge) * np.expm1(np.abs(edge))
+
+
+@dataclass
+class PreprocessingStats:
+    numeric_columns: list[str]
+    count: int
+    minimum: np.ndarray  # (n_numeric,) float64
+    maximum: np.ndarray
+    histogram: np.ndarray  # (n_numeric, N_BINS) int64
+    categories: dict[str, list[str]]  # sorted
+
+    @classmethod
+    def empty(cls, numeric_columns: list[str], categorical_columns: list[str]) -> PreprocessingStats:
+        n = len(numeric_columns)
+        return cls(list(numeric_columns), 0, np.full(n, np.inf), np.full(n, -np.inf),
+                   np.zeros((n, N_BINS), np.int64), {c: [] for c in categorical_columns})
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, numeric_columns: list[str],
+           categorical_columns: list[str]) -> PreprocessingStats:
+        if len(frame) == 0:
+            return cls.empty(numeric_columns, categorical_columns)
+        values = frame[numeric_columns].to_numpy(np.float64)
+        n_cols = values.shape[1]
+        flat = (_bin_index(values) + np.arange(n_cols) * N_BINS).ravel()
+        hist = np.bincount(flat, minlength=n_cols * N_BINS).reshape(n_cols, N_BINS)
+        cats = {c: sorted(map(str, pd.unique(frame[c]))) for c in categorical_columns}
+        return cls(list(numeric_columns), len(frame), values.min(axis=0), values.max(axis=0),
+                   hist.astype(np.int64), cats)
+
+    def merge(self, other: PreprocessingStats) -> PreprocessingStats:
+        if self.numeric_columns != other.numeric_columns or set(self.categories) != set(other.categories):
+            raise ValueError("cannot merge statistics of different column sets")
+        cats = {c: sorted(set(self.categories[c]) | set(other.categories[c])) for c in self.categories}
+        return PreprocessingStats(self.numeric_columns, self.count + other.count,
+                                  np.minimum(self.minimum, other.minimum),
+                                  np.maximum(self.maximum, other.maximum),
+                                  self.histogram + other.histogram, cats)
+
+    def quantile(self, q: float) -> np.ndarray:
+        """Upper bin edge where the cumulative share reaches q, kept inside [min, max]."""
+        cum = np.cumsum(self.histogram, axis=1)
+        target = np.ceil(q * cum[:, -1:]).clip(min=1)
+        idx = (cum < target).sum(axis=1)
+        return np.clip(bin_upper_edge(idx), self.minimum, self.maximum)
+
+    def equals(self, other: PreprocessingStats) -> bool:
+        return (self.numeric_columns == other.numeric_columns and self.count == other.count
+                and np.array_equal(self.minimum, other.minimum)
+                and np.array_equal(self.maximum, other.maximum)
+                and np.array_equal(self.histogram, other.histogram)
+                and self.categories == other.categories)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Flat numeric form for transports that carry only arrays (Flower)."""
+        return {"count": np.array([self.count]), "minimum": self.minimum,
+                "maximum": self.maximum, "histogram": self.histogram}
+
+
+def merge_all(parts: list[PreprocessingStats]) -> PreprocessingStats:
+    if not parts:
+        raise ValueError("no statistics to merge")
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.merge(p)
+    return out

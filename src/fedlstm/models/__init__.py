@@ -1,0 +1,21 @@
+"""Models by name, so baselines plug into the same pipeline, training loop and bundles."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from fedlstm.models.lstm import LSTMClassifier
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"lstm": LSTMClassifier}
+
+
+def build_model(name: str, input_size: int, n_classes: int, **params) -> nn.Module:
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    return MODELS[name](input_size=input_size, n_classes=n_classes, **params)
+
+
+def register_model(name: str, factory: Callable[..., nn.Module]) -> None:
+    MODELS[name] = factory
