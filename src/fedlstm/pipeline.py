@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from fedlstm import __version__
 from fedlstm.config import RunConfig
@@ -55,6 +56,7 @@ def windows_of(records: Records, preprocessor: FlowPreprocessor, cfg: RunConfig,
 
 
 def new_model(cfg: RunConfig, input_size: int, n_classes: int):
+    torch.manual_seed(cfg.seed)  # initial weights are part of what a seed reproduces
     m = cfg.model
     params = {"hidden_size": m.hidden_size, "num_layers": m.num_layers, "dropout": m.dropout}
     return build_model(m.name, input_size, n_classes, **params), params

@@ -95,7 +95,7 @@ class FlowPreprocessor:
         blocks = [numeric]
         for c in self.categorical_columns:
             cats = self.categories_[c]
-            codes = pd.Categorical(frame[c].astype(str), categories=cats).codes.astype(np.int64)
+            codes = pd.Index(cats).get_indexer(frame[c].astype(str)).astype(np.int64)
             codes[codes < 0] = len(cats)  # the explicit bucket for categories unseen at fit time
             onehot = np.zeros((len(frame), len(cats) + 1), np.float32)
             onehot[np.arange(len(frame)), codes] = 1.0

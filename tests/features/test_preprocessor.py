@@ -1,0 +1,81 @@
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.pandas import column, data_frames
+
+from fedlstm.features import FlowPreprocessor, PreprocessingStats, merge_all
+
+NUM, CAT = ["a", "b"], ["c"]
+frames = data_frames([
+    column("a", elements=st.floats(-1e6, 1e9, allow_nan=False, width=32)),
+    column("b", elements=st.floats(0, 1e4, allow_nan=False, width=32)),
+    column("c", elements=st.sampled_from(["x", "y", "z", "w"])),
+])
+
+
+@settings(max_examples=60, deadline=None)
+@given(frames, frames, st.sampled_from(["none", "log", "clip", "log+clip"]))
+def test_merged_statistics_equal_statistics_of_the_union(a, b, outliers):
+    if len(a) == 0 or len(b) == 0:
+        return
+    merged = PreprocessingStats.of(a, NUM, CAT).merge(PreprocessingStats.of(b, NUM, CAT))
+    union = pd.concat([a, b], ignore_index=True)
+    assert merged.equals(PreprocessingStats.of(union, NUM, CAT))
+    from_parts = FlowPreprocessor(NUM, CAT, outliers=outliers).fit_stats(merged)
+    pooled = FlowPreprocessor(NUM, CAT, outliers=outliers).fit(union)
+    np.testing.assert_array_equal(from_parts.transform(union), pooled.transform(union))
+
+
+def test_merge_is_associative_and_order_free():
+    rng = np.random.default_rng(1)
+    parts = [pd.DataFrame({"a": rng.normal(size=50) * 10 ** k, "b": rng.random(50),
+                           "c": rng.choice(list("pqr"[: k + 1]), 50)}) for k in range(3)]
+    stats = [PreprocessingStats.of(p, NUM, CAT) for p in parts]
+    assert merge_all(stats).equals(merge_all(stats[::-1]))
+
+
+def test_min_max_scaling_follows_eq_1_and_2():
+    df = pd.DataFrame({"a": [2.0, 4.0, 6.0], "b": [5.0, 5.0, 5.0], "c": ["x", "y", "x"]})
+    pre = FlowPreprocessor(NUM, CAT, feature_range=(-1.0, 1.0), outliers="none").fit(df)
+    out = pre.transform(df)
+    np.testing.assert_allclose(out[:, 0], [-1.0, 0.0, 1.0])  # (Y-Ymin)/(Ymax-Ymin)*(max-min)+min
+    np.testing.assert_allclose(out[:, 1], [-1.0, -1.0, -1.0])  # constant column: no NaN
+    assert pre.feature_names_out_ == ["a", "b", "c=x", "c=y", "c=__unseen__"]
+
+
+def test_unseen_categories_and_out_of_range_values():
+    train = pd.DataFrame({"a": [0.0, 10.0], "b": [0.0, 1.0], "c": ["x", "y"]})
+    pre = FlowPreprocessor(NUM, CAT, outliers="none").fit(train)
+    out = pre.transform(pd.DataFrame({"a": [-5.0, 50.0], "b": [0.5, 0.5], "c": ["new", "x"]}))
+    np.testing.assert_allclose(out[:, 0], [0.0, 1.0])  # clipped to the trained range
+    np.testing.assert_array_equal(out[:, 2:], [[0, 0, 1], [1, 0, 0]])
+
+
+def test_log_scaling_applies_only_to_heavy_tailed_nonnegative_columns():
+    df = pd.DataFrame({"a": [0.0, 1.0, 1e6], "b": [0.0, 0.5, 1.0], "c": ["x"] * 3})
+    pre = FlowPreprocessor(NUM, CAT, outliers="log").fit(df)
+    assert pre.log_columns_.tolist() == [True, False]
+    mid = pre.transform(df)[1, 0]
+    assert mid == pytest.approx(np.log1p(1.0) / np.log1p(1e6), rel=1e-6)
+
+
+def test_quantile_clipping_bounds_outliers():
+    values = np.concatenate([np.linspace(0, 100, 9990), np.full(10, 1e9)])
+    df = pd.DataFrame({"a": values, "b": values, "c": ["x"] * len(values)})
+    pre = FlowPreprocessor(NUM, CAT, outliers="clip", clip_quantile=0.99).fit(df)
+    assert 99 <= pre.clip_max_[0] <= 110  # the sketch's resolution is a few percent
+    assert (pre.transform(df)[:5000, 0] > 0.01).mean() > 0.9  # outliers no longer squash the rest
+
+
+def test_round_trip_through_dict():
+    df = pd.DataFrame({"a": [1.0, 300.0, 7.0], "b": [0.1, 0.2, 0.3], "c": ["x", "y", "z"]})
+    pre = FlowPreprocessor(NUM, CAT).fit(df)
+    again = FlowPreprocessor.from_dict(pre.to_dict())
+    np.testing.assert_array_equal(pre.transform(df), again.transform(df))
+
+
+def test_fit_on_nothing_is_an_error():
+    with pytest.raises(ValueError, match="zero records"):
+        FlowPreprocessor(NUM, CAT).fit(pd.DataFrame({"a": [], "b": [], "c": []}))
