@@ -34,6 +34,9 @@ DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Dataset fold
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
+    flwr_log = logging.getLogger("flwr")  # Flower logs every message exchange at INFO/DEBUG
+    flwr_log.setLevel(logging.INFO if verbose else logging.WARNING)
+    flwr_log.propagate = False
 
 
 def _fail(exc: Exception) -> None:
@@ -175,6 +178,63 @@ def train(
     metrics = json.loads((out / "metrics.json").read_text())
     out_console.print(_summary_table(metrics))
     out_console.print(f"run written to {out}")
+
+
+@app.command()
+def federate(
+    dataset: Annotated[Optional[str], typer.Option(help="nsl-kdd | kdd99 | unsw-nb15")] = None,
+    protocol: Annotated[Optional[str], typer.Option(help="official | random-split")] = None,
+    clients: Annotated[Optional[int], typer.Option(help="Number of simulated sites.")] = None,
+    partition: Annotated[Optional[str], typer.Option(help="iid | dirichlet:ALPHA | by:COLUMN | networks")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="fedavg | fedprox | fedadam")] = None,
+    rounds: Annotated[Optional[int], typer.Option()] = None,
+    local_epochs: Annotated[Optional[int], typer.Option(help="E: local epochs per round.")] = None,
+    window: Annotated[Optional[int], typer.Option(help="Records per window (W).")] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    out: Annotated[Path, typer.Option(help="Run directory to create.")] = Path("runs/federated"),
+    config: Annotated[Optional[Path], typer.Option(help="TOML or JSON run configuration.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value")] = None,
+    data_dir: DataDir = None,
+    overwrite: bool = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
+) -> None:
+    """Train Fed-LSTM with Flower's simulation engine (1 CPU and 1 torch thread per client)."""
+    from fedlstm.config import load_config
+    from fedlstm.federation.simulation import run_federated
+
+    try:
+        cfg = load_config(config, set_, data__dataset=dataset, data__protocol=protocol,
+                          data__data_dir=data_dir, federation__clients=clients,
+                          federation__partition=partition, federation__strategy=strategy,
+                          federation__rounds=rounds, federation__local_epochs=local_epochs,
+                          windows__window=window, seed=seed)
+        if out.exists() and not (overwrite or resume):
+            raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+        f = cfg.federation
+        console.print(f"fedlstm {__version__}: Fed-LSTM on {cfg.data.dataset}, protocol "
+                      f"[bold]{cfg.data.protocol}[/], {f.clients} clients, partition {f.partition}, "
+                      f"{f.strategy}, {f.rounds} rounds x {f.local_epochs} local epochs")
+        with console.status("federated training (Flower simulation engine)..."):
+            run_federated(cfg, out, overwrite=overwrite, resume=resume,
+                          command=shlex.join(["fedlstm", *sys.argv[1:]]))
+    except (KeyError, OSError, ValueError, RuntimeError, TimeoutError) as exc:
+        _fail(exc)
+    metrics = json.loads((out / "metrics.json").read_text())
+    _print_rounds(metrics["rounds"])
+    out_console.print(_summary_table(metrics))
+    out_console.print(f"run written to {out}")
+
+
+def _print_rounds(rounds: list[dict]) -> None:
+    table = Table(title="rounds (test columns: reporting only)")
+    keys = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+    keys += sorted({k for r in rounds for k in r if k.startswith("test_accuracy/")})
+    table.add_column("round", justify="right")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for r in rounds:
+        table.add_row(str(r["round"]), *(f"{r[k]:.4f}" if k in r else "-" for k in keys))
+    out_console.print(table)
 
 
 @app.command()

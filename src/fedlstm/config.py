@@ -60,6 +60,22 @@ class TrainConfig(_Strict):
     fixed_threshold: float = 0.5
 
 
+class FederationConfig(_Strict):
+    clients: int = Field(5, ge=1)
+    partition: str = "iid"  # iid | dirichlet:ALPHA | by:COLUMN | networks
+    networks: list[str] = ["nsl-kdd", "kdd99"]  # datasets of one schema, one client each
+    strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
+    rounds: int = Field(10, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    fraction_fit: float = Field(1.0, gt=0, le=1)  # share of clients sampled per round (S_t)
+    min_fit_clients: int = Field(2, ge=1)
+    proximal_mu: float = 0.01  # FedProx
+    server_lr: float = 0.01  # FedAdam's eta
+    preprocessing: Literal["federated", "local"] = "federated"
+    evaluate_clients: bool = True  # federated evaluation on each client's own validation split
+    server_test_curves: bool = True  # global model on the test set each round: reporting only
+
+
 class RunConfig(_Strict):
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -67,6 +83,7 @@ class RunConfig(_Strict):
     windows: WindowConfig = WindowConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    federation: FederationConfig = FederationConfig()
 
 
 def _parse_value(text: str) -> Any:

@@ -79,3 +79,9 @@ def test_round_trip_through_dict():
 def test_fit_on_nothing_is_an_error():
     with pytest.raises(ValueError, match="zero records"):
         FlowPreprocessor(NUM, CAT).fit(pd.DataFrame({"a": [], "b": [], "c": []}))
+
+
+def test_statistics_survive_byte_transport():
+    df = pd.DataFrame({"a": [1.0, -3.0, 1e7], "b": [0.0, 2.0, 2.0], "c": ["x", "y", "x"]})
+    stats = PreprocessingStats.of(df, NUM, CAT)
+    assert PreprocessingStats.from_bytes(stats.to_bytes()).equals(stats)

@@ -8,6 +8,8 @@ resolution ~2.7% relative), because exact quantiles cannot be merged.
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,10 +85,21 @@ class PreprocessingStats:
                 and np.array_equal(self.histogram, other.histogram)
                 and self.categories == other.categories)
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        """Flat numeric form for transports that carry only arrays (Flower)."""
-        return {"count": np.array([self.count]), "minimum": self.minimum,
-                "maximum": self.maximum, "histogram": self.histogram}
+    def to_bytes(self) -> bytes:
+        """Compact form for transports that carry scalars and bytes (Flower config records)."""
+        buffer = io.BytesIO()
+        header = json.dumps({"numeric_columns": self.numeric_columns, "count": self.count,
+                             "categories": self.categories})
+        np.savez_compressed(buffer, header=np.frombuffer(header.encode(), np.uint8),
+                            minimum=self.minimum, maximum=self.maximum, histogram=self.histogram)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PreprocessingStats:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            header = json.loads(z["header"].tobytes().decode())
+            return cls(header["numeric_columns"], int(header["count"]), z["minimum"],
+                       z["maximum"], z["histogram"], header["categories"])
 
 
 def merge_all(parts: list[PreprocessingStats]) -> PreprocessingStats:

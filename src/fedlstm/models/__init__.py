@@ -19,3 +19,17 @@ def build_model(name: str, input_size: int, n_classes: int, **params) -> nn.Modu
 
 def register_model(name: str, factory: Callable[..., nn.Module]) -> None:
     MODELS[name] = factory
+
+
+def get_weights(model: nn.Module) -> list:
+    """Model state as numpy arrays in state_dict order: what federation moves between sites."""
+    return [v.detach().cpu().numpy().copy() for v in model.state_dict().values()]
+
+
+def set_weights(model: nn.Module, weights: list) -> None:
+    import torch
+
+    keys = list(model.state_dict())
+    if len(keys) != len(weights):
+        raise ValueError(f"expected {len(keys)} arrays, got {len(weights)}")
+    model.load_state_dict({k: torch.as_tensor(w) for k, w in zip(keys, weights)}, strict=True)

@@ -12,17 +12,19 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 
-def learning_curves(epochs: list[dict], path: Path, title: str) -> Path:
+def learning_curves(records: list[dict], path: Path, title: str, x_key: str = "epoch") -> Path:
+    """Every `*_loss` / `*_accuracy` series (train, val, test/NAME, ...) against epochs or rounds."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    x = [e["epoch"] for e in epochs]
-    for key, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
-        for part in ("train", "val"):
-            values = [e.get(f"{part}_{key}") for e in epochs]
-            if any(v is not None for v in values):
-                ax.plot(x, values, marker="o", label=part)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.legend()
+    keys = sorted({k for r in records for k in r if isinstance(r[k], (int, float))})
+    for metric, ax in (("loss", ax_loss), ("accuracy", ax_acc)):
+        for key in keys:
+            if key.split("/")[0].endswith(f"_{metric}"):
+                points = [(r[x_key], r[key]) for r in records if key in r]
+                ax.plot(*zip(*points), marker="o", ms=3, label=key.replace(f"_{metric}", ""))
+        ax.set_xlabel(x_key)
+        ax.set_ylabel(metric)
+        if ax.lines:
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()

@@ -1,0 +1,178 @@
+"""Flower ClientApp and ServerApp: thin shells that move arrays, statistics and metrics.
+
+One app serves simulation (`run_simulation`, configuration passed in by closure because the
+simulation engine gives the apps an empty run config) and deployment (`flwr run`, configuration
+read from the run config's `config-file`). We use Flower's workflow API (`DefaultWorkflow` with
+`LegacyContext`) because SecAgg+ exists only there in flwr 1.42.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.client import ClientApp, NumPyClient
+from flwr.common import Context, ndarrays_to_parameters
+from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
+from flwr.server.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.server.workflow import DefaultWorkflow
+
+from fedlstm.config import RunConfig
+from fedlstm.data.schemas import get_spec
+from fedlstm.features import PreprocessingStats
+from fedlstm.federation.client import ClientTask
+from fedlstm.federation.partitions import load_client_records
+from fedlstm.federation.server import ServerTask
+
+log = logging.getLogger(__name__)
+
+# Key names of Flower's legacy get_properties messages (flwr/compat/common/recorddict_compat.py).
+_PROPS_IN, _PROPS_OUT = "getpropertiesins.config", "getpropertiesres.properties"
+
+
+# --- client ------------------------------------------------------------------------------------
+@lru_cache(maxsize=8)
+def _client_task(data_path: str, config_json: str, name: str) -> ClientTask:
+    """One ClientTask per process and data file: Flower builds a new client for every message."""
+    cfg = RunConfig.model_validate_json(config_json)
+    spec = get_spec(cfg.data.dataset)
+    return ClientTask(load_client_records(data_path, spec, lenient=cfg.data.lenient), cfg, spec, name)
+
+
+class FlowerClient(NumPyClient):
+    def __init__(self, data_path: str, name: str):
+        self.data_path, self.name = data_path, name
+
+    def _task(self, config: dict) -> ClientTask:
+        task = _client_task(self.data_path, str(config["run_config"]), self.name)
+        if "preprocessor" in config:
+            task.use_preprocessing(json.loads(str(config["preprocessor"])))
+        return task
+
+    def get_properties(self, config):
+        task = self._task(config)
+        return {"statistics": task.statistics().to_bytes(), "client": self.name}
+
+    def fit(self, parameters, config):
+        task = self._task(config)
+        return task.fit(parameters, int(config["local_epochs"]),
+                        float(config.get("proximal_mu", 0.0)), seed=int(config["seed"]))
+
+    def evaluate(self, parameters, config):
+        return self._task(config).evaluate(parameters)
+
+
+def make_client_app(partition_dir: str | None = None) -> ClientApp:
+    def client_fn(context: Context):
+        node = context.node_config
+        pid = node.get("partition-id", 0)
+        path = node.get("data-path") or f"{partition_dir}/client-{pid}.parquet"
+        return FlowerClient(str(path), str(node.get("name", f"client-{pid}"))).to_client()
+
+    return ClientApp(client_fn=client_fn)
+
+
+# --- server ------------------------------------------------------------------------------------
+def collect_statistics(grid: Grid, task: ServerTask, n_clients: int, config_json: str,
+                       timeout: float = 600.0) -> None:
+    """Before round 1: every site sends preprocessing statistics (never rows); merge them."""
+    deadline = time.monotonic() + timeout
+    while len(node_ids := list(grid.get_node_ids())) < n_clients:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(node_ids)} of {n_clients} clients connected")
+        time.sleep(0.5)
+    messages = []
+    for node_id in node_ids:
+        content = RecordDict({_PROPS_IN: ConfigRecord({"run_config": config_json})})
+        messages.append(Message(content=content, dst_node_id=node_id,
+                                message_type="get_properties"))
+    parts = []
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            raise RuntimeError(f"a client failed to report statistics: {reply.error}")
+        props = reply.content.config_records[_PROPS_OUT]
+        parts.append(PreprocessingStats.from_bytes(bytes(props["statistics"])))
+    task.merge_statistics(parts)
+
+
+def build_strategy(task: ServerTask, config_json: str) -> Strategy:
+    fed = task.cfg.federation
+    preprocessor_json = json.dumps(task.preprocessor.to_dict())
+    n = fed.clients
+    min_fit = min(max(fed.min_fit_clients, 1), n)
+
+    def fit_config(server_round: int) -> dict:
+        return {"run_config": config_json, "preprocessor": preprocessor_json,
+                "local_epochs": fed.local_epochs,
+                "seed": task.cfg.seed * 100_003 + server_round + task.round_offset}
+
+    def evaluate_config(server_round: int) -> dict:
+        return {"run_config": config_json, "preprocessor": preprocessor_json}
+
+    common = dict(
+        fraction_fit=fed.fraction_fit, min_fit_clients=min_fit, min_available_clients=n,
+        fraction_evaluate=1.0 if fed.evaluate_clients else 0.0,
+        min_evaluate_clients=n if fed.evaluate_clients else 0,
+        initial_parameters=ndarrays_to_parameters(task.initial_weights()),
+        on_fit_config_fn=fit_config, on_evaluate_config_fn=evaluate_config,
+        # Flower does not tell metric hooks the round. Per round it runs fit, then evaluate_fn
+        # (which stores the round in task.last_round), then federated evaluation.
+        fit_metrics_aggregation_fn=lambda res: task.record_fit(task.last_round + 1, res),
+        evaluate_metrics_aggregation_fn=lambda res: task.record_evaluate(task.last_round, res),
+        evaluate_fn=_evaluate_fn(task),
+    )
+    if fed.strategy == "fedprox":
+        return FedProx(proximal_mu=fed.proximal_mu, **common)
+    if fed.strategy == "fedadam":
+        return FedAdam(eta=fed.server_lr, eta_l=task.cfg.train.lr, **common)
+    return FedAvg(**common)
+
+
+def _evaluate_fn(task: ServerTask):
+    def evaluate(server_round: int, weights: list[np.ndarray], config: dict):
+        loss, metrics = task.on_global_model(server_round, weights)
+        task.last_round = server_round
+        return loss, metrics
+    return evaluate
+
+
+def run_server(grid: Grid, context: Context, task: ServerTask) -> ServerTask:
+    config_json = task.cfg.model_dump_json()
+    collect_statistics(grid, task, task.cfg.federation.clients, config_json)
+    strategy = build_strategy(task, config_json)
+    rounds = task.remaining_rounds
+    if rounds == 0:
+        return task
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
+    DefaultWorkflow()(grid, legacy)
+    return task
+
+
+def make_server_app(task: ServerTask | None = None) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        server_task = task or _task_from_run_config(context)
+        run_server(grid, context, server_task)
+
+    return app
+
+
+def _task_from_run_config(context: Context) -> ServerTask:
+    """Deployment: the run config names a resolved configuration file and an output folder."""
+    from fedlstm.federation.simulation import load_tests  # noqa: PLC0415 (import cycle)
+
+    rc = context.run_config
+    cfg = RunConfig.model_validate_json(Path(str(rc["config-file"])).read_text())
+    out = Path(str(rc["out-dir"]))
+    return ServerTask(cfg, get_spec(cfg.data.dataset), load_tests(cfg), out)
+
+
+client_app = make_client_app()
+server_app = make_server_app()

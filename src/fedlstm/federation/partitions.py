@@ -1,0 +1,112 @@
+"""How a training set is spread over simulated clients, and the per-client data files.
+
+Partitioners come from flwr-datasets (IID, Dirichlet label skew, natural ids); `networks` makes
+each dataset of one shared schema (NSL-KDD, KDD99) a client of its own: the paper's networks.
+A client's share keeps file order, so its windows see records in their original sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedlstm.data.readers import ReadReport, Records, read_records
+from fedlstm.data.schemas import DatasetSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PartitionScheme:
+    kind: str  # iid | dirichlet | by | networks
+    alpha: float | None = None
+    column: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> PartitionScheme:
+        kind, _, arg = text.partition(":")
+        if kind == "iid" and not arg:
+            return cls("iid")
+        if kind == "dirichlet":
+            try:
+                alpha = float(arg)
+            except ValueError:
+                raise ValueError(f"dirichlet needs a concentration, e.g. dirichlet:0.1 (got {text!r})")
+            if alpha <= 0:
+                raise ValueError("dirichlet alpha must be > 0")
+            return cls("dirichlet", alpha=alpha)
+        if kind == "by" and arg:
+            return cls("by", column=arg)
+        if kind == "networks" and not arg:
+            return cls("networks")
+        raise ValueError(f"unknown partition {text!r}; use iid, dirichlet:ALPHA, by:COLUMN or networks")
+
+
+def partition_indices(records: Records, scheme: PartitionScheme, n_clients: int,
+                      seed: int) -> list[np.ndarray]:
+    """Row positions of each client's share, each sorted (file order)."""
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
+
+    if scheme.kind == "by":
+        if scheme.column not in records.frame.columns:
+            raise ValueError(f"cannot partition by {scheme.column!r}: not a column "
+                             f"({', '.join(records.frame.columns[:8])}, ...)")
+        key = records.frame[scheme.column].astype(str).to_numpy()
+        partitioner = NaturalIdPartitioner(partition_by="key")
+    elif scheme.kind == "dirichlet":
+        key = records.family.astype(str)
+        partitioner = DirichletPartitioner(num_partitions=n_clients, partition_by="key",
+                                           alpha=scheme.alpha, min_partition_size=10,
+                                           self_balancing=False, seed=seed)
+    elif scheme.kind == "iid":
+        key = np.zeros(len(records), np.int64)
+        partitioner = IidPartitioner(num_partitions=n_clients)
+    else:
+        raise ValueError("`networks` partitions by dataset, not by rows of one dataset")
+    rows = np.arange(len(records))
+    if scheme.kind == "iid":  # IidPartitioner cuts contiguous blocks: shuffle rows for IID shares
+        rows = np.random.default_rng(seed).permutation(len(records))
+    partitioner.dataset = Dataset.from_dict({"row": rows, "key": key})
+    return [np.sort(np.asarray(partitioner.load_partition(i)["row"]))
+            for i in range(partitioner.num_partitions)]
+
+
+def describe(parts: list[Records], names: list[str]) -> list[dict]:
+    out = []
+    for name, recs in zip(names, parts):
+        mix = Counter(recs.family)
+        out.append({"client": name, "rows": len(recs), "attack_share": float(recs.is_attack.mean()),
+                    "families": {k: int(v) for k, v in sorted(mix.items())}})
+    return out
+
+
+def save_records(records: Records, path: Path) -> Path:
+    """Internal per-client file (parquet): features plus the derived labels."""
+    frame = records.frame.copy()
+    frame["__attack"] = records.attack.astype(str)
+    frame["__family"] = records.family.astype(str)
+    frame["__is_attack"] = records.is_attack
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def load_client_records(path: str | Path, spec: DatasetSpec, lenient: bool = False) -> Records:
+    """A client's data: our parquet share, or a raw file in the dataset's own format."""
+    path = Path(path)
+    if path.suffix != ".parquet":
+        return read_records(path, spec, lenient=lenient)
+    frame = pd.read_parquet(path)
+    labels = frame[["__attack", "__family", "__is_attack"]]
+    features = frame.drop(columns=labels.columns)
+    missing = set(spec.feature_columns) - set(features.columns)
+    if missing:
+        raise ValueError(f"{path}: missing feature columns {sorted(missing)}")
+    return Records(features[spec.feature_columns], labels["__attack"].to_numpy(object),
+                   labels["__family"].to_numpy(object), labels["__is_attack"].to_numpy(np.int64),
+                   ReadReport(path, rows=len(frame)))

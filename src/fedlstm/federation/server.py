@@ -1,0 +1,158 @@
+"""What the coordinating server does, with no Flower in sight (the ServerApp only forwards).
+
+It merges the sites' preprocessing statistics, initialises the global model, records per-round
+metrics, checkpoints the global model every round and turns the final one into a model bundle.
+Test-set curves are for reporting only: nothing here selects a round, model or threshold on them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedlstm import __version__
+from fedlstm.config import RunConfig
+from fedlstm.data.readers import Records
+from fedlstm.data.schemas import DatasetSpec
+from fedlstm.detection.bundle import ModelBundle
+from fedlstm.features import FlowPreprocessor, PreprocessingStats, merge_all
+from fedlstm.models import get_weights, set_weights
+from fedlstm.pipeline import class_names_for, make_preprocessor, new_model, windows_of
+from fedlstm.training.loop import evaluate_loss
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoints/last.pt"
+
+
+class ServerTask:
+    def __init__(self, cfg: RunConfig, spec: DatasetSpec, tests: dict[str, Records] | None = None,
+                 out_dir: str | Path | None = None):
+        self.cfg, self.spec = cfg, spec
+        self.tests = tests or {}
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.classes = class_names_for(spec, cfg.model.task)
+        self.preprocessor: FlowPreprocessor | None = None
+        self.rounds: dict[int, dict] = {}
+        self.round_offset = 0  # rounds already done before a resume
+        self.last_round = 0  # last round (of this session) whose global model was evaluated
+        self.weights: list[np.ndarray] | None = None
+        self.statistics_received: list[dict] = []
+        self._test_windows = None
+
+    # -- before round 1 -------------------------------------------------------------------------
+    def merge_statistics(self, parts: list[PreprocessingStats]) -> FlowPreprocessor:
+        self.statistics_received = [{"count": p.count} for p in parts]
+        self.preprocessor = make_preprocessor(self.spec, self.cfg).fit_stats(merge_all(parts))
+        return self.preprocessor
+
+    def initial_weights(self) -> list[np.ndarray]:
+        resumed = self.load_checkpoint()
+        if resumed is not None:
+            return resumed
+        model, _ = new_model(self.cfg, self.preprocessor.n_features_out, len(self.classes))
+        self.weights = get_weights(model)
+        return self.weights
+
+    @property
+    def remaining_rounds(self) -> int:
+        return max(self.cfg.federation.rounds - self.round_offset, 0)
+
+    # -- every round ----------------------------------------------------------------------------
+    def round_record(self, server_round: int) -> dict:
+        return self.rounds.setdefault(server_round + self.round_offset,
+                                      {"round": server_round + self.round_offset})
+
+    def record_fit(self, server_round: int, results: list[tuple[int, dict]]) -> dict:
+        n = sum(k for k, _ in results)
+        agg = {key: sum(k * m[key] for k, m in results) / n for key in ("train_loss", "train_accuracy")}
+        rec = self.round_record(server_round)
+        rec.update(agg)
+        rec["clients_fit"] = {m.get("client", str(i)): {"n": k, "train_loss": m["train_loss"],
+                                                        "train_accuracy": m["train_accuracy"]}
+                              for i, (k, m) in enumerate(results)}
+        return agg
+
+    def record_evaluate(self, server_round: int, results: list[tuple[int, dict]]) -> dict:
+        results = [(k, m) for k, m in results if k > 0]
+        n = sum(k for k, _ in results)
+        if not n:
+            return {}
+        agg = {"val_loss": sum(k * m["val_loss"] for k, m in results) / n,
+               "val_accuracy": sum(k * m["val_accuracy"] for k, m in results) / n}
+        rec = self.round_record(server_round)
+        rec.update(agg)
+        rec["clients_val"] = {m.get("client", str(i)): {"n": k, "val_loss": m["val_loss"],
+                                                        "val_accuracy": m["val_accuracy"]}
+                              for i, (k, m) in enumerate(results)}
+        return agg
+
+    def on_global_model(self, server_round: int, weights: list[np.ndarray]) -> tuple[float, dict]:
+        """Called with the aggregated (released) model after every round; round 0 = initial."""
+        self.weights = [np.asarray(w) for w in weights]
+        if server_round > 0:
+            self.save_checkpoint(server_round + self.round_offset)
+        if not (self.cfg.federation.server_test_curves and self.tests):
+            return 0.0, {}
+        model = self.model()
+        torch.set_num_threads(self.cfg.train.threads)
+        rec = self.round_record(server_round)
+        out = {}
+        for name, data in self.test_windows().items():
+            r = evaluate_loss(model, data, torch.nn.CrossEntropyLoss())
+            out[f"test_loss/{name}"], out[f"test_accuracy/{name}"] = r["loss"], r["accuracy"]
+        rec.update(out)
+        first = next(iter(self.test_windows()))
+        return out[f"test_loss/{first}"], out
+
+    def test_windows(self):
+        if self._test_windows is None:
+            self._test_windows = {name: windows_of(recs, self.preprocessor, self.cfg, self.classes)
+                                  for name, recs in self.tests.items()}
+        return self._test_windows
+
+    # -- state ----------------------------------------------------------------------------------
+    def model(self) -> torch.nn.Module:
+        model, _ = new_model(self.cfg, self.preprocessor.n_features_out, len(self.classes))
+        set_weights(model, self.weights)
+        return model
+
+    def save_checkpoint(self, done_rounds: int) -> None:
+        if self.out_dir is None:
+            return
+        path = self.out_dir / CHECKPOINT
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"round": done_rounds, "weights": [torch.as_tensor(w) for w in self.weights],
+                    "preprocessor": self.preprocessor.to_dict(),
+                    "rounds": json.dumps(self.rounds)}, tmp)
+        tmp.replace(path)  # a crash mid-write never corrupts the last good checkpoint
+
+    def load_checkpoint(self) -> list[np.ndarray] | None:
+        path = self.out_dir / CHECKPOINT if self.out_dir else None
+        if path is None or not path.exists():
+            return None
+        state = torch.load(path, weights_only=True)
+        if state["preprocessor"] != self.preprocessor.to_dict():
+            raise ValueError(f"{path}: checkpoint was trained with other preprocessing statistics; "
+                             "start a new run instead of resuming")
+        self.round_offset = int(state["round"])
+        self.rounds = {int(k): v for k, v in json.loads(state["rounds"]).items()}
+        self.weights = [t.numpy() for t in state["weights"]]
+        log.info("resuming after round %d", self.round_offset)
+        return self.weights
+
+    def bundle(self, mode: str = "federated") -> ModelBundle:
+        model = self.model()
+        m = self.cfg.model
+        params = {"hidden_size": m.hidden_size, "num_layers": m.num_layers, "dropout": m.dropout}
+        return ModelBundle(self.spec, self.preprocessor, model, m.name, params, m.task, self.classes,
+                           self.cfg.windows.window, self.cfg.train.fixed_threshold,
+                           metadata={"dataset": self.spec.name, "mode": mode,
+                                     "protocol": self.cfg.data.protocol, "seed": self.cfg.seed,
+                                     "rounds": max(self.rounds, default=0),
+                                     "fedlstm_version": __version__, "created": time.time()})

@@ -1,0 +1,132 @@
+"""Federated runs in Flower's simulation engine: partition, simulate, evaluate, write a run.
+
+The same ClientApp/ServerApp run in deployment (`fedlstm.federation.deploy`); only where each
+client's data file comes from differs (a partition file here, the node config there).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+for _name, _value in (("FLWR_TELEMETRY_ENABLED", "0"), ("FLWR_DISABLE_UPDATE_CHECK", "1"),
+                      ("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"),
+                      ("RAY_DEDUP_LOGS", "0")):
+    os.environ.setdefault(_name, _value)
+
+import numpy as np  # noqa: E402
+
+from fedlstm.config import RunConfig  # noqa: E402
+from fedlstm.data.readers import Records  # noqa: E402
+from fedlstm.data.schemas import DatasetSpec, get_spec  # noqa: E402
+from fedlstm.data.splits import build_split  # noqa: E402
+from fedlstm.federation.partitions import (PartitionScheme, describe, partition_indices,  # noqa: E402
+                                           save_records)
+from fedlstm.federation.server import ServerTask  # noqa: E402
+from fedlstm.pipeline import evaluate_bundle  # noqa: E402
+from fedlstm.reports import plots  # noqa: E402
+from fedlstm.runs import partial_dir, run_title, staged_dir, unseen_attack_recall, write_results  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FederatedData:
+    spec: DatasetSpec
+    clients: list[Records]
+    names: list[str]
+    tests: dict[str, Records]
+    notes: dict
+
+
+def dataset_cfg(cfg: RunConfig, dataset: str) -> RunConfig:
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": dataset})})
+
+
+def load_tests(cfg: RunConfig) -> dict[str, Records]:
+    """Held-out test sets, for reporting only (per dataset under `networks`)."""
+    if PartitionScheme.parse(cfg.federation.partition).kind == "networks":
+        tests = {}
+        for ds in cfg.federation.networks:
+            split = build_split(dataset_cfg(cfg, ds).data, seed=cfg.seed, carve_val=False)
+            tests.update({f"{ds}/{k}": v for k, v in split.tests.items()})
+        return tests
+    return build_split(cfg.data, seed=cfg.seed, carve_val=False).tests
+
+
+def federated_data(cfg: RunConfig) -> FederatedData:
+    fed = cfg.federation
+    scheme = PartitionScheme.parse(fed.partition)
+    if scheme.kind == "networks":
+        specs = [get_spec(ds) for ds in fed.networks]
+        if len({tuple(s.feature_columns) for s in specs}) != 1:
+            raise ValueError(f"networks {fed.networks} do not share one feature schema")
+        splits = [build_split(dataset_cfg(cfg, s.name).data, seed=cfg.seed, carve_val=False)
+                  for s in specs]
+        tests = {f"{s.spec.name}/{k}": v for s in splits for k, v in s.tests.items()}
+        return FederatedData(specs[0], [s.train for s in splits], [s.name for s in specs], tests,
+                             {s.spec.name: s.notes for s in splits})
+    split = build_split(cfg.data, seed=cfg.seed, carve_val=False)
+    shares = partition_indices(split.train, scheme, fed.clients, cfg.seed)
+    clients = [split.train.take(idx) for idx in shares]
+    return FederatedData(split.spec, clients, [f"client-{i}" for i in range(len(clients))],
+                         split.tests, split.notes)
+
+
+def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
+                  command: str | None = None) -> Path:
+    from flwr.simulation import run_simulation
+
+    from fedlstm.federation.apps import make_client_app, make_server_app
+
+    out = Path(out)
+    if resume and not (partial_dir(out) / "checkpoints" / "last.pt").exists():
+        raise FileNotFoundError(f"nothing to resume: no checkpoint in {partial_dir(out)}")
+    timings = {}
+    with staged_dir(out, overwrite=overwrite or resume, keep_on_failure=True) as stage:
+        t = time.perf_counter()
+        data = federated_data(cfg)
+        n = len(data.clients)
+        cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"clients": n})})
+        part_dir = stage / "partitions"
+        part_dir.mkdir(exist_ok=True)
+        for i, recs in enumerate(data.clients):
+            save_records(recs, part_dir / f"client-{i}.parquet")
+        timings["partition_seconds"] = time.perf_counter() - t
+
+        task = ServerTask(cfg, data.spec, data.tests, stage)
+        t = time.perf_counter()
+        run_simulation(server_app=make_server_app(task), client_app=make_client_app(str(part_dir)),
+                       num_supernodes=n,
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {"logging_level": "error",
+                                                     "log_to_driver": False}})
+        timings["simulation_seconds"] = time.perf_counter() - t
+        if task.weights is None or not task.rounds:
+            raise RuntimeError("the federation finished without producing a model; see the log")
+        finish_run(task, cfg, stage, data, timings, command, partition_dir=part_dir)
+    return out
+
+
+def finish_run(task: ServerTask, cfg: RunConfig, stage: Path, data: FederatedData, timings: dict,
+               command: str | None, partition_dir: Path | None = None) -> Path:
+    bundle = task.bundle()
+    t = time.perf_counter()
+    evaluations = {name: evaluate_bundle(bundle, recs) for name, recs in data.tests.items()}
+    timings["evaluate_seconds"] = time.perf_counter() - t
+    train_attacks = np.concatenate([c.attack for c in data.clients])
+    rounds = [task.rounds[k] for k in sorted(task.rounds)]
+    extra = {"federation": cfg.federation.model_dump(), "partitions": describe(data.clients, data.names),
+             "data_notes": data.notes, "rounds": rounds,
+             "unseen_attacks": unseen_attack_recall(train_attacks, data.spec, evaluations),
+             "timings": timings}
+    write_results(stage, cfg, bundle, evaluations, extra, command)
+    plots.learning_curves([r for r in rounds if r["round"] > 0], stage / "round_curves.png",
+                          run_title(bundle), x_key="round")
+    if partition_dir is not None:  # per-client copies of the data do not belong in a result
+        shutil.rmtree(partition_dir, ignore_errors=True)
+    return stage
