@@ -18,12 +18,14 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from rich.table import Table
 
 from fedlstm import __version__
+from fedlstm.cli_deploy import deploy_app
 from fedlstm.training.loop import Reporter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Federated LSTM intrusion and anomaly detection.")
 data_app = typer.Typer(no_args_is_help=True, help="Find, fetch and describe datasets.")
 app.add_typer(data_app, name="data")
+app.add_typer(deploy_app, name="deploy")
 console = Console(stderr=True)
 out_console = Console()
 

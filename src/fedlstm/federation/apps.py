@@ -158,8 +158,14 @@ def make_server_app(task: ServerTask | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        server_task = task or _task_from_run_config(context)
-        run_server(grid, context, server_task)
+        if task is not None:  # simulation: the caller writes the run
+            run_server(grid, context, task)
+            return
+        from fedlstm.federation.deploy import write_deployed_run  # noqa: PLC0415
+
+        deployed = _task_from_run_config(context)
+        run_server(grid, context, deployed)
+        write_deployed_run(deployed, context.run_config)
 
     return app
 
