@@ -199,9 +199,11 @@ def federate(
     data_dir: DataDir = None,
     overwrite: bool = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
+    compare: Annotated[bool, typer.Option(help="Also train local-only LSTMs per client and a centralised LSTM on the pooled clients, and compare all on the same test sets.")] = False,
 ) -> None:
     """Train Fed-LSTM with Flower's simulation engine (1 CPU and 1 torch thread per client)."""
     from fedlstm.config import load_config
+    from fedlstm.federation.compare import run_comparison
     from fedlstm.federation.simulation import run_federated
 
     try:
@@ -216,11 +218,19 @@ def federate(
         console.print(f"fedlstm {__version__}: Fed-LSTM on {cfg.data.dataset}, protocol "
                       f"[bold]{cfg.data.protocol}[/], {f.clients} clients, partition {f.partition}, "
                       f"{f.strategy}, {f.rounds} rounds x {f.local_epochs} local epochs")
-        with console.status("federated training (Flower simulation engine)..."):
-            run_federated(cfg, out, overwrite=overwrite, resume=resume,
-                          command=shlex.join(["fedlstm", *sys.argv[1:]]))
+        command = shlex.join(["fedlstm", *sys.argv[1:]])
+        with console.status("federated training (Flower simulation engine)...") as status:
+            if compare:
+                run_comparison(cfg, out, overwrite=overwrite, command=command,
+                               progress=lambda text: status.update(text))
+            else:
+                run_federated(cfg, out, overwrite=overwrite, resume=resume, command=command)
     except (KeyError, OSError, ValueError, RuntimeError, TimeoutError) as exc:
         _fail(exc)
+    if compare:
+        out_console.print((out / "comparison.md").read_text())
+        out_console.print(f"comparison written to {out}")
+        return
     metrics = json.loads((out / "metrics.json").read_text())
     _print_rounds(metrics["rounds"])
     out_console.print(_summary_table(metrics))

@@ -21,7 +21,7 @@ from fedlstm.data.splits import Split, build_split
 from fedlstm.detection.bundle import ModelBundle
 from fedlstm.features import FlowPreprocessor
 from fedlstm.models import build_model
-from fedlstm.training.loop import History, Reporter, fit
+from fedlstm.training.loop import History, Reporter, evaluate_loss, fit
 from fedlstm.training.metrics import (best_f1_threshold, binary_metrics, multiclass_metrics,
                                       recall_by_group)
 from fedlstm.windows import WindowSet, make_windows
@@ -52,7 +52,8 @@ def make_preprocessor(spec: DatasetSpec, cfg: RunConfig) -> FlowPreprocessor:
 def windows_of(records: Records, preprocessor: FlowPreprocessor, cfg: RunConfig,
                class_names: list[str], stride: int = 1) -> WindowSet:
     labels = encode_labels(records, cfg.model.task, class_names)
-    return make_windows(preprocessor.transform(records.frame), labels, cfg.windows.window, stride)
+    return make_windows(preprocessor.transform(records.frame), labels, cfg.windows.window, stride,
+                        segments=records.segment)
 
 
 def new_model(cfg: RunConfig, input_size: int, n_classes: int):
@@ -96,8 +97,19 @@ class TrainResult:
     timings: dict
 
 
+def test_curve_hook(model, tests: dict[str, WindowSet]):
+    """Per-epoch test loss/accuracy for learning-curve figures only (never used to select)."""
+    def on_epoch(record: dict) -> None:
+        for name, data in tests.items():
+            r = evaluate_loss(model, data, torch.nn.CrossEntropyLoss())
+            record[f"test_loss/{name}"], record[f"test_accuracy/{name}"] = r["loss"], r["accuracy"]
+            model.train()
+    return on_epoch
+
+
 def train_centralised(cfg: RunConfig, reporter: Reporter | None = None,
-                      split: Split | None = None) -> TrainResult:
+                      split: Split | None = None, test_curves: bool = False,
+                      mode: str = "centralised") -> TrainResult:
     timings = {}
     t = time.perf_counter()
     split = split or build_split(cfg.data, seed=cfg.seed)
@@ -112,13 +124,18 @@ def train_centralised(cfg: RunConfig, reporter: Reporter | None = None,
     timings["preprocess_seconds"] = time.perf_counter() - t
 
     model, params = new_model(cfg, preprocessor.n_features_out, len(classes))
-    history = fit(model, train, val, cfg.train, len(classes), seed=cfg.seed, reporter=reporter)
+    hook = None
+    if test_curves:
+        hook = test_curve_hook(model, {name: windows_of(recs, preprocessor, cfg, classes)
+                                       for name, recs in split.tests.items()})
+    history = fit(model, train, val, cfg.train, len(classes), seed=cfg.seed, reporter=reporter,
+                  on_epoch=hook)
     timings["train_seconds"] = history.seconds
 
     bundle = ModelBundle(spec, preprocessor, model.cpu(), cfg.model.name, params, cfg.model.task,
                          classes, cfg.windows.window, cfg.train.fixed_threshold,
                          metadata={"dataset": spec.name, "protocol": split.protocol,
-                                   "mode": "centralised", "seed": cfg.seed,
+                                   "mode": mode, "seed": cfg.seed,
                                    "fedlstm_version": __version__})
     bundle.threshold_ = choose_threshold(bundle, val, split.val.is_attack[val.ends.numpy()], cfg)
     t = time.perf_counter()
