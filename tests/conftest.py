@@ -10,6 +10,13 @@ import pandas as pd
 import pytest
 
 from fedlstm.data.readers import ReadReport, Records
+from fedlstm.data.schemas import DatasetSpec
+
+SYNTHETIC_SPEC = DatasetSpec(
+    name="synthetic", folder="synthetic", title="synthetic flows",
+    columns=["bytes", "rate", "flag", "proto", "label"], categorical=["flag", "proto"],
+    label="label", families={"dos_x": "dos", "probe_x": "probe"},
+    family_order=["normal", "dos", "probe"])
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,123 @@
+"""Client and server logic in-process, without Flower's engine (fast)."""
+
+import numpy as np
+import pytest
+
+from conftest import SYNTHETIC_SPEC, synthetic_records
+from fedlstm.config import RunConfig
+from fedlstm.data import schemas
+from fedlstm.data.readers import concat_records
+from fedlstm.features import PreprocessingStats
+from fedlstm.federation.apps import FlowerClient, _client_task
+from fedlstm.federation.client import ClientTask
+from fedlstm.federation.partitions import (PartitionScheme, describe, load_client_records,
+                                           partition_indices, save_records)
+from fedlstm.federation.server import ServerTask
+from fedlstm.pipeline import make_preprocessor
+
+CFG = RunConfig.model_validate({"windows": {"window": 3}, "model": {"hidden_size": 8},
+                                "train": {"batch_size": 32, "lr": 0.01},
+                                "federation": {"clients": 3, "rounds": 3}})
+
+
+def _clients(n=3, rows=300):
+    return [ClientTask(synthetic_records(rows, seed=i), CFG, SYNTHETIC_SPEC, f"c{i}") for i in range(n)]
+
+
+def test_federated_preprocessing_equals_pooled_fit():
+    clients = _clients()
+    server = ServerTask(CFG, SYNTHETIC_SPEC)
+    merged = server.merge_statistics([c.statistics() for c in clients])
+    pooled = concat_records([c.train_records for c in clients])
+    central = make_preprocessor(SYNTHETIC_SPEC, CFG).fit(pooled.frame)
+    np.testing.assert_array_equal(merged.transform(pooled.frame), central.transform(pooled.frame))
+    assert server.statistics_received == [{"count": len(c.train_records)} for c in clients]
+
+
+def test_local_preprocessing_mode_uses_own_statistics():
+    cfg = CFG.model_copy(update={"federation": CFG.federation.model_copy(update={"preprocessing": "local"})})
+    a = ClientTask(synthetic_records(300, seed=0), cfg, SYNTHETIC_SPEC)
+    a.use_preprocessing(None)
+    own = make_preprocessor(SYNTHETIC_SPEC, cfg).fit(a.train_records.frame)
+    np.testing.assert_array_equal(a.train_windows.features.numpy(), own.transform(a.train_records.frame))
+
+
+def test_fedavg_rounds_improve_the_global_model(tmp_path):
+    clients = _clients()
+    server = ServerTask(CFG, SYNTHETIC_SPEC, out_dir=tmp_path)
+    pre = server.merge_statistics([c.statistics() for c in clients]).to_dict()
+    weights = server.initial_weights()
+    losses = []
+    for rnd in range(1, 4):
+        results = []
+        for c in clients:
+            c.use_preprocessing(pre)
+            results.append(c.fit(weights, epochs=1, seed=rnd))
+        n = sum(k for _, k, _ in results)
+        weights = [sum(w[i] * k / n for w, k, _ in results) for i in range(len(weights))]
+        server.record_fit(rnd, [(k, m) for _, k, m in results])
+        evals = [c.evaluate(weights) for c in clients]
+        agg = server.record_evaluate(rnd, [(k, m) for _, k, m in evals])
+        server.on_global_model(rnd, weights)
+        losses.append(agg["val_loss"])
+    assert losses[-1] < losses[0]
+    assert set(server.rounds[3]["clients_fit"]) == {"c0", "c1", "c2"}
+    # the checkpoint of the last round resumes where the run stopped
+    again = ServerTask(CFG, SYNTHETIC_SPEC, out_dir=tmp_path)
+    again.merge_statistics([c.statistics() for c in clients])
+    resumed = again.initial_weights()
+    assert again.round_offset == 3 and again.remaining_rounds == 0
+    assert all(np.array_equal(a, b) for a, b in zip(resumed, weights))
+
+
+def test_weighted_fit_metrics():
+    server = ServerTask(CFG, SYNTHETIC_SPEC)
+    agg = server.record_fit(1, [(100, {"train_loss": 1.0, "train_accuracy": 0.5, "client": "a"}),
+                                (300, {"train_loss": 2.0, "train_accuracy": 0.9, "client": "b"})])
+    assert agg == pytest.approx({"train_loss": 1.75, "train_accuracy": 0.8})
+
+
+def test_flower_client_handlers_move_only_aggregates(tmp_path, monkeypatch):
+    monkeypatch.setitem(schemas.DATASETS, "synthetic", SYNTHETIC_SPEC)
+    cfg_json = CFG.model_copy(update={"data": CFG.data.model_copy(update={"dataset": "synthetic"})}).model_dump_json()
+    path = save_records(synthetic_records(200), tmp_path / "client-0.parquet")
+    client = FlowerClient(str(path), "client-0")
+    config = {"run_config": cfg_json}
+    props = client.get_properties(config)
+    assert set(props) == {"statistics", "client"} and isinstance(props["statistics"], bytes)
+    stats = PreprocessingStats.from_bytes(props["statistics"])
+    assert stats.count == len(_client_task(str(path), cfg_json, "client-0").train_records)
+    server = ServerTask(CFG, SYNTHETIC_SPEC)
+    server.merge_statistics([stats])
+    fit_config = {**config, "preprocessor": __import__("json").dumps(server.preprocessor.to_dict()),
+                  "local_epochs": 1, "seed": 1}
+    weights, n, metrics = client.fit(server.initial_weights(), fit_config)
+    assert n > 0 and set(metrics) == {"train_loss", "train_accuracy", "client", "seconds"}
+    loss, n_val, m = client.evaluate(weights, fit_config)
+    assert n_val > 0 and 0 <= m["val_accuracy"] <= 1
+
+
+def test_partitions():
+    recs = synthetic_records(1000)
+    iid = partition_indices(recs, PartitionScheme.parse("iid"), 4, seed=0)
+    assert sorted(np.concatenate(iid).tolist()) == list(range(1000))
+    assert all(np.all(np.diff(p) > 0) for p in iid)  # file order kept
+    skew = partition_indices(recs, PartitionScheme.parse("dirichlet:0.1"), 4, seed=0)
+    mixes = [np.mean(recs.is_attack[p]) for p in skew]
+    assert max(mixes) - min(mixes) > 0.3  # label skew
+    by = partition_indices(recs, PartitionScheme.parse("by:proto"), 0, seed=0)
+    assert len(by) == 3 and all(len(set(recs.frame["proto"].iloc[p])) == 1 for p in by)
+    rows = describe([recs.take(p) for p in iid], ["a", "b", "c", "d"])
+    assert sum(r["rows"] for r in rows) == 1000
+
+
+@pytest.mark.parametrize("bad", ["dirichlet", "dirichlet:-1", "by:", "zipf:2"])
+def test_bad_partition_specs(bad):
+    with pytest.raises(ValueError):
+        PartitionScheme.parse(bad)
+
+
+def test_client_share_round_trip(tmp_path):
+    recs = synthetic_records(50)
+    back = load_client_records(save_records(recs, tmp_path / "c.parquet"), SYNTHETIC_SPEC)
+    assert back.frame.equals(recs.frame) and (back.family == recs.family).all()
