@@ -40,6 +40,7 @@ class ServerTask:
         self.rounds: dict[int, dict] = {}
         self.round_offset = 0  # rounds already done before a resume
         self.last_round = 0  # last round (of this session) whose global model was evaluated
+        self.round_times: dict[int, float] = {}  # perf_counter when each round's model arrived
         self.weights: list[np.ndarray] | None = None
         self.statistics_received: list[dict] = []
         self._test_windows = None
@@ -94,6 +95,7 @@ class ServerTask:
     def on_global_model(self, server_round: int, weights: list[np.ndarray]) -> tuple[float, dict]:
         """Called with the aggregated (released) model after every round; round 0 = initial."""
         self.weights = [np.asarray(w) for w in weights]
+        self.round_times[server_round + self.round_offset] = time.perf_counter()
         if server_round > 0:
             self.save_checkpoint(server_round + self.round_offset)
         if not (self.cfg.federation.server_test_curves and self.tests):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 for _name, _value in (("FLWR_TELEMETRY_ENABLED", "0"), ("FLWR_DISABLE_UPDATE_CHECK", "1"),
                       ("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"),
-                      ("RAY_DEDUP_LOGS", "0")):
+                      ("RAY_DEDUP_LOGS", "0"), ("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")):
     os.environ.setdefault(_name, _value)
 
 import numpy as np  # noqa: E402
