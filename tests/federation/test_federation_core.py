@@ -121,3 +121,19 @@ def test_client_share_round_trip(tmp_path):
     recs = synthetic_records(50)
     back = load_client_records(save_records(recs, tmp_path / "c.parquet"), SYNTHETIC_SPEC)
     assert back.frame.equals(recs.frame) and (back.family == recs.family).all()
+
+
+@pytest.mark.parametrize("name,cls", [("fedavg", "FedAvg"), ("fedprox", "FedProx"), ("fedadam", "FedAdam")])
+def test_strategies_come_from_flower(name, cls):
+    from fedlstm.federation.apps import build_strategy
+
+    cfg = CFG.model_copy(update={"federation": CFG.federation.model_copy(
+        update={"strategy": name, "fraction_fit": 0.6, "proximal_mu": 0.1})})
+    server = ServerTask(cfg, SYNTHETIC_SPEC)
+    server.merge_statistics([c.statistics() for c in _clients(2)])
+    strategy = build_strategy(server, cfg.model_dump_json())
+    assert type(strategy).__name__ == cls and strategy.fraction_fit == 0.6
+    fit_config = strategy.on_fit_config_fn(1)
+    assert fit_config["local_epochs"] == 1 and "preprocessor" in fit_config
+    if name == "fedprox":
+        assert strategy.proximal_mu == 0.1
