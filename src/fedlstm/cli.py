@@ -250,6 +250,34 @@ def _print_rounds(rounds: list[dict]) -> None:
 
 
 @app.command()
+def reproduce(
+    profile: Annotated[str, typer.Option(help="quick (smoke test, <= 3 min) | full (<= 15 min)")] = "full",
+    out: Annotated[Path, typer.Option(help="Report folder (steps are cached there).")] = Path("reports/paper"),
+    datasets: Annotated[Optional[list[str]], typer.Option("--dataset", help="Limit to these datasets.")] = None,
+    methods: Annotated[Optional[list[str]], typer.Option("--method", help="Limit to these methods.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Reproduce the paper: all datasets x methods x protocols; writes report.md and report.html."""
+    from fedlstm.reports.reproduce import PROFILES, reproduce as run
+
+    if profile not in PROFILES:
+        _fail(ValueError(f"unknown profile {profile!r}; use {' or '.join(PROFILES)}"))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("reproduce", total=None)
+
+        def report(done: int, total: int, text: str) -> None:
+            progress.update(task, completed=done, total=total, description=text)
+
+        try:
+            path = run(out, profile, data_dir, datasets, methods, progress=report,
+                       command=shlex.join(["fedlstm", *sys.argv[1:]]))
+        except (KeyError, OSError, ValueError, RuntimeError) as exc:
+            _fail(exc)
+    out_console.print(f"report written to {path} and {path.with_suffix('.html')}")
+
+
+@app.command()
 def evaluate(
     bundle: Path,
     dataset: Annotated[Optional[str], typer.Option()] = None,

@@ -24,6 +24,7 @@ class DataConfig(_Strict):
     dedup: bool = False  # drop exact duplicate records before splitting
     lenient: bool = False  # skip (and report) malformed lines instead of failing
     max_train_rows: int | None = None  # stratified subsample of the training part (quick runs)
+    max_test_rows: int | None = None  # stratified subsample of each test set (quick runs only)
 
 
 class PreprocessConfig(_Strict):

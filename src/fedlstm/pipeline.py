@@ -70,19 +70,24 @@ def choose_threshold(bundle: ModelBundle, val: WindowSet, val_is_attack: np.ndar
     return cfg.train.fixed_threshold
 
 
-def evaluate_bundle(bundle: ModelBundle, records: Records) -> dict:
-    """Scores every record that ends a full window of the test set (the first W-1 cannot)."""
+def evaluate_bundle(bundle, records: Records) -> dict:
+    """Scores every record that ends a full window of the test set (the first W-1 cannot).
+
+    `bundle` is any detector with `preprocessor`, `window`, `task`, `class_names`, `threshold_`
+    and `decision_function` (plus `predict_proba` for the family task): LSTM bundles and the
+    classical baselines alike.
+    """
     labels = encode_labels(records, bundle.task, bundle.class_names)
     data = make_windows(bundle.preprocessor.transform(records.frame), labels, bundle.window)
     ends = data.ends.numpy()
-    proba = bundle.predict_proba(data)
-    score = 1.0 - proba[:, 0]
+    score = bundle.decision_function(data)
     is_attack = records.is_attack[ends]
     result = {"binary": binary_metrics(is_attack, score, bundle.threshold_)}
     flagged = (score >= bundle.threshold_).astype(int)
     result["flagged_by_family"] = recall_by_group(flagged, records.family[ends])
     result["flagged_by_attack"] = recall_by_group(flagged, records.attack[ends])
     if bundle.task == "family":
+        proba = bundle.predict_proba(data)
         result["family"] = multiclass_metrics(labels[ends], proba.argmax(1), bundle.class_names)
     result["_curve"] = {"y": is_attack, "score": score}
     return result
@@ -105,6 +110,30 @@ def test_curve_hook(model, tests: dict[str, WindowSet]):
             record[f"test_loss/{name}"], record[f"test_accuracy/{name}"] = r["loss"], r["accuracy"]
             model.train()
     return on_epoch
+
+
+def train_classical(cfg: RunConfig, split: Split | None = None,
+                    mode: str = "centralised") -> TrainResult:
+    """A scikit-learn baseline through the same split, preprocessing, windows and metrics."""
+    from fedlstm.models.classical import ClassicalDetector
+
+    timings = {}
+    t = time.perf_counter()
+    split = split or build_split(cfg.data, seed=cfg.seed)
+    timings["load_seconds"] = time.perf_counter() - t
+    classes = class_names_for(split.spec, "binary")
+    preprocessor = make_preprocessor(split.spec, cfg).fit(split.train.frame)
+    binary_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"task": "binary"})})
+    train = windows_of(split.train, preprocessor, binary_cfg, classes, stride=cfg.windows.stride)
+    val = windows_of(split.val, preprocessor, binary_cfg, classes)
+    t = time.perf_counter()
+    detector = ClassicalDetector(cfg.model.name, preprocessor, cfg.windows.window, cfg.seed,
+                                 metadata={"dataset": split.spec.name, "protocol": split.protocol,
+                                           "mode": mode, "seed": cfg.seed}).fit(train, val)
+    timings["train_seconds"] = time.perf_counter() - t
+    evaluations = {name: evaluate_bundle(detector, recs)
+                   for name, recs in {"val": split.val, **split.tests}.items()}
+    return TrainResult(detector, History(), split, evaluations, timings)
 
 
 def train_centralised(cfg: RunConfig, reporter: Reporter | None = None,

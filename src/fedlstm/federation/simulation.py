@@ -100,6 +100,7 @@ def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resu
 
         task = ServerTask(cfg, data.spec, data.tests, stage)
         t = time.perf_counter()
+        _quiet_flower()
         run_simulation(server_app=make_server_app(task), client_app=make_client_app(str(part_dir)),
                        num_supernodes=n,
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -110,6 +111,13 @@ def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resu
             raise RuntimeError("the federation finished without producing a model; see the log")
         finish_run(task, cfg, stage, data, timings, command, partition_dir=part_dir)
     return out
+
+
+def _quiet_flower() -> None:
+    """Flower logs every message at INFO; keep that for `-v` (root logger at INFO or below)."""
+    flwr_log = logging.getLogger("flwr")
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        flwr_log.setLevel(logging.WARNING)
 
 
 def finish_run(task: ServerTask, cfg: RunConfig, stage: Path, data: FederatedData, timings: dict,

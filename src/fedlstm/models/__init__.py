@@ -6,9 +6,11 @@ from collections.abc import Callable
 
 from torch import nn
 
+from fedlstm.models.baselines import CNNClassifier, RNNClassifier
 from fedlstm.models.lstm import LSTMClassifier
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"lstm": LSTMClassifier}
+MODELS: dict[str, Callable[..., nn.Module]] = {"lstm": LSTMClassifier, "rnn": RNNClassifier,
+                                                 "cnn": CNNClassifier}
 
 
 def build_model(name: str, input_size: int, n_classes: int, **params) -> nn.Module:

@@ -1,0 +1,104 @@
+"""Classical baselines (scikit-learn) on flattened windows, with the detector interface of bundles.
+
+`decision_function` (larger = more anomalous) and a fitted `threshold_`, as PyOD detectors and our
+LSTM bundles, so evaluation code does not care which it holds. Methods that do not scale to
+hundreds of thousands of rows are approximated, and say so in `approximation`:
+- `svm`: RBF kernel via a Nystroem feature map (300 components) + linear SVM, fit on <= 20k rows;
+- `ae-ocsvm`: the paper's "autoencoder + SVM": an MLP autoencoder trained on normal windows,
+  a one-class RBF SVM on its codes and reconstruction errors (<= 5k normal rows), threshold
+  maximising F1 on validation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.kernel_approximation import Nystroem
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.svm import OneClassSVM, LinearSVC
+
+from fedlstm.features import FlowPreprocessor
+from fedlstm.training.metrics import best_f1_threshold
+from fedlstm.windows import WindowSet
+
+CLASSICAL = ("svm", "logreg", "rf", "hgb", "ae-ocsvm")
+_LIMITS = {"svm": 20_000, "ae-ocsvm": 5_000}
+
+
+def flatten(data: WindowSet) -> np.ndarray:
+    idx = data.record_indices(data.ends)
+    return data.features[idx].reshape(len(data), -1).numpy()
+
+
+def _subsample(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarray:
+    if limit is None or n <= limit:
+        return np.arange(n)
+    return np.sort(rng.choice(n, limit, replace=False))
+
+
+@dataclass
+class ClassicalDetector:
+    name: str
+    preprocessor: FlowPreprocessor
+    window: int
+    seed: int = 0
+    task: str = "binary"
+    class_names: list[str] = field(default_factory=lambda: ["normal", "attack"])
+    threshold_: float = 0.5
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def approximation(self) -> str | None:
+        return {"svm": "Nystroem RBF map (300) + linear SVM on <= 20k rows",
+                "ae-ocsvm": "MLP autoencoder on normal rows; one-class SVM on <= 5k codes"}.get(self.name)
+
+    def fit(self, train: WindowSet, val: WindowSet) -> ClassicalDetector:
+        if self.name not in CLASSICAL:
+            raise KeyError(f"unknown classical method {self.name!r}; known: {', '.join(CLASSICAL)}")
+        rng = np.random.default_rng(self.seed)
+        x, y = flatten(train), (train.window_labels.numpy() > 0).astype(int)
+        keep = _subsample(len(x), _LIMITS.get(self.name), rng)
+        if self.name == "ae-ocsvm":
+            normal = x[y == 0]
+            normal = normal[_subsample(len(normal), 20_000, rng)]
+            self.autoencoder_ = MLPRegressor(hidden_layer_sizes=(32, 8, 32), activation="tanh", max_iter=100, random_state=self.seed,
+                                             early_stopping=len(normal) > 5000).fit(normal, normal)
+            codes = self._encode(normal[_subsample(len(normal), _LIMITS[self.name], rng)])
+            self.estimator_ = OneClassSVM(kernel="rbf", gamma="scale", nu=0.05).fit(codes)
+            # The threshold is the only supervised choice, made on validation data.
+            self.threshold_ = best_f1_threshold((val.window_labels.numpy() > 0).astype(int),
+                                                self.decision_function(val))
+            return self
+        self.estimator_ = {
+            "svm": lambda: make_pipeline(Nystroem(n_components=300, random_state=self.seed),
+                                         LinearSVC(C=1.0)),
+            "logreg": lambda: LogisticRegression(max_iter=1000),
+            "rf": lambda: RandomForestClassifier(n_estimators=100, n_jobs=1, random_state=self.seed),
+            "hgb": lambda: HistGradientBoostingClassifier(random_state=self.seed),
+        }[self.name]().fit(x[keep], y[keep])
+        self.threshold_ = 0.0 if self.name == "svm" else 0.5
+        return self
+
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        # The code (encoder half: two tanh layers) plus the reconstruction error: a code alone
+        # can map an unseen pattern onto a normal-looking point; its error gives that away.
+        h = x
+        for w, b in zip(self.autoencoder_.coefs_[:2], self.autoencoder_.intercepts_[:2]):
+            h = np.tanh(h @ w + b)
+        error = np.sqrt(((self.autoencoder_.predict(x) - x) ** 2).mean(axis=1, keepdims=True))
+        return np.hstack([h, error * 10])
+
+    def decision_function(self, data: WindowSet) -> np.ndarray:
+        x = flatten(data)
+        if self.name == "ae-ocsvm":
+            return -self.estimator_.decision_function(self._encode(x))
+        if self.name == "svm":
+            return self.estimator_.decision_function(x)
+        return self.estimator_.predict_proba(x)[:, 1]
+
+    def predict(self, data: WindowSet) -> np.ndarray:
+        return (self.decision_function(data) >= self.threshold_).astype(np.int64)

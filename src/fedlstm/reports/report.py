@@ -1,0 +1,266 @@
+"""Assemble `report.md` and a self-contained `report.html` from the cached reproduction steps.
+
+Every number comes from a `steps/*.json` file written by `fedlstm reproduce`; the report names
+the protocol of every table, the steps behind it, the seeds, the commit and the command.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fedlstm import __version__  # noqa: E402
+from fedlstm.runs import git_commit  # noqa: E402
+
+LABELS = {"lstm": "LSTM (centralised)", "fed-lstm": "Fed-LSTM", "rnn": "RNN", "cnn": "CNN",
+          "svm": "SVM", "ae-ocsvm": "Autoencoder + SVM", "hgb": "Gradient boosting",
+          "rf": "Random forest", "logreg": "Logistic regression"}
+NETWORKS = {"nsl-kdd": "A (NSL-KDD)", "kdd99": "B (KDD Cup 99)", "unsw-nb15": "C (UNSW-NB15)"}
+# The only figure of the paper available to us, from its published abstract; the paper does not
+# state the protocol behind it. Other cells of its Table I are not reproduced here rather than guessed.
+PAPER_CLAIMS = {("fed-lstm", "accuracy"): 0.989}
+METRICS = ("accuracy", "precision", "recall", "f1")
+
+
+class Doc:
+    """Blocks rendered to both Markdown and HTML, so the two never disagree."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.blocks = folder, []
+
+    def h(self, level: int, text: str) -> None:
+        self.blocks.append(("h", level, text))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.blocks.append(("table", header, rows))
+
+    def image(self, path: Path, caption: str) -> None:
+        self.blocks.append(("img", path, caption))
+
+    def markdown(self) -> str:
+        out = []
+        for b in self.blocks:
+            if b[0] == "h":
+                out.append("#" * b[1] + " " + b[2])
+            elif b[0] == "p":
+                out.append(b[1])
+            elif b[0] == "table":
+                out.append("| " + " | ".join(b[1]) + " |")
+                out.append("|" + "---|" * len(b[1]))
+                out += ["| " + " | ".join(r) + " |" for r in b[2]]
+            else:
+                out.append(f"![{b[2]}]({b[1].relative_to(self.folder)})\n\n*{b[2]}*")
+            out.append("")
+        return "\n".join(out)
+
+    def html(self) -> str:
+        parts = ["<!doctype html><meta charset='utf-8'><title>fedlstm report</title><style>"
+                 "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:"
+                 "collapse}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+                 "code{background:#eee}</style>"]
+        for b in self.blocks:
+            if b[0] == "h":
+                parts.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
+            elif b[0] == "p":
+                parts.append(f"<p>{html.escape(b[1])}</p>")
+            elif b[0] == "table":
+                head = "".join(f"<th>{html.escape(c)}</th>" for c in b[1])
+                body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                               for r in b[2])
+                parts.append(f"<table><tr>{head}</tr>{body}</table>")
+            else:
+                data = base64.b64encode(b[1].read_bytes()).decode()
+                parts.append(f"<figure><img src='data:image/png;base64,{data}' width='900'>"
+                             f"<figcaption>{html.escape(b[2])}</figcaption></figure>")
+        return "\n".join(parts)
+
+
+def load_steps(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((folder / "steps").glob("*.json"))]
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def _grouped(steps: list[dict]) -> dict:
+    """(dataset, protocol, method) -> test set -> metric -> values over seeds."""
+    out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for s in steps:
+        if "step" not in s:
+            continue
+        st = s["step"]
+        for test, ev in s["evaluations"].items():
+            for m in (*METRICS, "roc_auc", "fpr"):
+                if ev.get(m) is not None:
+                    out[(st["dataset"], st["protocol"], st["method"])][test][m].append(ev[m])
+    return out
+
+
+def write_report(folder: Path, profile, skipped: list[str], command: str | None) -> Path:
+    steps = load_steps(folder)
+    grouped = _grouped(steps)
+    figs = folder / "figures"
+    figs.mkdir(exist_ok=True)
+    doc = Doc(folder)
+    doc.h(1, "fedlstm: reproduction of Sahu et al., Federated LSTM (IJACSA 2024)")
+    doc.p(profile.note)
+    doc.p(f"Generated by `{command or 'fedlstm reproduce'}` with fedlstm {__version__}, commit "
+          f"{git_commit() or 'unknown'}. Every number below comes from a file in `steps/` (one "
+          "per dataset, protocol, method and seed); rerunning the command reuses finished steps.")
+    doc.p("Protocols: `official` trains on the publisher's training file and tests on its test "
+          "file (NSL-KDD KDDTest+, KDD99 corrected); `random-split` is a seeded stratified 80/20 "
+          "split of one file, very likely the protocol behind the paper's 98-99%. Validation "
+          "data always comes from training data; nothing is selected on test data.")
+    if skipped:
+        doc.p("Not run: " + "; ".join(skipped) + ".")
+    protocols = sorted({k[1] for k in grouped})
+    methods = [m for m in LABELS if any(k[2] == m for k in grouped)]
+
+    doc.h(2, "Table I: RNN, SVM, CNN and Fed-LSTM (test set 'test' of each dataset)")
+    for ds, prot in sorted({(k[0], k[1]) for k in grouped}):
+        rows = []
+        for m in ("rnn", "svm", "cnn", "lstm", "fed-lstm"):
+            scores = grouped.get((ds, prot, m), {}).get("test")
+            if scores:
+                claim = PAPER_CLAIMS.get((m, "accuracy"))
+                rows.append([LABELS[m], *(_mean_std(scores[x]) for x in METRICS),
+                             f"{claim:.3f} (claimed, protocol unstated)" if claim else "-"])
+        doc.p(f"**{NETWORKS.get(ds, ds)}, protocol `{prot}`** (measured; seeds: "
+              f"{_seeds(steps, ds, prot)})")
+        doc.table(["method", *METRICS, "paper's claim (accuracy)"], rows)
+
+    doc.h(2, "Table II: accuracy by method and network")
+    for prot in protocols:
+        nets = [ds for ds in NETWORKS if any(k[0] == ds and k[1] == prot for k in grouped)]
+        rows = [[LABELS[m], *(_mean_std(grouped.get((ds, prot, m), {}).get("test", {}).get("accuracy", []))
+                              for ds in nets)] for m in methods]
+        doc.p(f"Protocol `{prot}`:")
+        doc.table(["method", *(NETWORKS[d] for d in nets)], rows)
+
+    doc.h(2, "All methods, all test sets")
+    rows = []
+    for (ds, prot, m), tests in sorted(grouped.items()):
+        for test, sc in tests.items():
+            rows.append([ds, prot, LABELS[m], test, *(_mean_std(sc[x]) for x in (*METRICS, "roc_auc", "fpr"))])
+    doc.table(["dataset", "protocol", "method", "test set", *METRICS, "ROC-AUC", "FPR"], rows)
+    approx = {s["step"]["method"]: s["approximation"] for s in steps if s.get("approximation")}
+    if approx:
+        doc.p("Approximations: " + "; ".join(f"{LABELS[k]}: {v}" for k, v in approx.items()) + ".")
+
+    _figure_curves(steps, figs, doc)
+    _figure_roc(steps, figs, doc)
+    _figure_bars(grouped, figs, doc)
+
+    doc.h(2, "Wall time of every step")
+    doc.table(["step", "seconds"], [[s["key"], f"{s.get('seconds', 0):.1f}"] for s in steps])
+    total = sum(s.get("seconds", 0) for s in steps)
+    doc.p(f"Total compute over all steps: {total:.0f} s.")
+    (folder / "report.md").write_text(doc.markdown())
+    (folder / "report.html").write_text(doc.html())
+    return folder / "report.md"
+
+
+def _seeds(steps: list[dict], ds: str, prot: str) -> str:
+    seeds = sorted({s["step"]["seed"] for s in steps if "step" in s
+                    and s["step"]["dataset"] == ds and s["step"]["protocol"] == prot})
+    return ", ".join(map(str, seeds))
+
+
+def _figure_curves(steps: list[dict], figs: Path, doc: Doc) -> None:
+    """Fig. 5/6: training and testing accuracy / loss of each network's local LSTM and Fed-LSTM."""
+    series = []
+    for ds in NETWORKS:
+        for prot in ("official", "random-split"):
+            s = next((s for s in steps if s.get("step", {}) == {"dataset": ds, "protocol": prot,
+                                                                "method": "lstm", "seed": 0}), None)
+            if s:
+                series.append((f"local LSTM, network {NETWORKS[ds]} ({prot})", s))
+                break
+    fed = next((s for s in steps if s.get("key", "").startswith("networks-ab")), None)
+    if fed:
+        series.append(("Fed-LSTM, networks A+B (official)", fed))
+    if not series:
+        return
+    for metric, fig_no in (("accuracy", 5), ("loss", 6)):
+        fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.6), squeeze=False)
+        for ax, (title, s) in zip(axes[0], series):
+            x_key = s.get("curve_axis", "epoch")
+            for key in sorted({k for r in s["curves"] for k in r}):
+                if key.startswith(("train_", "test_")) and key.split("/")[0].endswith(metric):
+                    pts = [(r[x_key], r[key]) for r in s["curves"] if key in r]
+                    ax.plot(*zip(*pts), marker="o", ms=3, label=key.replace(f"_{metric}", ""))
+            ax.set_title(title, fontsize=8)
+            ax.set_xlabel(x_key)
+            ax.set_ylabel(metric)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        path = figs / f"fig{fig_no}_{metric}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        doc.image(path, f"Fig. {fig_no}: training and testing {metric} of the local LSTM of each "
+                        "network and of Fed-LSTM (test curves are reporting only)")
+
+
+def _figure_roc(steps: list[dict], figs: Path, doc: Doc) -> None:
+    fed = [s for s in steps if s.get("step", {}).get("method") == "fed-lstm" and s["step"]["seed"] == 0]
+    if not fed:
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for s in fed:
+        roc, auc = s["evaluations"]["test"].get("roc"), s["evaluations"]["test"].get("roc_auc")
+        if roc:
+            ax.plot(roc["fpr"], roc["tpr"],
+                    label=f"{s['step']['dataset']} / {s['step']['protocol']} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Fed-LSTM ROC")
+    fig.tight_layout()
+    path = figs / "fig7_roc_fed_lstm.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    doc.image(path, "Fig. 7: ROC of Fed-LSTM on each dataset's test set, with AUC")
+
+
+def _figure_bars(grouped: dict, figs: Path, doc: Doc) -> None:
+    for prot in sorted({k[1] for k in grouped}):
+        keys = [k for k in grouped if k[0] == "nsl-kdd" and k[1] == prot] or \
+               [k for k in grouped if k[1] == prot]
+        if not keys:
+            continue
+        ds = keys[0][0]
+        methods = [m for m in LABELS if (ds, prot, m) in grouped]
+        fig, ax = plt.subplots(figsize=(10, 3.8))
+        width = 0.8 / len(METRICS)
+        for i, metric in enumerate(METRICS):
+            vals = [np.mean(grouped[(ds, prot, m)]["test"][metric]) for m in methods]
+            ax.bar(np.arange(len(methods)) + i * width, vals, width, label=metric)
+        ax.set_xticks(np.arange(len(methods)) + 0.4 - width / 2, [LABELS[m] for m in methods],
+                      rotation=20, fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7, ncol=4)
+        ax.set_title(f"{ds} / {prot}")
+        fig.tight_layout()
+        path = figs / f"fig8_metrics_{prot}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        doc.image(path, f"Fig. 8: accuracy, precision, recall and F1 by method ({ds}, protocol {prot})")
