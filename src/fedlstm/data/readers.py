@@ -1,0 +1,214 @@
+"""Read dataset files (plain, .gz, .zip) into typed frames, with errors that name file, line and column.
+
+The fast path is pandas' C parser. Only when it fails or yields missing / non-finite values do we
+re-scan the file in Python to find where the problem is, so good files pay nothing for the checks.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import logging
+import math
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedlstm.data.schemas import NORMAL_FAMILY, DatasetSpec
+
+log = logging.getLogger(__name__)
+
+
+class DataFormatError(ValueError):
+    """A data file that cannot be read as its schema says; the message names file:line:column."""
+
+
+@dataclass
+class BadLine:
+    line: int  # 1-based physical line, header included
+    column: str | None  # column name, or None for a wrong field count
+    reason: str
+    field: int | None = None  # 1-based position of `column` in the record
+
+    def describe(self, path: Path) -> str:
+        where = f"{path}:{self.line}"
+        if self.column:
+            where += f": column '{self.column}'" + (f" (field {self.field})" if self.field else "")
+        return f"{where}: {self.reason}"
+
+
+@dataclass
+class ReadReport:
+    path: Path
+    rows: int = 0
+    skipped: list[BadLine] = field(default_factory=list)
+
+
+@dataclass
+class Records:
+    """Parsed records of one file with the labels derived from them (row order = file order)."""
+
+    frame: pd.DataFrame  # feature columns only
+    attack: np.ndarray  # attack name per row ("normal" for benign)
+    family: np.ndarray  # attack family per row
+    is_attack: np.ndarray  # int64 0/1
+    report: ReadReport
+    # Origin of each row when records of several sources are pooled: windows never cross it.
+    segment: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def take(self, idx: np.ndarray) -> Records:
+        return Records(self.frame.iloc[idx].reset_index(drop=True), self.attack[idx],
+                       self.family[idx], self.is_attack[idx], self.report,
+                       None if self.segment is None else self.segment[idx])
+
+
+def concat_records(parts: list[Records]) -> Records:
+    """Pool records of several sources (e.g. sites), remembering each row's source."""
+    return Records(pd.concat([p.frame for p in parts], ignore_index=True),
+                   np.concatenate([p.attack for p in parts]),
+                   np.concatenate([p.family for p in parts]),
+                   np.concatenate([p.is_attack for p in parts]), parts[0].report,
+                   np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)]))
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    if path.suffix == ".zip":
+        archive = zipfile.ZipFile(path)
+        members = [n for n in archive.namelist() if not n.endswith("/")]
+        if len(members) != 1:
+            raise DataFormatError(f"{path}: a .zip must hold exactly one file, found {members}")
+        return io.TextIOWrapper(archive.open(members[0]), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _dtypes(spec: DatasetSpec) -> dict[str, object]:
+    text = {*spec.categorical, spec.label, *spec.ignore}
+    if spec.family_column:
+        text.add(spec.family_column)
+    return {c: (str if c in text else np.float64) for c in spec.columns}
+
+
+def find_bad_lines(path: Path, spec: DatasetSpec, limit: int | None = 1) -> list[BadLine]:
+    """Scan a file line by line for field-count, number and missing-value problems."""
+    bad: list[BadLine] = []
+    numeric = set(spec.numeric_columns)
+    required = set(spec.feature_columns) | {spec.label}
+    n_fields = len(spec.columns)
+    try:
+        with _open_text(path) as fh:
+            for lineno, fields in enumerate(csv.reader(fh), start=1):
+                if lineno == 1 and spec.has_header:
+                    continue
+                if not fields or fields == [""]:
+                    bad.append(BadLine(lineno, None, "empty line"))
+                elif len(fields) != n_fields:
+                    bad.append(BadLine(lineno, None, f"expected {n_fields} fields, found {len(fields)}"))
+                else:
+                    for name, value in zip(spec.columns, fields):
+                        reason = None
+                        if name in numeric:
+                            try:
+                                if not math.isfinite(float(value)):
+                                    reason = f"non-finite value {value!r}"
+                            except ValueError:
+                                reason = f"expected a number, found {value!r}"
+                        elif name in required and value.strip() in ("", "nan", "NaN", "NA", "null"):
+                            reason = f"missing value {value!r}"
+                        if reason:
+                            col = spec.columns.index(name) + 1
+                            bad.append(BadLine(lineno, name, reason, col))
+                            break
+                if limit is not None and len(bad) >= limit:
+                    break
+    except (EOFError, OSError, zlib.error, zipfile.BadZipFile) as exc:
+        raise DataFormatError(f"{path}: truncated or corrupt file ({exc}); fetch it again") from exc
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"{path}: not UTF-8 text ({exc}); a compressed file needs its .gz or "
+                              ".zip suffix") from exc
+    return bad
+
+
+def read_records(path: str | Path, spec: DatasetSpec, lenient: bool = False) -> Records:
+    """Read one file of `spec`. Strict by default; `lenient` skips bad lines and reports them."""
+    path = Path(path)
+    report = ReadReport(path)
+    frame = _read_fast(path, spec, skip=None)
+    if frame is None or not _all_valid(frame, spec):
+        bad = find_bad_lines(path, spec, limit=None if lenient else 1)
+        if not bad:  # pandas failed on something the scanner accepts: report pandas' own words
+            _read_fast(path, spec, skip=None, raise_errors=True)
+            raise DataFormatError(f"{path}: could not be parsed as {spec.name}")
+        if not lenient:
+            raise DataFormatError(bad[0].describe(path) + " (use lenient reading to skip bad lines)")
+        report.skipped = bad
+        for b in bad[:5]:
+            log.warning("skipped %s", b.describe(path))
+        log.warning("%s: skipped %d malformed line(s)", path, len(bad))
+        frame = _read_fast(path, spec, skip=[b.line - 1 for b in bad], raise_errors=True)
+    if len(frame) == 0:
+        raise DataFormatError(f"{path}: no records")
+    report.rows = len(frame)
+    return _to_records(frame, spec, report)
+
+
+def _read_fast(path: Path, spec: DatasetSpec, skip: list[int] | None,
+               raise_errors: bool = False) -> pd.DataFrame | None:
+    if path.stat().st_size == 0:
+        raise DataFormatError(f"{path}: file is empty")
+    try:
+        return pd.read_csv(
+            path, header=None, names=spec.columns, dtype=_dtypes(spec), engine="c",
+            skiprows=sorted({0, *(skip or [])}) if spec.has_header else skip,
+            encoding="utf-8-sig", compression="infer", skipinitialspace=False, low_memory=False,
+        )
+    except pd.errors.EmptyDataError as exc:
+        raise DataFormatError(f"{path}: file is empty") from exc
+    except (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile) as exc:
+        raise DataFormatError(f"{path}: truncated or corrupt file ({exc}); fetch it again") from exc
+    except (ValueError, pd.errors.ParserError) as exc:
+        if raise_errors:
+            raise DataFormatError(f"{path}: {exc}") from exc
+        return None
+
+
+def _all_valid(frame: pd.DataFrame, spec: DatasetSpec) -> bool:
+    numeric = frame[spec.numeric_columns].to_numpy()
+    if not np.isfinite(numeric).all():
+        return False
+    required = [*spec.categorical, spec.label]
+    # A row with too few fields reads as NaN in its last columns; when the last one is ignored
+    # (NSL-KDD's difficulty) nothing above would notice, so check it too.
+    last = spec.columns[-1]
+    if last != spec.family_column and last not in required:
+        required.append(last)
+    return not frame[required].isna().to_numpy().any()
+
+
+def _to_records(frame: pd.DataFrame, spec: DatasetSpec, report: ReadReport) -> Records:
+    if spec.family_column:
+        attack = frame[spec.family_column].fillna("").str.strip().to_numpy(dtype=object)
+        attack[attack == ""] = spec.normal_labels[0]
+        is_attack = (pd.to_numeric(frame[spec.label], errors="raise") != 0).to_numpy()
+        family = np.array([NORMAL_FAMILY if not a else spec.family_of(n) for n, a in
+                           zip(attack, is_attack)], dtype=object)
+    else:
+        labels = frame[spec.label].str.strip()
+        if spec.label_suffix:
+            labels = labels.str.removesuffix(spec.label_suffix)
+        attack = labels.to_numpy(dtype=object)
+        is_attack = ~np.isin(attack, spec.normal_labels)
+        lookup = {a: spec.family_of(a) for a in np.unique(attack)}
+        family = np.array([lookup[a] for a in attack], dtype=object)
+    features = frame[spec.feature_columns]
+    features = features.astype({c: np.float32 for c in spec.numeric_columns})
+    return Records(features.reset_index(drop=True), attack, family, is_attack.astype(np.int64), report)

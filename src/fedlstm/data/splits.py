@@ -1,0 +1,137 @@
+"""Evaluation protocols. Validation data is carved from training data only, under every protocol.
+
+- `official`: the publishers' train and test files (NSL-KDD Train+ -> Test+ and Test-21,
+  KDD99 10% -> corrected, UNSW-NB15 training -> testing partition).
+- `random-split`: a seeded, stratified split of one file: the protocol behind the ~98-99% figures
+  in the literature, since train and test then share attack types and near-duplicate records.
+
+Every part keeps file order, so windows formed later see records in their original sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from fedlstm.config import DataConfig
+from fedlstm.data.readers import Records, read_records
+from fedlstm.data.registry import DatasetNotFound, available_roles, data_dir, locate
+from fedlstm.data.schemas import DatasetSpec, get_spec
+
+log = logging.getLogger(__name__)
+TRAIN_ROLES = ("train", "train-20")
+
+
+@dataclass
+class Split:
+    spec: DatasetSpec
+    protocol: str
+    train: Records
+    val: Records
+    tests: dict[str, Records]
+    files: dict[str, str] = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
+
+
+def stratified_indices(strata: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions into (rest, taken) with `fraction` taken per stratum, both in file order."""
+    strata = np.asarray(strata).astype(str)
+    values, counts = np.unique(strata, return_counts=True)
+    rare = set(values[counts < 2])
+    if rare:  # a stratum of one record cannot be split: pool the rare ones
+        strata = np.where(np.isin(strata, list(rare)), "__rare__", strata)
+        if (strata == "__rare__").sum() < 2:
+            strata = np.where(strata == "__rare__", values[np.argmax(counts)], strata)
+    positions = np.arange(len(strata))
+    rest, taken = train_test_split(positions, test_size=fraction, random_state=seed, stratify=strata)
+    return np.sort(rest), np.sort(taken)
+
+
+def drop_duplicates(records: Records) -> tuple[Records, int]:
+    key = records.frame.assign(__attack=records.attack)
+    keep = ~key.duplicated().to_numpy()
+    return records.take(np.flatnonzero(keep)), int((~keep).sum())
+
+
+def _row_hashes(records: Records) -> np.ndarray:
+    return pd.util.hash_pandas_object(records.frame, index=False).to_numpy()
+
+
+def overlap_share(train: Records, test: Records) -> float:
+    """Share of test records whose feature vector also occurs in the training data."""
+    return float(np.isin(_row_hashes(test), _row_hashes(train)).mean())
+
+
+def carve_validation(records: Records, fraction: float, seed: int) -> tuple[Records, Records]:
+    fit_idx, val_idx = stratified_indices(records.family, fraction, seed + 2)
+    return records.take(fit_idx), records.take(val_idx)
+
+
+def build_split(cfg: DataConfig, seed: int = 0, carve_val: bool = True) -> Split:
+    """`carve_val=False` leaves validation to the caller (federated clients carve their own)."""
+    spec = get_spec(cfg.dataset)
+    root = data_dir(cfg.data_dir)
+    notes: dict = {}
+    files: dict[str, str] = {}
+
+    def read(role: str) -> Records:
+        path = locate(spec, role, root)
+        files[role] = str(path)
+        return read_records(path, spec, lenient=cfg.lenient)
+
+    if cfg.protocol == "official":
+        present = available_roles(spec, root)
+        if "train" not in present:
+            tests = [r for r in present if r not in TRAIN_ROLES]
+            raise DatasetNotFound(
+                f"{spec.name}: the official protocol needs the training file, found only "
+                f"{tests or 'nothing'} in {root / spec.folder}; fetch it with `fedlstm data fetch "
+                f"{spec.name}` or use --protocol random-split")
+        train = read("train")
+        tests = {role: read(role) for role in present if role not in TRAIN_ROLES}
+        if not tests:
+            raise DatasetNotFound(f"{spec.name}: the official protocol needs a test file in "
+                                  f"{root / spec.folder}")
+        if cfg.dedup:
+            train, removed = drop_duplicates(train)
+            notes["duplicates_removed_from_train"] = removed
+    else:
+        role = cfg.split_file or _first_present(spec, root)
+        whole = read(role)
+        if cfg.dedup:  # before splitting, or copies of one record land on both sides
+            whole, removed = drop_duplicates(whole)
+            notes["duplicates_removed"] = removed
+        rest, test_idx = stratified_indices(whole.family, cfg.test_fraction, seed)
+        train, tests = whole.take(rest), {"test": whole.take(test_idx)}
+        notes["split_file"] = role
+
+    if cfg.max_train_rows and len(train) > cfg.max_train_rows:
+        _, keep = stratified_indices(train.family, cfg.max_train_rows / len(train), seed + 1)
+        train = train.take(keep)
+        notes["train_subsampled_to"] = len(train)
+    if cfg.max_test_rows:
+        for name, recs in list(tests.items()):
+            if len(recs) > cfg.max_test_rows:
+                _, keep = stratified_indices(recs.family, cfg.max_test_rows / len(recs), seed + 3)
+                tests[name] = recs.take(keep)
+        notes["tests_subsampled_to"] = cfg.max_test_rows
+    if carve_val:
+        train, val = carve_validation(train, cfg.val_fraction, seed)
+    else:
+        val = train.take(np.array([], np.int64))
+    notes["rows"] = {"train": len(train), "val": len(val), **{k: len(v) for k, v in tests.items()}}
+    notes["test_overlap_with_train"] = {k: overlap_share(train, v) for k, v in tests.items()}
+    return Split(spec, cfg.protocol, train, val, tests, files, notes)
+
+
+def _first_present(spec: DatasetSpec, root: Path) -> str:
+    present = available_roles(spec, root)
+    if not present:
+        raise DatasetNotFound(f"{spec.name}: no files in {root / spec.folder}; run "
+                              f"`fedlstm data fetch {spec.name} --data-dir {root}`")
+    return present[0]
