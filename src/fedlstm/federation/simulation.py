@@ -114,10 +114,12 @@ def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resu
 
 
 def _quiet_flower() -> None:
-    """Flower logs every message at INFO; keep that for `-v` (root logger at INFO or below)."""
+    """Flower logs every message at INFO, and warns on each in-process simulation that
+    `run_simulation` is deprecated in favour of `flwr run` (we use `flwr run` for deployment,
+    `run_simulation` for simulation). Keep all of that for `-v` (root logger at INFO)."""
     flwr_log = logging.getLogger("flwr")
     if logging.getLogger().getEffectiveLevel() > logging.INFO:
-        flwr_log.setLevel(logging.WARNING)
+        flwr_log.setLevel(logging.ERROR)
 
 
 def finish_run(task: ServerTask, cfg: RunConfig, stage: Path, data: FederatedData, timings: dict,
