@@ -342,6 +342,7 @@ class ManagedProcess:
     popen: subprocess.Popen
     log_path: Path
     log_file: IO = field(repr=False)
+    stopped: bool = False
 
     @property
     def running(self) -> bool:
@@ -371,6 +372,7 @@ class LocalFederation:
         self.certificates: Certificates | None = None
         self.port: int | None = None
         self.processes: list[ManagedProcess] = []
+        self.superlink: ManagedProcess | None = None
         self._previous_sigterm = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -431,7 +433,7 @@ class LocalFederation:
             args.append("--insecure")
         if self.auth:
             args.append("--enable-supernode-auth")
-        superlink = self.spawn("superlink", args)
+        self.superlink = superlink = self.spawn("superlink", args)
         deadline = time.monotonic() + self.startup_timeout
         while not _port_open(self.host, self.port):
             if not superlink.running:
@@ -472,7 +474,8 @@ class LocalFederation:
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every process group we started, SIGKILL what is left after `grace` seconds."""
-        running = [p for p in self.processes if p.running]
+        active = [p for p in self.processes if not p.stopped]
+        running = [p for p in active if p.running]
         for proc in running:
             _signal_group(proc.popen.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -481,11 +484,12 @@ class LocalFederation:
                 proc.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop within %.0f s; killing it", proc.name, grace)
-        for proc in self.processes:
-            _signal_group(proc.popen.pid, signal.SIGKILL)  # leftovers in the group, if any
+        for proc in active:
+            _signal_group(proc.popen.pid, signal.SIGKILL)  # whatever is left in its group
             if proc.popen.poll() is None:
                 proc.popen.wait(timeout=5)
             proc.log_file.close()
+            proc.stopped = True
         self._stop_stragglers()
         if self._previous_sigterm is not None:
             signal.signal(signal.SIGTERM, self._previous_sigterm)
@@ -578,7 +582,7 @@ class LocalFederation:
         when the SuperLink or a watched SuperNode dies.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        watch = [self.processes[0], *(watch or [])]
+        watch = [self.superlink, *(watch or [])]
         stream = self.spawn(f"serverapp-{run_id}", [self.executable("flwr"), "log", str(run_id),
                                                     CONNECTION, "--stream"])
         while True:
@@ -598,10 +602,13 @@ class LocalFederation:
                                       f"stopped it\n{self.report()}")
             time.sleep(0.5)
 
-    def report(self, lines: int = 25) -> str:
-        """The tails of every log, for error messages."""
-        return "\n".join(f"--- {p.log_path} (last {lines} lines)\n{tail(p.log_path, lines)}"
-                         for p in self.processes)
+    def report(self, lines: int = 12) -> str:
+        """The tails of every log (longer for the ServerApp's, where tracebacks land)."""
+        parts = []
+        for proc in self.processes:
+            n = 3 * lines if proc.name.startswith("serverapp") else lines
+            parts.append(f"--- {proc.log_path} (last {n} lines)\n{tail(proc.log_path, n)}")
+        return "\n".join(parts)
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -630,11 +637,11 @@ class DeploymentResult:
 
 def _resolved(cfg: RunConfig) -> RunConfig:
     """Absolute data folder: the ServerApp runs in another process with another cwd."""
-    from fedlstm.data.registry import data_dir
+    from fedlstm.data.registry import DatasetNotFound, data_dir
 
     try:
         root = data_dir(cfg.data.data_dir)
-    except Exception:  # no folder configured: the split below reports it properly
+    except DatasetNotFound:  # no folder configured: the split below says so
         return cfg
     return cfg.model_copy(update={"data": cfg.data.model_copy(
         update={"data_dir": str(root.expanduser().resolve())})})
@@ -648,6 +655,8 @@ def deploy_on(federation: LocalFederation, cfg: RunConfig, out: str | Path, *,
     Uses a started `federation` (its TLS/auth settings apply) and leaves it running, so that
     callers (tests) can share one SuperLink; `run_local_deployment` is the one-shot version.
     """
+    import numpy as np
+
     from fedlstm.federation.partitions import describe, save_records
     from fedlstm.federation.simulation import federated_data
     from fedlstm.runs import RunExists, staged_dir
@@ -668,14 +677,13 @@ def deploy_on(federation: LocalFederation, cfg: RunConfig, out: str | Path, *,
     shares = work / "shares"
     shutil.rmtree(shares, ignore_errors=True)
     shares.mkdir(parents=True)
-    paths = [save_records(recs, shares / f"{name}.parquet") for name, recs in zip(data.names, data.clients)]
+    paths = [save_records(recs, shares / f"{name}.parquet")
+             for name, recs in zip(data.names, data.clients)]
     config_file = work / "config.json"
     config_file.write_text(cfg.model_dump_json(indent=2))
     run_dir = work / "run"  # the ServerApp's out-dir; moved to `out` once complete
     shutil.rmtree(run_dir, ignore_errors=True)  # a stale checkpoint there would be resumed
     run_dir.mkdir()
-    import numpy as np
-
     (run_dir / DEPLOYMENT_FILE).write_text(json.dumps({
         "partitions": describe(data.clients, data.names), "data_notes": data.notes,
         "train_attacks": sorted(set(np.concatenate([c.attack for c in data.clients]).astype(str))),
@@ -741,15 +749,19 @@ def run_local_deployment(cfg: RunConfig, out: str | Path, work_dir: str | Path |
     out = Path(out).resolve()
     default_work = work_dir is None
     work = Path(work_dir).resolve() if work_dir else out.parent / f".{out.name}.deploy"
+    federation = LocalFederation(work, tls=tls, auth=auth)  # checks the options first
     if default_work:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda message: None)
     say("starting the SuperLink")
-    with LocalFederation(work, tls=tls, auth=auth) as federation:
-        result = deploy_on(federation, cfg, out, overwrite=overwrite, timeout=timeout,
-                           command=command, progress=progress)
-        say("stopping the federation")
+    try:
+        with federation:
+            result = deploy_on(federation, cfg, out, overwrite=overwrite, timeout=timeout,
+                               command=command, progress=progress)
+            say("stopping the federation")
+    except DeploymentError as exc:
+        raise DeploymentError(f"{exc}\n(shares, certificates, keys and logs kept in {work})") from exc
     if default_work:
         shutil.rmtree(work, ignore_errors=True)
     return result
