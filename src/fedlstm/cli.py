@@ -64,10 +64,10 @@ class RichReporter(Reporter):
 
     def epoch_end(self, record: dict) -> None:
         e = record["epoch"]
-        val = f" val_loss {record['val_loss']:.4f} val_acc {record['val_accuracy']:.4f}" \
-            if "val_loss" in record else ""
-        self.progress.console.print(f"epoch {e}: train_loss {record['train_loss']:.4f} "
-                                    f"train_acc {record['train_accuracy']:.4f}{val}")
+        val = f" val_loss {record['val_loss']:.4f}" if "val_loss" in record else ""
+        val += f" val_acc {record['val_accuracy']:.4f}" if "val_accuracy" in record else ""
+        acc = f" train_acc {record['train_accuracy']:.4f}" if "train_accuracy" in record else ""
+        self.progress.console.print(f"epoch {e}: train_loss {record['train_loss']:.4f}{acc}{val}")
         self.progress.update(self.task, description=f"{self.label} epoch {min(e + 1, self.epochs)}/{self.epochs}")
 
     def finish(self) -> None:

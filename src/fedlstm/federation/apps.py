@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -44,6 +45,16 @@ def _client_task(data_path: str, config_json: str, name: str) -> ClientTask:
     return ClientTask(load_client_records(data_path, spec, lenient=cfg.data.lenient), cfg, spec, name)
 
 
+def _preprocessing_statistics(task: ClientTask, config: dict) -> dict:
+    return {"statistics": task.statistics().to_bytes()}
+
+
+# Aggregate-only questions the server may ask a site before or after training, by phase.
+# Each answer is a dict of scalars/bytes (a Flower config record); never rows.
+CLIENT_QUERIES: dict[str, Callable[[ClientTask, dict], dict]] = {
+    "preprocessing": _preprocessing_statistics}
+
+
 class FlowerClient(NumPyClient):
     def __init__(self, data_path: str, name: str):
         self.data_path, self.name = data_path, name
@@ -55,8 +66,10 @@ class FlowerClient(NumPyClient):
         return task
 
     def get_properties(self, config):
-        task = self._task(config)
-        return {"statistics": task.statistics().to_bytes(), "client": self.name}
+        phase = str(config.get("phase", "preprocessing"))
+        if phase not in CLIENT_QUERIES:
+            raise ValueError(f"unknown query phase {phase!r}; known: {sorted(CLIENT_QUERIES)}")
+        return {**CLIENT_QUERIES[phase](self._task(config), config), "client": self.name}
 
     def fit(self, parameters, config):
         task = self._task(config)
@@ -78,26 +91,29 @@ def make_client_app(partition_dir: str | None = None) -> ClientApp:
 
 
 # --- server ------------------------------------------------------------------------------------
-def collect_statistics(grid: Grid, task: ServerTask, n_clients: int, config_json: str,
-                       timeout: float = 600.0) -> None:
-    """Before round 1: every site sends preprocessing statistics (never rows); merge them."""
+def query_clients(grid: Grid, config: dict, n_clients: int, timeout: float = 600.0) -> list[dict]:
+    """Ask every connected site one aggregate-only question (`config["phase"]`); their answers."""
     deadline = time.monotonic() + timeout
     while len(node_ids := list(grid.get_node_ids())) < n_clients:
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {len(node_ids)} of {n_clients} clients connected")
         time.sleep(0.5)
-    messages = []
-    for node_id in node_ids:
-        content = RecordDict({_PROPS_IN: ConfigRecord({"run_config": config_json})})
-        messages.append(Message(content=content, dst_node_id=node_id,
-                                message_type="get_properties"))
-    parts = []
+    messages = [Message(content=RecordDict({_PROPS_IN: ConfigRecord(config)}), dst_node_id=node_id,
+                        message_type="get_properties") for node_id in node_ids]
+    answers = []
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
-            raise RuntimeError(f"a client failed to report statistics: {reply.error}")
-        props = reply.content.config_records[_PROPS_OUT]
-        parts.append(PreprocessingStats.from_bytes(bytes(props["statistics"])))
-    task.merge_statistics(parts)
+            raise RuntimeError(f"a client failed to answer {config.get('phase')!r}: {reply.error}")
+        answers.append(dict(reply.content.config_records[_PROPS_OUT]))
+    return answers
+
+
+def collect_statistics(grid: Grid, task: ServerTask, n_clients: int, config_json: str,
+                       timeout: float = 600.0) -> None:
+    """Before round 1: every site sends preprocessing statistics (never rows); merge them."""
+    answers = query_clients(grid, {"phase": "preprocessing", "run_config": config_json},
+                            n_clients, timeout)
+    task.merge_statistics([PreprocessingStats.from_bytes(bytes(a["statistics"])) for a in answers])
 
 
 def build_strategy(task: ServerTask, config_json: str) -> Strategy:

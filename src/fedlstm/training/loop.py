@@ -57,10 +57,28 @@ def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return weights * (counts > 0)
 
 
+class Objective:
+    """What a batch's loss is. Classification (cross-entropy over window labels) by default;
+    other tasks (e.g. reconstructing normal traffic) subclass `step` and `evaluate`."""
+
+    def __init__(self, loss_fn: nn.Module | None = None):
+        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
+
+    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean loss of the batch and, where it means something, the number of correct outputs."""
+        logits = model(x)
+        return self.loss_fn(logits, y), (logits.detach().argmax(1) == y).sum()
+
+    def evaluate(self, model: nn.Module, data: WindowSet, device: torch.device | None = None) -> dict:
+        return evaluate_loss(model, data, self.loss_fn, device)
+
+
 def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainConfig,
         n_classes: int, seed: int = 0, reporter: Reporter | None = None,
         epochs: int | None = None,
-        on_epoch: Callable[[dict], None] | None = None) -> History:
+        on_epoch: Callable[[dict], None] | None = None,
+        objective: Objective | None = None) -> History:
     """Train in place with Adam; early-stops on validation loss and restores the best weights."""
     reporter = reporter or Reporter()
     torch.set_num_threads(cfg.threads)
@@ -70,9 +88,10 @@ def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainCon
     model.to(device)
     train_d = train.to(device)
     window_labels = train_d.window_labels
-    weight = class_weights(window_labels.cpu(), n_classes).to(device) \
-        if cfg.class_weights == "balanced" else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    if objective is None:
+        weight = class_weights(window_labels.cpu(), n_classes).to(device) \
+            if cfg.class_weights == "balanced" else None
+        objective = Objective(nn.CrossEntropyLoss(weight=weight))
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # FedProx: keep the starting (global) weights to pull local training towards them.
     anchor = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else None
@@ -93,8 +112,7 @@ def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainCon
         correct = torch.zeros((), device=device, dtype=torch.int64)
         for start in range(0, n, cfg.batch_size):
             x, y = train_d.batch(order[start:start + cfg.batch_size])
-            logits = model(x)
-            loss = loss_fn(logits, y)
+            loss, n_correct = objective.step(model, x, y)
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
                 loss = loss + 0.5 * cfg.proximal_mu * prox
@@ -102,13 +120,15 @@ def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainCon
             loss.backward()
             optimiser.step()
             total_loss += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
+            if n_correct is not None:
+                correct += n_correct
             reporter.advance()
-        record = {"epoch": epoch, "train_loss": float(total_loss) / n,
-                  "train_accuracy": float(correct) / n}
+        record = {"epoch": epoch, "train_loss": float(total_loss) / n}
+        if n_correct is not None:
+            record["train_accuracy"] = float(correct) / n
         if val is not None and len(val):
-            val_metrics = evaluate_loss(model, val, loss_fn, device)
-            record.update({"val_loss": val_metrics["loss"], "val_accuracy": val_metrics["accuracy"]})
+            val_metrics = objective.evaluate(model, val, device)
+            record.update({f"val_{k}": v for k, v in val_metrics.items()})
         history.epochs.append(record)
         reporter.epoch_end(record)
         if on_epoch:
