@@ -19,6 +19,7 @@ from rich.table import Table
 
 from fedlstm import __version__
 from fedlstm.cli_deploy import deploy_app
+from fedlstm.cli_detect import register as register_detect_commands
 from fedlstm.training.loop import Reporter
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -26,9 +27,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 data_app = typer.Typer(no_args_is_help=True, help="Find, fetch and describe datasets.")
 app.add_typer(data_app, name="data")
 app.add_typer(deploy_app, name="deploy")
+register_detect_commands(app)
 console = Console(stderr=True)
 out_console = Console()
 
+SchemaOpt = Annotated[Optional[str], typer.Option(
+    help="Flow-log schema for your own files: zeek-conn | cicflowmeter | FILE.toml")]
+TrainFiles = Annotated[Optional[list[Path]], typer.Option(
+    "--train-file", help="Your own labelled flow file(s) (repeatable); needs --schema.")]
+TestFile = Annotated[Optional[Path], typer.Option(
+    help="Held-out file of your own; without it, a random split of the training files.")]
 DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Dataset folder (default: $FEDLSTM_DATA).")]
 
 
@@ -39,6 +47,15 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
     flwr_log = logging.getLogger("flwr")  # Flower logs every message exchange at INFO/DEBUG
     flwr_log.setLevel(logging.INFO if verbose else logging.WARNING)
     flwr_log.propagate = False
+
+
+def _byo(schema: str | None, train_file: list[Path] | None, test_file: Path | None) -> dict:
+    """Load-config overrides for bring-your-own flow files."""
+    if train_file and not schema:
+        raise typer.BadParameter("--train-file needs --schema (zeek-conn, cicflowmeter or FILE.toml)")
+    return {"data__schema": schema,
+            "data__train_files": [str(p.resolve()) for p in train_file] if train_file else None,
+            "data__test_file": str(test_file.resolve()) if test_file else None}
 
 
 def _fail(exc: Exception) -> None:
@@ -154,6 +171,9 @@ def train(
     epochs: Annotated[Optional[int], typer.Option()] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
+    schema: SchemaOpt = None,
+    train_file: TrainFiles = None,
+    test_file: TestFile = None,
     out: Annotated[Path, typer.Option(help="Run directory to create.")] = Path("runs/latest"),
     config: Annotated[Optional[Path], typer.Option(help="TOML or JSON run configuration.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value")] = None,
@@ -168,7 +188,8 @@ def train(
     try:
         cfg = load_config(config, set_, data__dataset=dataset, data__protocol=protocol,
                           data__data_dir=data_dir, windows__window=window, model__task=task,
-                          train__epochs=epochs, seed=seed, train__device=device)
+                          train__epochs=epochs, seed=seed, train__device=device,
+                          **_byo(schema, train_file, test_file))
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
         console.print(f"fedlstm {__version__}: {cfg.data.dataset}, protocol [bold]{cfg.data.protocol}[/], "
@@ -193,6 +214,9 @@ def federate(
     local_epochs: Annotated[Optional[int], typer.Option(help="E: local epochs per round.")] = None,
     window: Annotated[Optional[int], typer.Option(help="Records per window (W).")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
+    schema: SchemaOpt = None,
+    train_file: TrainFiles = None,
+    test_file: TestFile = None,
     out: Annotated[Path, typer.Option(help="Run directory to create.")] = Path("runs/federated"),
     config: Annotated[Optional[Path], typer.Option(help="TOML or JSON run configuration.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value")] = None,
@@ -211,7 +235,8 @@ def federate(
                           data__data_dir=data_dir, federation__clients=clients,
                           federation__partition=partition, federation__strategy=strategy,
                           federation__rounds=rounds, federation__local_epochs=local_epochs,
-                          windows__window=window, seed=seed)
+                          windows__window=window, seed=seed,
+                          **_byo(schema, train_file, test_file))
         if out.exists() and not (overwrite or resume):
             raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
         f = cfg.federation

@@ -11,11 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
 
 class DataConfig(_Strict):
     dataset: str = "nsl-kdd"
+    # Bring-your-own flow logs: a schema (zeek-conn, cicflowmeter or a .toml file) and files.
+    schema_: str | None = Field(None, alias="schema")
+    train_files: list[str] = []
+    test_file: str | None = None  # without it, random-split of the training files
     protocol: Literal["official", "random-split"] = "official"
     data_dir: str | None = None  # falls back to $FEDLSTM_DATA
     split_file: str | None = None  # random-split: role of the file to split (default: first present)

@@ -78,7 +78,8 @@ def evaluate_bundle(bundle, records: Records) -> dict:
     classical baselines alike.
     """
     labels = encode_labels(records, bundle.task, bundle.class_names)
-    data = make_windows(bundle.preprocessor.transform(records.frame), labels, bundle.window)
+    data = make_windows(bundle.preprocessor.transform(records.frame), labels, bundle.window,
+                        segments=records.segment)
     ends = data.ends.numpy()
     score = bundle.decision_function(data)
     is_attack = records.is_attack[ends]

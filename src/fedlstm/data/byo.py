@@ -419,8 +419,9 @@ def label_arrays(spec: DatasetSpec, label: np.ndarray,
     label = np.asarray(label, object)
     if spec.label_suffix:
         label = np.array([v.removesuffix(spec.label_suffix) for v in label], object)
-    numeric = pd.to_numeric(pd.Series(label), errors="coerce")
-    if family_label is not None and numeric.notna().all():  # UNSW-NB15 style: 0/1 + category
+    numeric = pd.to_numeric(pd.Series(label), errors="coerce") if family_label is not None \
+        else None
+    if numeric is not None and numeric.notna().all():  # UNSW-NB15 style: 0/1 + category
         is_attack = numeric.to_numpy() != 0
         attack = np.where(is_attack, family_label, spec.normal_labels[0]).astype(object)
     else:
@@ -437,7 +438,11 @@ def label_arrays(spec: DatasetSpec, label: np.ndarray,
 
 def read_flow_file(path: str | Path, spec: DatasetSpec, lenient: bool = False,
                    chunk_bytes: int = 8 << 20) -> tuple[Records, DatasetSpec]:
-    """A whole labelled file as Records (for training), and the spec resolved on its header."""
+    """A whole labelled file as Records (for training), and the spec resolved on its header.
+
+    Where the schema has an entity key, records are grouped by entity (arrival order kept inside
+    each) and `segment` holds the entity, so training windows are per entity, like detection's.
+    """
     reader = FlowReader(path, spec, chunk_bytes=chunk_bytes, strict=not lenient)
     chunks = list(reader)
     if not chunks:
@@ -453,12 +458,19 @@ def read_flow_file(path: str | Path, spec: DatasetSpec, lenient: bool = False,
     attack, family, is_attack = label_arrays(reader.spec, label, family_label)
     report = ReadReport(Path(path), rows=len(frame),
                         skipped=list(reader.report.examples))
+    segment = None
+    if reader.entity_col:  # windows per entity, as `fedlstm detect` forms them
+        codes, _ = pd.factorize(pd.Series(np.concatenate([c.entity for c in chunks]), dtype=object))
+        order = np.argsort(codes, kind="stable")
+        frame, attack, family, is_attack = (frame.iloc[order].reset_index(drop=True),
+                                            attack[order], family[order], is_attack[order])
+        segment = codes[order]
     if reader.report.bad:
         log.warning("%s: skipped %d malformed line(s)", path, reader.report.bad)
     if reader.report.filled:
         log.warning("%s: filled unset/NaN/Inf values with %s: %s", path, reader.spec.fill_missing,
                     dict(reader.report.filled))
-    return Records(frame, attack, family, is_attack, report), reader.spec
+    return Records(frame, attack, family, is_attack, report, segment), reader.spec
 
 
 def _with_families(spec: DatasetSpec, *parts: Records) -> DatasetSpec:
@@ -492,6 +504,8 @@ def build_split_from_files(spec: DatasetSpec, train_files: str | Path | list,
         parts.append((recs, resolved))
     spec = parts[0][1]
     whole = parts[0][0] if len(parts) == 1 else concat_records([p[0] for p in parts])
+    if len(parts) > 1 and parts[0][0].segment is not None:  # file and entity both bound windows
+        whole.segment = np.concatenate([p[0].segment + i * (1 << 32) for i, p in enumerate(parts)])
     notes: dict = {"train_files": [str(f) for f in files]}
     if cfg.dedup:
         whole, notes["duplicates_removed"] = drop_duplicates(whole)

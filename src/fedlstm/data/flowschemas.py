@@ -193,7 +193,8 @@ def resolve_spec(spec: DatasetSpec, header: list[str], where: str = "") -> Datas
 _LABEL_NAMES = ("label", "class", "attack", "attack_cat", "detailed-label", "category", "target")
 _BENIGN = ("benign", "normal", "legitimate", "background")
 _TIME_HINT = re.compile(r"(^ts$|time|date)", re.I)
-_ENTITY_HINT = re.compile(r"(src|source|orig).*(ip|addr|host)|id\.orig_h", re.I)
+_ENTITY_HINT = re.compile(r"^((src|source|orig|sender)([ _.-]*(ip|addr|address|host))?|id\.orig_h)$",
+                          re.I)
 
 
 def _sniff(path: Path, sample_lines: int) -> tuple[str, str, list[str] | None, list[str]]:
@@ -211,8 +212,10 @@ def _sniff(path: Path, sample_lines: int) -> tuple[str, str, list[str] | None, l
         fields = next((ln.split("\t")[1:] for ln in lines if ln.startswith("#fields")), None)
         if fields is None:
             raise SchemaError(f"{path}: Zeek log without a #fields line")
+        space_split = any(" " in f.strip() for f in fields)  # IoT-23's appended labels
         fields = [f for part in fields for f in part.split()]
-        data = [ln for ln in lines if not ln.startswith("#")]
+        data = [ln.replace("   ", "\t") if space_split else ln
+                for ln in lines if not ln.startswith("#")]
         return "zeek", "\t", fields, data
     dialect = csv.Sniffer().sniff("\n".join(lines[:50]), delimiters=",;\t|")
     header = None

@@ -1,0 +1,166 @@
+"""Detection throughput against bare nn.LSTM inference, and the service's single-record latency.
+
+    python benchmarks/bench_detect.py [--records 200000] [--repeats 3] [--requests 2000]
+
+Batch: an NSL-KDD-format file (rows of KDDTest+ repeated, or synthetic rows when the dataset is
+absent) goes through `fedlstm.detection.stream.detect`: parse -> validate -> preprocess -> window
+-> LSTM (W=8, H=64, 122 inputs) -> alerts with top features, written as JSON lines. The bare side
+runs the same LSTM on pre-built window tensors of the same shape. One torch thread; the sides
+alternate and the best of `repeats` is kept. The threshold is set so ~1% of records alert (the
+alert rate is reported; alerts cost a gradient and a JSON line each).
+
+Service: uvicorn on 127.0.0.1 in a child process; after warm-up, `--clients` concurrent clients
+send single-record POST /score requests (bounded load) and we report p50/p99 latency.
+Targets: ratio such that >= 80k records/s; p99 <= 10 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedlstm.data.readers import read_records
+from fedlstm.data.schemas import get_spec
+from fedlstm.detection.bundle import ModelBundle
+from fedlstm.detection.stream import AlertWriter, detect
+from fedlstm.features import FlowPreprocessor
+from fedlstm.models import build_model
+
+W, H, BATCH = 8, 64, 4096
+
+
+def kdd_rows(n: int) -> tuple[list[str], Path | None]:
+    root = Path(os.environ.get("FEDLSTM_DATA", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+    source = root / "nsl-kdd" / "KDDTest+.txt"
+    if not source.exists():
+        sys.exit(f"needs {source} (set FEDLSTM_DATA)")
+    lines = source.read_text().splitlines()
+    return [lines[i % len(lines)] for i in range(n)], source
+
+
+def make_bundle(source: Path) -> ModelBundle:
+    spec = get_spec("nsl-kdd")
+    recs = read_records(source, spec)
+    pre = FlowPreprocessor(spec.numeric_columns, spec.categorical).fit(recs.frame)
+    torch.manual_seed(0)
+    model = build_model("lstm", pre.n_features_out, 2, hidden_size=H, dropout=0.0).eval()
+    bundle = ModelBundle(spec, pre, model, "lstm", {"hidden_size": H}, "binary",
+                         ["normal", "attack"], W, 0.5)
+    windows = bundle.windows(recs)
+    bundle.threshold_ = float(np.quantile(bundle.decision_function(windows), 0.99))
+    return bundle
+
+
+def bare(n_windows: int, n_features: int) -> float:
+    torch.manual_seed(0)
+    lstm, head = nn.LSTM(n_features, H, batch_first=True).eval(), nn.Linear(H, 2)
+    x = torch.rand(BATCH, W, n_features)
+    t = time.perf_counter()
+    done = 0
+    with torch.inference_mode():
+        while done < n_windows:
+            out, _ = lstm(x)
+            torch.softmax(head(out[:, -1]), 1)
+            done += BATCH
+    return done / (time.perf_counter() - t)
+
+
+def ours(bundle: ModelBundle, path: Path) -> tuple[float, int]:
+    sink = io.StringIO()
+    summary = detect(bundle, [path], AlertWriter(sink, "jsonl", bundle.class_names))
+    return summary.records / summary.seconds, summary.alerts
+
+
+def _serve(bundle_path: str, port: int) -> None:
+    import uvicorn
+
+    from fedlstm.detection.service import create_app
+    torch.set_num_threads(1)
+    uvicorn.run(create_app(ModelBundle.load(bundle_path)), host="127.0.0.1", port=port,
+                log_level="error")
+
+
+def service_latency(bundle: ModelBundle, rows: list[str], requests: int, clients: int) -> tuple[float, float]:
+    import httpx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = bundle.save(Path(tmp) / "b.fedlstm")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = mp.get_context("spawn").Process(target=_serve, args=(str(path), port), daemon=True)
+        proc.start()
+        try:
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(200):
+                try:
+                    httpx.get(url + "/healthz", timeout=1)
+                    break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            cols = bundle.spec.columns
+            records = [dict(zip(cols, r.split(","))) for r in rows[:requests + W]]
+            with httpx.Client() as c:
+                c.post(url + "/score", json=records[:W])  # fill the stream's history
+            latencies: list[float] = []
+
+            def worker(k: int) -> None:
+                with httpx.Client() as c:
+                    for i in range(k, requests, clients):
+                        t = time.perf_counter()
+                        r = c.post(url + "/score", json=[records[W + i]])
+                        latencies.append(time.perf_counter() - t)
+                        assert r.status_code == 200, r.text
+
+            with ThreadPoolExecutor(clients) as pool:
+                list(pool.map(worker, range(clients)))
+        finally:
+            proc.terminate()
+            proc.join(10)
+    q = np.quantile(latencies, [0.5, 0.99]) * 1000
+    return float(q[0]), float(q[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows, source = kdd_rows(args.records)
+    bundle = make_bundle(source)
+    ours_best = bare_best = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "flows.txt"
+        path.write_text("\n".join(rows) + "\n")
+        for _ in range(args.repeats):
+            rate, alerts = ours(bundle, path)
+            ours_best = max(ours_best, rate)
+            bare_best = max(bare_best, bare(args.records, bundle.preprocessor.n_features_out))
+    print(f"batch detection, W={W} H={H} inputs={bundle.preprocessor.n_features_out}, 1 thread, "
+          f"{args.records:,} records, {alerts / args.records:.1%} alerts")
+    print(f"  ours (parse..alerts): {ours_best:,.0f} records/s")
+    print(f"  bare nn.LSTM:         {bare_best:,.0f} windows/s")
+    print(f"  ratio ours/bare:      {ours_best / bare_best:.2f}  (target >= 80k records/s)")
+    p50, p99 = service_latency(bundle, rows, args.requests, args.clients)
+    print(f"service POST /score, 1 record, {args.clients} concurrent clients, {args.requests} "
+          f"requests: p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 <= 10 ms)")
+
+
+if __name__ == "__main__":
+    main()
