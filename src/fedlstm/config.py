@@ -63,6 +63,12 @@ class TrainConfig(_Strict):
     proximal_mu: float = 0.0  # FedProx's proximal term; 0 = plain training
     threshold: Literal["fixed", "val-f1"] = "fixed"  # attack-probability threshold policy
     fixed_threshold: float = 0.5
+    # Record-level DP-SGD (Poisson sampling, per-sample clipping, Gaussian noise, RDP accounting).
+    dp: bool = False
+    dp_max_grad_norm: float = Field(1.0, gt=0)
+    dp_noise_multiplier: float = Field(1.0, ge=0)  # used when no target epsilon is given
+    dp_target_epsilon: float | None = Field(None, gt=0)  # calibrates the noise over the plan
+    dp_delta: float | None = Field(None, gt=0, lt=1)  # default 1/n (n = training windows)
 
 
 class FederationConfig(_Strict):

@@ -37,10 +37,12 @@ class History:
     best_epoch: int | None = None
     stopped_early: bool = False
     seconds: float = 0.0
+    privacy: dict | None = None  # DP-SGD: epsilon, delta, noise multiplier, sample rate, steps
 
     def to_dict(self) -> dict:
         return {"epochs": self.epochs, "best_epoch": self.best_epoch,
-                "stopped_early": self.stopped_early, "seconds": self.seconds}
+                "stopped_early": self.stopped_early, "seconds": self.seconds,
+                "privacy": self.privacy}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,8 +80,14 @@ def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainCon
         n_classes: int, seed: int = 0, reporter: Reporter | None = None,
         epochs: int | None = None,
         on_epoch: Callable[[dict], None] | None = None,
-        objective: Objective | None = None) -> History:
-    """Train in place with Adam; early-stops on validation loss and restores the best weights."""
+        objective: Objective | None = None,
+        dp_steps: tuple[int, int] | None = None) -> History:
+    """Train in place with Adam; early-stops on validation loss and restores the best weights.
+
+    With `cfg.dp`, every step is DP-SGD over a Poisson-sampled batch; `dp_steps` = (steps already
+    spent, steps planned in all) lets federated rounds share one privacy budget (default: this
+    call's steps only).
+    """
     reporter = reporter or Reporter()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(seed)
@@ -102,6 +110,8 @@ def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainCon
         raise ValueError("no training windows (fewer records than the window length?)")
     n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
     history = History()
+    dp = _DPState(cfg, n, n_batches, n_epochs, dp_steps, model, objective, generator) \
+        if cfg.dp else None
     best_loss, best_state, bad_epochs = float("inf"), None, 0
     reporter.start(n_epochs, n_batches)
     t0 = time.perf_counter()
@@ -111,6 +121,12 @@ def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainCon
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         for start in range(0, n, cfg.batch_size):
+            if dp is not None:
+                x, y = train_d.batch(dp.next_batch(device))
+                loss = dp.step(model, optimiser, x, y, anchor, cfg.proximal_mu)
+                total_loss += loss * len(y)
+                reporter.advance()
+                continue
             x, y = train_d.batch(order[start:start + cfg.batch_size])
             loss, n_correct = objective.step(model, x, y)
             if anchor is not None:
@@ -124,7 +140,9 @@ def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainCon
                 correct += n_correct
             reporter.advance()
         record = {"epoch": epoch, "train_loss": float(total_loss) / n}
-        if n_correct is not None:
+        if dp is not None:
+            record["epsilon"] = dp.epsilon()
+        elif n_correct is not None:
             record["train_accuracy"] = float(correct) / n
         if val is not None and len(val):
             val_metrics = objective.evaluate(model, val, device)
@@ -145,8 +163,50 @@ def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainCon
     if best_state is not None and val is not None:
         model.load_state_dict(best_state)
     history.seconds = time.perf_counter() - t0
+    if dp is not None:
+        history.privacy = dp.summary()
     reporter.finish()
     return history
+
+
+class _DPState:
+    """Sampling, noise calibration and accounting of one DP-SGD training call."""
+
+    def __init__(self, cfg: TrainConfig, n: int, steps_per_epoch: int, epochs: int,
+                 dp_steps: tuple[int, int] | None, model: nn.Module, objective: Objective,
+                 generator: torch.Generator):
+        from fedlstm.models.lstm import LSTMClassifier
+        from fedlstm.training import privacy
+
+        if not isinstance(model, LSTMClassifier) or type(objective) is not Objective:
+            raise ValueError("DP-SGD is implemented for the LSTM classifier's objective only")
+        self.privacy, self.cfg, self.n, self.generator = privacy, cfg, n, generator
+        self.loss_fn = objective.loss_fn
+        self.sample_rate = min(cfg.batch_size / n, 1.0)
+        self.done, planned = dp_steps or (0, epochs * steps_per_epoch)
+        self.delta = cfg.dp_delta or 1.0 / n
+        self.noise = cfg.dp_noise_multiplier if cfg.dp_target_epsilon is None else \
+            privacy.noise_for_epsilon(cfg.dp_target_epsilon, self.delta, self.sample_rate, planned)
+        self.planned = planned
+
+    def next_batch(self, device: torch.device) -> torch.Tensor:
+        mask = torch.rand(self.n, generator=self.generator) < self.sample_rate
+        return torch.nonzero(mask).flatten().to(device)
+
+    def step(self, model, optimiser, x, y, anchor, proximal_mu) -> torch.Tensor:
+        self.done += 1
+        return self.privacy.dp_sgd_step(model, optimiser, x, y, self.loss_fn,
+                                        self.cfg.dp_max_grad_norm, self.noise,
+                                        self.sample_rate * self.n, self.generator, anchor,
+                                        proximal_mu)
+
+    def epsilon(self) -> float:
+        return self.privacy.epsilon(self.sample_rate, self.noise, self.done, self.delta)
+
+    def summary(self) -> dict:
+        return {"epsilon": self.epsilon(), "delta": self.delta, "noise_multiplier": self.noise,
+                "max_grad_norm": self.cfg.dp_max_grad_norm, "sample_rate": self.sample_rate,
+                "steps": self.done, "planned_steps": self.planned}
 
 
 @torch.no_grad()
