@@ -224,6 +224,10 @@ def federate(
     overwrite: bool = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
     compare: Annotated[bool, typer.Option(help="Also train local-only LSTMs per client and a centralised LSTM on the pooled clients, and compare all on the same test sets.")] = False,
+    dp: Annotated[bool, typer.Option("--dp", help="Record-level DP-SGD on every client.")] = False,
+    epsilon: Annotated[Optional[float], typer.Option(help="With --dp: target ε over all planned rounds (calibrates the noise; δ = 1/n).")] = None,
+    client_dp: Annotated[bool, typer.Option("--client-dp", help="Client-level DP: clipped updates + server Gaussian noise.")] = False,
+    secagg: Annotated[bool, typer.Option("--secagg", help="Flower SecAgg+: the server sees only the sum of updates.")] = False,
 ) -> None:
     """Train Fed-LSTM with Flower's simulation engine (1 CPU and 1 torch thread per client)."""
     from fedlstm.config import load_config
@@ -236,13 +240,18 @@ def federate(
                           federation__partition=partition, federation__strategy=strategy,
                           federation__rounds=rounds, federation__local_epochs=local_epochs,
                           windows__window=window, seed=seed,
+                          train__dp=dp or None, train__dp_target_epsilon=epsilon,
+                          federation__client_dp=client_dp or None,
+                          federation__secagg=secagg or None,
                           **_byo(schema, train_file, test_file))
         if out.exists() and not (overwrite or resume):
             raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
         f = cfg.federation
         console.print(f"fedlstm {__version__}: Fed-LSTM on {cfg.data.dataset}, protocol "
                       f"[bold]{cfg.data.protocol}[/], {f.clients} clients, partition {f.partition}, "
-                      f"{f.strategy}, {f.rounds} rounds x {f.local_epochs} local epochs")
+                      f"{f.strategy}, {f.rounds} rounds x {f.local_epochs} local epochs"
+                      + (", DP-SGD" if cfg.train.dp else "") + (", client-level DP" if f.client_dp else "")
+                      + (", SecAgg+" if f.secagg else ""))
         command = shlex.join(["fedlstm", *sys.argv[1:]])
         with console.status("federated training (Flower simulation engine)...") as status:
             if compare:

@@ -84,6 +84,15 @@ class FederationConfig(_Strict):
     server_lr: float = 0.01  # FedAdam's eta
     preprocessing: Literal["federated", "local"] = "federated"
     evaluate_clients: bool = True  # federated evaluation on each client's own validation split
+    # Secure aggregation (Flower's SecAgg+): the server only ever sees the sum of the updates.
+    secagg: bool = False
+    secagg_shares: int = Field(3, ge=2)  # shares of each client's secret, >= 3 when int
+    secagg_threshold: int = Field(2, ge=1)  # shares needed to reconstruct (< shares)
+    # Client-level DP (Flower's client-side fixed clipping + server Gaussian noise).
+    client_dp: bool = False
+    client_dp_noise: float = Field(1.0, ge=0)  # noise multiplier z on the clipped updates
+    client_dp_clip: float = Field(1.0, gt=0)  # L2 bound of each client's update
+    client_dp_delta: float = Field(1e-5, gt=0, lt=1)
     server_test_curves: bool = True  # global model on the test set each round: reporting only
 
 

@@ -16,16 +16,20 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.client import ClientApp, NumPyClient
+from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.common import Context, ndarrays_to_parameters
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
-from flwr.server.strategy import FedAdam, FedAvg, FedProx, Strategy
-from flwr.server.workflow import DefaultWorkflow
+from flwr.server.strategy import (DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg,
+                                  FedProx, Strategy)
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from fedlstm.config import RunConfig
 from fedlstm.data.schemas import get_spec
 from fedlstm.features import PreprocessingStats
+from fedlstm.federation.audit import AuditedGrid
 from fedlstm.federation.client import ClientTask
 from fedlstm.federation.partitions import load_client_records
 from fedlstm.federation.server import ServerTask
@@ -74,10 +78,28 @@ class FlowerClient(NumPyClient):
     def fit(self, parameters, config):
         task = self._task(config)
         return task.fit(parameters, int(config["local_epochs"]),
-                        float(config.get("proximal_mu", 0.0)), seed=int(config["seed"]))
+                        float(config.get("proximal_mu", 0.0)), seed=int(config["seed"]),
+                        server_round=int(config.get("server_round", 1)))
 
     def evaluate(self, parameters, config):
         return self._task(config).evaluate(parameters)
+
+
+def _when_secagg(msg: Message, ctxt: Context, call_next) -> Message:
+    """Flower's SecAgg+ mod, for runs whose server asked for it (one app serves every mode)."""
+    if msg.metadata.message_type == MessageType.TRAIN and \
+            SECAGG_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
+
+
+def _when_clipping(msg: Message, ctxt: Context, call_next) -> Message:
+    """Flower's client-side fixed clipping, for runs whose server applies client-level DP."""
+    fit_config = msg.content.config_records.get("fitins.config") \
+        if msg.metadata.message_type == MessageType.TRAIN else None
+    if fit_config is not None and "clipping_norm" in fit_config:
+        return fixedclipping_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
 
 
 def make_client_app(partition_dir: str | None = None) -> ClientApp:
@@ -87,7 +109,8 @@ def make_client_app(partition_dir: str | None = None) -> ClientApp:
         path = node.get("data-path") or f"{partition_dir}/client-{pid}.parquet"
         return FlowerClient(str(path), str(node.get("name", f"client-{pid}"))).to_client()
 
-    return ClientApp(client_fn=client_fn)
+    # SecAgg+ outermost, so updates are clipped before they are masked (Flower's fl-dp-sa order).
+    return ClientApp(client_fn=client_fn, mods=[_when_secagg, _when_clipping])
 
 
 # --- server ------------------------------------------------------------------------------------
@@ -125,6 +148,7 @@ def build_strategy(task: ServerTask, config_json: str) -> Strategy:
     def fit_config(server_round: int) -> dict:
         return {"run_config": config_json, "preprocessor": preprocessor_json,
                 "local_epochs": fed.local_epochs,
+                "server_round": server_round + task.round_offset,
                 "seed": task.cfg.seed * 100_003 + server_round + task.round_offset}
 
     def evaluate_config(server_round: int) -> dict:
@@ -143,10 +167,21 @@ def build_strategy(task: ServerTask, config_json: str) -> Strategy:
         evaluate_fn=_evaluate_fn(task),
     )
     if fed.strategy == "fedprox":
-        return FedProx(proximal_mu=fed.proximal_mu, **common)
-    if fed.strategy == "fedadam":
-        return FedAdam(eta=fed.server_lr, eta_l=task.cfg.train.lr, **common)
-    return FedAvg(**common)
+        strategy = FedProx(proximal_mu=fed.proximal_mu, **common)
+    elif fed.strategy == "fedadam":
+        strategy = FedAdam(eta=fed.server_lr, eta_l=task.cfg.train.lr, **common)
+    else:
+        strategy = FedAvg(**common)
+    if fed.client_dp:
+        strategy = DifferentialPrivacyClientSideFixedClipping(
+            strategy, noise_multiplier=fed.client_dp_noise, clipping_norm=fed.client_dp_clip,
+            num_sampled_clients=sampled_clients(fed))
+    return strategy
+
+
+def sampled_clients(fed) -> int:
+    """Clients Flower samples per round: fraction_fit of all, at least min_fit_clients."""
+    return max(min(fed.min_fit_clients, fed.clients), int(fed.fraction_fit * fed.clients))
 
 
 def _evaluate_fn(task: ServerTask):
@@ -158,6 +193,8 @@ def _evaluate_fn(task: ServerTask):
 
 
 def run_server(grid: Grid, context: Context, task: ServerTask) -> ServerTask:
+    if task.audit is not None:  # record every message for inspection (tests, --audit)
+        grid = task.audit = AuditedGrid(grid, keep_arrays=task.audit)
     config_json = task.cfg.model_dump_json()
     collect_statistics(grid, task, task.cfg.federation.clients, config_json)
     strategy = build_strategy(task, config_json)
@@ -165,7 +202,16 @@ def run_server(grid: Grid, context: Context, task: ServerTask) -> ServerTask:
     if rounds == 0:
         return task
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
-    DefaultWorkflow()(grid, legacy)
+    fed = task.cfg.federation
+    fit_workflow = None
+    if fed.secagg:
+        # SecAgg+ weights each masked update by num_examples / max_weight; max_weight must be
+        # at least the largest client's count or the sum overflows (counts from the stats phase).
+        largest = max((s["count"] for s in task.statistics_received), default=1)
+        fit_workflow = SecAggPlusWorkflow(num_shares=fed.secagg_shares,
+                                          reconstruction_threshold=fed.secagg_threshold,
+                                          max_weight=float(largest + 1))
+    DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
     return task
 
 

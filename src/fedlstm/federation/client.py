@@ -64,14 +64,23 @@ class ClientTask:
         return model
 
     def fit(self, weights: list[np.ndarray], epochs: int, proximal_mu: float = 0.0,
-            seed: int = 0) -> tuple[list[np.ndarray], int, dict]:
+            seed: int = 0, server_round: int = 1) -> tuple[list[np.ndarray], int, dict]:
         model = self._model(weights)
         train_cfg = self.cfg.train.model_copy(update={"proximal_mu": proximal_mu, "patience": None})
+        dp_steps = None
+        if train_cfg.dp:  # one privacy budget over all planned rounds, spent round by round
+            per_round = epochs * -(-len(self.train_windows) // train_cfg.batch_size)
+            dp_steps = ((server_round - 1) * per_round, self.cfg.federation.rounds * per_round)
         history = fit(model, self.train_windows, None, train_cfg, len(self.classes), seed=seed,
-                      epochs=epochs)
+                      epochs=epochs, dp_steps=dp_steps)
         last = history.epochs[-1]
-        metrics = {"train_loss": last["train_loss"], "train_accuracy": last["train_accuracy"],
-                   "client": self.name, "seconds": history.seconds}
+        metrics = {"train_loss": last["train_loss"], "client": self.name,
+                   "seconds": history.seconds}
+        if "train_accuracy" in last:
+            metrics["train_accuracy"] = last["train_accuracy"]
+        if history.privacy:
+            metrics.update({"epsilon": history.privacy["epsilon"], "delta": history.privacy["delta"],
+                            "noise_multiplier": history.privacy["noise_multiplier"]})
         return get_weights(model), len(self.train_windows), metrics
 
     def evaluate(self, weights: list[np.ndarray]) -> tuple[float, int, dict]:

@@ -41,6 +41,8 @@ class ServerTask:
         self.round_offset = 0  # rounds already done before a resume
         self.last_round = 0  # last round (of this session) whose global model was evaluated
         self.round_times: dict[int, float] = {}  # perf_counter when each round's model arrived
+        # Set to False/True (keep float arrays) before a run to get an AuditedGrid here after it.
+        self.audit = None
         self.weights: list[np.ndarray] | None = None
         self.statistics_received: list[dict] = []
         self._test_windows = None
@@ -70,11 +72,14 @@ class ServerTask:
 
     def record_fit(self, server_round: int, results: list[tuple[int, dict]]) -> dict:
         n = sum(k for k, _ in results)
-        agg = {key: sum(k * m[key] for k, m in results) / n for key in ("train_loss", "train_accuracy")}
+        agg = {key: sum(k * m[key] for k, m in results) / n
+               for key in ("train_loss", "train_accuracy") if all(key in m for _, m in results)}
+        if any("epsilon" in m for _, m in results):  # record-level DP: the weakest site counts
+            agg["epsilon"] = max(m["epsilon"] for _, m in results)
         rec = self.round_record(server_round)
         rec.update(agg)
-        rec["clients_fit"] = {m.get("client", str(i)): {"n": k, "train_loss": m["train_loss"],
-                                                        "train_accuracy": m["train_accuracy"]}
+        keep = ("train_loss", "train_accuracy", "epsilon", "delta")
+        rec["clients_fit"] = {m.get("client", str(i)): {"n": k, **{x: m[x] for x in keep if x in m}}
                               for i, (k, m) in enumerate(results)}
         return agg
 
@@ -97,6 +102,15 @@ class ServerTask:
         self.weights = [np.asarray(w) for w in weights]
         self.round_times[server_round + self.round_offset] = time.perf_counter()
         if server_round > 0:
+            fed = self.cfg.federation
+            if fed.client_dp:
+                from fedlstm.federation.apps import sampled_clients  # noqa: PLC0415
+                from fedlstm.training.privacy import epsilon  # noqa: PLC0415
+
+                done = server_round + self.round_offset
+                self.round_record(server_round)["client_level_epsilon"] = epsilon(
+                    sampled_clients(fed) / fed.clients, fed.client_dp_noise, done,
+                    fed.client_dp_delta)
             self.save_checkpoint(server_round + self.round_offset)
         if not (self.cfg.federation.server_test_curves and self.tests):
             return 0.0, {}
