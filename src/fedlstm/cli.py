@@ -283,6 +283,33 @@ def _print_rounds(rounds: list[dict]) -> None:
     out_console.print(table)
 
 
+@app.command("privacy-utility")
+def privacy_utility(
+    epsilons: Annotated[str, typer.Option(help="Comma-separated target ε values; inf = no DP.")] = "1,3,8,inf",
+    dataset: Annotated[Optional[str], typer.Option()] = None,
+    clients: Annotated[Optional[int], typer.Option()] = None,
+    rounds: Annotated[Optional[int], typer.Option()] = None,
+    out: Annotated[Path, typer.Option(help="Output folder (runs are cached there).")] = Path("reports/privacy"),
+    config: Annotated[Optional[Path], typer.Option(help="TOML or JSON run configuration.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Fed-LSTM accuracy against record-level ε (DP-SGD on every site): table and figure."""
+    from fedlstm.config import load_config
+    from fedlstm.reports.privacy import sweep
+
+    try:
+        values = [float(e) for e in epsilons.split(",")]
+        cfg = load_config(config, set_, data__dataset=dataset, data__data_dir=data_dir,
+                          federation__clients=clients, federation__rounds=rounds)
+        with console.status("privacy-utility sweep...") as status:
+            path = sweep(cfg, values, out, command=shlex.join(["fedlstm", *sys.argv[1:]]),
+                         progress=lambda text: status.update(text))
+    except (KeyError, OSError, ValueError, RuntimeError) as exc:
+        _fail(exc)
+    out_console.print(path.read_text())
+
+
 @app.command()
 def reproduce(
     profile: Annotated[str, typer.Option(help="quick (smoke test, <= 3 min) | full (<= 15 min)")] = "full",
