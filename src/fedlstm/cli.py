@@ -19,6 +19,7 @@ from rich.table import Table
 
 from fedlstm import __version__
 from fedlstm.cli_deploy import deploy_app
+from fedlstm.cli_anomaly import register as register_anomaly_commands
 from fedlstm.cli_detect import register as register_detect_commands
 from fedlstm.training.loop import Reporter
 
@@ -28,6 +29,7 @@ data_app = typer.Typer(no_args_is_help=True, help="Find, fetch and describe data
 app.add_typer(data_app, name="data")
 app.add_typer(deploy_app, name="deploy")
 register_detect_commands(app)
+register_anomaly_commands(app)
 console = Console(stderr=True)
 out_console = Console()
 

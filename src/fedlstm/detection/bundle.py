@@ -65,6 +65,10 @@ class ModelBundle:
     def predict(self, data: WindowSet) -> np.ndarray:
         return (self.decision_function(data) >= self.threshold_).astype(np.int64)
 
+    def extra_manifest(self) -> dict:
+        """State of detectors built on this format (e.g. the Mahalanobis detector's μ and Σ)."""
+        return {}
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         buffer = io.BytesIO()
@@ -77,7 +81,7 @@ class ModelBundle:
                       "input_size": self.preprocessor.n_features_out,
                       "n_classes": len(self.class_names)},
             "task": self.task, "class_names": self.class_names, "window": self.window,
-            "threshold": self.threshold_, "metadata": self.metadata,
+            "threshold": self.threshold_, "metadata": self.metadata, **self.extra_manifest(),
             "sha256": {"weights.pt": hashlib.sha256(weights).hexdigest()},
         }
         body = json.dumps(manifest, indent=1).encode()
@@ -109,7 +113,12 @@ class ModelBundle:
         model = build_model(m["name"], m["input_size"], m["n_classes"], **m["params"])
         model.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
         model.eval()
-        return cls(DatasetSpec.model_validate(manifest["spec"]),
-                   FlowPreprocessor.from_dict(manifest["preprocessor"]), model, m["name"],
-                   m["params"], manifest["task"], manifest["class_names"], manifest["window"],
-                   manifest["threshold"], manifest.get("metadata", {}))
+        bundle = cls(DatasetSpec.model_validate(manifest["spec"]),
+                     FlowPreprocessor.from_dict(manifest["preprocessor"]), model, m["name"],
+                     m["params"], manifest["task"], manifest["class_names"], manifest["window"],
+                     manifest["threshold"], manifest.get("metadata", {}))
+        if manifest.get("detector") == "mahalanobis":  # the unsupervised detector's extra state
+            from fedlstm.detection.anomaly import MahalanobisDetector  # noqa: PLC0415 (cycle)
+
+            return MahalanobisDetector.from_bundle(bundle, manifest)
+        return bundle

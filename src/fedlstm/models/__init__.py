@@ -8,15 +8,20 @@ from torch import nn
 
 from fedlstm.models.baselines import CNNClassifier, RNNClassifier
 from fedlstm.models.lstm import LSTMClassifier
+from fedlstm.models.sequence import LSTMAutoencoder, LSTMForecaster
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"lstm": LSTMClassifier, "rnn": RNNClassifier,
                                                  "cnn": CNNClassifier}
+# Models of normal traffic (reconstruct or forecast windows; no classes): the anomaly detector's.
+SEQUENCE_MODELS: dict[str, Callable[..., nn.Module]] = {"lstm-ae": LSTMAutoencoder,
+                                                          "lstm-forecast": LSTMForecaster}
 
 
 def build_model(name: str, input_size: int, n_classes: int, **params) -> nn.Module:
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    return MODELS[name](input_size=input_size, n_classes=n_classes, **params)
+    known = {**MODELS, **SEQUENCE_MODELS}
+    if name not in known:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(known)}")
+    return known[name](input_size=input_size, n_classes=n_classes, **params)
 
 
 def register_model(name: str, factory: Callable[..., nn.Module]) -> None:

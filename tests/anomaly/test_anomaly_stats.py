@@ -1,0 +1,102 @@
+"""Mergeable statistics behind μ, Σ and ζ: merge laws, and agreement with numpy/sklearn/scipy."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy.spatial.distance import mahalanobis
+from sklearn.covariance import LedoitWolf
+
+from fedlstm.detection.anomaly import ErrorStats, ScoreHistogram, merge_all, score_bin_edges
+
+errors = st.integers(1, 40).flatmap(lambda n: arrays(
+    np.float64, (n, 3), elements=st.floats(0, 1, allow_nan=False, width=32)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(errors, errors)
+def test_error_stats_merge_equals_stats_of_union(a, b):
+    merged, union = ErrorStats.of(a).merge(ErrorStats.of(b)), ErrorStats.of(np.vstack([a, b]))
+    assert merged.count == union.count
+    for x, y in ((merged.total, union.total), (merged.outer, union.outer),
+                 (merged.norm2_total, union.norm2_total), (merged.norm4, union.norm4)):
+        np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-9)
+    back = ErrorStats.from_bytes(merged.to_bytes())
+    np.testing.assert_array_equal(back.outer, merged.outer)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, st.integers(1, 60), elements=st.floats(0, 1e6, allow_nan=False)),
+       st.integers(0, 2**32 - 1))
+def test_histogram_merge_equals_histogram_of_union(scores, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.random(len(scores)) < 0.3
+    cut = rng.integers(0, len(scores) + 1)
+    edges = score_bin_edges(5, 200)
+    parts = [ScoreHistogram.of(scores[:cut], labels[:cut], edges),
+             ScoreHistogram.of(scores[cut:], labels[cut:], edges)]
+    whole = ScoreHistogram.of(scores, labels, edges)
+    merged = merge_all(parts)
+    np.testing.assert_array_equal(merged.normal, whole.normal)
+    np.testing.assert_array_equal(merged.anomalous, whole.anomalous)
+    assert merged.normal.sum() + merged.anomalous.sum() == len(scores)
+
+
+def test_mean_covariance_and_ledoit_wolf_match_references():
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 6)) * [1, 0.1, 0.01, 1, 2, 0.5] + 0.2
+    parts = [ErrorStats.of(x[:70]), ErrorStats.of(x[70:200]), ErrorStats.of(x[200:])]
+    stats = merge_all(parts)
+    np.testing.assert_allclose(stats.mean(), x.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(stats.covariance(), np.cov(x, rowvar=False, bias=True), atol=1e-12)
+    lw = LedoitWolf().fit(x)
+    assert stats.ledoit_wolf_shrinkage() == pytest.approx(lw.shrinkage_, rel=1e-6)
+    cov, s = stats.regularised_covariance(min_shrinkage=0.0)
+    np.testing.assert_allclose(cov, lw.covariance_, rtol=1e-6, atol=1e-12)
+
+
+def test_regularised_covariance_is_invertible_with_constant_features_and_few_windows():
+    x = np.zeros((3, 10))
+    x[:, 0] = [0.1, 0.2, 0.3]  # one varying feature, nine constant, fewer windows than features
+    cov, s = ErrorStats.of(x).regularised_covariance()
+    assert s > 0 and np.all(np.linalg.eigvalsh(cov) > 0)
+
+
+def test_mahalanobis_score_matches_scipy():
+    from fedlstm.detection.anomaly import MahalanobisDetector
+
+    rng = np.random.default_rng(1)
+    train, new = rng.random((200, 4)), rng.random((5, 4))
+    det = MahalanobisDetector.__new__(MahalanobisDetector)
+    det.min_shrinkage, det.calibration_ = 1e-3, {}
+    det.fit_error_stats(ErrorStats.of(train))
+    det.error_vectors = lambda data: data  # score error vectors directly
+    vi = np.linalg.inv(det.covariance_)
+    expected = [mahalanobis(e, det.mean_, vi) ** 2 for e in new]
+    np.testing.assert_allclose(det.decision_function(new), expected, rtol=1e-10)
+    np.testing.assert_allclose(det.decomposition(new).sum(1), expected, rtol=1e-10)
+
+
+def test_thresholds_from_histogram():
+    rng = np.random.default_rng(2)
+    normal, attack = rng.lognormal(0, 0.5, 5000), rng.lognormal(3, 0.5, 500)
+    scores = np.concatenate([normal, attack])
+    labels = np.r_[np.zeros(5000, bool), np.ones(500, bool)]
+    hist = ScoreHistogram.of(scores, labels, score_bin_edges(1, 3000))
+    # F-β: as good as the best threshold on the raw scores, to within a bin
+    t = hist.threshold_f_beta(0.5)
+    f = hist.f_beta(0.5).max()
+    best = max(_f_beta(scores, labels, c, 0.5) for c in np.unique(scores))
+    assert _f_beta(scores, labels, t, 0.5) == pytest.approx(f) and f >= best - 0.01
+    # target FPR: the share of normal windows at or above the threshold stays within the target
+    t1 = hist.threshold_for_fpr(0.01)
+    assert (normal >= t1).mean() <= 0.01 < (normal >= t1 / 1.02).mean()
+    with pytest.raises(ValueError, match="no labelled anomalies"):
+        ScoreHistogram.of(normal, np.zeros(5000, bool), hist.edges).threshold_f_beta(1.0)
+
+
+def _f_beta(scores, labels, t, beta):
+    flagged = scores >= t
+    tp, fp, fn = (flagged & labels).sum(), (flagged & ~labels).sum(), (~flagged & labels).sum()
+    return (1 + beta**2) * tp / ((1 + beta**2) * tp + beta**2 * fn + fp)
