@@ -21,7 +21,6 @@ import io
 import multiprocessing as mp
 import os
 import socket
-import statistics
 import sys
 import tempfile
 import time

@@ -8,10 +8,8 @@ any fit. `site_windows` is shared with the federated clients so both modes see t
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +19,7 @@ import torch
 from pydantic import Field
 
 from fedlstm import __version__
-from fedlstm.config import RunConfig, _Strict, apply_overrides
+from fedlstm.config import RunConfig, _Strict, raw_config
 from fedlstm.data.readers import Records
 from fedlstm.data.schemas import DatasetSpec
 from fedlstm.data.splits import Split, build_split, carve_validation
@@ -56,15 +54,7 @@ class AnomalyRunConfig(RunConfig):
 def load_anomaly_config(path: str | Path | None = None, overrides: list[str] | None = None,
                         **top: Any) -> AnomalyRunConfig:
     """`fedlstm.config.load_config` for runs that also carry an `[anomaly]` section."""
-    data: dict = {}
-    if path:
-        path = Path(path)
-        text = path.read_text()
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    for dotted, value in top.items():
-        if value is not None:
-            apply_overrides(data, [f"{dotted.replace('__', '.')}={json.dumps(value)}"])
-    apply_overrides(data, overrides or [])
+    data = raw_config(path, overrides, **top)
     data.setdefault("model", {})["task"] = "binary"  # windows carry normal/attack labels only
     cfg = AnomalyRunConfig.model_validate(data)
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": cfg.anomaly.model})})

@@ -237,11 +237,9 @@ def federate(
     from fedlstm.federation.simulation import run_federated
 
     try:
-        cfg = load_config(config, set_, data__dataset=dataset, data__protocol=protocol,
-                          data__data_dir=data_dir, federation__clients=clients,
-                          federation__partition=partition, federation__strategy=strategy,
-                          federation__rounds=rounds, federation__local_epochs=local_epochs,
-                          windows__window=window, seed=seed,
+        cfg = load_config(config, set_, **federation_options(
+                              dataset, protocol, data_dir, clients, partition, strategy, rounds,
+                              local_epochs, window, seed),
                           train__dp=dp or None, train__dp_target_epsilon=epsilon,
                           federation__client_dp=client_dp or None,
                           federation__secagg=secagg or None,
@@ -271,6 +269,15 @@ def federate(
     _print_rounds(metrics["rounds"])
     out_console.print(_summary_table(metrics))
     out_console.print(f"run written to {out}")
+
+
+def federation_options(dataset, protocol, data_dir, clients, partition, strategy, rounds,
+                       local_epochs, window, seed) -> dict:
+    """`load_config` keywords shared by `federate` and `deploy local`."""
+    return dict(data__dataset=dataset, data__protocol=protocol, data__data_dir=data_dir,
+                federation__clients=clients, federation__partition=partition,
+                federation__strategy=strategy, federation__rounds=rounds,
+                federation__local_epochs=local_epochs, windows__window=window, seed=seed)
 
 
 def _print_rounds(rounds: list[dict]) -> None:

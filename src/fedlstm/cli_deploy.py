@@ -99,16 +99,14 @@ def local(
     """Run Fed-LSTM as local processes: a SuperLink and one SuperNode per client, via `flwr run`."""
     # Partitions exactly as `fedlstm federate` does; each SuperNode gets its share through its
     # node config; every process started is stopped, also on failure or Ctrl-C.
-    from fedlstm.cli import _print_rounds, _summary_table, console, out_console
+    from fedlstm.cli import _print_rounds, _summary_table, console, federation_options, out_console
     from fedlstm.config import load_config
     from fedlstm.federation.deploy import run_local_deployment
 
     try:
-        cfg = load_config(config, set_, data__dataset=dataset, data__protocol=protocol,
-                          data__data_dir=data_dir, federation__clients=clients,
-                          federation__partition=partition, federation__strategy=strategy,
-                          federation__rounds=rounds, federation__local_epochs=local_epochs,
-                          windows__window=window, seed=seed)
+        cfg = load_config(config, set_, **federation_options(
+            dataset, protocol, data_dir, clients, partition, strategy, rounds, local_epochs,
+            window, seed))
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
         f = cfg.federation

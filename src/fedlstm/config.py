@@ -129,6 +129,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 **top: Any) -> RunConfig:
+    return RunConfig.model_validate(raw_config(path, overrides, **top))
+
+
+def raw_config(path: str | Path | None = None, overrides: list[str] | None = None,
+               **top: Any) -> dict:
+    """A config file, then `section__key=value` keywords (None = unset), then `--set` overrides."""
     data: dict = {}
     if path:
         path = Path(path)
@@ -138,4 +144,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if value is not None:
             apply_overrides(data, [f"{dotted.replace('__', '.')}={json.dumps(value)}"])
     apply_overrides(data, overrides or [])
-    return RunConfig.model_validate(data)
+    return data

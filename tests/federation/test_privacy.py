@@ -1,9 +1,7 @@
 """Privacy: exact per-sample clipping, RDP accounting, and what the server actually receives."""
 
 import math
-import os
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

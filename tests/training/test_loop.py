@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import synthetic_records
-from fedlstm.config import RunConfig, TrainConfig
+from fedlstm.config import TrainConfig
 from fedlstm.pipeline import class_names_for, encode_labels
 from fedlstm.features import FlowPreprocessor
 from fedlstm.models import build_model

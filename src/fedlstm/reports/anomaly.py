@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve  # noqa: E402
+from sklearn.metrics import average_precision_score, precision_recall_curve  # noqa: E402
 
 from fedlstm.anomaly_pipeline import (AnomalyRunConfig, evaluate_anomaly,  # noqa: E402
                                       matched_fpr_comparison, train_anomaly)
@@ -195,7 +195,7 @@ def anomaly_report(cfg: AnomalyRunConfig, datasets: list[str], out: str | Path,
     for ds in datasets:
         results.append(run_dataset(dataset_config(cfg, ds), out, engine, command, progress))
     a = cfg.anomaly
-    text = [f"# Unsupervised LSTM anomaly detection (Mahalanobis, Eq. 12)\n",
+    text = ["# Unsupervised LSTM anomaly detection (Mahalanobis, Eq. 12)\n",
             f"Command: `{command}`\n" if command else "",
             f"Model `{a.model}`, W={cfg.windows.window}, hidden {cfg.model.hidden_size}, "
             f"{cfg.train.epochs} epochs (centralised) / {cfg.federation.rounds} rounds x "
