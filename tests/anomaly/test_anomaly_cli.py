@@ -31,7 +31,22 @@ def test_anomaly_train_on_nsl_kdd(datasets_dir, tmp_path):
     assert m["anomaly"]["normal_windows_for_mu_sigma"] > 0
     assert {"roc.png", "pr.png", "model.fedlstm", "config.json"} <= {p.name for p in out.iterdir()}
     assert "anomaly" in json.loads((out / "config.json").read_text())
-    assert isinstance(ModelBundle.load(out / "model.fedlstm"), MahalanobisDetector)
+    detector = ModelBundle.load(out / "model.fedlstm")
+    assert isinstance(detector, MahalanobisDetector)
+
+    # the same bundle scores new traffic through the streaming detector
+    from fedlstm.detection.stream import detect
+
+    alerts = tmp_path / "alerts.jsonl"
+    with alerts.open("w") as fh:
+        from fedlstm.detection.stream import AlertWriter
+
+        summary = detect(detector, [datasets_dir / "nsl-kdd" / "KDDTest-21.txt"],
+                         AlertWriter(fh, "jsonl", detector.class_names))
+    lines = [json.loads(x) for x in alerts.read_text().splitlines()]
+    assert summary.to_dict()["scored"] > 0 and lines
+    assert all(a["score_type"] == "mahalanobis" and a["score"] >= a["threshold"] for a in lines)
+    assert all(len(a["top_features"]) == 3 for a in lines)
 
 
 def test_anomaly_federate_with_flower_on_nsl_kdd(datasets_dir, tmp_path):

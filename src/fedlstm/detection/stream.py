@@ -31,7 +31,7 @@ import torch
 
 from fedlstm.data.byo import Chunk, FlowReader, label_arrays
 from fedlstm.detection.bundle import ModelBundle
-from fedlstm.windows import window_ends
+from fedlstm.windows import WindowSet, window_ends
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class StreamScorer:
         self._owner = np.array(owner, np.int64)  # preprocessed feature -> input column
         self._category_index = {c: pd.Index(v) for c, v in pre.categories_.items()}
         bundle.model.eval()
+        self.unsupervised = hasattr(bundle, "top_features")  # the Mahalanobis detector
 
     def reset(self) -> None:
         """Forget all history (a new, unrelated stream starts)."""
@@ -115,19 +116,33 @@ class StreamScorer:
         scored = np.zeros(n, bool)
         rows = origin[ends]
         tensor = torch.from_numpy(np.ascontiguousarray(ext, dtype=np.float32))
-        offsets = torch.arange(w - 1, -1, -1)
-        ends_t = torch.from_numpy(ends)
-        with torch.inference_mode():
-            for s in range(0, len(ends), self.batch_size):
-                idx = ends_t[s:s + self.batch_size].unsqueeze(1) - offsets
-                logits = self.bundle.model(tensor[idx])
-                proba[rows[s:s + self.batch_size]] = torch.softmax(logits, 1).numpy()
-        scored[rows] = True
-        score = 1.0 - proba[:, 0]
-        alert = scored & (score >= self.bundle.threshold_)
-        result = Scores(scored, score, proba, alert)
-        if self.explain_top and alert.any():
-            result.top_features = self._explain(tensor, ends[alert[rows]], rows[alert[rows]])
+        if self.unsupervised:  # a Mahalanobis score (larger = more anomalous), no classes
+            windows = WindowSet(tensor, torch.zeros(len(ext), dtype=torch.int64),
+                                torch.from_numpy(ends), w)
+            score = np.full(n, np.nan)
+            if len(ends):
+                score[rows] = self.bundle.decision_function(windows)
+            scored[rows] = True
+            alert = scored & (np.nan_to_num(score, nan=-np.inf) >= self.bundle.threshold_)
+            result = Scores(scored, score, proba, alert)
+            if self.explain_top and alert.any():
+                picked = np.flatnonzero(alert[rows])
+                tops = self.bundle.top_features(windows.subset(picked), self.explain_top)
+                result.top_features = {int(rows[p]): top for p, top in zip(picked, tops)}
+        else:
+            offsets = torch.arange(w - 1, -1, -1)
+            ends_t = torch.from_numpy(ends)
+            with torch.inference_mode():
+                for s in range(0, len(ends), self.batch_size):
+                    idx = ends_t[s:s + self.batch_size].unsqueeze(1) - offsets
+                    logits = self.bundle.model(tensor[idx])
+                    proba[rows[s:s + self.batch_size]] = torch.softmax(logits, 1).numpy()
+            scored[rows] = True
+            score = 1.0 - proba[:, 0]
+            alert = scored & (score >= self.bundle.threshold_)
+            result = Scores(scored, score, proba, alert)
+            if self.explain_top and alert.any():
+                result.top_features = self._explain(tensor, ends[alert[rows]], rows[alert[rows]])
         for c, index in self._category_index.items():
             new = index.get_indexer(frame[c].to_numpy(object)) < 0
             if new.any():
@@ -208,6 +223,7 @@ def alert_records(bundle: ModelBundle, frame: pd.DataFrame, scores: Scores,
         if entity is not None:
             item["entity"] = str(entity[r])
         item.update({"score": round(float(scores.score[r]), 6),
+                     "score_type": "mahalanobis" if hasattr(bundle, "top_features") else "p_attack",
                      "threshold": round(float(bundle.threshold_), 6),
                      "alert": bool(scores.alert[r]), "predicted": predicted})
         if bundle.task != "binary":
@@ -216,10 +232,16 @@ def alert_records(bundle: ModelBundle, frame: pd.DataFrame, scores: Scores,
             item["label"] = str(label[r])
         if r in scores.top_features:
             item["top_features"] = [
-                {"feature": name, "value": _plain(frame[name].iat[r]),
+                {"feature": name, "value": _input_value(frame, name, r),
                  "contribution": round(value, 6)} for name, value in scores.top_features[r]]
         out.append(item)
     return out
+
+
+def _input_value(frame: pd.DataFrame, feature: str, row: int):
+    """The input value behind a feature: a column, or the column of a one-hot `col=value`."""
+    column = feature if feature in frame.columns else feature.split("=", 1)[0]
+    return _plain(frame[column].iat[row]) if column in frame.columns else None
 
 
 def _plain(value):
