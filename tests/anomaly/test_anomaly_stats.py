@@ -8,7 +8,8 @@ from hypothesis.extra.numpy import arrays
 from scipy.spatial.distance import mahalanobis
 from sklearn.covariance import LedoitWolf
 
-from fedlstm.detection.anomaly import ErrorStats, ScoreHistogram, merge_all, score_bin_edges
+from fedlstm.detection.anomaly import ErrorStats, ScoreHistogram, score_bin_edges
+from fedlstm.features import merge_all
 
 errors = st.integers(1, 40).flatmap(lambda n: arrays(
     np.float64, (n, 3), elements=st.floats(0, 1, allow_nan=False, width=32)))

@@ -205,15 +205,6 @@ class ScoreHistogram:
             return cls(np.asarray(edges, np.float64), z["normal"], z["anomalous"])
 
 
-def merge_all(parts: list):
-    if not parts:
-        raise ValueError("nothing to merge")
-    out = parts[0]
-    for p in parts[1:]:
-        out = out.merge(p)
-    return out
-
-
 # --- the detector --------------------------------------------------------------------------------
 @dataclass
 class MahalanobisDetector(ModelBundle):

@@ -102,7 +102,8 @@ class PreprocessingStats:
                        z["maximum"], z["histogram"], header["categories"])
 
 
-def merge_all(parts: list[PreprocessingStats]) -> PreprocessingStats:
+def merge_all(parts: list):
+    """Merge any list of mergeable statistics (anything with `merge`), left to right."""
     if not parts:
         raise ValueError("no statistics to merge")
     out = parts[0]

@@ -25,17 +25,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedlstm.anomaly_pipeline import (
+    AnomalyRunConfig,
+    SiteWindows,
+    new_anomaly_model,
+    new_detector,
+    normal_only,
+    site_windows,
+)
 from fedlstm.data.readers import Records
 from fedlstm.data.schemas import DatasetSpec, get_spec
-from fedlstm.detection.anomaly import ErrorStats, MahalanobisDetector, ScoreHistogram, merge_all
+from fedlstm.detection.anomaly import ErrorStats, MahalanobisDetector, ScoreHistogram
+from fedlstm.features import FlowPreprocessor, PreprocessingStats, merge_all
 from fedlstm.federation import apps
 from fedlstm.federation.client import ClientTask
 from fedlstm.federation.partitions import load_client_records
 from fedlstm.federation.server import ServerTask
 from fedlstm.models import get_weights, set_weights
-from fedlstm.anomaly_pipeline import (AnomalyRunConfig, SiteWindows, new_anomaly_model,
-                                      new_detector, normal_only, site_windows)
-from fedlstm.features import FlowPreprocessor, PreprocessingStats
 from fedlstm.models.sequence import SequenceObjective, error_vectors
 from fedlstm.pipeline import make_preprocessor
 from fedlstm.training.loop import fit
