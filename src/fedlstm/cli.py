@@ -18,6 +18,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from rich.table import Table
 
 from fedlstm import __version__
+from fedlstm import cli_options as opt
 from fedlstm.cli_deploy import deploy_app
 from fedlstm.cli_anomaly import register as register_anomaly_commands
 from fedlstm.cli_detect import register as register_detect_commands
@@ -39,7 +40,7 @@ TrainFiles = Annotated[Optional[list[Path]], typer.Option(
     "--train-file", help="Your own labelled flow file(s) (repeatable); needs --schema.")]
 TestFile = Annotated[Optional[Path], typer.Option(
     help="Held-out file of your own; without it, a random split of the training files.")]
-DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Dataset folder (default: $FEDLSTM_DATA).")]
+DataDir = opt.DataDir
 
 
 @app.callback()
@@ -166,19 +167,19 @@ def _summary_table(metrics: dict) -> Table:
 
 @app.command()
 def train(
-    dataset: Annotated[Optional[str], typer.Option(help="nsl-kdd | kdd99 | unsw-nb15")] = None,
-    protocol: Annotated[Optional[str], typer.Option(help="official | random-split")] = None,
-    window: Annotated[Optional[int], typer.Option(help="Records per window (W).")] = None,
+    dataset: opt.Dataset = None,
+    protocol: opt.Protocol = None,
+    window: opt.Window = None,
     task: Annotated[Optional[str], typer.Option(help="binary | family")] = None,
     epochs: Annotated[Optional[int], typer.Option()] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
+    seed: opt.Seed = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
     schema: SchemaOpt = None,
     train_file: TrainFiles = None,
     test_file: TestFile = None,
     out: Annotated[Path, typer.Option(help="Run directory to create.")] = Path("runs/latest"),
-    config: Annotated[Optional[Path], typer.Option(help="TOML or JSON run configuration.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value")] = None,
+    config: opt.ConfigFile = None,
+    set_: opt.Overrides = None,
     data_dir: DataDir = None,
     overwrite: bool = False,
 ) -> None:
@@ -207,21 +208,21 @@ def train(
 
 @app.command()
 def federate(
-    dataset: Annotated[Optional[str], typer.Option(help="nsl-kdd | kdd99 | unsw-nb15")] = None,
-    protocol: Annotated[Optional[str], typer.Option(help="official | random-split")] = None,
-    clients: Annotated[Optional[int], typer.Option(help="Number of simulated sites.")] = None,
-    partition: Annotated[Optional[str], typer.Option(help="iid | dirichlet:ALPHA | by:COLUMN | networks")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="fedavg | fedprox | fedadam")] = None,
-    rounds: Annotated[Optional[int], typer.Option()] = None,
-    local_epochs: Annotated[Optional[int], typer.Option(help="E: local epochs per round.")] = None,
-    window: Annotated[Optional[int], typer.Option(help="Records per window (W).")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
+    dataset: opt.Dataset = None,
+    protocol: opt.Protocol = None,
+    clients: opt.Clients = None,
+    partition: opt.Partition = None,
+    strategy: opt.Strategy = None,
+    rounds: opt.Rounds = None,
+    local_epochs: opt.LocalEpochs = None,
+    window: opt.Window = None,
+    seed: opt.Seed = None,
     schema: SchemaOpt = None,
     train_file: TrainFiles = None,
     test_file: TestFile = None,
     out: Annotated[Path, typer.Option(help="Run directory to create.")] = Path("runs/federated"),
-    config: Annotated[Optional[Path], typer.Option(help="TOML or JSON run configuration.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value")] = None,
+    config: opt.ConfigFile = None,
+    set_: opt.Overrides = None,
     data_dir: DataDir = None,
     overwrite: bool = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
@@ -297,10 +298,10 @@ def privacy_utility(
     epsilons: Annotated[str, typer.Option(help="Comma-separated target ε values; inf = no DP.")] = "1,3,8,inf",
     dataset: Annotated[Optional[str], typer.Option()] = None,
     clients: Annotated[Optional[int], typer.Option()] = None,
-    rounds: Annotated[Optional[int], typer.Option()] = None,
+    rounds: opt.Rounds = None,
     out: Annotated[Path, typer.Option(help="Output folder (runs are cached there).")] = Path("reports/privacy"),
-    config: Annotated[Optional[Path], typer.Option(help="TOML or JSON run configuration.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value")] = None,
+    config: opt.ConfigFile = None,
+    set_: opt.Overrides = None,
     data_dir: DataDir = None,
 ) -> None:
     """Fed-LSTM accuracy against record-level ε (DP-SGD on every site): table and figure."""

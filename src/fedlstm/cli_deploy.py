@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
+
+from fedlstm import cli_options as opt
 from rich.table import Table
 
 deploy_app = typer.Typer(no_args_is_help=True,
@@ -75,19 +77,19 @@ def app_folder(
 
 @deploy_app.command("local")
 def local(
-    dataset: Annotated[Optional[str], typer.Option(help="nsl-kdd | kdd99 | unsw-nb15")] = None,
-    protocol: Annotated[Optional[str], typer.Option(help="official | random-split")] = None,
-    clients: Annotated[Optional[int], typer.Option(help="Number of SuperNodes (sites).")] = None,
-    partition: Annotated[Optional[str], typer.Option(help="iid | dirichlet:ALPHA | by:COLUMN | networks")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="fedavg | fedprox | fedadam")] = None,
-    rounds: Annotated[Optional[int], typer.Option()] = None,
-    local_epochs: Annotated[Optional[int], typer.Option(help="E: local epochs per round.")] = None,
-    window: Annotated[Optional[int], typer.Option(help="Records per window (W).")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
+    dataset: opt.Dataset = None,
+    protocol: opt.Protocol = None,
+    clients: opt.Clients = None,
+    partition: opt.Partition = None,
+    strategy: opt.Strategy = None,
+    rounds: opt.Rounds = None,
+    local_epochs: opt.LocalEpochs = None,
+    window: opt.Window = None,
+    seed: opt.Seed = None,
     out: Annotated[Path, typer.Option(help="Run directory to create.")] = Path("runs/deployed"),
-    config: Annotated[Optional[Path], typer.Option(help="TOML or JSON run configuration.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value")] = None,
-    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Dataset folder (default: $FEDLSTM_DATA).")] = None,
+    config: opt.ConfigFile = None,
+    set_: opt.Overrides = None,
+    data_dir: opt.DataDir = None,
     work_dir: Annotated[Optional[Path], typer.Option(
         help="Folder for shares, certificates, keys and logs (kept; default: a temporary "
              ".NAME.deploy next to --out, removed after success).")] = None,
