@@ -13,10 +13,12 @@ hundreds of thousands of rows are approximated, and say so in `approximation`:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPRegressor
@@ -68,8 +70,13 @@ class ClassicalDetector:
         if self.name == "ae-ocsvm":
             normal = x[y == 0]
             normal = normal[_subsample(len(normal), 20_000, rng)]
-            self.autoencoder_ = MLPRegressor(hidden_layer_sizes=(32, 8, 32), activation="tanh", max_iter=100, random_state=self.seed,
-                                             early_stopping=len(normal) > 5000).fit(normal, normal)
+            self.autoencoder_ = MLPRegressor(hidden_layer_sizes=(32, 8, 32), activation="tanh",
+                                             max_iter=100, random_state=self.seed,
+                                             early_stopping=len(normal) > 5000)
+            with warnings.catch_warnings():
+                # 100 epochs is a deliberate time budget, not a convergence criterion.
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                self.autoencoder_.fit(normal, normal)
             codes = self._encode(normal[_subsample(len(normal), _LIMITS[self.name], rng)])
             self.estimator_ = OneClassSVM(kernel="rbf", gamma="scale", nu=0.05).fit(codes)
             # The threshold is the only supervised choice, made on validation data.

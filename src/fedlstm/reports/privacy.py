@@ -19,28 +19,33 @@ import matplotlib.pyplot as plt  # noqa: E402
 from fedlstm.config import RunConfig  # noqa: E402
 
 
+def _sweep_point(cfg: RunConfig, eps: float, out: Path, command: str | None, progress) -> dict:
+    from fedlstm.federation.simulation import run_federated
+
+    name = "eps-inf" if math.isinf(eps) else f"eps-{eps:g}"
+    run_dir = out / name
+    if not (run_dir / "metrics.json").exists():
+        progress(f"Fed-LSTM with ε = {eps:g}")
+        train = cfg.train.model_copy(update={"dp": not math.isinf(eps),
+                                             "dp_target_epsilon": None if math.isinf(eps) else eps})
+        run_federated(cfg.model_copy(update={"train": train}), run_dir, overwrite=True,
+                      command=command)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    last = m["rounds"][-1]
+    test = m["evaluations"]["test"]["binary"]
+    return {"epsilon": eps, "spent_epsilon": last.get("epsilon"), "run_dir": str(run_dir),
+            "accuracy": test["accuracy"], "f1": test["f1"], "roc_auc": test["roc_auc"]}
+
+
 def sweep(cfg: RunConfig, epsilons: list[float], out: str | Path, command: str | None = None,
           progress=None) -> Path:
-    from fedlstm.federation.simulation import run_federated
+    from fedlstm.federation.simulation import one_ray_runtime
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     progress = progress or (lambda text: None)
-    rows = []
-    for eps in epsilons:
-        name = "eps-inf" if math.isinf(eps) else f"eps-{eps:g}"
-        run_dir = out / name
-        if not (run_dir / "metrics.json").exists():
-            progress(f"Fed-LSTM with ε = {eps:g}")
-            train = cfg.train.model_copy(update={"dp": not math.isinf(eps),
-                                                 "dp_target_epsilon": None if math.isinf(eps) else eps})
-            run_federated(cfg.model_copy(update={"train": train}), run_dir, overwrite=True,
-                          command=command)
-        m = json.loads((run_dir / "metrics.json").read_text())
-        last = m["rounds"][-1]
-        test = m["evaluations"]["test"]["binary"]
-        rows.append({"epsilon": eps, "spent_epsilon": last.get("epsilon"), "run_dir": str(run_dir),
-                     "accuracy": test["accuracy"], "f1": test["f1"], "roc_auc": test["roc_auc"]})
+    with one_ray_runtime():
+        rows = [_sweep_point(cfg, eps, out, command, progress) for eps in epsilons]
     (out / "privacy_utility.json").write_text(json.dumps(rows, indent=2))
     lines = [f"# Privacy-utility: Fed-LSTM on {cfg.data.dataset}, protocol {cfg.data.protocol}",
              f"{cfg.federation.clients} clients ({cfg.federation.partition}), "

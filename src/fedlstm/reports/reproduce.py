@@ -211,6 +211,7 @@ def run_networks_step(profile: Profile, root: Path, out: Path, seed: int) -> dic
 def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None = None,
               datasets: list[str] | None = None, methods: list[str] | None = None,
               progress=None, command: str | None = None) -> Path:
+    from fedlstm.federation.simulation import one_ray_runtime
     from fedlstm.reports.report import write_report
 
     profile = PROFILES[profile_name]
@@ -223,19 +224,20 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
         and (methods is None or "fed-lstm" in methods) else []
     total = len(the_plan.steps) + len(extra)
     progress = progress or (lambda done, total, text: None)
-    for i, step in enumerate(the_plan.steps):
-        path = steps_dir / f"{step.key}.json"
-        if path.exists():
-            continue
-        progress(i, total, step.key)
-        _write_json(path, run_step(step, profile, root, out))
-    for key in extra:
-        path = steps_dir / f"{key}.json"
-        if not path.exists():
-            progress(total - 1, total, key)
-            result = run_networks_step(profile, root, out, seed=0)
-            if result:
-                _write_json(path, result)
+    with one_ray_runtime():
+        for i, step in enumerate(the_plan.steps):
+            path = steps_dir / f"{step.key}.json"
+            if path.exists():
+                continue
+            progress(i, total, step.key)
+            _write_json(path, run_step(step, profile, root, out))
+        for key in extra:
+            path = steps_dir / f"{key}.json"
+            if not path.exists():
+                progress(total - 1, total, key)
+                result = run_networks_step(profile, root, out, seed=0)
+                if result:
+                    _write_json(path, result)
     progress(total, total, "writing report")
     return write_report(out, profile, the_plan.skipped, command)
 
