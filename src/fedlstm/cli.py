@@ -37,7 +37,8 @@ out_console = Console()
 SchemaOpt = Annotated[Optional[str], typer.Option(
     help="Flow-log schema for your own files: zeek-conn | cicflowmeter | FILE.toml")]
 TrainFiles = Annotated[Optional[list[Path]], typer.Option(
-    "--train-file", help="Your own labelled flow file(s) (repeatable); needs --schema.")]
+    "--train-file", help="Your own labelled flow file or folder (repeatable; federate: one per "
+                        "client); needs --schema.")]
 TestFile = Annotated[Optional[Path], typer.Option(
     help="Held-out file of your own; without it, a random split of the training files.")]
 DataDir = opt.DataDir
@@ -237,6 +238,8 @@ def federate(
     from fedlstm.federation.compare import run_comparison
     from fedlstm.federation.simulation import run_federated
 
+    if partition is None and train_file and len(train_file) > 1:
+        partition = "files"  # several sites' logs: each file (or folder) is one client
     try:
         cfg = load_config(config, set_, **federation_options(
                               dataset, protocol, data_dir, clients, partition, strategy, rounds,

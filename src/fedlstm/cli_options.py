@@ -10,7 +10,7 @@ import typer
 Dataset = Annotated[Optional[str], typer.Option(help="nsl-kdd | kdd99 | unsw-nb15")]
 Protocol = Annotated[Optional[str], typer.Option(help="official | random-split")]
 Clients = Annotated[Optional[int], typer.Option(help="Number of sites (simulated clients or SuperNodes).")]
-Partition = Annotated[Optional[str], typer.Option(help="iid | dirichlet:ALPHA | by:COLUMN | networks")]
+Partition = Annotated[Optional[str], typer.Option(help="iid | dirichlet:ALPHA | by:COLUMN | networks | files (each --train-file or folder is one client; the default with several --train-file)")]
 Strategy = Annotated[Optional[str], typer.Option(help="fedavg | fedprox | fedadam")]
 Rounds = Annotated[Optional[int], typer.Option()]
 LocalEpochs = Annotated[Optional[int], typer.Option(help="E: local epochs per round.")]

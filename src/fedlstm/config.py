@@ -30,6 +30,11 @@ class DataConfig(_Strict):
     max_train_rows: int | None = None  # stratified subsample of the training part (quick runs)
     max_test_rows: int | None = None  # stratified subsample of each test set (quick runs only)
 
+    @property
+    def spec_name(self) -> str:
+        """The schema records are read with: a bring-your-own schema, else the dataset's."""
+        return self.schema_ or self.dataset
+
 
 class PreprocessConfig(_Strict):
     feature_range: tuple[float, float] = (0.0, 1.0)
@@ -73,7 +78,7 @@ class TrainConfig(_Strict):
 
 class FederationConfig(_Strict):
     clients: int = Field(5, ge=1)
-    partition: str = "iid"  # iid | dirichlet:ALPHA | by:COLUMN | networks
+    partition: str = "iid"  # iid | dirichlet:ALPHA | by:COLUMN | networks | files
     networks: list[str] = ["nsl-kdd", "kdd99"]  # datasets of one schema, one client each
     strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
     rounds: int = Field(10, ge=1)

@@ -134,3 +134,36 @@ def test_incompatible_bundle_version_is_refused(tiny, tmp_path):
         dst.writestr("manifest.sha256", hashlib.sha256(body).hexdigest())
     with pytest.raises(BundleError, match=f"v{FORMAT_VERSION + 1} is not supported"):
         ModelBundle.load(bad)
+
+
+def test_follow_reads_across_log_rotation(tiny_model, tmp_path):
+    path = tmp_path / "live.csv"
+    lines = flow_lines(90)
+    path.write_text("\n".join([HEADER, *lines[:30]]) + "\n")
+    done = threading.Event()
+
+    def rotate():
+        time.sleep(0.2)
+        with open(path, "a") as fh:
+            fh.write("\n".join(lines[30:50]) + "\n")
+        time.sleep(0.2)
+        path.rename(tmp_path / "live.csv.1")  # rotated away; a new file takes the name
+        time.sleep(0.1)
+        path.write_text("")  # created empty first, as log writers do
+        time.sleep(0.1)
+        path.write_text("\n".join([HEADER, *lines[50:]]) + "\n")
+        time.sleep(0.2)
+        done.set()
+
+    thread = threading.Thread(target=rotate)
+    thread.start()
+    sink = io.StringIO()
+    summary = detect(tiny_model, [path], AlertWriter(sink, "jsonl", tiny_model.class_names),
+                     follow=True, all_records=True, poll_seconds=0.01, stop=done.is_set)
+    thread.join()
+    assert summary.records == 90 and summary.bad_lines == 0
+    assert summary.files[0]["rotations"] == 1
+    out = [json.loads(line) for line in sink.getvalue().splitlines()]
+    # Windows run on across the rotation (one stream); line numbers restart in the new file.
+    assert summary.scored == 90 - 4 * (tiny_model.window - 1) == len(out)
+    assert [o["line"] for o in out][-40:] == list(range(2, 42))

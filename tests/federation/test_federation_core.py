@@ -119,8 +119,18 @@ def test_bad_partition_specs(bad):
 
 def test_client_share_round_trip(tmp_path):
     recs = synthetic_records(50)
-    back = load_client_records(save_records(recs, tmp_path / "c.parquet"), SYNTHETIC_SPEC)
+    back, spec = load_client_records(save_records(recs, tmp_path / "c.parquet"), SYNTHETIC_SPEC)
     assert back.frame.equals(recs.frame) and (back.family == recs.family).all()
+    assert spec is SYNTHETIC_SPEC and back.segment is None
+
+
+def test_client_share_carries_its_schema_and_window_segments(tmp_path):
+    recs = synthetic_records(50)
+    recs.segment = np.repeat([3, 7], 25)
+    own = SYNTHETIC_SPEC.model_copy(update={"name": "site-schema", "family_order": ["normal", "probe", "dos"]})
+    back, spec = load_client_records(save_records(recs, tmp_path / "c.parquet", own), SYNTHETIC_SPEC)
+    assert spec == own  # the share's own schema wins over the caller's default
+    assert (back.segment == recs.segment).all() and (back.is_attack == recs.is_attack).all()
 
 
 @pytest.mark.parametrize("name,cls", [("fedavg", "FedAvg"), ("fedprox", "FedProx"), ("fedadam", "FedAdam")])

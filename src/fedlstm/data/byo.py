@@ -14,6 +14,7 @@ import csv
 import gzip
 import io
 import logging
+import os
 import time
 import zipfile
 import zlib
@@ -62,6 +63,7 @@ class FlowReport:
     examples: list[BadLine] = field(default_factory=list)
     filled: Counter = field(default_factory=Counter)  # column -> unset/NaN/Inf values filled
     errors: list[str] = field(default_factory=list)  # file-level: empty, truncated, bad header
+    rotations: int = 0  # follow mode: times the path was replaced (rotated) or truncated
     max_examples: int = 20
 
     def add_bad(self, bad: BadLine) -> None:
@@ -73,7 +75,8 @@ class FlowReport:
     def to_dict(self) -> dict:
         return {"file": str(self.path), "rows": self.rows, "bad_lines": self.bad,
                 "bad_examples": [b.describe(self.path) for b in self.examples],
-                "filled": dict(self.filled), "errors": list(self.errors)}
+                "filled": dict(self.filled), "errors": list(self.errors),
+                **({"rotations": self.rotations} if self.rotations else {})}
 
 
 @dataclass
@@ -108,6 +111,7 @@ class FlowReader:
         self.poll_seconds = poll_seconds
         self.stop = stop or (lambda: False)
         self.report = FlowReport(self.path, max_examples=max_examples)
+        self._rotated = False
 
     # ------------------------------------------------------------------ header
     def _set_columns(self, names: list[str], header_line: int) -> None:
@@ -194,14 +198,43 @@ class FlowReader:
                     yield b"\x00" + pending[:64] + b"\n"  # reported as one bad line
                     pending = b""
                 continue
-            if not self.follow or self.stop():
+            # Checked before `stop`, so a log rotated just before the stop is still read.
+            if self.follow and self._replaced(fh):
+                self._rotated = True
+            if self._rotated or not self.follow or self.stop():
                 if pending:
                     yield pending + b"\n"
                 return
             yield None
             time.sleep(self.poll_seconds)
 
+    def _replaced(self, fh) -> bool:
+        """The path now names another file (moved away and recreated, as log rotation does) or
+        was truncated in place (copytruncate); a path missing for now is waited for."""
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        if now.st_ino != os.fstat(fh.fileno()).st_ino:
+            return True
+        return self.path.suffix not in (".gz", ".zip") and now.st_size < fh.tell()
+
     def __iter__(self) -> Iterator[Chunk]:
+        """Chunks of the file; in follow mode, across rotations: when the path is replaced, the
+        old file is read to its end and the new one from its start (line numbers restart)."""
+        while True:
+            self._rotated = False
+            yield from self._read_once()
+            if not self._rotated:
+                return
+            self.report.rotations += 1
+            log.info("%s: rotated; reading the new file from its start", self.path)
+            while not (self.path.exists() and self.path.stat().st_size):  # the new one is empty
+                if self.stop():
+                    return
+                time.sleep(self.poll_seconds)
+
+    def _read_once(self) -> Iterator[Chunk]:
         try:
             if self.path.stat().st_size == 0:
                 return self._file_error(f"{self.path}: file is empty")
@@ -223,7 +256,7 @@ class FlowReader:
                 self._file_error(f"{self.path}: truncated or corrupt compressed data after "
                                  f"line {lineno} ({exc}); the rest of the file is skipped")
                 return
-        if self.report.rows == 0 and not self.report.errors:
+        if self.report.rows == 0 and not self.report.errors and not self._rotated:
             self._file_error(f"{self.path}: no records")
 
     def _file_error(self, message: str):
@@ -480,6 +513,24 @@ def _with_families(spec: DatasetSpec, *parts: Records) -> DatasetSpec:
     return spec.model_copy(update={"family_order": [NORMAL_FAMILY, *sorted(counts)]})
 
 
+def expand_inputs(entries: str | Path | list) -> list[Path]:
+    """Files named directly, and the files of named folders (sorted by name; hidden ones skipped),
+    e.g. a folder of rotated Zeek logs `conn.00:00:00-01:00:00.log.gz`, ..."""
+    out: list[Path] = []
+    for entry in [entries] if isinstance(entries, (str, Path)) else entries:
+        path = Path(entry)
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            if not inside:
+                raise DataFormatError(f"{path}: folder holds no flow files")
+            out += inside
+        elif path.exists():
+            out.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return out
+
+
 def build_split_from_files(spec: DatasetSpec, train_files: str | Path | list,
                            test_file: str | Path | None, cfg: DataConfig, seed: int = 0,
                            carve_val: bool = True) -> Split:
@@ -487,13 +538,13 @@ def build_split_from_files(spec: DatasetSpec, train_files: str | Path | list,
 
     With `test_file` the protocol is "files" (train on the training file(s), test on the test
     file); without, a seeded stratified `random-split` of the training file(s). Validation is
-    always carved from training data only. Several training files are pooled and windows never
-    cross from one to the next.
+    always carved from training data only. Several training files (or the files of a folder) are
+    pooled and windows never cross from one to the next.
     """
     from fedlstm.data.readers import concat_records
     from fedlstm.data.splits import drop_duplicates
 
-    files = [train_files] if isinstance(train_files, (str, Path)) else list(train_files)
+    files = expand_inputs(train_files)
     if not files:
         raise ValueError("no training file given")
     parts = []
@@ -504,8 +555,6 @@ def build_split_from_files(spec: DatasetSpec, train_files: str | Path | list,
         parts.append((recs, resolved))
     spec = parts[0][1]
     whole = parts[0][0] if len(parts) == 1 else concat_records([p[0] for p in parts])
-    if len(parts) > 1 and parts[0][0].segment is not None:  # file and entity both bound windows
-        whole.segment = np.concatenate([p[0].segment + i * (1 << 32) for i, p in enumerate(parts)])
     notes: dict = {"train_files": [str(f) for f in files]}
     if cfg.dedup:
         whole, notes["duplicates_removed"] = drop_duplicates(whole)

@@ -71,12 +71,15 @@ class Records:
 
 
 def concat_records(parts: list[Records]) -> Records:
-    """Pool records of several sources (e.g. sites), remembering each row's source."""
+    """Pool records of several sources (e.g. sites): windows never cross from one source to the
+    next, nor between the segments (e.g. entities) a source already had."""
+    segment = [np.full(len(p), i << 32, np.int64) if p.segment is None
+               else np.asarray(p.segment, np.int64) + (i << 32) for i, p in enumerate(parts)]
     return Records(pd.concat([p.frame for p in parts], ignore_index=True),
                    np.concatenate([p.attack for p in parts]),
                    np.concatenate([p.family for p in parts]),
                    np.concatenate([p.is_attack for p in parts]), parts[0].report,
-                   np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)]))
+                   np.concatenate(segment))
 
 
 def _open_text(path: Path) -> io.TextIOBase:

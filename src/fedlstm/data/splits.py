@@ -77,7 +77,7 @@ def build_split(cfg: DataConfig, seed: int = 0, carve_val: bool = True) -> Split
     if cfg.train_files:
         from fedlstm.data.byo import build_split_from_files  # noqa: PLC0415 (import cycle)
 
-        return build_split_from_files(get_spec(cfg.schema_ or cfg.dataset), cfg.train_files,
+        return build_split_from_files(get_spec(cfg.spec_name), cfg.train_files,
                                       cfg.test_file, cfg, seed, carve_val)
     spec = get_spec(cfg.dataset)
     root = data_dir(cfg.data_dir)

@@ -10,6 +10,7 @@ lock, so concurrent requests are safe and each request's records stay contiguous
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from typing import Any
@@ -26,6 +27,30 @@ from fedlstm.detection.stream import StreamScorer, alert_records
 
 Value = str | float | int | bool | None
 Record = dict[str, Value]
+# A number sent as text (records read from CSV): no exponent beyond two digits, so always finite.
+NUMERIC_TEXT = r"^-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,17})?([eE][-+]?[0-9]{1,2})?$"
+_NUMERIC_TEXT = re.compile(NUMERIC_TEXT)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def record_schema(bundle: ModelBundle) -> dict:
+    """The JSON schema of one record for this bundle, as `records_to_frame` enforces it; the
+    OpenAPI document carries it, so clients (and schemathesis) see the real contract."""
+    spec, pre = bundle.spec, bundle.preprocessor
+    fill = spec.fill_missing is not None
+    unset = ([{"enum": list(spec.missing_values)}] if fill and spec.missing_values else []) + \
+        ([{"type": "null"}] if fill else [])
+    number = {"anyOf": [{"type": "number"}, {"type": "string", "pattern": NUMERIC_TEXT}, *unset]}
+    category = {"anyOf": [{"type": "string"}, {"type": "number"}, *unset]}
+    properties = {**{c: number for c in pre.numeric_columns},
+                  **{c: category for c in pre.categorical_columns}}
+    if spec.entity_column:
+        properties[spec.entity_column] = {"type": ["string", "number", "boolean", "null"],
+                                          "description": "entity key: windows are kept per entity"}
+    return {"type": "object", "title": "FlowRecord", "properties": properties,
+            "required": [] if fill else list(properties.keys() - {spec.entity_column}),
+            "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+            "description": "One flow record: column -> value. Other columns are ignored."}
 
 
 class _TooLarge(Exception):
@@ -172,20 +197,19 @@ def records_to_frame(bundle: ModelBundle, records: list[Record],
                          else "unset value: a number is required")
                     continue
                 value = spec.fill_missing
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, str)
+                                           and not _NUMERIC_TEXT.match(value)):
                 fail(i, c, f"expected a number, found {value!r}")
                 continue
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                fail(i, c, f"expected a number, found {value!r}")
-                continue
+            number = float(value)
             if not math.isfinite(number):
                 if spec.fill_missing is None:
                     fail(i, c, f"non-finite value {value!r}")
                     continue
                 number = spec.fill_missing
-            numeric[i, j] = number
+            # Beyond float32 the features would be infinite; the preprocessor's log and clip
+            # make any value this large score like the largest one seen in training anyway.
+            numeric[i, j] = min(max(number, -_FLOAT32_MAX), _FLOAT32_MAX)
         for c in pre.categorical_columns:
             value = record.get(c, _MISSING)
             if value is _MISSING or value is None:
@@ -193,6 +217,9 @@ def records_to_frame(bundle: ModelBundle, records: list[Record],
                     fail(i, c, "missing value: a category is required")
                     continue
                 value = ""
+            elif isinstance(value, bool):
+                fail(i, c, f"expected a category (text or number), found {value!r}")
+                continue
             text[c][i] = str(value)
         if entity_col:
             value = record.get(entity_col)
@@ -244,17 +271,21 @@ def create_app(bundle: ModelBundle, max_records: int = 1000, max_body_bytes: int
         return metrics.render()
 
     @app.post("/score", response_model=ScoreResponse, response_model_exclude_none=True,
-              responses={413: {"description": "Body or record count over the limit"},
-                         422: {"description": "Invalid records; `detail` names each field"}})
+              responses={400: {"description": "Body is not JSON"},
+                         413: {"description": "Body over the size limit"},
+                         422: {"description": "Invalid records (`detail` names each field), or "
+                                               "more records than the limit"}})
     def score(records: list[Record] = Body(..., description="Flow records: column -> value",
                                            examples=[[{c: 0 for c in
                                                        bundle.preprocessor.numeric_columns[:3]}]]),
               ) -> ScoreResponse:
         """Score records; each joins its entity's stream and is scored once W have arrived."""
-        if len(records) > max_records:
-            metrics.rejected += len(records)
-            raise HTTPException(413, f"{len(records)} records in one request; at most "
-                                     f"{max_records}")
+        if len(records) > max_records:  # `maxItems` of the documented body
+            with metrics.lock:
+                metrics.rejected += len(records)
+            raise HTTPException(422, [{"loc": ["body"], "type": "too_long",
+                                       "msg": f"{len(records)} records in one request; at most "
+                                              f"{max_records}"}])
         try:
             frame, entity = records_to_frame(bundle, records)
         except RecordError as exc:
@@ -280,6 +311,19 @@ def create_app(bundle: ModelBundle, max_records: int = 1000, max_body_bytes: int
             metrics.alerts += n_alerts
         return ScoreResponse(model=model_name, records=len(records), scored=n_scored,
                              alerts=n_alerts, results=results)
+
+    generated = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:  # document the records as they are validated
+            doc = generated()
+            body = doc["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]
+            body["schema"] = {"type": "array", "items": record_schema(bundle),
+                              "maxItems": max_records,
+                              "title": "Records", "description": body["schema"].get("description")}
+        return app.openapi_schema
+
+    app.openapi = openapi
 
     @app.exception_handler(RecordError)
     async def record_error(_: Request, exc: RecordError):  # pragma: no cover - safety net

@@ -279,9 +279,9 @@ def run_inprocess(server: ServerTask, clients: list[ClientTask]) -> ServerTask:
 @lru_cache(maxsize=8)
 def _anomaly_task(data_path: str, config_json: str, name: str) -> AnomalyClientTask:
     cfg = AnomalyRunConfig.model_validate_json(config_json)
-    spec = get_spec(cfg.data.dataset)
-    return AnomalyClientTask(load_client_records(data_path, spec, lenient=cfg.data.lenient), cfg,
-                             spec, name)
+    records, spec = load_client_records(data_path, get_spec(cfg.data.spec_name),
+                                        lenient=cfg.data.lenient)
+    return AnomalyClientTask(records, cfg, spec, name)
 
 
 class AnomalyFlowerClient(apps.FlowerClient):
@@ -350,7 +350,7 @@ def federate_anomaly(cfg: AnomalyRunConfig, spec: DatasetSpec, clients: list[Rec
     part_dir = stage / "partitions"
     part_dir.mkdir(parents=True, exist_ok=True)
     for i, recs in enumerate(clients):
-        save_records(recs, part_dir / f"client-{i}.parquet")
+        save_records(recs, part_dir / f"client-{i}.parquet", spec)
     try:
         simulate(task, part_dir, len(clients))
     finally:

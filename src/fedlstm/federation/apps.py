@@ -45,8 +45,9 @@ _PROPS_IN, _PROPS_OUT = "getpropertiesins.config", "getpropertiesres.properties"
 def _client_task(data_path: str, config_json: str, name: str) -> ClientTask:
     """One ClientTask per process and data file: Flower builds a new client for every message."""
     cfg = RunConfig.model_validate_json(config_json)
-    spec = get_spec(cfg.data.dataset)
-    return ClientTask(load_client_records(data_path, spec, lenient=cfg.data.lenient), cfg, spec, name)
+    records, spec = load_client_records(data_path, get_spec(cfg.data.spec_name),
+                                        lenient=cfg.data.lenient)
+    return ClientTask(records, cfg, spec, name)
 
 
 def _preprocessing_statistics(task: ClientTask, config: dict) -> dict:
@@ -102,12 +103,20 @@ def _when_clipping(msg: Message, ctxt: Context, call_next) -> Message:
     return call_next(msg, ctxt)
 
 
+def _site_names(partition_dir: str) -> tuple[str, ...]:
+    """Simulation: the sites' names by partition id (e.g. from their files), when given."""
+    path = Path(partition_dir) / "names.json"
+    return tuple(json.loads(path.read_text())) if path.exists() else ()
+
+
 def make_client_app(partition_dir: str | None = None) -> ClientApp:
     def client_fn(context: Context):
         node = context.node_config
-        pid = node.get("partition-id", 0)
+        pid = int(node.get("partition-id", 0))
         path = node.get("data-path") or f"{partition_dir}/client-{pid}.parquet"
-        return FlowerClient(str(path), str(node.get("name", f"client-{pid}"))).to_client()
+        names = _site_names(partition_dir) if partition_dir else ()
+        name = node.get("name") or (names[pid] if pid < len(names) else f"client-{pid}")
+        return FlowerClient(str(path), str(name)).to_client()
 
     # SecAgg+ outermost, so updates are clipped before they are masked (Flower's fl-dp-sa order).
     return ClientApp(client_fn=client_fn, mods=[_when_secagg, _when_clipping])
@@ -239,7 +248,7 @@ def _task_from_run_config(context: Context) -> ServerTask:
     rc = context.run_config
     cfg = RunConfig.model_validate_json(Path(str(rc["config-file"])).read_text())
     out = Path(str(rc["out-dir"]))
-    return ServerTask(cfg, get_spec(cfg.data.dataset), load_tests(cfg), out)
+    return ServerTask(cfg, *load_tests(cfg), out)
 
 
 client_app = make_client_app()

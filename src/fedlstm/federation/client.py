@@ -29,7 +29,7 @@ class ClientTask:
     def __init__(self, records: Records, cfg: RunConfig, spec: DatasetSpec | None = None,
                  name: str = "client"):
         self.cfg, self.name = cfg, name
-        self.spec = spec or get_spec(cfg.data.dataset)
+        self.spec = spec or get_spec(cfg.data.spec_name)
         self.classes = class_names_for(self.spec, cfg.model.task)
         self.train_records, self.val_records = carve_validation(records, cfg.data.val_fraction,
                                                                 cfg.seed)

@@ -677,7 +677,7 @@ def deploy_on(federation: LocalFederation, cfg: RunConfig, out: str | Path, *,
     shares = work / "shares"
     shutil.rmtree(shares, ignore_errors=True)
     shares.mkdir(parents=True)
-    paths = [save_records(recs, shares / f"{name}.parquet")
+    paths = [save_records(recs, shares / f"{name}.parquet", data.spec)
              for name, recs in zip(data.names, data.clients)]
     config_file = work / "config.json"
     config_file.write_text(cfg.model_dump_json(indent=2))

@@ -1,7 +1,8 @@
 """How a training set is spread over simulated clients, and the per-client data files.
 
 Partitioners come from flwr-datasets (IID, Dirichlet label skew, natural ids); `networks` makes
-each dataset of one shared schema (NSL-KDD, KDD99) a client of its own: the paper's networks.
+each dataset of one shared schema (NSL-KDD, KDD99) a client of its own: the paper's networks;
+`files` makes each of the user's training files (or folders) a client: one site's logs each.
 A client's share keeps file order, so its windows see records in their original sequence.
 """
 
@@ -13,17 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from fedlstm.data.readers import ReadReport, Records, read_records
-from fedlstm.data.schemas import DatasetSpec
+from fedlstm.data.schemas import DATASETS, DatasetSpec
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class PartitionScheme:
-    kind: str  # iid | dirichlet | by | networks
+    kind: str  # iid | dirichlet | by | networks | files
     alpha: float | None = None
     column: str | None = None
 
@@ -42,9 +42,10 @@ class PartitionScheme:
             return cls("dirichlet", alpha=alpha)
         if kind == "by" and arg:
             return cls("by", column=arg)
-        if kind == "networks" and not arg:
-            return cls("networks")
-        raise ValueError(f"unknown partition {text!r}; use iid, dirichlet:ALPHA, by:COLUMN or networks")
+        if kind in ("networks", "files") and not arg:
+            return cls(kind)
+        raise ValueError(f"unknown partition {text!r}; use iid, dirichlet:ALPHA, by:COLUMN, "
+                         "networks or files")
 
 
 def partition_indices(records: Records, scheme: PartitionScheme, n_clients: int,
@@ -68,7 +69,7 @@ def partition_indices(records: Records, scheme: PartitionScheme, n_clients: int,
         key = np.zeros(len(records), np.int64)
         partitioner = IidPartitioner(num_partitions=n_clients)
     else:
-        raise ValueError("`networks` partitions by dataset, not by rows of one dataset")
+        raise ValueError(f"`{scheme.kind}` partitions by dataset or file, not by rows of one dataset")
     rows = np.arange(len(records))
     if scheme.kind == "iid":  # IidPartitioner cuts contiguous blocks: shuffle rows for IID shares
         rows = np.random.default_rng(seed).permutation(len(records))
@@ -86,27 +87,53 @@ def describe(parts: list[Records], names: list[str]) -> list[dict]:
     return out
 
 
-def save_records(records: Records, path: Path) -> Path:
-    """Internal per-client file (parquet): features plus the derived labels."""
+_SPEC_KEY = b"fedlstm.spec"
+
+
+def save_records(records: Records, path: Path, spec: DatasetSpec | None = None) -> Path:
+    """Internal per-client file (parquet): features, the derived labels, the window segments
+    (entities, source files) and, in the file's metadata, the resolved schema, so a client of a
+    user's own logs needs nothing else to read its share."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     frame = records.frame.copy()
     frame["__attack"] = records.attack.astype(str)
     frame["__family"] = records.family.astype(str)
     frame["__is_attack"] = records.is_attack
-    frame.to_parquet(path, index=False)
+    if records.segment is not None:
+        frame["__segment"] = np.asarray(records.segment, np.int64)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if spec is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               _SPEC_KEY: spec.model_dump_json().encode()})
+    pq.write_table(table, path)
     return path
 
 
-def load_client_records(path: str | Path, spec: DatasetSpec, lenient: bool = False) -> Records:
-    """A client's data: our parquet share, or a raw file in the dataset's own format."""
+def load_client_records(path: str | Path, spec: DatasetSpec,
+                        lenient: bool = False) -> tuple[Records, DatasetSpec]:
+    """A client's data and its schema: our parquet share (whose own schema, when it carries one,
+    wins over `spec`), or a raw file in the schema's own format."""
+    import pyarrow.parquet as pq
+
+    from fedlstm.data.byo import read_flow_file
+
     path = Path(path)
     if path.suffix != ".parquet":
-        return read_records(path, spec, lenient=lenient)
-    frame = pd.read_parquet(path)
-    labels = frame[["__attack", "__family", "__is_attack"]]
-    features = frame.drop(columns=labels.columns)
-    missing = set(spec.feature_columns) - set(features.columns)
+        if spec.name in DATASETS:
+            return read_records(path, spec, lenient=lenient), spec
+        return read_flow_file(path, spec, lenient=lenient)
+    table = pq.read_table(path)
+    stored = (table.schema.metadata or {}).get(_SPEC_KEY)
+    if stored:
+        spec = DatasetSpec.model_validate_json(stored)
+    frame = table.to_pandas()
+    segment = frame.pop("__segment").to_numpy(np.int64) if "__segment" in frame else None
+    missing = set(spec.feature_columns) - set(frame.columns)
     if missing:
         raise ValueError(f"{path}: missing feature columns {sorted(missing)}")
-    return Records(features[spec.feature_columns], labels["__attack"].to_numpy(object),
-                   labels["__family"].to_numpy(object), labels["__is_attack"].to_numpy(np.int64),
-                   ReadReport(path, rows=len(frame)))
+    return Records(frame[spec.feature_columns].reset_index(drop=True),
+                   frame["__attack"].to_numpy(object), frame["__family"].to_numpy(object),
+                   frame["__is_attack"].to_numpy(np.int64), ReadReport(path, rows=len(frame)),
+                   segment), spec

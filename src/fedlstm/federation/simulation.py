@@ -6,6 +6,7 @@ client's data file comes from differs (a partition file here, the node config th
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -22,7 +23,7 @@ for _name, _value in (("FLWR_TELEMETRY_ENABLED", "0"), ("FLWR_DISABLE_UPDATE_CHE
 import numpy as np  # noqa: E402
 
 from fedlstm.config import RunConfig  # noqa: E402
-from fedlstm.data.readers import Records  # noqa: E402
+from fedlstm.data.readers import Records, concat_records  # noqa: E402
 from fedlstm.data.schemas import DatasetSpec, get_spec  # noqa: E402
 from fedlstm.data.splits import build_split  # noqa: E402
 from fedlstm.federation.partitions import (PartitionScheme, describe, partition_indices,  # noqa: E402
@@ -48,20 +49,53 @@ def dataset_cfg(cfg: RunConfig, dataset: str) -> RunConfig:
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": dataset})})
 
 
-def load_tests(cfg: RunConfig) -> dict[str, Records]:
-    """Held-out test sets, for reporting only (per dataset under `networks`)."""
-    if PartitionScheme.parse(cfg.federation.partition).kind == "networks":
+def load_tests(cfg: RunConfig) -> tuple[DatasetSpec, dict[str, Records]]:
+    """The schema and the held-out test sets (per dataset under `networks`), for reporting only."""
+    kind = PartitionScheme.parse(cfg.federation.partition).kind
+    if kind == "files":
+        sites = file_sites(cfg)
+        return sites.spec, sites.tests
+    if kind == "networks":
         tests = {}
         for ds in cfg.federation.networks:
             split = build_split(dataset_cfg(cfg, ds).data, seed=cfg.seed, carve_val=False)
             tests.update({f"{ds}/{k}": v for k, v in split.tests.items()})
-        return tests
-    return build_split(cfg.data, seed=cfg.seed, carve_val=False).tests
+        return get_spec(cfg.federation.networks[0]), tests
+    split = build_split(cfg.data, seed=cfg.seed, carve_val=False)
+    return split.spec, split.tests
+
+
+def file_sites(cfg: RunConfig) -> FederatedData:
+    """Partition `files`: each training file or folder is one site's data, split on its own.
+
+    With a test file, every site is scored on it; without, each site's seeded random split keeps
+    its test share and the shares are pooled into one test set (no site trains on any of it)."""
+    files = cfg.data.train_files
+    if len(files) < 2:
+        raise ValueError("partition `files` makes each --train-file (a file or a folder) one client; "
+                         f"give at least two (got {len(files)})")
+    splits = [build_split(cfg.data.model_copy(update={"train_files": [f]}), seed=cfg.seed,
+                          carve_val=False) for f in files]
+    columns = {tuple(s.spec.feature_columns) for s in splits}
+    if len(columns) != 1:
+        raise ValueError(f"the sites' files do not share one set of feature columns: {files}")
+    order = list(splits[0].spec.family_order)  # every site must encode families alike
+    order += sorted({f for s in splits for f in s.spec.family_order} - set(order))
+    spec = splits[0].spec.model_copy(update={"family_order": order})
+    if splits[0].protocol == "files":
+        tests = splits[0].tests
+    else:
+        tests = {"test": concat_records([s.tests["test"] for s in splits])}
+    names = [f"site-{i}-{Path(f).name}" for i, f in enumerate(files)]
+    return FederatedData(spec, [s.train for s in splits], names, tests,
+                         {name: s.notes for name, s in zip(names, splits)})
 
 
 def federated_data(cfg: RunConfig) -> FederatedData:
     fed = cfg.federation
     scheme = PartitionScheme.parse(fed.partition)
+    if scheme.kind == "files":
+        return file_sites(cfg)
     if scheme.kind == "networks":
         specs = [get_spec(ds) for ds in fed.networks]
         if len({tuple(s.feature_columns) for s in specs}) != 1:
@@ -96,7 +130,8 @@ def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resu
         part_dir = stage / "partitions"
         part_dir.mkdir(exist_ok=True)
         for i, recs in enumerate(data.clients):
-            save_records(recs, part_dir / f"client-{i}.parquet")
+            save_records(recs, part_dir / f"client-{i}.parquet", data.spec)
+        (part_dir / "names.json").write_text(json.dumps(data.names))
         timings["partition_seconds"] = time.perf_counter() - t
 
         task = ServerTask(cfg, data.spec, data.tests, stage)

@@ -1,0 +1,52 @@
+"""Sites with their own logs: `fedlstm federate --schema FILE.toml --train-file SITE ...`, each
+file or folder one client, through Flower's simulation engine."""
+
+import json
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from fedlstm.cli import app
+from fedlstm.detection import ModelBundle
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detection"))
+from _detect_helpers import SCHEMA_TOML, write_flows  # noqa: E402
+
+
+def test_federate_one_client_per_site_file_or_folder(tmp_path):
+    schema = tmp_path / "schema.toml"
+    schema.write_text(SCHEMA_TOML)
+    site_a = write_flows(tmp_path / "site-a.csv", 500, seed=1)
+    site_b = write_flows(tmp_path / "site-b.csv", 400, seed=2)
+    site_c = tmp_path / "site-c"  # a folder of rotated logs, one of them gzipped
+    site_c.mkdir()
+    write_flows(site_c / "flows.1.csv", 200, seed=3)
+    write_flows(site_c / "flows.2.csv.gz", 200, seed=4, gz=True)
+    held_out = write_flows(tmp_path / "held-out.csv", 300, seed=5)
+    out = tmp_path / "fed"
+    result = CliRunner().invoke(app, [
+        "federate", "--schema", str(schema), "--train-file", str(site_a), "--train-file",
+        str(site_b), "--train-file", str(site_c), "--test-file", str(held_out), "--rounds", "2",
+        "--window", "3", "--out", str(out), "--set", "train.epochs=1",
+        "--set", "model.hidden_size=8"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["federation"]["partition"] == "files"  # the default with several files
+    parts = {p["client"]: p["rows"] for p in metrics["partitions"]}
+    assert parts == {"site-0-site-a.csv": 500, "site-1-site-b.csv": 400, "site-2-site-c": 400}
+    assert set(metrics["rounds"][-1]["clients_fit"]) == set(parts)
+    # every held-out record that ends a window of its host (4 hosts, W = 3) is scored
+    assert metrics["evaluations"]["test"]["binary"]["n"] == 300 - 4 * (3 - 1)
+    bundle = ModelBundle.load(out / "model.fedlstm")
+    assert bundle.spec.name == "tiny-flows" and bundle.window == 3
+
+
+def test_files_partition_needs_several_sites(tmp_path):
+    schema = tmp_path / "schema.toml"
+    schema.write_text(SCHEMA_TOML)
+    only = write_flows(tmp_path / "site-a.csv", 100)
+    result = CliRunner().invoke(app, [
+        "federate", "--schema", str(schema), "--train-file", str(only), "--partition", "files",
+        "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "at least two" in result.output
