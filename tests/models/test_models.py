@@ -19,6 +19,7 @@ def _data(seed, window=3, n=500):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_neural_models_learn_with_the_one_loop(name):
+    torch.manual_seed(0)  # initial weights: the outcome must not depend on test order
     pre, train = _data(0)
     _, test = _data(1)
     model = build_model(name, pre.n_features_out, 2, hidden_size=16)
@@ -56,3 +57,17 @@ def test_unknown_classical_method():
     pre, train = _data(0)
     with pytest.raises(KeyError):
         ClassicalDetector("knn", pre, 3).fit(train, train)
+
+
+@pytest.mark.parametrize("ends", [torch.arange(4, 300),  # one stream: consecutive windows
+                                  torch.tensor([4, 5, 9, 10, 11, 40, 299]),  # entity gaps
+                                  torch.tensor([4, 6, 5, 7])])  # any order
+def test_sliding_window_inference_equals_forward(ends):
+    torch.manual_seed(0)
+    model = build_model("lstm", 12, 3, hidden_size=16).eval()
+    records = torch.rand(300, 12)
+    windows = records[ends.unsqueeze(1) - torch.arange(4, -1, -1)]  # W = 5
+    with torch.inference_mode():
+        expected = model(windows)
+    got = model.forward_sliding(records, ends, 5, batch_size=64)  # several batches
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

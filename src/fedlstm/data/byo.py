@@ -417,7 +417,10 @@ class FlowReader:
                     keep[i] = False
                     self._bad(BadLine(int(lines[i]), c, "missing value ''",
                                       self.names.index(c) + 1))
-        return keep, values.astype(np.float32)
+        # Finite numbers beyond float32's range would turn infinite; the preprocessor clips to the
+        # training range anyway, so they are kept at float32's largest value.
+        limit = float(np.finfo(np.float32).max)
+        return keep, np.clip(values, -limit, limit).astype(np.float32)
 
     def _chunk(self, frame: pd.DataFrame, values: np.ndarray, lines: np.ndarray) -> Chunk:
         features = pd.DataFrame(values, columns=self.numeric, copy=False)

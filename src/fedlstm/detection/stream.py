@@ -66,7 +66,9 @@ class StreamScorer:
         for j, c in enumerate(pre.categorical_columns):
             owner += [len(pre.numeric_columns) + j] * (len(pre.categories_[c]) + 1)
         self._owner = np.array(owner, np.int64)  # preprocessed feature -> input column
-        self._category_index = {c: pd.Index(v) for c, v in pre.categories_.items()}
+        # Position of each categorical column's "unseen" one-hot bucket (the last of its block).
+        self._unseen_bucket = {c: int(np.flatnonzero(self._owner == len(pre.numeric_columns) + j)[-1])
+                               for j, c in enumerate(pre.categorical_columns)}
         bundle.model.eval()
         self.unsupervised = hasattr(bundle, "top_features")  # the Mahalanobis detector
 
@@ -74,9 +76,12 @@ class StreamScorer:
         """Forget all history (a new, unrelated stream starts)."""
         self._tails.clear()
 
-    def score(self, frame: pd.DataFrame, entity: np.ndarray | None = None) -> Scores:
+    def score(self, frame: pd.DataFrame, entity: np.ndarray | None = None,
+              features: np.ndarray | None = None) -> Scores:
+        """Scores of `frame`'s rows; `features`: their preprocessed form, when already known."""
         n, w = len(frame), self.window
-        features = self.bundle.preprocessor.transform(frame)
+        if features is None:
+            features = self.bundle.preprocessor.transform(frame)
         if entity is None:
             codes, keys = np.zeros(n, np.int64), [None]
         else:
@@ -130,21 +135,26 @@ class StreamScorer:
                 tops = self.bundle.top_features(windows.subset(picked), self.explain_top)
                 result.top_features = {int(rows[p]): top for p, top in zip(picked, tops)}
         else:
-            offsets = torch.arange(w - 1, -1, -1)
             ends_t = torch.from_numpy(ends)
+            model = self.bundle.model
             with torch.inference_mode():
-                for s in range(0, len(ends), self.batch_size):
-                    idx = ends_t[s:s + self.batch_size].unsqueeze(1) - offsets
-                    logits = self.bundle.model(tensor[idx])
-                    proba[rows[s:s + self.batch_size]] = torch.softmax(logits, 1).numpy()
+                if hasattr(model, "forward_sliding"):  # shares work across overlapping windows
+                    logits = model.forward_sliding(tensor, ends_t, w)
+                    proba[rows] = torch.softmax(logits, 1).numpy()
+                else:
+                    offsets = torch.arange(w - 1, -1, -1)
+                    for s in range(0, len(ends), self.batch_size):
+                        idx = ends_t[s:s + self.batch_size].unsqueeze(1) - offsets
+                        logits = model(tensor[idx])
+                        proba[rows[s:s + self.batch_size]] = torch.softmax(logits, 1).numpy()
             scored[rows] = True
             score = 1.0 - proba[:, 0]
             alert = scored & (score >= self.bundle.threshold_)
             result = Scores(scored, score, proba, alert)
             if self.explain_top and alert.any():
                 result.top_features = self._explain(tensor, ends[alert[rows]], rows[alert[rows]])
-        for c, index in self._category_index.items():
-            new = index.get_indexer(frame[c].to_numpy(object)) < 0
+        for c, bucket in self._unseen_bucket.items():
+            new = features[:, bucket] > 0
             if new.any():
                 result.unseen[c] = new
         return result
@@ -207,6 +217,7 @@ def alert_records(bundle: ModelBundle, frame: pd.DataFrame, scores: Scores,
                   entity: np.ndarray | None = None, label: np.ndarray | None = None) -> list[dict]:
     """JSON-ready descriptions of the given rows (alerts, or every scored row)."""
     classes = bundle.class_names
+    columns: dict[str, np.ndarray] = {}  # input values of top features, one array per column
     out = []
     for r in rows:
         p = scores.proba[r]
@@ -232,16 +243,20 @@ def alert_records(bundle: ModelBundle, frame: pd.DataFrame, scores: Scores,
             item["label"] = str(label[r])
         if r in scores.top_features:
             item["top_features"] = [
-                {"feature": name, "value": _input_value(frame, name, r),
+                {"feature": name, "value": _input_value(frame, name, r, columns),
                  "contribution": round(value, 6)} for name, value in scores.top_features[r]]
         out.append(item)
     return out
 
 
-def _input_value(frame: pd.DataFrame, feature: str, row: int):
+def _input_value(frame: pd.DataFrame, feature: str, row: int, cache: dict):
     """The input value behind a feature: a column, or the column of a one-hot `col=value`."""
     column = feature if feature in frame.columns else feature.split("=", 1)[0]
-    return _plain(frame[column].iat[row]) if column in frame.columns else None
+    if column not in frame.columns:
+        return None
+    if column not in cache:
+        cache[column] = frame[column].to_numpy()
+    return _plain(cache[column][row])
 
 
 def _plain(value):

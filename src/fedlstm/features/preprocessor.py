@@ -58,6 +58,8 @@ class FlowPreprocessor:
         self.data_min_ = self._log(lo)
         self.data_max_ = self._log(hi)
         self.categories_ = {c: list(v) for c, v in stats.categories.items()}
+        self.__dict__.pop("_indices", None)  # caches of the previous fit
+        self.__dict__.pop("_lookups", None)
         self.n_records_ = stats.count
         self.feature_names_out_ = self._feature_names()
         return self
@@ -79,10 +81,15 @@ class FlowPreprocessor:
         return len(self.feature_names_out_)
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.transform_arrays(frame[self.numeric_columns].to_numpy(np.float64),
+                                     {c: frame[c].to_numpy(object) for c in self.categorical_columns})
+
+    def transform_arrays(self, numeric: np.ndarray, categorical: dict[str, np.ndarray]) -> np.ndarray:
+        """`transform` of columns given as arrays: numeric (n, numeric_columns) and one array per
+        categorical column. Spares the service's single records the cost of a DataFrame."""
         if not hasattr(self, "data_min_"):
             raise RuntimeError("FlowPreprocessor is not fitted")
-        raw = frame[self.numeric_columns].to_numpy(np.float64)
-        raw = np.minimum(raw, self.clip_max_)
+        raw = np.minimum(np.asarray(numeric, np.float64), self.clip_max_)
         y = self._log(raw)
         lo, hi = self.data_min_, self.data_max_
         span = hi - lo
@@ -93,14 +100,34 @@ class FlowPreprocessor:
         # Eq. (2): Y_scaled = Y_std * (max - min) + min
         numeric = (y_std * (b - a) + a).astype(np.float32)
         blocks = [numeric]
+        n = len(numeric)
         for c in self.categorical_columns:
             cats = self.categories_[c]
-            codes = pd.Index(cats).get_indexer(frame[c].astype(str)).astype(np.int64)
+            values = categorical[c]
+            if len(values) <= 64:  # single records (the service): a dict beats pandas' set-up
+                lookup = self._lookup(c)
+                codes = np.fromiter((lookup.get(str(v), len(cats)) for v in values), np.int64,
+                                    len(values))
+            else:
+                codes = self._index(c).get_indexer(np.asarray(values).astype(str)).astype(np.int64)
             codes[codes < 0] = len(cats)  # the explicit bucket for categories unseen at fit time
-            onehot = np.zeros((len(frame), len(cats) + 1), np.float32)
-            onehot[np.arange(len(frame)), codes] = 1.0
+            onehot = np.zeros((n, len(cats) + 1), np.float32)
+            onehot[np.arange(n), codes] = 1.0
             blocks.append(onehot)
         return np.concatenate(blocks, axis=1)
+
+    def _index(self, column: str) -> pd.Index:
+        """The fitted categories of a column as a hashed index, built once per fit."""
+        cache = self.__dict__.setdefault("_indices", {})
+        if column not in cache:
+            cache[column] = pd.Index(self.categories_[column])
+        return cache[column]
+
+    def _lookup(self, column: str) -> dict[str, int]:
+        cache = self.__dict__.setdefault("_lookups", {})
+        if column not in cache:
+            cache[column] = {v: i for i, v in enumerate(self.categories_[column])}
+        return cache[column]
 
     def fit_transform(self, frame: pd.DataFrame) -> np.ndarray:
         return self.fit(frame).transform(frame)

@@ -214,6 +214,8 @@ def predict_logits(model: nn.Module, data: WindowSet, batch_size: int = 2048,
                    device: torch.device | None = None) -> torch.Tensor:
     device = device or next(model.parameters()).device
     model.eval()
+    if device.type == "cpu" and hasattr(model, "forward_sliding"):  # shares overlapping windows
+        return model.forward_sliding(data.features, data.ends, data.window)
     data = data.to(device)
     outs = [model(data.batch(torch.arange(s, min(s + batch_size, len(data)), device=device))[0])
             for s in range(0, len(data), batch_size)]
