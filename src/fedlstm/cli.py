@@ -62,6 +62,15 @@ def _byo(schema: str | None, train_file: list[Path] | None, test_file: Path | No
             "data__test_file": str(test_file.resolve()) if test_file else None}
 
 
+def _data_label(cfg) -> str:
+    d = cfg.data
+    if d.train_files:
+        protocol = "files (held-out test file)" if d.test_file else "random-split"
+        return (f"{len(d.train_files)} file(s) of yours, schema {Path(d.spec_name).name}, "
+                f"protocol [bold]{protocol}[/]")
+    return f"{d.dataset}, protocol [bold]{d.protocol}[/]"
+
+
 def _fail(exc: Exception) -> None:
     console.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(2)
@@ -196,7 +205,7 @@ def train(
                           **_byo(schema, train_file, test_file))
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
-        console.print(f"fedlstm {__version__}: {cfg.data.dataset}, protocol [bold]{cfg.data.protocol}[/], "
+        console.print(f"fedlstm {__version__}: {_data_label(cfg)}, "
                       f"W={cfg.windows.window}, task {cfg.model.task}")
         result = train_centralised(cfg, reporter=RichReporter("train"))
         write_run(result, cfg, out, overwrite=overwrite, command=shlex.join(["fedlstm", *sys.argv[1:]]))
@@ -251,8 +260,9 @@ def federate(
         if out.exists() and not (overwrite or resume):
             raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
         f = cfg.federation
-        console.print(f"fedlstm {__version__}: Fed-LSTM on {cfg.data.dataset}, protocol "
-                      f"[bold]{cfg.data.protocol}[/], {f.clients} clients, partition {f.partition}, "
+        clients = len(cfg.data.train_files) if f.partition == "files" else f.clients
+        console.print(f"fedlstm {__version__}: Fed-LSTM on {_data_label(cfg)}, "
+                      f"{clients} clients, partition {f.partition}, "
                       f"{f.strategy}, {f.rounds} rounds x {f.local_epochs} local epochs"
                       + (", DP-SGD" if cfg.train.dp else "") + (", client-level DP" if f.client_dp else "")
                       + (", SecAgg+" if f.secagg else ""))

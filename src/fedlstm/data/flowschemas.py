@@ -265,7 +265,7 @@ def infer_schema(path: str | Path, sample_lines: int = 5000) -> str:
     if label:
         counts = frame[label].str.strip().value_counts()
         normal = [v for v in counts.index if v.lower() in _BENIGN] or [str(counts.index[0])]
-        notes.append(f"label values seen: {dict(counts.head(12))}")
+        notes.append(f"label values seen: { {str(k): int(v) for k, v in counts.head(12).items()} }")
     else:
         notes.append("no label column found: fine for scoring, training needs one")
 
