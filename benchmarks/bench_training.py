@@ -1,12 +1,13 @@
 """Training-loop throughput against a bare nn.LSTM step on identical shapes, in one process.
 
-    python benchmarks/bench_training.py [--windows 40000] [--repeats 3]
+    python benchmarks/bench_training.py [--windows 40000] [--repeats 3] [--device cpu|cuda]
+                                        [--batch-size 256]
 
 Both sides train the same architecture (LSTM + linear head, Adam, cross-entropy) on windows of the
 same shape with one torch thread. The bare side feeds pre-built batch tensors (no data pipeline);
 our side runs `fedlstm.training.fit` (shuffling, window gathering, loss, optimiser, bookkeeping).
 The sides alternate and the best of `repeats` is kept, so a busy neighbour core hurts both alike.
-Target: ratio >= 0.8.
+Target: ratio >= 0.8. `--device cuda` runs both sides on the GPU (the project never needs one).
 """
 
 from __future__ import annotations
@@ -23,16 +24,23 @@ from fedlstm.models import build_model
 from fedlstm.training.loop import fit
 from fedlstm.windows import make_windows
 
-B, W, H, I = 256, 8, 64, 122
+W, H, I = 8, 64, 122
 
 
-def bare_loop(x: torch.Tensor, y: torch.Tensor) -> float:
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_loop(x: torch.Tensor, y: torch.Tensor, B: int, device: str) -> float:
     torch.manual_seed(0)
-    lstm, head = nn.LSTM(I, H, batch_first=True), nn.Linear(H, 2)
+    lstm, head = nn.LSTM(I, H, batch_first=True).to(device), nn.Linear(H, 2).to(device)
+    x, y = x.to(device), y.to(device)
     opt = torch.optim.Adam([*lstm.parameters(), *head.parameters()], lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     n_batches = len(x) // B
     batches = [(x[i * B:(i + 1) * B], y[i * B:(i + 1) * B]) for i in range(n_batches)]
+    _sync(device)
     t0 = time.perf_counter()
     for xb, yb in batches:
         out, _ = lstm(xb)
@@ -40,13 +48,14 @@ def bare_loop(x: torch.Tensor, y: torch.Tensor) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    _sync(device)
     return n_batches * B / (time.perf_counter() - t0)
 
 
-def our_loop(features: np.ndarray, labels: np.ndarray) -> float:
+def our_loop(features: np.ndarray, labels: np.ndarray, B: int, device: str) -> float:
     data = make_windows(features, labels, W)
     model = build_model("lstm", I, 2, hidden_size=H, dropout=0.0)
-    history = fit(model, data, None, TrainConfig(epochs=1, batch_size=B, threads=1, device="cpu"),
+    history = fit(model, data, None, TrainConfig(epochs=1, batch_size=B, threads=1, device=device),
                   n_classes=2)
     return len(data) / history.seconds
 
@@ -55,7 +64,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, default=40_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args()
+    B = args.batch_size
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     features = rng.random((args.windows + W - 1, I), dtype=np.float32)
@@ -64,10 +76,12 @@ def main() -> None:
     y = torch.as_tensor(labels[: args.windows])
     bare, ours = [], []
     for _ in range(args.repeats):
-        bare.append(bare_loop(x, y))
-        ours.append(our_loop(features, labels))
+        bare.append(bare_loop(x, y, B, args.device))
+        ours.append(our_loop(features, labels, B, args.device))
     b, o = max(bare), max(ours)
-    print(f"shapes: B={B} W={W} H={H} I={I}, 1 thread, {args.windows:,} windows, best of {args.repeats}")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU, 1 thread"
+    print(f"shapes: B={B} W={W} H={H} I={I}, {where}, {args.windows:,} windows, "
+          f"best of {args.repeats}")
     print(f"bare nn.LSTM step : {b:10,.0f} windows/s")
     print(f"fedlstm fit loop  : {o:10,.0f} windows/s")
     print(f"ratio fedlstm/bare: {o / b:.2f}  (target >= 0.8)")
