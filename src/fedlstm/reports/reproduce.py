@@ -187,25 +187,99 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
     return result
 
 
+def _federated_extra(key: str, cfg: RunConfig, out: Path) -> dict:
+    """A Flower simulation of `cfg` as a report step: its evaluations, rounds and partitions."""
+    from fedlstm.federation.simulation import run_federated
+
+    run_dir = out / "runs" / key
+    t0 = time.perf_counter()
+    run_federated(cfg, run_dir, overwrite=True)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {"key": key, "run_dir": str(run_dir), "seconds": time.perf_counter() - t0,
+            "config": json.loads(cfg.model_dump_json()),
+            "curves": [r for r in metrics["rounds"] if r["round"] > 0], "curve_axis": "round",
+            "evaluations": {k: v["binary"] for k, v in metrics["evaluations"].items()},
+            "partitions": metrics["partitions"],
+            "epsilon": metrics["rounds"][-1].get("epsilon")}
+
+
+def _with_federation(cfg: RunConfig, **update) -> RunConfig:
+    return cfg.model_copy(update={"federation": cfg.federation.model_copy(update=update)})
+
+
 def run_networks_step(profile: Profile, root: Path, out: Path, seed: int) -> dict | None:
     """Fed-LSTM over Networks A and B (NSL-KDD and KDD99 share one schema) for Fig. 5/6."""
     cfg = step_config(Step("nsl-kdd", "official", "fed-lstm", seed), profile, root)
-    cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(
-        update={"partition": "networks", "networks": ["nsl-kdd", "kdd99"]})})
+    cfg = _with_federation(cfg, partition="networks", networks=["nsl-kdd", "kdd99"])
     try:
-        from fedlstm.federation.simulation import run_federated
-
-        run_dir = out / "runs" / f"networks-ab--s{seed}"
-        t0 = time.perf_counter()
-        run_federated(cfg, run_dir, overwrite=True)
+        return _federated_extra(f"networks-ab--s{seed}", cfg, out)
     except DatasetNotFound as exc:
         log.warning("networks federation skipped: %s", exc)
         return None
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"key": f"networks-ab--s{seed}", "run_dir": str(run_dir), "seconds": time.perf_counter() - t0,
-            "curves": [r for r in metrics["rounds"] if r["round"] > 0], "curve_axis": "round",
-            "evaluations": {k: v["binary"] for k, v in metrics["evaluations"].items()},
-            "partitions": metrics["partitions"]}
+
+
+# Extra studies on Network A under its main protocol, seed 0: non-IID sites, DP-SGD, unsupervised.
+NONIID = {"fedavg": {}, "fedprox": {"proximal_mu": 0.01}}
+NONIID_ALPHA = 0.1
+EPSILONS = (1.0, 8.0)
+
+
+def extra_keys(the_plan: Plan, datasets: list[str] | None, methods: list[str] | None) -> list[str]:
+    keys = []
+    fed = methods is None or "fed-lstm" in methods
+    if fed and (datasets is None or {"nsl-kdd", "kdd99"} <= set(datasets)):
+        keys.append("networks-ab--s0")
+    if any(s.dataset == "nsl-kdd" for s in the_plan.steps) and methods is None:
+        keys += [f"noniid--{name}--s0" for name in NONIID]
+        keys += [f"privacy--eps{eps:g}--s0" for eps in EPSILONS]
+        keys.append("anomaly--nsl-kdd--s0")
+    return keys
+
+
+def run_extra(key: str, the_plan: Plan, profile: Profile, root: Path, out: Path) -> dict | None:
+    if key.startswith("networks-ab"):
+        return run_networks_step(profile, root, out, seed=0)
+    protocol = next(s.protocol for s in the_plan.steps if s.dataset == "nsl-kdd")
+    base = step_config(Step("nsl-kdd", protocol, "fed-lstm", 0), profile, root)
+    base = _with_federation(base, server_test_curves=False, evaluate_clients=False)
+    kind, name, _ = key.split("--")
+    if kind == "noniid":
+        cfg = _with_federation(base, partition=f"dirichlet:{NONIID_ALPHA:g}", strategy=name,
+                               **NONIID[name])
+        return {**_federated_extra(key, cfg, out), "kind": kind, "strategy": name,
+                "alpha": NONIID_ALPHA, "dataset": "nsl-kdd", "protocol": protocol}
+    if kind == "privacy":
+        eps = float(name.removeprefix("eps"))
+        cfg = base.model_copy(update={"train": base.train.model_copy(
+            update={"dp": True, "dp_target_epsilon": eps})})
+        return {**_federated_extra(key, cfg, out), "kind": kind, "target_epsilon": eps,
+                "dataset": "nsl-kdd", "protocol": protocol}
+    if kind == "anomaly":
+        return _anomaly_extra(key, profile, root, protocol)
+    raise KeyError(f"unknown extra step {key!r}")
+
+
+def _anomaly_extra(key: str, profile: Profile, root: Path, protocol: str) -> dict:
+    """The unsupervised detector (LSTM autoencoder + Mahalanobis score), centralised."""
+    from fedlstm.anomaly_pipeline import AnomalyRunConfig, train_anomaly
+
+    data = json.loads(step_config(Step("nsl-kdd", protocol, "lstm", 0), profile, root)
+                      .model_dump_json())
+    data["model"].update(name="lstm-ae", task="binary")
+    cfg = AnomalyRunConfig.model_validate(data)
+    t0 = time.perf_counter()
+    result = train_anomaly(cfg, split=_split(cfg.data.model_dump_json(), cfg.seed))
+    evaluations = {}
+    for name, ev in result.evaluations.items():
+        if name != "val":
+            evaluations[name] = {**{k: v for k, v in ev["binary"].items() if k != "roc"},
+                                 "recall_at_fpr": ev["at_fpr"]["recall"],
+                                 "report_fpr": ev["at_fpr"]["target_fpr"],
+                                 "unseen_n": ev["unseen"]["n"],
+                                 "unseen_recall": ev["unseen"]["recall_at_threshold"]}
+    return {"key": key, "kind": "anomaly", "dataset": "nsl-kdd", "protocol": protocol,
+            "config": json.loads(cfg.model_dump_json()), "evaluations": evaluations,
+            "threshold": result.bundle.threshold_, "seconds": time.perf_counter() - t0}
 
 
 def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None = None,
@@ -220,8 +294,7 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
     steps_dir = out / "steps"
     steps_dir.mkdir(parents=True, exist_ok=True)
     the_plan = plan(profile, root, datasets, methods)
-    extra = ["networks-ab--s0"] if (datasets is None or {"nsl-kdd", "kdd99"} <= set(datasets)) \
-        and (methods is None or "fed-lstm" in methods) else []
+    extra = extra_keys(the_plan, datasets, methods)
     total = len(the_plan.steps) + len(extra)
     progress = progress or (lambda done, total, text: None)
     with one_ray_runtime():
@@ -231,11 +304,11 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
                 continue
             progress(i, total, step.key)
             _write_json(path, run_step(step, profile, root, out))
-        for key in extra:
+        for i, key in enumerate(extra, start=len(the_plan.steps)):
             path = steps_dir / f"{key}.json"
             if not path.exists():
-                progress(total - 1, total, key)
-                result = run_networks_step(profile, root, out, seed=0)
+                progress(i, total, key)
+                result = run_extra(key, the_plan, profile, root, out)
                 if result:
                     _write_json(path, result)
     progress(total, total, "writing report")
