@@ -96,11 +96,21 @@ def test_unknown_categories_are_counted_and_scored(tiny, tiny_model, tmp_path):
     assert s.records == 30
 
 
+def _detect_while(model, path, write, writer=None, **kwargs):
+    """`detect --follow` on `path` while `write()` runs in a thread; stops once it returned."""
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (write(), done.set()))
+    thread.start()
+    summary = detect(model, [path], writer, follow=True, poll_seconds=0.01,
+                     stop=done.is_set, **kwargs)
+    thread.join()
+    return summary
+
+
 def test_follow_scores_lines_appended_while_running(tiny_model, tmp_path):
     path = tmp_path / "live.csv"
     lines = flow_lines(60)
     path.write_text("\n".join([HEADER, *lines[:20]]) + "\n")
-    done = threading.Event()
 
     def writer():
         with open(path, "a") as fh:
@@ -110,13 +120,8 @@ def test_follow_scores_lines_appended_while_running(tiny_model, tmp_path):
                 fh.write(line[5:] + "\n")
                 fh.flush()
             time.sleep(0.2)
-        done.set()
 
-    thread = threading.Thread(target=writer)
-    thread.start()
-    summary = detect(tiny_model, [path], None, follow=True, poll_seconds=0.01,
-                     stop=lambda: done.is_set())
-    thread.join()
+    summary = _detect_while(tiny_model, path, writer)
     assert summary.records == 60 and summary.bad_lines == 0
 
 
@@ -140,7 +145,6 @@ def test_follow_reads_across_log_rotation(tiny_model, tmp_path):
     path = tmp_path / "live.csv"
     lines = flow_lines(90)
     path.write_text("\n".join([HEADER, *lines[:30]]) + "\n")
-    done = threading.Event()
 
     def rotate():
         time.sleep(0.2)
@@ -153,14 +157,10 @@ def test_follow_reads_across_log_rotation(tiny_model, tmp_path):
         time.sleep(0.1)
         path.write_text("\n".join([HEADER, *lines[50:]]) + "\n")
         time.sleep(0.2)
-        done.set()
 
-    thread = threading.Thread(target=rotate)
-    thread.start()
     sink = io.StringIO()
-    summary = detect(tiny_model, [path], AlertWriter(sink, "jsonl", tiny_model.class_names),
-                     follow=True, all_records=True, poll_seconds=0.01, stop=done.is_set)
-    thread.join()
+    summary = _detect_while(tiny_model, path, rotate, all_records=True,
+                            writer=AlertWriter(sink, "jsonl", tiny_model.class_names))
     assert summary.records == 90 and summary.bad_lines == 0
     assert summary.files[0]["rotations"] == 1
     out = [json.loads(line) for line in sink.getvalue().splitlines()]

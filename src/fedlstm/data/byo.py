@@ -37,6 +37,14 @@ _NAN_TOKENS = ["", "NaN", "nan", "NA", "null", "None"]
 _CORRUPT = (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile)
 
 
+def finite_float32(values: np.ndarray) -> np.ndarray:
+    """Numbers as float32 without overflow: finite values beyond float32's range would turn
+    infinite, so they are kept at its largest value (the preprocessor clips to the training range
+    anyway)."""
+    limit = float(np.finfo(np.float32).max)
+    return np.clip(values, -limit, limit).astype(np.float32)
+
+
 def open_binary(path: Path) -> io.BufferedIOBase:
     """A file as bytes; .gz (also rotated Zeek logs) and single-member .zip are decompressed."""
     path = Path(path)
@@ -417,10 +425,7 @@ class FlowReader:
                     keep[i] = False
                     self._bad(BadLine(int(lines[i]), c, "missing value ''",
                                       self.names.index(c) + 1))
-        # Finite numbers beyond float32's range would turn infinite; the preprocessor clips to the
-        # training range anyway, so they are kept at float32's largest value.
-        limit = float(np.finfo(np.float32).max)
-        return keep, np.clip(values, -limit, limit).astype(np.float32)
+        return keep, finite_float32(values)
 
     def _chunk(self, frame: pd.DataFrame, values: np.ndarray, lines: np.ndarray) -> Chunk:
         features = pd.DataFrame(values, columns=self.numeric, copy=False)

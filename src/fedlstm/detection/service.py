@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 
 from fedlstm import __version__
+from fedlstm.data.byo import finite_float32
 from fedlstm.detection.bundle import ModelBundle
 from fedlstm.detection.stream import StreamScorer, alert_records
 
@@ -35,7 +36,6 @@ Record = dict[str, Value]
 # A number sent as text (records read from CSV): no exponent beyond two digits, so always finite.
 NUMERIC_TEXT = r"^-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,17})?([eE][-+]?[0-9]{1,2})?$"
 _NUMERIC_TEXT = re.compile(NUMERIC_TEXT)
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def record_schema(bundle: ModelBundle) -> dict:
@@ -213,7 +213,7 @@ def records_to_frame(bundle: ModelBundle, records: list[Record], max_errors: int
         if len(errors) < max_errors:
             errors.append({"loc": ["body", i, column], "msg": msg, "type": "value_error"})
 
-    numeric = np.zeros((len(records), len(pre.numeric_columns)), np.float32)
+    numeric = np.zeros((len(records), len(pre.numeric_columns)), np.float64)
     text = {c: [""] * len(records) for c in pre.categorical_columns}
     entity_col = spec.entity_column
     entity = [""] * len(records) if entity_col else None
@@ -237,9 +237,7 @@ def records_to_frame(bundle: ModelBundle, records: list[Record], max_errors: int
                     fail(i, c, f"non-finite value {value!r}")
                     continue
                 number = spec.fill_missing
-            # Beyond float32 the features would be infinite; the preprocessor's log and clip
-            # make any value this large score like the largest one seen in training anyway.
-            numeric[i, j] = min(max(number, -_FLOAT32_MAX), _FLOAT32_MAX)
+            numeric[i, j] = number
         for c in pre.categorical_columns:
             value = record.get(c, _MISSING)
             if value is _MISSING or value is None:
@@ -256,6 +254,7 @@ def records_to_frame(bundle: ModelBundle, records: list[Record], max_errors: int
             entity[i] = "" if value is None else str(value)
     if errors:
         raise RecordError(errors)
+    numeric = finite_float32(numeric)
     categorical = {c: np.array(values, object) for c, values in text.items()}
     features = pre.transform_arrays(numeric, categorical)
     # Object columns: pandas' default string dtype costs more to build than scoring a record.

@@ -156,8 +156,7 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
         run_dir = out / "runs" / step.key
         # Per-round test curves and federated evaluation feed no table or figure here (Fig. 5/6
         # come from the networks run), and cost a full test-set pass every round.
-        cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(
-            update={"server_test_curves": False, "evaluate_clients": False})})
+        cfg = _with_federation(cfg, server_test_curves=False, evaluate_clients=False)
         run_federated(cfg, run_dir, overwrite=True)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         bundle = ModelBundle.load(run_dir / "model.fedlstm")
