@@ -28,6 +28,17 @@ def shared_datasets() -> Path | None:
     return None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def signing_key_home(tmp_path_factory):
+    """Bundles written by tests are signed with a throwaway key home, never the machine's
+    ~/.fedlstm/keys; processes the tests start (deployment) inherit it."""
+    home = tmp_path_factory.mktemp("fedlstm-keys")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEDLSTM_KEYS", str(home))
+        mp.delenv("FEDLSTM_HOME", raising=False)
+        yield home
+
+
 @pytest.fixture(scope="session")
 def datasets_dir() -> Path:
     path = shared_datasets()

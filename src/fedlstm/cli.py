@@ -6,33 +6,69 @@ import json
 import logging
 import shlex
 import sys
+import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
+from rich.text import Text
 
 from fedlstm import __version__
 from fedlstm import cli_options as opt
+from fedlstm.cli_console import error_text, make_console
 from fedlstm.cli_deploy import deploy_app
 from fedlstm.cli_anomaly import register as register_anomaly_commands
 from fedlstm.cli_detect import register as register_detect_commands
+from fedlstm.cli_keys import AllowUnsignedOpt, TrustedKeyOpt, register as register_key_commands
 from fedlstm.training.loop import Reporter
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Federated LSTM intrusion and anomaly detection.")
-data_app = typer.Typer(no_args_is_help=True, help="Find, fetch and describe datasets.")
+
+
+class FedlstmApp(typer.Typer):
+    """The `fedlstm` app. An unexpected error prints one line saying what and where, not a
+    traceback: its message, and typer's rich traceback with local variables, would echo the
+    records being read. `fedlstm -v ...` prints Python's traceback (no local variables)."""
+
+    verbose = False
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:  # expected errors end in _fail (exit 2) before reaching here
+            _report_unexpected(exc, self.verbose)
+            sys.exit(1)
+
+
+def _report_unexpected(exc: BaseException, verbose: bool) -> None:
+    if verbose:
+        console.print(Text("".join(traceback.format_exception(exc)).rstrip()))
+    package = Path(__file__).resolve().parent  # where in fedlstm: the innermost frame of ours
+    ours = [f for f in traceback.extract_tb(exc.__traceback__)
+            if Path(f.filename).resolve().is_relative_to(package)]
+    where = (f" in {Path(ours[-1].filename).resolve().relative_to(package.parent)}:"
+             f"{ours[-1].lineno}") if ours else ""
+    console.print(Text.assemble(
+        ("error:", "bold red"), f" unexpected {type(exc).__name__}{where}, a bug or an input "
+        "fedlstm does not handle yet. " + ("" if verbose else "Its message is not shown, as it "
+        "may quote your records; `fedlstm -v ...` prints it with the traceback.")))
+
+
+app = FedlstmApp(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                 help="Federated LSTM intrusion and anomaly detection.")
+data_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
+                       help="Find, fetch and describe datasets.")
 app.add_typer(data_app, name="data")
 app.add_typer(deploy_app, name="deploy")
 register_detect_commands(app)
+register_key_commands(app)
 register_anomaly_commands(app)
-console = Console(stderr=True)
-out_console = Console()
+console = make_console(stderr=True)
+out_console = make_console()
 
 SchemaOpt = Annotated[Optional[str], typer.Option(
     help="Flow-log schema for your own files: zeek-conn | cicflowmeter | FILE.toml")]
@@ -46,6 +82,7 @@ DataDir = opt.DataDir
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    FedlstmApp.verbose = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
     flwr_log = logging.getLogger("flwr")  # Flower logs every message exchange at INFO/DEBUG
@@ -62,24 +99,24 @@ def _byo(schema: str | None, train_file: list[Path] | None, test_file: Path | No
             "data__test_file": str(test_file.resolve()) if test_file else None}
 
 
-def _data_label(cfg) -> str:
+def _data_label(cfg) -> Text:
     d = cfg.data
     if d.train_files:
         protocol = "files (held-out test file)" if d.test_file else "random-split"
-        return (f"{len(d.train_files)} file(s) of yours, schema {Path(d.spec_name).name}, "
-                f"protocol [bold]{protocol}[/]")
-    return f"{d.dataset}, protocol [bold]{d.protocol}[/]"
+        return Text.assemble(f"{len(d.train_files)} file(s) of yours, schema "
+                             f"{Path(d.spec_name).name}, protocol ", (protocol, "bold"))
+    return Text.assemble(f"{d.dataset}, protocol ", (d.protocol, "bold"))
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    console.print(error_text(exc))
     raise typer.Exit(2)
 
 
 class RichReporter(Reporter):
     def __init__(self, label: str):
         self.label = label
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+        self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                                  console=console, transient=False)
 
@@ -116,7 +153,7 @@ def data_fetch(names: Annotated[Optional[list[str]], typer.Argument(help="Datase
 
     try:
         root = resolve(data_dir)
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} B"),
+        with Progress(TextColumn("{task.description}", markup=False), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} B"),
                       TimeRemainingColumn(), console=console) as progress:
             def factory(name: str, total: int | None):
                 task = progress.add_task(name, total=total)
@@ -125,7 +162,7 @@ def data_fetch(names: Annotated[Optional[list[str]], typer.Argument(help="Datase
             for name in names or list(DATASETS):
                 for path in fetch_dataset(get_spec(name), root, mirror=mirror,
                                           progress_factory=factory, force=force):
-                    console.print(f"[green]ok[/] {path}")
+                    console.print(Text.assemble(("ok", "green"), f" {path}"))
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         _fail(exc)
 
@@ -141,21 +178,22 @@ def data_info(name: str, data_dir: DataDir = None, lenient: bool = False) -> Non
     try:
         spec = get_spec(name)
         root = resolve(data_dir)
-        out_console.print(f"[bold]{spec.title}[/] ({spec.name}): {len(spec.feature_columns)} features "
-                          f"({len(spec.categorical)} categorical); order: {spec.order_note}")
+        out_console.print(Text.assemble(
+            (spec.title, "bold"), f" ({spec.name}): {len(spec.feature_columns)} features "
+            f"({len(spec.categorical)} categorical); order: {spec.order_note}"))
         for fspec in spec.files:
             try:
                 path = locate(spec, fspec.role, root)
             except FileNotFoundError as exc:
-                out_console.print(f"[yellow]{fspec.role}[/]: {exc}")
+                out_console.print(Text.assemble((fspec.role, "yellow"), f": {exc}"))
                 continue
             recs = read_records(path, spec, lenient=lenient)
-            table = Table(title=f"{fspec.role}: {path} ({len(recs):,} rows)")
+            table = Table(title=Text(f"{fspec.role}: {path} ({len(recs):,} rows)"))
             table.add_column("family")
             table.add_column("rows", justify="right")
             table.add_column("share", justify="right")
             for fam, n in Counter(recs.family).most_common():
-                table.add_row(fam, f"{n:,}", f"{n / len(recs):.2%}")
+                table.add_row(Text(fam), f"{n:,}", f"{n / len(recs):.2%}")
             out_console.print(table)
             out_console.print(f"attack types: {len(set(recs.attack)) - 1}; duplicate records: "
                               f"{int(recs.frame.assign(a=recs.attack).duplicated().sum()):,}")
@@ -164,12 +202,13 @@ def data_info(name: str, data_dir: DataDir = None, lenient: bool = False) -> Non
 
 
 def _summary_table(metrics: dict) -> Table:
-    table = Table(title=f"{metrics['dataset']} / protocol {metrics['protocol']} / {metrics['mode']}")
+    table = Table(title=Text(f"{metrics['dataset']} / protocol {metrics['protocol']} / "
+                             f"{metrics['mode']}"))
     for col in ("set", "n", "accuracy", "precision", "recall", "f1", "roc_auc", "fpr"):
         table.add_column(col, justify="right")
     for name, ev in metrics["evaluations"].items():
         b = ev["binary"]
-        table.add_row(name, f"{b['n']:,}", *(f"{b[k]:.4f}" if b[k] is not None else "-"
+        table.add_row(Text(name), f"{b['n']:,}", *(f"{b[k]:.4f}" if b[k] is not None else "-"
                                              for k in ("accuracy", "precision", "recall", "f1",
                                                        "roc_auc", "fpr")))
     return table
@@ -196,24 +235,29 @@ def train(
     """Train and evaluate the centralised LSTM detector; writes a run directory."""
     from fedlstm.config import load_config
     from fedlstm.pipeline import train_centralised
-    from fedlstm.runs import write_run
+    from fedlstm.runs import output_lock, write_run
 
     try:
-        cfg = load_config(config, set_, data__dataset=dataset, data__protocol=protocol,
-                          data__data_dir=data_dir, windows__window=window, model__task=task,
-                          train__epochs=epochs, seed=seed, train__device=device,
-                          **_byo(schema, train_file, test_file))
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
-        console.print(f"fedlstm {__version__}: {_data_label(cfg)}, "
-                      f"W={cfg.windows.window}, task {cfg.model.task}")
-        result = train_centralised(cfg, reporter=RichReporter("train"))
-        write_run(result, cfg, out, overwrite=overwrite, command=shlex.join(["fedlstm", *sys.argv[1:]]))
+        # Held from the start: a second run on the same --out stops now, not after training,
+        # and what is printed below is this run's.
+        with output_lock(out):
+            cfg = load_config(config, set_, data__dataset=dataset, data__protocol=protocol,
+                              data__data_dir=data_dir, windows__window=window, model__task=task,
+                              train__epochs=epochs, seed=seed, train__device=device,
+                              **_byo(schema, train_file, test_file))
+            if out.exists() and not overwrite:
+                raise FileExistsError(f"{out} already exists; choose another --out or pass "
+                                      "--overwrite")
+            console.print(Text.assemble(f"fedlstm {__version__}: ", _data_label(cfg),
+                                        f", W={cfg.windows.window}, task {cfg.model.task}"))
+            result = train_centralised(cfg, reporter=RichReporter("train"))
+            write_run(result, cfg, out, overwrite=overwrite,
+                      command=shlex.join(["fedlstm", *sys.argv[1:]]))
+            metrics = json.loads((out / "metrics.json").read_text())
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         _fail(exc)
-    metrics = json.loads((out / "metrics.json").read_text())
     out_console.print(_summary_table(metrics))
-    out_console.print(f"run written to {out}")
+    out_console.print(Text(f"run written to {out}"))
 
 
 @app.command()
@@ -245,44 +289,54 @@ def federate(
     """Train Fed-LSTM with Flower's simulation engine (1 CPU and 1 torch thread per client)."""
     from fedlstm.config import load_config
     from fedlstm.federation.compare import run_comparison
+    from fedlstm.federation.audit import RunInterrupted
     from fedlstm.federation.simulation import run_federated
+    from fedlstm.runs import output_lock
 
     if partition is None and train_file and len(train_file) > 1:
         partition = "files"  # several sites' logs: each file (or folder) is one client
     try:
-        cfg = load_config(config, set_, **federation_options(
-                              dataset, protocol, data_dir, clients, partition, strategy, rounds,
-                              local_epochs, window, seed),
-                          train__dp=dp or None, train__dp_target_epsilon=epsilon,
-                          federation__client_dp=client_dp or None,
-                          federation__secagg=secagg or None,
-                          **_byo(schema, train_file, test_file))
-        if out.exists() and not (overwrite or resume):
-            raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
-        f = cfg.federation
-        clients = len(cfg.data.train_files) if f.partition == "files" else f.clients
-        console.print(f"fedlstm {__version__}: Fed-LSTM on {_data_label(cfg)}, "
-                      f"{clients} clients, partition {f.partition}, "
-                      f"{f.strategy}, {f.rounds} rounds x {f.local_epochs} local epochs"
-                      + (", DP-SGD" if cfg.train.dp else "") + (", client-level DP" if f.client_dp else "")
-                      + (", SecAgg+" if f.secagg else ""))
-        command = shlex.join(["fedlstm", *sys.argv[1:]])
-        with console.status("federated training (Flower simulation engine)...") as status:
-            if compare:
-                run_comparison(cfg, out, overwrite=overwrite, command=command,
-                               progress=lambda text: status.update(text))
-            else:
-                run_federated(cfg, out, overwrite=overwrite, resume=resume, command=command)
+        with output_lock(out):  # as in `train`: a second run on --out stops now
+            cfg = load_config(config, set_, **federation_options(
+                                  dataset, protocol, data_dir, clients, partition, strategy, rounds,
+                                  local_epochs, window, seed),
+                              train__dp=dp or None, train__dp_target_epsilon=epsilon,
+                              federation__client_dp=client_dp or None,
+                              federation__secagg=secagg or None,
+                              **_byo(schema, train_file, test_file))
+            if out.exists() and not (overwrite or resume):
+                raise FileExistsError(f"{out} already exists; choose another --out or pass "
+                                      "--overwrite")
+            f = cfg.federation
+            clients = len(cfg.data.train_files) if f.partition == "files" else f.clients
+            console.print(Text.assemble(
+                f"fedlstm {__version__}: Fed-LSTM on ", _data_label(cfg),
+                f", {clients} clients, partition {f.partition}, "
+                f"{f.strategy}, {f.rounds} rounds x {f.local_epochs} local epochs"
+                + (", DP-SGD" if cfg.train.dp else "") + (", client-level DP" if f.client_dp else "")
+                + (", SecAgg+" if f.secagg else "")))
+            command = shlex.join(["fedlstm", *sys.argv[1:]])
+            with console.status("federated training (Flower simulation engine)...") as status:
+                if compare:
+                    run_comparison(cfg, out, overwrite=overwrite, command=command,
+                                   progress=lambda text: status.update(Text(text)))
+                else:
+                    run_federated(cfg, out, overwrite=overwrite, resume=resume, command=command)
+            report = (out / "comparison.md").read_text() if compare else None
+            metrics = None if compare else json.loads((out / "metrics.json").read_text())
+    except RunInterrupted as exc:
+        console.print(Text(f"{exc}: the last completed round is checkpointed; "
+                           "continue with the same command and --resume", style="yellow"))
+        raise typer.Exit(130)
     except (KeyError, OSError, ValueError, RuntimeError, TimeoutError) as exc:
         _fail(exc)
     if compare:
-        out_console.print((out / "comparison.md").read_text())
-        out_console.print(f"comparison written to {out}")
+        out_console.print(Text(report))
+        out_console.print(Text(f"comparison written to {out}"))
         return
-    metrics = json.loads((out / "metrics.json").read_text())
     _print_rounds(metrics["rounds"])
     out_console.print(_summary_table(metrics))
-    out_console.print(f"run written to {out}")
+    out_console.print(Text(f"run written to {out}"))
 
 
 def federation_options(dataset, protocol, data_dir, clients, partition, strategy, rounds,
@@ -299,8 +353,8 @@ def _print_rounds(rounds: list[dict]) -> None:
     keys = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
     keys += sorted({k for r in rounds for k in r if k.startswith("test_accuracy/")})
     table.add_column("round", justify="right")
-    for k in keys:
-        table.add_column(k, justify="right")
+    for k in keys:  # test_accuracy/<site name>: the site may be named after a file
+        table.add_column(Text(k), justify="right")
     for r in rounds:
         table.add_row(str(r["round"]), *(f"{r[k]:.4f}" if k in r else "-" for k in keys))
     out_console.print(table)
@@ -327,10 +381,10 @@ def privacy_utility(
                           federation__clients=clients, federation__rounds=rounds)
         with console.status("privacy-utility sweep...") as status:
             path = sweep(cfg, values, out, command=shlex.join(["fedlstm", *sys.argv[1:]]),
-                         progress=lambda text: status.update(text))
+                         progress=lambda text: status.update(Text(text)))
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         _fail(exc)
-    out_console.print(path.read_text())
+    out_console.print(Text(path.read_text()))
 
 
 @app.command()
@@ -346,8 +400,8 @@ def reproduce(
 
     if profile not in PROFILES:
         _fail(ValueError(f"unknown profile {profile!r}; use {' or '.join(PROFILES)}"))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as progress:
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("reproduce", total=None)
 
         def report(done: int, total: int, text: str) -> None:
@@ -358,7 +412,7 @@ def reproduce(
                        command=shlex.join(["fedlstm", *sys.argv[1:]]))
         except (KeyError, OSError, ValueError, RuntimeError) as exc:
             _fail(exc)
-    out_console.print(f"report written to {path} and {path.with_suffix('.html')}")
+    out_console.print(Text(f"report written to {path} and {path.with_suffix('.html')}"))
 
 
 @app.command()
@@ -369,16 +423,18 @@ def evaluate(
     data_dir: DataDir = None,
     seed: int = 0,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics here.")] = None,
+    trusted_key: TrustedKeyOpt = None,
+    allow_unsigned: AllowUnsignedOpt = False,
 ) -> None:
     """Re-evaluate a model bundle on a dataset's test set(s) under a protocol."""
+    from fedlstm.cli_keys import load_bundle
     from fedlstm.config import DataConfig
     from fedlstm.data.splits import build_split
-    from fedlstm.detection import ModelBundle
     from fedlstm.pipeline import evaluate_bundle
     from fedlstm.runs import public
 
     try:
-        model = ModelBundle.load(bundle)
+        model = load_bundle(bundle, trusted_key, allow_unsigned)
         cfg = DataConfig(dataset=dataset or model.spec.name, protocol=protocol, data_dir=data_dir)
         split = build_split(cfg, seed=seed)
         evaluations = {name: public(evaluate_bundle(model, recs)) for name, recs in split.tests.items()}

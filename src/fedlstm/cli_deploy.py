@@ -11,20 +11,21 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
 from fedlstm import cli_options as opt
-from rich.table import Table
+from fedlstm.cli_console import error_text
 
-deploy_app = typer.Typer(no_args_is_help=True,
+deploy_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
                          help="Run the federation as real processes (SuperLink + SuperNodes).")
 
 
 def _fail(exc: BaseException) -> None:
-    """Like cli._fail, but the message (log tails) is printed as text, not rich markup."""
+    """Like cli._fail: the message (log tails) is printed as text, not rich markup."""
     from fedlstm.cli import console
 
-    console.print(f"[bold red]error:[/] {escape(str(exc))}")
+    console.print(error_text(exc))
     raise typer.Exit(2)
 
 
@@ -32,30 +33,40 @@ def _fail(exc: BaseException) -> None:
 def certs(
     out_dir: Annotated[Path, typer.Argument(help="Folder for ca.crt, server.pem, server.key and keys/.")],
     host: Annotated[Optional[list[str]], typer.Option(
-        "--host", help="Name or address SuperNodes use to reach the SuperLink (repeat; "
-                       "default: localhost and 127.0.0.1).")] = None,
+        "--host", help="Name or address SuperNodes use to reach the coordinator (repeat; "
+                       "localhost and 127.0.0.1 are always included).")] = None,
     supernodes: Annotated[int, typer.Option("--supernodes", "-n", min=0,
                                             help="SuperNode key pairs to generate.")] = 2,
     days: Annotated[int, typer.Option(min=1, help="Validity of the certificates.")] = 365,
 ) -> None:
-    """Generate a CA, the SuperLink's TLS certificate and SuperNode key pairs (ECDSA P-384)."""
+    """Generate a CA, the coordinator's TLS certificate, SuperNode key pairs (ECDSA P-384) and
+    the public key sites trust apps from (this host's fedlstm key, `fedlstm keys`)."""
+    import shutil
+
     from fedlstm.cli import out_console
-    from fedlstm.federation.deploy import generate_certificates, generate_supernode_keys
+    from fedlstm.detection.signing import KeyHome
+    from fedlstm.federation.deploy.credentials import (generate_certificates,
+                                                       generate_supernode_keys)
 
     try:
         paths = generate_certificates(out_dir, hosts=host or ["localhost", "127.0.0.1"], days=days)
         keys = generate_supernode_keys(out_dir / "keys", supernodes)
+        signer = KeyHome.default().signing_key()
+        app_key = Path(shutil.copyfile(signer.public.source, out_dir / "coordinator.pub"))
     except (OSError, ValueError) as exc:
         _fail(exc)
-    table = Table(title=f"credentials in {out_dir}")
+    table = Table(title=Text(f"credentials in {out_dir}"))
     table.add_column("file")
     table.add_column("goes to")
-    table.add_row(str(paths.ca_cert), "every SuperNode and `flwr` user (--root-certificates)")
-    table.add_row(str(paths.ca_key), "nobody: keep it private (signs certificates)")
-    table.add_row(f"{paths.server_cert}, {paths.server_key}", "the SuperLink (--ssl-certfile, --ssl-keyfile)")
+    table.add_row(Text(str(paths.ca_cert)), "every site and every `flwr` user (--root-certificates)")
+    table.add_row(Text(str(paths.ca_key)), "nobody: keep it private (signs certificates)")
+    table.add_row(Text(f"{paths.server_cert}, {paths.server_key}"),
+                  "the coordinator (`fedlstm deploy superlink --creds`)")
+    table.add_row(Text(str(app_key)), Text(f"every site (--trusted-app-key): apps and bundles "
+                                           f"signed by {signer.fingerprint}"))
     for private, public in keys:
-        table.add_row(str(private), "its site's SuperNode (--auth-supernode-private-key)")
-        table.add_row(str(public), "the coordinator: `flwr supernode register`")
+        table.add_row(Text(str(private)), "its site's SuperNode (--auth-key)")
+        table.add_row(Text(str(public)), "the coordinator: `flwr supernode register`")
     out_console.print(table)
 
 
@@ -63,16 +74,93 @@ def certs(
 def app_folder(
     out_dir: Annotated[Path, typer.Argument(help="Where to create the fedlstm-app folder.")],
 ) -> None:
-    """Write the small Flower app folder that `flwr run` submits (entry points only)."""
+    """Write the Flower app folder that `flwr run` submits, signed with this host's key."""
     from fedlstm.cli import out_console
-    from fedlstm.federation.deploy import write_app_dir
+    from fedlstm.detection.signing import KeyHome, KeyFileError
+    from fedlstm.federation.deploy.app import SIGNATURE_KEY, write_signed_app
 
     try:
-        app = write_app_dir(out_dir)
-    except OSError as exc:
+        app = write_signed_app(out_dir, KeyHome.default().signing_key())
+    except (OSError, KeyFileError) as exc:
         _fail(exc)
-    out_console.print(f"Flower app written to {app}: flwr run {app} CONNECTION --run-config "
-                      "'config-file=\"/abs/config.json\" out-dir=\"/abs/runs/NAME\"'")
+    out_console.print(Text(
+        f"Flower app written to {app.folder}, signed by {app.signature.rpartition(':')[0]} "
+        f"(signature in {app.signature_file}). Submit it with:\n"
+        f"  flwr run {app.folder} CONNECTION --run-config \"config-file='/abs/config.json' "
+        f"out-dir='/abs/runs/NAME' {SIGNATURE_KEY}='$(cat {app.signature_file})'\""))
+
+
+@deploy_app.command("superlink")
+def superlink(
+    creds: Annotated[Path, typer.Option(help="Folder written by `fedlstm deploy certs`.")] = Path("creds"),
+    host: Annotated[str, typer.Option(help="Address the sites' port binds to.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="The sites' port (the front door: Fleet API only).")] = 9093,
+    control_port: Annotated[int, typer.Option(
+        help="The SuperLink's own port, on 127.0.0.1 only: the coordinator's `flwr` CLI.")] = 9091,
+    database: Annotated[Path, typer.Option(help="SuperLink state (registered keys, runs).")] = Path("superlink.db"),
+    work_dir: Annotated[Path, typer.Option(help="Logs and the front door's files.")] = Path(".fedlstm-superlink"),
+) -> None:
+    """The coordinator: the SuperLink on loopback, and nginx on HOST:PORT passing only the
+    Fleet API to the sites. Runs until Ctrl-C."""
+    from fedlstm.cli import console
+    from fedlstm.federation.deploy.credentials import Certificates
+    from fedlstm.federation.deploy.processes import DeploymentError, LocalFederation
+
+    creds = creds.resolve()  # the SuperLink and nginx run in the work folder
+    c = Certificates(creds / "ca.crt", creds / "ca.key", creds / "server.pem", creds / "server.key")
+    try:
+        for path in (c.ca_cert, c.server_cert, c.server_key):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found: run `fedlstm deploy certs {creds} "
+                                        "--host NAME` first")
+        federation = LocalFederation(work_dir, public_host=host, public_port=port,
+                                     superlink_port=control_port, certificates=c,
+                                     database=str(database.resolve()))
+        with federation:
+            console.print(Text(
+                f"SuperLink on {federation.address} (Control API: this host only); sites connect "
+                f"to {host}:{port} (Fleet API only). In $FLWR_HOME/config.toml, use address = "
+                f"\"{federation.address}\" and root-certificates = \"{c.ca_cert.resolve()}\". "
+                "Ctrl-C stops both."))
+            while federation.superlink.running and federation.door.running:
+                time.sleep(1)
+            raise DeploymentError(f"a process stopped:\n{federation.report()}")
+    except KeyboardInterrupt:
+        console.print("stopped")
+    except (OSError, ValueError, RuntimeError) as exc:
+        _fail(exc)
+
+
+@deploy_app.command("supernode")
+def supernode(
+    superlink_address: Annotated[str, typer.Option("--superlink", help="The coordinator's front door, HOST:PORT.")],
+    root_certificates: Annotated[Path, typer.Option(help="The federation's ca.crt.")],
+    auth_key: Annotated[Path, typer.Option(help="This site's private key (registered by the coordinator).")],
+    trusted_app_key: Annotated[list[Path], typer.Option(
+        help="Public key whose signed apps this site runs (coordinator.pub; repeatable).")],
+    data_path: Annotated[Path, typer.Option(help="This site's training data (its own format, or a share).")],
+    name: Annotated[str, typer.Option(help="This site's name in the run's metrics.")],
+    port: Annotated[int, typer.Option(help="The SuperNode's local runtime port.")] = 9094,
+) -> None:
+    """A site: Flower's SuperNode, running only apps signed by a trusted key."""
+    import os
+    import tempfile
+
+    from fedlstm.federation.deploy.processes import FLWR_ENV, LocalFederation, config_args
+    from fedlstm.federation.deploy.site import site_environment, write_clientapp_shim
+
+    try:
+        shim = write_clientapp_shim(tempfile.mkdtemp(prefix="fedlstm-site-"))
+        env = site_environment({**os.environ, **FLWR_ENV}, shim, list(trusted_app_key))
+        executable = LocalFederation.executable("flower-supernode")
+        node_config = config_args({"data-path": str(data_path.resolve()), "name": name})
+        args = [executable, "--superlink", superlink_address, "--root-certificates",
+                str(root_certificates), "--auth-supernode-private-key", str(auth_key),
+                "--host", "127.0.0.1", "--port", str(port), "--isolation", "subprocess",
+                "--node-config", node_config]
+    except (OSError, ValueError) as exc:
+        _fail(exc)
+    os.execve(executable, args, env)  # the SuperNode replaces this process
 
 
 @deploy_app.command("local")
@@ -95,7 +183,11 @@ def local(
              ".NAME.deploy next to --out, removed after success).")] = None,
     tls: Annotated[bool, typer.Option(help="TLS between SuperNodes, CLI and SuperLink.")] = True,
     auth: Annotated[bool, typer.Option(help="SuperNode authentication (needs TLS).")] = True,
-    timeout: Annotated[Optional[float], typer.Option(help="Give up (and stop the run) after this many seconds.")] = None,
+    front_door: Annotated[bool, typer.Option(
+        help="Sites reach the SuperLink through nginx, which passes only the Fleet API.")] = True,
+    timeout: Annotated[Optional[float], typer.Option(
+        help="Give up (and stop the run) after this many seconds (default: twice a round "
+             "timeout per round).")] = None,
     overwrite: bool = False,
 ) -> None:
     """Run Fed-LSTM as local processes: a SuperLink and one SuperNode per client, via `flwr run`."""
@@ -103,7 +195,7 @@ def local(
     # node config; every process started is stopped, also on failure or Ctrl-C.
     from fedlstm.cli import _print_rounds, _summary_table, console, federation_options, out_console
     from fedlstm.config import load_config
-    from fedlstm.federation.deploy import run_local_deployment
+    from fedlstm.federation.deploy.launch import run_local_deployment
 
     try:
         cfg = load_config(config, set_, **federation_options(
@@ -113,17 +205,19 @@ def local(
             raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
         f = cfg.federation
         security = ("TLS + SuperNode authentication" if tls and auth else "TLS" if tls
-                    else "insecure (no TLS)")
-        console.print(f"Fed-LSTM deployment on {cfg.data.dataset}: {f.clients} SuperNodes, partition "
-                      f"{f.partition}, {f.strategy}, {f.rounds} rounds x {f.local_epochs} local "
-                      f"epochs, {security}")
+                    else "insecure (no TLS)") + (", front door" if front_door and tls else "")
+        console.print(Text(f"Fed-LSTM deployment on {cfg.data.dataset}: {f.clients} SuperNodes, "
+                           f"partition {f.partition}, {f.strategy}, {f.rounds} rounds x "
+                           f"{f.local_epochs} local epochs, {security}"))
         start = time.perf_counter()
         with console.status("starting...") as status:
             def progress(message: str) -> None:
-                console.print(f"[dim]{time.perf_counter() - start:6.1f}s[/] {escape(message)}")
-                status.update(f"{escape(message)}...")
+                console.print(Text.assemble((f"{time.perf_counter() - start:6.1f}s", "dim"),
+                                            f" {message}"))
+                status.update(Text(f"{message}..."))
 
             result = run_local_deployment(cfg, out, work_dir, tls=tls, auth=auth,
+                                          front_door=front_door and tls,
                                           overwrite=overwrite, timeout=timeout,
                                           command=shlex.join(["fedlstm", *sys.argv[1:]]),
                                           progress=progress)
@@ -136,7 +230,7 @@ def local(
     out_console.print(_summary_table(metrics))
     elapsed = metrics.get("deployment", {}).get("elapsed")
     server = f", ServerApp {elapsed:.1f} s" if isinstance(elapsed, (int, float)) else ""
-    out_console.print(f"run {result.run_id}: {result.status} in {wall:.1f} s "
-                      f"({result.timings['deployment_seconds']:.1f} s from SuperNode start to the "
-                      f"end of the run{server})")
-    out_console.print(f"run written to {out}")
+    out_console.print(Text(f"run {result.run_id}: {result.status} in {wall:.1f} s "
+                           f"({result.timings['deployment_seconds']:.1f} s from SuperNode start to "
+                           f"the end of the run{server})"))
+    out_console.print(Text(f"run written to {out}"))

@@ -8,20 +8,26 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-console = Console(stderr=True)
-out_console = Console()
-schema_app = typer.Typer(no_args_is_help=True, help="Flow-log schemas: draft one, show one.")
+from fedlstm.cli_console import error_text, make_console
+from fedlstm.cli_keys import AllowUnsignedOpt, TrustedKeyOpt, load_bundle
+
+console = make_console(stderr=True)
+out_console = make_console()
+schema_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
+                         help="Flow-log schemas: draft one, show one.")
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    console.print(error_text(exc))
     raise typer.Exit(2)
 
 
@@ -30,19 +36,30 @@ def detect(
     inputs: Annotated[list[Path], typer.Argument(help="Flow files (plain, .gz, .zip).")],
     out: Annotated[Optional[Path], typer.Option(help="Alert file (.jsonl or .csv); default: stdout.")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="jsonl | csv (default: from --out's suffix).")] = None,
-    follow: Annotated[bool, typer.Option(help="Keep reading as the (last) file grows; Ctrl-C ends.")] = False,
+    follow: Annotated[bool, typer.Option(help="Keep reading as the (last) file grows; Ctrl-C or SIGTERM ends it.")] = False,
     strict: Annotated[bool, typer.Option(help="Stop at the first malformed line instead of skipping it.")] = False,
     all_records: Annotated[bool, typer.Option("--all-records", help="Write every scored record, not only alerts.")] = False,
     top: Annotated[int, typer.Option(help="Top contributing features per alert (0: none).")] = 3,
     threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
     summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary here.")] = None,
+    trusted_key: TrustedKeyOpt = None,
+    allow_unsigned: AllowUnsignedOpt = False,
 ) -> None:
-    """Score flow logs in streaming chunks and write alerts (JSON lines or CSV)."""
+    """Score flow logs in streaming chunks and write alerts (JSON lines or CSV).
+
+    --out and --summary-json are written next to their final path and moved into place when
+    detection ends without an error: a failed or interrupted run leaves an earlier file as it was
+    and no partial file. Two runs given the same file: the second stops at once (a lock).
+    With --follow the run ends on Ctrl-C or SIGTERM, and the alerts are then moved into place;
+    while it runs they are in the `.NAME.*.partial` file it names (flushed after every chunk, so
+    `tail -f` works), which an error leaves in place rather than losing them.
+    """
     import torch
 
-    from fedlstm.detection import BundleError, ModelBundle
+    from fedlstm.detection import BundleError
     from fedlstm.detection.stream import AlertWriter
     from fedlstm.detection.stream import detect as run_detect
+    from fedlstm.runs import output_lock, staged_file
 
     torch.set_num_threads(threads)
     stopping = {"now": False}
@@ -50,28 +67,44 @@ def detect(
     def stop(*_):
         stopping["now"] = True
 
-    previous = signal.signal(signal.SIGINT, stop) if follow else None
-    stream = None
+    def terminate(*_):  # a batch run stopped by SIGTERM cleans up like one that fails
+        raise SystemExit(128 + signal.SIGTERM)
+
+    handlers = {signal.SIGINT: stop, signal.SIGTERM: stop} if follow else \
+        {signal.SIGTERM: terminate}
+    if threading.current_thread() is not threading.main_thread():
+        handlers = {}  # only the main thread may set them (detect called from a thread)
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    partial = None
     try:
-        model = ModelBundle.load(bundle)
-        kind = fmt or ("csv" if out is not None and out.suffix == ".csv" else "jsonl")
-        stream = open(out, "w", newline="") if out is not None else sys.stdout
-        writer = AlertWriter(stream, kind, model.class_names)
-        if follow:
-            console.print(f"following {inputs[-1]} (Ctrl-C to stop)")
-        summary = run_detect(model, list(inputs), writer, strict=strict, follow=follow,
-                             all_records=all_records, explain_top=top,
-                             stop=lambda: stopping["now"])
+        with ExitStack() as outputs:
+            outputs.enter_context(output_lock(*(p for p in (out, summary_json) if p is not None)))
+            model = load_bundle(bundle, trusted_key, allow_unsigned)
+            kind = fmt or ("csv" if out is not None and out.suffix == ".csv" else "jsonl")
+            stream = sys.stdout
+            if out is not None:
+                stream = outputs.enter_context(staged_file(out, keep_on_failure=follow))
+                partial = stream.name
+            writer = AlertWriter(stream, kind, model.class_names)
+            if follow:
+                console.print(Text.assemble(
+                    "following ", str(inputs[-1]), " (Ctrl-C to stop)",
+                    f"; alerts go to {partial} until then, and to {out} after" if out else ""))
+            summary = run_detect(model, list(inputs), writer, strict=strict, follow=follow,
+                                 all_records=all_records, explain_top=top,
+                                 stop=lambda: stopping["now"],
+                                 on_chunk=(lambda _: writer.flush()) if follow else None)
+            result = summary.to_dict()
+            if summary_json:
+                with staged_file(summary_json) as fh:
+                    fh.write(json.dumps(result, indent=2))
     except (BundleError, OSError, ValueError, KeyError) as exc:
+        if follow and partial and Path(partial).exists():
+            console.print(Text(f"alerts found before the error are kept in {partial}"))
         _fail(exc)
     finally:
-        if stream is not None and stream is not sys.stdout:
-            stream.close()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    result = summary.to_dict()
-    if summary_json:
-        summary_json.write_text(json.dumps(result, indent=2))
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     _render_summary(result, out)
 
 
@@ -80,19 +113,24 @@ def _render_summary(s: dict, out: Path | None) -> None:
     table.add_column("file")
     for col in ("records", "bad lines", "filled", "errors"):
         table.add_column(col, justify="right")
-    for f in s["files"]:
-        table.add_row(f["file"], f"{f['rows']:,}", f"{f['bad_lines']:,}",
+    for f in s["files"]:  # file names and examples are the user's: text, never markup
+        table.add_row(Text(f["file"]), f"{f['rows']:,}", f"{f['bad_lines']:,}",
                       f"{sum(f['filled'].values()):,}", str(len(f["errors"])))
     console.print(table)
     for f in s["files"]:
         for line in [*f["errors"], *f["bad_examples"][:5]]:
-            console.print(f"[yellow]{line}[/]")
+            console.print(Text(line, style="yellow"))
     for line in s["unseen_examples"][:5]:
-        console.print(f"[yellow]{line}[/]")
+        console.print(Text(line, style="yellow"))
     rate = f" ({s['records_per_second']:,} records/s)" if s["records_per_second"] else ""
-    console.print(f"{s['records']:,} records, {s['scored']:,} scored, {s['warming_up']:,} warming "
-                  f"up, [bold]{s['alerts']:,} alerts[/] {s['predicted'] or ''} in "
-                  f"{s['seconds']:.2f}s{rate}" + (f"; alerts in {out}" if out else ""))
+    predicted = f" {s['predicted']}" if s["predicted"] else ""
+    console.print(Text.assemble(
+        f"{s['records']:,} records, {s['scored']:,} scored, {s['warming_up']:,} warming up, ",
+        (f"{s['alerts']:,} alerts", "bold"), f"{predicted} in {s['seconds']:.2f}s{rate}",
+        f"; alerts in {out}" if out else ""))
+    if s.get("unlabelled"):
+        console.print(f"{s['unlabelled']:,} scored records have no label value: they are left out "
+                      "of the labelled-input figures")
     if "labelled" in s:
         lab = s["labelled"]
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
@@ -108,22 +146,40 @@ def serve(
     max_records: Annotated[int, typer.Option(help="Most records per request.")] = 1000,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 1 << 20,
     threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
+    trusted_key: TrustedKeyOpt = None,
+    allow_unsigned: AllowUnsignedOpt = False,
+    api_key_file: Annotated[Optional[Path], typer.Option(help="File with the API key that POST /score and GET /metrics require (Authorization: Bearer KEY, or X-API-Key); default: $FEDLSTM_API_KEY, else none.")] = None,
+    tls_cert: Annotated[Optional[Path], typer.Option(help="Serve HTTPS with this certificate (PEM; with --tls-key).")] = None,
+    tls_key: Annotated[Optional[Path], typer.Option(help="The certificate's private key (PEM).")] = None,
+    read_timeout: Annotated[float, typer.Option(help="Seconds a request's head, then its body, may take to arrive (else 408).")] = 10.0,
+    limit_concurrency: Annotated[int, typer.Option(help="Open connections before new requests get 503.")] = 128,
 ) -> None:
-    """Serve the bundle over HTTP: POST /score, GET /healthz, GET /metrics, docs at /docs."""
+    """Serve the bundle over HTTP(S): POST /score, GET /healthz, GET /metrics, docs at /docs."""
     import torch
     import uvicorn
 
-    from fedlstm.detection import BundleError, ModelBundle
-    from fedlstm.detection.service import create_app
+    from fedlstm.detection import BundleError
+    from fedlstm.detection.service import create_app, load_api_key, server_config
 
     torch.set_num_threads(threads)
     try:
-        app = create_app(ModelBundle.load(bundle), max_records=max_records,
-                         max_body_bytes=max_body_bytes)
+        api_key = load_api_key(api_key_file)
+        app = create_app(load_bundle(bundle, trusted_key, allow_unsigned), max_records=max_records,
+                         max_body_bytes=max_body_bytes, api_key=api_key, read_timeout=read_timeout)
+        config = server_config(app, host, port, tls_cert=tls_cert, tls_key=tls_key,
+                               limit_concurrency=limit_concurrency)
     except (BundleError, OSError, ValueError) as exc:
         _fail(exc)
-    console.print(f"serving {bundle} on http://{host}:{port} (docs: /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    exposed = host not in ("127.0.0.1", "::1", "localhost")
+    if exposed and api_key is None:
+        console.print(Text(f"warning: no API key: anyone who reaches {host}:{port} can score and "
+                           "read the metrics (--api-key-file or $FEDLSTM_API_KEY)"))
+    if exposed and api_key is not None and tls_cert is None:
+        console.print("warning: the API key crosses the network in clear text (--tls-cert, --tls-key)")
+    scheme = "http" if tls_cert is None else "https"
+    console.print(Text(f"serving {bundle} on {scheme}://{host}:{port} (docs: /docs)"
+                       + (", API key required" if api_key else "")))
+    uvicorn.Server(config).run()
 
 
 @schema_app.command("infer")
@@ -141,7 +197,8 @@ def schema_infer(
         _fail(exc)
     if out:
         out.write_text(text)
-        console.print(f"schema drafted to {out}: check the label, normal values and column roles")
+        console.print(Text(f"schema drafted to {out}: check the label, normal values and "
+                           "column roles"))
     else:
         sys.stdout.write(text)
 

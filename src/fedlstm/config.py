@@ -99,6 +99,9 @@ class FederationConfig(_Strict):
     client_dp_clip: float = Field(1.0, gt=0)  # L2 bound of each client's update
     client_dp_delta: float = Field(1e-5, gt=0, lt=1)
     server_test_curves: bool = True  # global model on the test set each round: reporting only
+    # Longest wait for the sites' answers in one round (or one question): a site that hangs is
+    # left out of that round, so one stopped site never stalls the federation. None: no limit.
+    round_timeout: float | None = Field(600.0, gt=0)
 
 
 class RunConfig(_Strict):

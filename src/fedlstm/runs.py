@@ -1,60 +1,170 @@
 """Run directories: written in a staging folder and moved into place only when complete.
 
 An interrupted or failed run therefore never leaves a half-written run directory, and a failed
-re-run never destroys the results of an earlier one.
+re-run never destroys the results of an earlier one. Single output files (`fedlstm detect --out`)
+are staged the same way (`staged_file`). Every output is written under `output_lock`, so two
+runs given the same output never mix their files: the second fails at once and says why.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from fedlstm import __version__
 from fedlstm.config import RunConfig
 from fedlstm.detection.bundle import ModelBundle
+from fedlstm.detection.signing import KeyFileError, KeyHome, SigningKey
 from fedlstm.pipeline import TrainResult
 from fedlstm.reports import plots
 
 BUNDLE_NAME = "model.fedlstm"
+log = logging.getLogger(__name__)
 
 
 class RunExists(FileExistsError):
     pass
 
 
+class OutputBusy(OSError):
+    """Another process is writing the same output."""
+
+
+_held: dict[Path, list] = {}  # lock file -> [FileLock, depth]: what this process holds
+_held_guard = threading.Lock()
+
+
+def lock_file(out: str | Path) -> Path:
+    out = Path(out).resolve()
+    return out.parent / f".{out.name}.lock"
+
+
+@contextmanager
+def output_lock(*outputs: str | Path):
+    """Hold the lock of every output (a run directory or a file) for the block, or fail at once
+    with OutputBusy if another process holds one of them.
+
+    Re-entrant within a process: a command may hold it around its whole run and the
+    `staged_dir` it calls takes it again. The lock file (`.NAME.lock` next to the output) is
+    removed on release.
+    """
+    taken: list[Path] = []
+    try:
+        for path in sorted({lock_file(o) for o in outputs}):
+            _acquire(path)
+            taken.append(path)
+        yield
+    finally:
+        for path in reversed(taken):
+            _release(path)
+
+
+def _acquire(path: Path) -> None:
+    with _held_guard:
+        if path in _held:
+            _held[path][1] += 1
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(path, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            out = path.parent / path.name[1:-len(".lock")]
+            raise OutputBusy(f"{out} is being written by another fedlstm run (it holds {path}); "
+                             "wait for it to finish, or choose another output") from None
+        _held[path] = [lock, 1]
+
+
+def _release(path: Path) -> None:
+    with _held_guard:
+        entry = _held[path]
+        entry[1] -= 1
+        if entry[1]:
+            return
+        del _held[path]
+        # Unlinked while still held: a process waiting on this inode finds it gone once it gets
+        # the lock (filelock checks the link count) and locks the new file instead.
+        path.unlink(missing_ok=True)
+        entry[0].release()
+
+
+@contextmanager
+def staged_file(out: str | Path, keep_on_failure: bool = False):
+    """Yield a text file, open for writing, that replaces `out` only when the block ends without
+    an error: written next to it as `.NAME.*.partial`, flushed, fsynced, then renamed over `out`.
+    On an error it is removed (kept with `keep_on_failure`, its path in `.name`) and an earlier
+    `out` is left as it was. Hold `output_lock(out)` around it. A symbolic link `out` has its
+    target replaced."""
+    out = Path(out).resolve()
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
+    os.close(fd)
+    try:
+        # mkstemp makes it private (0600); the file keeps the mode `out` has, or would get.
+        mode = out.stat().st_mode & 0o7777 if out.exists() else 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+        with open(tmp, "w", newline="") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        if not keep_on_failure:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # the rename itself survives a crash once its folder is on disk
+        folder = os.open(out.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError:
+        pass
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def staged_dir(out: str | Path, overwrite: bool = False, keep_on_failure: bool = False):
-    """Yield a staging folder that becomes `out` only on success.
+    """Yield a staging folder that becomes `out` only on success, under `output_lock(out)`.
 
     `keep_on_failure` keeps the staging folder (and its checkpoints) after an error, so that a
     resumed run continues from it; otherwise a failed run leaves nothing behind.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise RunExists(f"{out} already exists; choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = partial_dir(out)
-    if not keep_on_failure:
-        shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(exist_ok=True)
-    try:
-        yield stage
-    except BaseException:
+    with output_lock(out):
+        if out.exists() and not overwrite:
+            raise RunExists(f"{out} already exists; choose another --out or pass --overwrite")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = partial_dir(out)
         if not keep_on_failure:
             shutil.rmtree(stage, ignore_errors=True)
-        raise
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    stage.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+        stage.mkdir(exist_ok=True)
+        try:
+            yield stage
+        except BaseException:
+            if not keep_on_failure:
+                shutil.rmtree(stage, ignore_errors=True)
+            raise
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.exists():
+            out.rename(old)
+        stage.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def partial_dir(out: str | Path) -> Path:
@@ -111,13 +221,15 @@ def write_results(stage: Path, cfg: RunConfig, bundle: ModelBundle, evaluations:
     """Configuration, bundle, metrics.json, ROC and confusion plots: common to every mode."""
     title = run_title(bundle)
     (stage / "config.json").write_text(cfg.model_dump_json(indent=2))
-    bundle.save(stage / BUNDLE_NAME)
+    key = run_signing_key()
+    bundle.save(stage / BUNDLE_NAME, key, sign=key is not None)
     metrics = {
         "dataset": bundle.metadata.get("dataset"), "protocol": bundle.metadata.get("protocol"),
         "model": bundle.model_name, "task": bundle.task,
         "mode": bundle.metadata.get("mode", "centralised"), "window": bundle.window,
         "seed": cfg.seed, "fedlstm_version": __version__, "commit": git_commit(),
         "command": command or " ".join(sys.argv), "threshold": bundle.threshold_,
+        "bundle_signed_by": key.fingerprint if key else None,
         "evaluations": {k: public(v) for k, v in evaluations.items()}, **extra,
     }
     (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
@@ -132,6 +244,22 @@ def write_results(stage: Path, cfg: RunConfig, bundle: ModelBundle, evaluations:
         if "family" in ev:
             plots.confusion_matrix(ev["family"]["confusion_matrix"], bundle.class_names,
                                    stage / f"confusion_family_{safe}.png", f"{title} / {name}")
+
+
+def run_signing_key() -> SigningKey | None:
+    """The key a run signs its bundle with: the local key home's (created on first use), which
+    for a federation is the coordinator's, since the ServerApp writes the run there.
+
+    A key home that cannot be read or written must not throw away a finished training run: the
+    bundle is then written unsigned (loading refuses it) with an error saying how to sign it.
+    """
+    home = KeyHome.default()
+    try:
+        return home.signing_key()
+    except (KeyFileError, OSError) as exc:
+        log.error("the bundle is written UNSIGNED: no signing key (%s); fix the key home %s (or set "
+                  "FEDLSTM_KEYS), then run `fedlstm keys sign RUN/%s`", exc, home.path, BUNDLE_NAME)
+        return None
 
 
 def _json_default(value):

@@ -13,6 +13,7 @@ from _detect_helpers import HEADER, flow_lines, tiny, tiny_model  # noqa: F401
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from fedlstm.detection.service import create_app
 
@@ -119,3 +120,149 @@ def test_real_server_on_loopback(tiny_model):
         server.should_exit = True
         thread.join(10)
     assert not thread.is_alive()
+
+
+# ---------------------------------------------------------------------- authentication
+
+KEY = "k3y-" + "x" * 28
+
+
+def test_api_key_guards_score_and_metrics_but_not_health(tiny_model):
+    with TestClient(create_app(tiny_model, api_key=KEY)) as c:
+        for method, path in (("post", "/score"), ("get", "/metrics")):
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"},
+                            {"Authorization": f"Basic {KEY}"}, {"X-API-Key": "caf\u00e9".encode()}):
+                r = c.request(method, path, json=records(3), headers=headers)
+                assert r.status_code == 401, (path, headers, r.text)
+                assert r.headers["www-authenticate"] == "Bearer"
+            for headers in ({"Authorization": f"Bearer {KEY}"}, {"X-API-Key": KEY}):
+                assert c.request(method, path, json=records(3), headers=headers).status_code == 200
+        unread = c.post("/score", content=b"{oops" + b" " * 50_000,
+                        headers={"content-type": "application/json"})
+        assert unread.status_code == 401  # before the body is read: not a 413, not a 422
+        assert c.get("/healthz").status_code == 200
+        spec = c.get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
+    for path, method in (("/score", "post"), ("/metrics", "get")):
+        assert len(spec["paths"][path][method]["security"]) == 2  # either scheme will do
+        assert "401" in spec["paths"][path][method]["responses"]
+    assert "security" not in spec["paths"]["/healthz"]["get"]
+
+
+def test_without_api_key_the_service_is_open_and_documents_no_scheme(client):
+    assert client.post("/score", json=records(3)).status_code == 200
+    assert "securitySchemes" not in client.get("/openapi.json").json().get("components", {})
+
+
+def test_api_key_must_not_be_trivial(tiny_model):
+    with pytest.raises(ValueError, match="at least 16"):
+        create_app(tiny_model, api_key="short")
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+def _samples(text: str, name: str) -> list:
+    return [s for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == name]
+
+
+def test_metrics_values_cannot_be_forged_through_the_path(client):
+    client.post("/score", json=records(8))
+    before = _samples(client.get("/metrics").text, "fedlstm_alerts_total")
+    # '"} 1e9' + newline + a forged sample: pasted into a label unescaped, it became a line.
+    assert client.get('/x%22%7D%201e9%0Afedlstm_alerts_total%201e9').status_code == 404
+    text = client.get("/metrics").text
+    assert _samples(text, "fedlstm_alerts_total") == before
+    assert "fedlstm_alerts_total 1e9" not in text  # the path's text is in no label
+    paths = {s.labels["path"] for s in _samples(text, "fedlstm_requests_total")}
+    assert paths == {"/score", "/metrics", "other"}
+
+
+def test_unknown_paths_add_at_most_one_series(client):
+    client.get("/healthz")
+
+    def series() -> int:
+        return len(_samples(client.get("/metrics").text, "fedlstm_requests_total"))
+
+    start = series()
+    for i in range(500):
+        client.get(f"/probe/{i}")
+    assert series() <= start + 2  # "other"/404, and the first /metrics call itself
+
+
+def test_counters_keep_their_names_for_dashboards(client):
+    client.post("/score", json=records(8))
+    client.post("/score", json=[{"bytes": "lots"}])
+    text = client.get("/metrics").text
+    value = lambda name: sum(s.value for s in _samples(text, name))  # noqa: E731
+    assert value("fedlstm_records_total") == 8 and value("fedlstm_records_rejected_total") == 1
+    assert value("fedlstm_records_scored_total") == 0 and value("fedlstm_alerts_total") == 0
+    assert value("fedlstm_score_seconds_count") == 2
+    assert {s.labels["status"] for s in _samples(text, "fedlstm_requests_total")} == {"200", "422"}
+
+
+# ---------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize("digits", [b"1" + b"0" * 400, b"-1" + b"0" * 400])
+def test_integers_beyond_float_range_are_a_422_naming_the_field(client, digits):
+    body = b'[{"bytes": 1, "rate": %s, "proto": "tcp", "flag": "SF"}]' % digits
+    r = client.post("/score", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail[0]["loc"] == ["body", 0, "rate"] and len(detail[0]["msg"]) < 100
+    assert client.app.state.scorer._tails == {}
+
+
+# ---------------------------------------------------------------------- streams
+
+
+def _without_entity(bundle):
+    bundle.spec = bundle.spec.model_copy(update={"entity_column": None})
+    return bundle
+
+
+def _scores(c, stream_records, **kw):
+    return [c.post("/score", json=[r], **kw).json()["results"][0].get("score")
+            for r in stream_records]
+
+
+@pytest.mark.parametrize("entity", [True, False], ids=["per-entity", "no-entity-column"])
+def test_other_streams_do_not_change_a_streams_scores(tiny_model, entity):
+    model = tiny_model if entity else _without_entity(tiny_model)
+    target, other = records(12, seed=2), records(12, seed=3)
+    with TestClient(create_app(model)) as alone:
+        expected = _scores(alone, target, params={"stream": "a"})
+    with TestClient(create_app(model)) as shared:
+        got = []
+        for mine, theirs in zip(target, other):
+            shared.post("/score", json=[theirs], headers={"X-Fedlstm-Stream": "b"})
+            got += _scores(shared, [mine], params={"stream": "a"})
+    assert sum(s is not None for s in got) >= 4 and got == expected
+
+
+def test_a_stream_defaults_to_the_client_address(tiny_model):
+    model = _without_entity(tiny_model)
+    app = create_app(model)
+    with TestClient(app, client=("192.0.2.1", 1)) as one, \
+            TestClient(app, client=("192.0.2.2", 1)) as two:
+        first = one.post("/score", json=records(2)).json()
+        assert first["stream"] == "192.0.2.1"
+        assert two.post("/score", json=records(1)).json()["scored"] == 0  # its own history
+        assert one.post("/score", json=records(1)).json()["scored"] == 1
+        named = one.post("/score", json=records(1), params={"stream": "192.0.2.2"}).json()
+        # a name never reaches the history of the address it spells
+        assert named["stream"] == "192.0.2.2" and named["scored"] == 0
+        assert one.post("/score", json=records(1), params={"stream": "x" * 200}).status_code == 422
+
+
+def test_stream_histories_are_bounded(tiny_model):
+    model = _without_entity(tiny_model)
+    with TestClient(create_app(model, max_entities=2)) as c:
+        for name in ("s1", "s2", "s3"):  # W-1 records each: a history per stream
+            c.post("/score", json=records(2), params={"stream": name})
+        assert len(c.app.state.scorer._tails) == 2
+        assert c.post("/score", json=records(1), params={"stream": "s1"}).json()["scored"] == 0
+        assert c.post("/score", json=records(1), params={"stream": "s3"}).json()["scored"] == 1

@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import subprocess
 import threading
 import time
+from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -19,8 +23,9 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 
 from fedlstm.config import load_config
 from fedlstm.detection import ModelBundle
-from fedlstm.federation.deploy import (FINISHED, LocalFederation, deploy_on, generate_certificates,
-                                       generate_supernode_keys, marked_processes, tail)
+from fedlstm.federation.deploy.credentials import generate_certificates, generate_supernode_keys
+from fedlstm.federation.deploy.launch import deploy_on
+from fedlstm.federation.deploy.processes import FINISHED, LocalFederation, marked_processes, tail
 
 
 def _tls_handshake(certs, server_name: str) -> str:
@@ -82,6 +87,16 @@ def test_certificates_and_supernode_keys(tmp_path):
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
+    import os
+
+    from fedlstm.federation.deploy.frontdoor import FrontDoorUnavailable, nginx_executable
+
+    try:
+        nginx_executable()
+    except FrontDoorUnavailable as exc:
+        if os.environ.get("CI"):  # CI installs nginx (.ci/run): these tests must run there
+            raise
+        pytest.skip(f"deployment tests need nginx: {exc}")
     fed = LocalFederation(tmp_path_factory.mktemp("deploy"), tls=True, auth=True)
     try:
         with fed:
@@ -131,3 +146,196 @@ def test_unregistered_supernode_is_rejected(federation, tmp_path):
     superlink_log = tail(federation.superlink.log_path, 400)
     assert "No SuperNode found with the given public key" in superlink_log
     assert federation.superlink.running  # the SuperLink itself carries on
+
+
+# --- who can do what: the outsider, a modified app, a hung site ------------------------------------
+EVIL_APP = '''
+import json
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+client = ClientApp()
+
+
+@client.query()
+def steal(msg, context):  # what an attacker's ClientApp would do at a site: read its data
+    Path(context.run_config["marker"]).write_text(str(context.node_config.get("data-path")))
+    return Message(RecordDict({"loot": ConfigRecord({"ok": 1})}), reply_to=msg)
+
+
+server = ServerApp()
+
+
+@server.main()
+def main(grid, context):
+    nodes = list(grid.get_node_ids())
+    replies = grid.send_and_receive([Message(RecordDict(), dst_node_id=n, message_type="query")
+                                     for n in nodes], timeout=90)
+    Path(context.run_config["marker"] + ".server.json").write_text(
+        json.dumps({"nodes": len(nodes), "errors": [r.has_error() for r in replies]}))
+'''
+
+
+def _evil_app(folder: Path, marker: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "evil.py").write_text(EVIL_APP)
+    (folder / "pyproject.toml").write_text(f"""[project]
+name = "evilapp"
+version = "1.0.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "evil"
+
+[tool.flwr.app.components]
+serverapp = "evil:server"
+clientapp = "evil:client"
+
+[tool.flwr.app.config]
+marker = "{marker}"
+app-signature = ""
+""")
+    return folder
+
+
+def _flwr_json(federation, home: Path, *args: str) -> tuple[int, dict, str]:
+    result = subprocess.run([federation.executable("flwr"), *args, "--format", "json"],
+                            capture_output=True, text=True, env=federation.env(home), cwd=home,
+                            timeout=120, stdin=subprocess.DEVNULL)
+    output = result.stdout + result.stderr
+    start = result.stdout.find("{")
+    try:
+        reply = json.JSONDecoder().raw_decode(result.stdout[start:])[0] if start >= 0 else {}
+    except ValueError:
+        reply = {}
+    return result.returncode, reply, output
+
+
+def test_an_outsider_with_the_ca_certificate_can_neither_register_nor_run(federation, tmp_path):
+    """The sites' port (the front door) with the CA certificate, as handed to every site: no
+    Control API behind it. Before the front door, both calls below succeeded."""
+    home = tmp_path / "outsider"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "target"\n\n[superlink.target]\n'
+        f'address = "{federation.fleet_address}"\n'
+        f'root-certificates = "{federation.certificates.ca_cert}"\n')
+    (_, public), = generate_supernode_keys(tmp_path, 1, prefix="attacker")
+    code, reply, output = _flwr_json(federation, home, "supernode", "register", str(public),
+                                     "target")
+    assert not reply.get("success"), output
+    marker = tmp_path / "stolen.txt"
+    code, reply, output = _flwr_json(federation, home, "run",
+                                     str(_evil_app(tmp_path / "evilapp", marker)), "target")
+    assert not reply.get("success") and not reply.get("run-id"), output
+    # raw HTTPS on the same port: the Control and Runtime APIs are refused, the Fleet API is there
+    ctx = ssl.create_default_context(cafile=str(federation.certificates.ca_cert))
+    base = f"https://{federation.fleet_address}"
+    with httpx.Client(verify=ctx, timeout=10) as client:
+        for path in ("/v1/control/start-run", "/v1/control/register-node",
+                     "/v1/control/list-runs", "/v1/runtime/pull-task-input", "/docs",
+                     "/v1/fleet/../control/start-run"):
+            assert client.post(base + path, content=b"").status_code == 403, path
+        assert client.post(base + "/v1/fleet/get-run", content=b"").status_code != 403
+        assert client.get(base + "/health").status_code == 200
+    # and the SuperLink itself listens on loopback only
+    listening = {c.laddr.ip for c in psutil.Process(federation.superlink.popen.pid).net_connections()
+                 if c.status == psutil.CONN_LISTEN}
+    assert listening == {"127.0.0.1"}, listening
+    time.sleep(2)
+    assert not marker.exists()
+
+
+def test_sites_run_only_the_signed_fedlstm_app(federation, tmp_path):
+    """Even a run started through the coordinator's own Control API is refused by the sites
+    unless a trusted key signed its app: an attacker's app, unsigned or signed by another key,
+    and the fedlstm app modified after it was signed."""
+    from fedlstm.detection.signing import KeyHome
+
+    pairs = generate_supernode_keys(tmp_path / "keys", 2, prefix="pinned")
+    federation.register([public for _, public in pairs])
+    nodes = [federation.start_supernode(f"pinned-{i}", {"name": f"pinned-{i}"}, private)
+             for i, (private, _) in enumerate(pairs)]
+    outsider_key = KeyHome(tmp_path / "other-keys").signing_key()
+
+    try:
+        _refused_everywhere(federation, nodes, tmp_path, outsider_key)
+    finally:
+        federation.stop_processes(nodes)  # sites without data must not join later runs
+
+
+def _refused_everywhere(federation, nodes, tmp_path, outsider_key):
+    from fedlstm.federation.deploy.app import SIGNATURE_KEY, build_fab
+    from fedlstm.federation.deploy.credentials import sign_app
+
+    cases = {}
+    for name in ("unsigned", "signed by an untrusted key", "modified after signing"):
+        marker = tmp_path / f"{name.replace(' ', '-')}.txt"
+        app = _evil_app(tmp_path / f"app-{len(cases)}", marker)
+        config = {"marker": str(marker)}
+        if name == "signed by an untrusted key":
+            config[SIGNATURE_KEY] = sign_app(build_fab(app), outsider_key)
+        elif name == "modified after signing":  # signed by the coordinator's key, then changed
+            config[SIGNATURE_KEY] = sign_app(build_fab(app), federation.app_key)
+            (app / "evil.py").write_text(EVIL_APP + "\n# one more line\n")
+        cases[name] = (federation.submit(app, config), marker)
+    for name, (run_id, marker) in cases.items():
+        info = federation.wait(run_id, timeout=240, watch=nodes)
+        assert str(info["status"]).startswith("finished"), (name, info)
+        assert not marker.exists(), name  # the attacker's ClientApp never ran at a site
+        seen = json.loads(Path(f"{marker}.server.json").read_text())
+        assert seen["errors"] and all(seen["errors"]), (name, seen)  # every site refused
+    logs = "\n".join(tail(n.log_path, 400) for n in nodes)
+    logs += "\n".join(tail(p, 400) for p in federation.logs.glob("*.log"))
+    for reason in ("is not signed", "a key this site does not trust", "it was modified"):
+        assert reason in logs, reason
+
+
+def test_a_hung_site_costs_one_round_timeout_not_the_run(federation, datasets_dir, tmp_path):
+    """SIGSTOP on one SuperNode after round 1: round 2 goes on with the other site after the
+    round timeout. Before, round 2 waited forever."""
+    import os
+    import signal
+
+    cfg = load_config(None, ["data.max_train_rows=3000", "model.hidden_size=16",
+                             "federation.evaluate_clients=false", "federation.round_timeout=8",
+                             "federation.min_fit_clients=1"],
+                      data__dataset="nsl-kdd", data__data_dir=str(datasets_dir),
+                      federation__clients=2, federation__rounds=2, federation__local_epochs=1)
+    checkpoint = federation.work_dir / "run" / "checkpoints" / "last.pt"
+    stopped = []
+
+    def stop_a_site_after_round_1():
+        deadline = time.monotonic() + 240
+        while not checkpoint.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        node = [p for p in federation.processes if p.name == "supernode-client-1"][-1]
+        os.killpg(node.popen.pid, signal.SIGSTOP)
+        stopped.append(time.monotonic())
+
+    thread = threading.Thread(target=stop_a_site_after_round_1, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    result = deploy_on(federation, cfg, tmp_path / "run", timeout=300)
+    print(f"hung-site run: {time.monotonic() - start:.1f} s, stopped at "
+          f"{stopped[0] - start if stopped else None}, timings {result.timings}")
+    thread.join(timeout=5)
+    assert stopped, "round 1 never finished"
+    metrics = json.loads((result.out / "metrics.json").read_text())
+    rounds = {r["round"]: r for r in metrics["rounds"]}
+    assert sorted(rounds) == [0, 1, 2]
+    assert set(rounds[1]["clients_fit"]) == {"client-0", "client-1"}
+    assert set(rounds[2]["clients_fit"]) == {"client-0"}  # the hung site was left out
+
+
+def test_too_few_sites_fail_within_the_round_timeout():
+    from fedlstm.federation.apps import BoundedClientManager, FederationStalled
+
+    manager = BoundedClientManager(timeout=1.0)
+    start = time.monotonic()
+    with pytest.raises(FederationStalled, match="0 site\\(s\\) connected, 2 needed"):
+        manager.sample(2)
+    assert time.monotonic() - start < 5

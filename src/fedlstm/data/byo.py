@@ -5,7 +5,12 @@ whatever the file size (and `follow=True` tails a growing log). Each chunk takes
 when its lines are clean; lines that are not (wrong field count, text in a number, NaN/Inf where
 the schema allows no fill, binary garbage) are found with vectorised checks, counted, and reported
 as `file:line: column '...'`, or stop the read at the first one when `strict`. One record per
-physical line is assumed, which holds for Zeek logs and flow-exporter CSVs.
+physical line is assumed, which holds for Zeek logs and flow-exporter CSVs. A line longer than
+`max_line_bytes` is one bad line; its bytes are dropped as they arrive, never held.
+
+Labels: a record whose label is unset (empty, or one of the schema's missing tokens such as '-')
+is a bad line when the label is required (training, `require_label=True`); when scoring, it is
+scored like any record and left out of the labelled-input metrics. It is never read as "attack".
 """
 
 from __future__ import annotations
@@ -28,13 +33,15 @@ import pandas as pd
 
 from fedlstm.config import DataConfig
 from fedlstm.data.flowschemas import SchemaError, resolve_spec, unique_names
-from fedlstm.data.readers import BadLine, DataFormatError, ReadReport, Records
+from fedlstm.data.readers import (BadLine, BadLineError, DataFormatError, ReadReport, Records,
+                                  shown)
 from fedlstm.data.schemas import NORMAL_FAMILY, UNKNOWN_FAMILY, DatasetSpec
 from fedlstm.data.splits import Split, carve_validation, overlap_share, stratified_indices
 
 log = logging.getLogger(__name__)
 _NAN_TOKENS = ["", "NaN", "nan", "NA", "null", "None"]
 _CORRUPT = (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile)
+_TOO_LONG = object()  # a block-stream marker: one line longer than max_line_bytes ended here
 
 
 def finite_float32(values: np.ndarray) -> np.ndarray:
@@ -107,8 +114,9 @@ class FlowReader:
     def __init__(self, path: str | Path, spec: DatasetSpec, chunk_bytes: int = 1 << 20,
                  strict: bool = False, follow: bool = False, poll_seconds: float = 0.5,
                  stop: Callable[[], bool] | None = None, max_examples: int = 20,
-                 max_line_bytes: int = 1 << 20):
+                 max_line_bytes: int = 1 << 20, require_label: bool = False):
         self.path = Path(path)
+        self.require_label = require_label
         self.base_spec = spec
         self.spec = spec  # resolved against the file's header when reading starts
         self.chunk_bytes = chunk_bytes
@@ -155,7 +163,8 @@ class FlowReader:
         spec = self.base_spec
         if spec.format == "zeek":
             lineno, names = 0, None
-            for raw in fh:
+            # Bounded reads: a data line too long comes back cut, and _blocks drops the rest.
+            for raw in iter(lambda: fh.readline(self.max_line_bytes + 1), b""):
                 lineno += 1
                 if not raw.startswith(b"#"):
                     self._zeek_header(names or spec.columns, lineno)
@@ -164,7 +173,10 @@ class FlowReader:
             self._zeek_header(names or spec.columns, lineno + 1)
             return lineno, b""
         if spec.has_header or not spec.columns:
-            raw = fh.readline()
+            raw = fh.readline(self.max_line_bytes + 1)
+            if len(raw) > self.max_line_bytes:
+                raise DataFormatError(f"{self.path}:1: header line longer than "
+                                      f"{self.max_line_bytes:,} bytes; is this a flow log?")
             if not raw:
                 self._set_columns(spec.columns, 1)
                 return 0, b""
@@ -191,26 +203,34 @@ class FlowReader:
         self._set_columns(names, max(lineno - 1, 1))
 
     # ------------------------------------------------------------------ blocks of lines
-    def _blocks(self, fh, first: bytes) -> Iterator[bytes | None]:
-        """Byte blocks ending at a line end (None: the log is idle, flush what you hold)."""
-        pending = first
+    def _blocks(self, fh, first: bytes) -> Iterator[bytes | None | object]:
+        """Byte blocks ending at a line end (None: the log is idle, flush what you hold;
+        _TOO_LONG: a line longer than max_line_bytes ended, its bytes dropped as they came)."""
+        pending, skipping = first, False
         while True:
             data = fh.read(self.chunk_bytes)
             if data:
+                if skipping:  # inside a line too long: drop bytes up to its end
+                    end = data.find(b"\n")
+                    if end < 0:
+                        continue
+                    yield _TOO_LONG
+                    skipping, data = False, data[end + 1:]
                 pending += data
                 cut = pending.rfind(b"\n")
                 if cut >= 0:
                     block, pending = pending[:cut + 1], pending[cut + 1:]
                     yield block
-                if len(pending) > self.max_line_bytes:  # no line end in sight: garbage
-                    yield b"\x00" + pending[:64] + b"\n"  # reported as one bad line
-                    pending = b""
+                if len(pending) > self.max_line_bytes:  # no line end in sight
+                    skipping, pending = True, b""
                 continue
             # Checked before `stop`, so a log rotated just before the stop is still read.
             if self.follow and self._replaced(fh):
                 self._rotated = True
             if self._rotated or not self.follow or self.stop():
-                if pending:
+                if skipping:
+                    yield _TOO_LONG
+                elif pending:
                     yield pending + b"\n"
                 return
             yield None
@@ -258,6 +278,10 @@ class FlowReader:
                 for block in self._blocks(fh, first):
                     if block is None:
                         continue
+                    if block is _TOO_LONG:
+                        lineno += 1
+                        self._bad(BadLine(lineno, None, self._too_long))
+                        continue
                     yield from self._block(block, lineno + 1)
                     lineno += block.count(b"\n")
             except _CORRUPT as exc:
@@ -276,8 +300,12 @@ class FlowReader:
 
     def _bad(self, bad: BadLine) -> None:
         if self.strict:
-            raise DataFormatError(bad.describe(self.path) + " (drop --strict to skip bad lines)")
+            raise BadLineError(bad.describe(self.path))
         self.report.add_bad(bad)
+
+    @property
+    def _too_long(self) -> str:
+        return f"line longer than {self.max_line_bytes:,} bytes (no line end within it)"
 
     # ------------------------------------------------------------------ parsing
     def _block(self, block: bytes, first_line: int) -> Iterator[Chunk]:
@@ -315,10 +343,12 @@ class FlowReader:
         nul = per_line(arr == 0) > 0
         quoted = per_line(arr == 34) > 0
         empty = length == 0
-        wrong = ~quoted & (seps + 1 != self.n_fields) & ~empty & ~nul & ~comment
-        good = ~(empty | nul | wrong | comment)
+        long = length > self.max_line_bytes  # began in the last bytes of a read: caught here
+        wrong = ~quoted & (seps + 1 != self.n_fields) & ~empty & ~nul & ~comment & ~long
+        good = ~(empty | nul | wrong | comment | long)
         for i in np.flatnonzero(~good & ~comment):
-            reason = "empty line" if empty[i] else "binary data (NUL byte)" if nul[i] else \
+            reason = self._too_long if long[i] else "empty line" if empty[i] else \
+                "binary data (NUL byte)" if nul[i] else \
                 f"expected {self.n_fields} fields, found {seps[i] + 1}"
             self._bad(BadLine(int(lines[i]), None, reason))
         if not good.any():
@@ -387,7 +417,8 @@ class FlowReader:
             wrong = number.isna().to_numpy() & ~values.isin(tokens).to_numpy()
             for i in np.flatnonzero(wrong & keep):
                 keep[i] = False
-                self._bad(BadLine(int(lines[i]), c, f"expected a number, found {values.iloc[i]!r}",
+                self._bad(BadLine(int(lines[i]), c,
+                                  f"expected a number, found {shown(values.iloc[i])}",
                                   self.names.index(c) + 1))
             converted[c] = number.to_numpy(np.float64)
         frame = frame.assign(**converted)
@@ -412,6 +443,13 @@ class FlowReader:
                     self._bad(BadLine(int(lines[i]), col,
                                       f"missing or non-finite value ({values[i, j]})",
                                       self.names.index(col) + 1))
+        if self.require_label and self.label_col:
+            unset = unset_labels(self.spec, frame[self.label_col].to_numpy(object))
+            for i in np.flatnonzero(unset & keep):
+                keep[i] = False
+                self._bad(BadLine(int(lines[i]), self.label_col,
+                                  f"missing label {shown(frame[self.label_col].iat[i])}",
+                                  self.names.index(self.label_col) + 1))
         allow_empty = self.spec.fill_missing is not None or "" in self.spec.missing_values
         for c in [*self.categorical, *([self.entity_col] if self.entity_col else [])]:
             column = frame[c].to_numpy(object)
@@ -454,10 +492,28 @@ def family_of(spec: DatasetSpec, attack: str) -> str:
     return attack.lower()
 
 
+def unset_labels(spec: DatasetSpec, label: np.ndarray) -> np.ndarray:
+    """Rows whose label is unset: empty, blank, NaN, or one of the schema's missing tokens
+    (unless the schema names that token a normal label)."""
+    label = pd.Series(np.asarray(label, object), dtype=object)
+    text = label.fillna("").astype(str).str.strip()
+    if spec.label_suffix:
+        text = text.str.removesuffix(spec.label_suffix)
+    unset = {"", *spec.missing_values} - set(spec.normal_labels)
+    return (label.isna() | text.isin(unset)).to_numpy()
+
+
 def label_arrays(spec: DatasetSpec, label: np.ndarray,
                  family_label: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(attack name, family, is_attack) per row from the label and optional family columns."""
+    """(attack name, family, is_attack) per row from the label and optional family columns.
+
+    Every label must be set (see `unset_labels`): an unset one is refused, never taken for an
+    attack."""
     label = np.asarray(label, object)
+    unset = int(unset_labels(spec, label).sum())
+    if unset:
+        raise ValueError(f"{unset} unset label value(s): report or leave out those rows before "
+                         "deriving attack labels")
     if spec.label_suffix:
         label = np.array([v.removesuffix(spec.label_suffix) for v in label], object)
     numeric = pd.to_numeric(pd.Series(label), errors="coerce") if family_label is not None \
@@ -484,7 +540,8 @@ def read_flow_file(path: str | Path, spec: DatasetSpec, lenient: bool = False,
     Where the schema has an entity key, records are grouped by entity (arrival order kept inside
     each) and `segment` holds the entity, so training windows are per entity, like detection's.
     """
-    reader = FlowReader(path, spec, chunk_bytes=chunk_bytes, strict=not lenient)
+    reader = FlowReader(path, spec, chunk_bytes=chunk_bytes, strict=not lenient,
+                        require_label=True)
     chunks = list(reader)
     if not chunks:
         raise DataFormatError(f"{path}: no records" + (f" ({'; '.join(reader.report.errors)})"

@@ -13,6 +13,7 @@ import logging
 import math
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,34 @@ log = logging.getLogger(__name__)
 
 class DataFormatError(ValueError):
     """A data file that cannot be read as its schema says; the message names file:line:column."""
+
+
+class BadLineError(DataFormatError):
+    """A malformed line met by a strict read. `where` (file:line, column, what was wrong) is the
+    message without the hint, so a command can name its own option for skipping bad lines."""
+
+    def __init__(self, where: str):
+        super().__init__(where)
+        self.where = where
+
+    def __str__(self) -> str:
+        return f"{self.where} (use lenient reading to skip bad lines)"
+
+
+# A longer line is malformed (a record is a few hundred bytes): it is read in pieces and dropped,
+# never held whole, and counts as one bad line.
+MAX_LINE_CHARS = 1 << 20
+# Cells pandas reads as missing (its default na_values): a label or category among them is unset.
+PANDAS_NA = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                       "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a",
+                       "nan", "null"})
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A value read from a file, quoted for a message: cut to `limit` characters, so that a
+    message names a cell and never carries a whole record."""
+    text = str(value)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 @dataclass
@@ -101,34 +130,101 @@ def _dtypes(spec: DatasetSpec) -> dict[str, object]:
     return {c: (str if c in text else np.float64) for c in spec.columns}
 
 
+def _bounded_lines(fh: io.TextIOBase, limit: int) -> Iterator[str | None]:
+    """The lines of `fh`; None for a line longer than `limit` characters, whose rest is read in
+    pieces and dropped, so a line without an end for megabytes is never held in memory."""
+    while True:
+        line = fh.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and line[-1] not in "\r\n":
+            while line and line[-1] not in "\r\n":
+                line = fh.readline(limit)
+            yield None
+        else:
+            yield line
+
+
+def _bad_value(spec: DatasetSpec, numeric: set[str], required: set[str], name: str, value: str,
+               family: str | None) -> str | None:
+    """What is wrong with one cell of a record (None: nothing); `family`: the record's
+    family-column value, if the schema has one."""
+    if name in numeric:
+        try:  # Python's float() also takes '1_000' and non-ASCII digits; pandas does not
+            number = float(value) if value.isascii() and "_" not in value else None
+        except ValueError:
+            number = None
+        if number is None:
+            return f"expected a number, found {shown(value)}"
+        return None if math.isfinite(number) else f"non-finite value {shown(value)}"
+    if name == spec.label and spec.family_column:  # UNSW-NB15: label 0/1, attack_cat the name
+        try:
+            flag = float(value)
+        except ValueError:
+            flag = None
+        if flag not in (0.0, 1.0):
+            return f"expected label 0 or 1, found {shown(value)}"
+        if flag and (family or "").strip() in PANDAS_NA:
+            return f"attack record (label 1) without an {spec.family_column} value"
+        return None
+    if name == spec.label:  # an unset label is an error, never read as "attack"
+        value = value.strip().removesuffix(spec.label_suffix)
+    if name in required and value.strip() in PANDAS_NA:
+        return f"missing value {shown(value)}"
+    return None
+
+
 def find_bad_lines(path: Path, spec: DatasetSpec, limit: int | None = 1) -> list[BadLine]:
     """Scan a file line by line for field-count, number and missing-value problems."""
     bad: list[BadLine] = []
     numeric = set(spec.numeric_columns)
     required = set(spec.feature_columns) | {spec.label}
     n_fields = len(spec.columns)
+    family_at = spec.columns.index(spec.family_column) if spec.family_column else None
+    too_long: set[int] = set()
+
+    def lines(fh) -> Iterator[str]:
+        for n, line in enumerate(_bounded_lines(fh, MAX_LINE_CHARS), start=1):
+            if line is None:
+                too_long.add(n)
+            yield "\n" if line is None else line
+
     try:
         with _open_text(path) as fh:
-            for lineno, fields in enumerate(csv.reader(fh), start=1):
+            records = csv.reader(lines(fh))
+            lineno = 0
+            while True:
+                lineno += 1  # one record per line, as in every supported file
+                try:
+                    fields = next(records)
+                except StopIteration:
+                    break
+                except csv.Error as exc:  # its words never quote the line
+                    bad.append(BadLine(lineno, None, f"malformed line ({exc})"))
+                    fields = None
                 if lineno == 1 and spec.has_header:
                     continue
-                if not fields or fields == [""]:
+                if lineno in too_long:
+                    bad.append(BadLine(lineno, None, f"line longer than {MAX_LINE_CHARS:,} "
+                                                     "characters (no line end within it)"))
+                elif fields is None:
+                    pass
+                elif not fields or fields == [""]:
                     bad.append(BadLine(lineno, None, "empty line"))
                 elif len(fields) != n_fields:
                     bad.append(BadLine(lineno, None, f"expected {n_fields} fields, found {len(fields)}"))
                 else:
-                    for name, value in zip(spec.columns, fields):
-                        reason = None
-                        if name in numeric:
+                    family = fields[family_at] if family_at is not None else None
+                    for col, (name, value) in enumerate(zip(spec.columns, fields), start=1):
+                        if name in numeric:  # the common case, inline: 40 cells x 100k lines
                             try:
-                                if not math.isfinite(float(value)):
-                                    reason = f"non-finite value {value!r}"
+                                if math.isfinite(float(value)) and value.isascii() \
+                                        and "_" not in value:
+                                    continue
                             except ValueError:
-                                reason = f"expected a number, found {value!r}"
-                        elif name in required and value.strip() in ("", "nan", "NaN", "NA", "null"):
-                            reason = f"missing value {value!r}"
+                                pass
+                        reason = _bad_value(spec, numeric, required, name, value, family)
                         if reason:
-                            col = spec.columns.index(name) + 1
                             bad.append(BadLine(lineno, name, reason, col))
                             break
                 if limit is not None and len(bad) >= limit:
@@ -152,7 +248,7 @@ def read_records(path: str | Path, spec: DatasetSpec, lenient: bool = False) -> 
             _read_fast(path, spec, skip=None, raise_errors=True)
             raise DataFormatError(f"{path}: could not be parsed as {spec.name}")
         if not lenient:
-            raise DataFormatError(bad[0].describe(path) + " (use lenient reading to skip bad lines)")
+            raise BadLineError(bad[0].describe(path))
         report.skipped = bad
         for b in bad[:5]:
             log.warning("skipped %s", b.describe(path))
@@ -194,14 +290,25 @@ def _all_valid(frame: pd.DataFrame, spec: DatasetSpec) -> bool:
     last = spec.columns[-1]
     if last != spec.family_column and last not in required:
         required.append(last)
-    return not frame[required].isna().to_numpy().any()
+    if frame[required].isna().to_numpy().any():
+        return False
+    label = frame[spec.label]
+    if spec.family_column:  # 0/1, and an attack names its category
+        flag = pd.to_numeric(label, errors="coerce")
+        attack_cat = frame[spec.family_column].fillna("").str.strip()
+        nameless = (flag == 1) & attack_cat.isin(PANDAS_NA)
+        return bool(flag.isin([0, 1]).all() and not nameless.any())
+    # Blank ('  ', or KDD99's bare '.'): pandas keeps it as text, but it is no label.
+    return not label.str.strip().str.removesuffix(spec.label_suffix).isin(PANDAS_NA).any()
 
 
 def _to_records(frame: pd.DataFrame, spec: DatasetSpec, report: ReadReport) -> Records:
     if spec.family_column:
+        # An empty attack_cat means Normal (the full UNSW-NB15 CSVs leave it empty for label 0);
+        # an attack (label 1) without one is a bad line, found on reading.
         attack = frame[spec.family_column].fillna("").str.strip().to_numpy(dtype=object)
         attack[attack == ""] = spec.normal_labels[0]
-        is_attack = (pd.to_numeric(frame[spec.label], errors="raise") != 0).to_numpy()
+        is_attack = (pd.to_numeric(frame[spec.label]) != 0).to_numpy()  # 0/1: checked on reading
         family = np.array([NORMAL_FAMILY if not a else spec.family_of(n) for n, a in
                            zip(attack, is_attack)], dtype=object)
     else:

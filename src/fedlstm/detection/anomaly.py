@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from fedlstm.detection.bundle import ModelBundle
+from fedlstm.detection.bundle import Manifest, ModelBundle
 from fedlstm.windows import WindowSet
 
 log = logging.getLogger(__name__)
@@ -295,14 +295,15 @@ class MahalanobisDetector(ModelBundle):
             "mean": self.mean_.tolist(), "covariance": self.covariance_.tolist()}}
 
     @classmethod
-    def from_bundle(cls, bundle: ModelBundle, manifest: dict) -> MahalanobisDetector:
-        a = manifest["anomaly"]
+    def from_bundle(cls, bundle: ModelBundle, manifest: Manifest) -> MahalanobisDetector:
+        """The detector of a loaded bundle; `manifest` was validated (μ and Σ fit the model)."""
+        a = manifest.anomaly
         base = {f: getattr(bundle, f) for f in ModelBundle.__dataclass_fields__}
-        return cls(**base, threshold_policy=a["threshold_policy"], beta=a["beta"],
-                   target_fpr=a["target_fpr"], min_shrinkage=a["min_shrinkage"],
-                   mean_=np.array(a["mean"], np.float64),
-                   covariance_=np.array(a["covariance"], np.float64), shrinkage_=a["shrinkage"],
-                   calibration_=a.get("calibration", {}))
+        return cls(**base, threshold_policy=a.threshold_policy, beta=a.beta,
+                   target_fpr=a.target_fpr, min_shrinkage=a.min_shrinkage,
+                   mean_=np.array(a.mean, np.float64),
+                   covariance_=np.array(a.covariance, np.float64), shrinkage_=a.shrinkage,
+                   calibration_=dict(a.calibration))
 
 
 def calibration_summary(detector: MahalanobisDetector) -> dict:

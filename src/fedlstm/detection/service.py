@@ -1,41 +1,82 @@
 """HTTP scoring service (FastAPI): POST /score, GET /healthz, GET /metrics, OpenAPI docs at /docs.
 
-The service is one stream: each record of a request joins its entity's history (or the global
-history when the schema has no entity key) in request order, and is scored once W records of that
-entity have arrived; earlier ones come back with `scored: false`. A request is validated as a
-whole before it touches that history, so a rejected request (4xx) changes nothing. Scoring holds a
-lock, so concurrent requests are safe and each request's records stay contiguous.
+Streams. Every request belongs to a stream: the `stream` query parameter, else the
+`X-Fedlstm-Stream` header, else the client's IP address (uvicorn's view of it: the peer, or
+X-Forwarded-For when the peer is a trusted proxy, 127.0.0.1 by default; behind other proxies,
+name streams). History is kept per (stream, entity), per stream alone when the schema has no
+entity key, so one client's records never enter another's windows. Each record joins its history
+in request order and is scored once W records of that history have arrived; earlier ones come
+back with `scored: false`. At most `max_entities` histories are kept, least recently used evicted
+first, which bounds the number of streams too (a client inventing streams evicts old histories,
+never grows memory). Names are not secrets: any client may write to a stream it can name. A
+request is validated as a whole before it touches any history, so a rejected one changes nothing.
+
+Access. With an API key (`create_app(api_key=...)`, `fedlstm serve --api-key-file`), POST /score
+and GET /metrics need `Authorization: Bearer <key>` or `X-API-Key: <key>` (401 otherwise);
+/healthz and the docs stay open. `server_config` sets up uvicorn: TLS, a cap on connections,
+heads of at most MAX_HEAD_BYTES, and a read deadline: a request's head must arrive within
+`read_timeout` seconds of the connection opening (or the previous response), its body within
+`read_timeout` of the head, else 408 and the connection closes, so slow senders cannot hold
+connections.
 
 `POST /score` is an async handler: it scores on the event loop, with no hop to a worker thread.
-A small request takes about a millisecond, less than that hop and its wakeups cost under load,
-and the stream serialises requests anyway. A request of many records delays the others for its
-duration (bounded by `max_records`).
+A small request takes about a millisecond, less than that hop and its wakeups cost under load.
+A request of many records delays the others for its duration (bounded by `max_records`). The
+middlewares are plain ASGI for the same reason.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import hmac
+import json
 import math
+import os
 import re
+import reprlib
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import h11
 import numpy as np
 import pandas as pd
-from fastapi import Body, FastAPI, HTTPException, Request
+import uvicorn
+from fastapi import Body, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import APIKeyHeader, HTTPBearer
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from fedlstm import __version__
 from fedlstm.data.byo import finite_float32
 from fedlstm.detection.bundle import ModelBundle
 from fedlstm.detection.stream import StreamScorer, alert_records
 
+try:  # uvicorn's fast parser, an optional extra of uvicorn; h11 parses without it
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # pragma: no cover - depends on the environment
+    HttpToolsProtocol = None
+
 Value = str | float | int | bool | None
 Record = dict[str, Value]
 # A number sent as text (records read from CSV): no exponent beyond two digits, so always finite.
 NUMERIC_TEXT = r"^-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,17})?([eE][-+]?[0-9]{1,2})?$"
 _NUMERIC_TEXT = re.compile(NUMERIC_TEXT)
+_brief = reprlib.Repr()  # values quoted in errors: a 400-digit number is cut, not echoed
+_brief.maxstring = _brief.maxlong = 40
+MIN_API_KEY_CHARS = 16
+MAX_STREAM_NAME = 128
+KEEP_ALIVE_SECONDS = 5  # idle time before a kept-alive connection is closed
+MAX_HEAD_BYTES = 16 * 1024  # request line and headers (431 beyond)
+# Open connections (and requests in progress) before new requests get 503. Each request in
+# progress may buffer up to max_body_bytes, so this also bounds the memory bodies can take.
+LIMIT_CONCURRENCY = 128
 
 
 def record_schema(bundle: ModelBundle) -> dict:
@@ -58,65 +99,270 @@ def record_schema(bundle: ModelBundle) -> dict:
             "description": "One flow record: column -> value. Other columns are ignored."}
 
 
+# ---------------------------------------------------------------------- transport guards
+
+
 class _TooLarge(Exception):
     pass
 
 
-class BodyLimit:
-    """ASGI middleware: refuse request bodies over `max_bytes` with 413, streamed or not."""
+async def _refuse(send, status: int, detail: str, headers: list | None = None) -> None:
+    """Answer for the app and close the connection: the rest of the body is never read."""
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+
+class BodyGuard:
+    """ASGI middleware: read the whole request body before the app runs; 413 when it is over
+    `max_bytes` (declared, or streamed/chunked past the limit), 408 when it has not all arrived
+    `read_timeout` seconds after the head. The app then gets the body as one message.
+
+    Both answers are sent from here, not raised into the app: FastAPI turns any error while it
+    reads a body into a 400, which is how a chunked body over the limit used to get one."""
+
+    def __init__(self, app, max_bytes: int, read_timeout: float):
+        self.app, self.max_bytes, self.read_timeout = app, max_bytes, read_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await self._refuse(send)
-        seen = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+            return await _refuse(send, 413, self._too_large())
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            async with asyncio.timeout(self.read_timeout):
+                body = await self._read(receive)
+        except TimeoutError:
+            return await _refuse(send, 408, f"request body not received within "
+                                            f"{self.read_timeout:g} seconds")
         except _TooLarge:
-            if not started:
-                await self._refuse(send)
+            return await _refuse(send, 413, self._too_large())
+        if body is None:
+            return  # the client went away
+        delivered = False
 
-    async def _refuse(self, send):
-        body = (b'{"detail":"request body larger than %d bytes; send fewer records per '
-                b'request"}' % self.max_bytes)
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        async def replay():
+            nonlocal delivered
+            if delivered:  # after the body only a disconnect can come
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _read(self, receive) -> bytes | None:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                raise _TooLarge
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _too_large(self) -> str:
+        return f"request body larger than {self.max_bytes} bytes; send fewer records per request"
+
+
+def _close_with(transport, status: bytes, message: bytes) -> None:
+    """Answer with `status` and close, outside any request cycle (the app never saw the head)."""
+    transport.write(b"HTTP/1.1 %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                    b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                    % (status, len(message), message))
+    transport.close()
+
+
+class _HeadDeadline:
+    """Mixin for uvicorn's HTTP protocols: a request's head, which the app never sees, must
+    arrive in full within `read_timeout` seconds of the connection opening or the previous
+    response ending, else 408 (a plain close when nothing came). uvicorn's only timer, the
+    keep-alive one, stops at the first byte, so a client sending half a head held its connection
+    for as long as it liked. `BodyGuard` times the body. `_head_state` says (waiting for a head,
+    some of it arrived)."""
+
+    read_timeout: float
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        if not self.transport.is_closing():
+            self._deadline = self.loop.call_later(self.read_timeout, self._head_overdue)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _head_overdue(self) -> None:
+        self._deadline = None
+        waiting, started = self._head_state()
+        if not waiting or self.transport.is_closing():
+            return  # the head is in: the app answers
+        if started:
+            _close_with(self.transport, b"408 Request Timeout", b"request head not sent in time")
+        else:
+            self.transport.close()
+
+
+class GuardedH11Protocol(_HeadDeadline, H11Protocol):
+    """uvicorn's h11 protocol with the head deadline; h11 bounds the head's size itself."""
+
+    def __init__(self, *args, read_timeout: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read_timeout = read_timeout
+
+    def _head_state(self) -> tuple[bool, bool]:
+        return self.conn.their_state is h11.IDLE, bool(self.conn.trailing_data[0])
+
+
+class GuardedHttpToolsProtocol(_HeadDeadline, HttpToolsProtocol or object):  # object: unusable
+    """uvicorn's httptools protocol with the head deadline, and a bound on the head's size
+    (httptools buffers any amount): over `max_head_bytes`, 431. Preferred over h11 when
+    installed: h11's pure-Python parsing costs ~60 µs a request, a tenth of scoring a record."""
+
+    def __init__(self, *args, read_timeout: float, max_head_bytes: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read_timeout, self.max_head_bytes = read_timeout, max_head_bytes
+        self._in_head, self._head_bytes, self._head_started = True, 0, False
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self.max_head_bytes \
+                and not self.transport.is_closing():
+            _close_with(self.transport, b"431 Request Header Fields Too Large",
+                        b"request head over %d bytes" % self.max_head_bytes)
+
+    # httptools' parser callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_started = True
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._head_bytes, self._head_started = True, 0, False  # the next head
+
+    def _head_state(self) -> tuple[bool, bool]:
+        return self._in_head, self._head_started
+
+
+def _guarded_protocol(parser: str, read_timeout: float) -> Callable[..., asyncio.Protocol]:
+    """uvicorn's protocol factory for `parser` (httptools | h11 | auto), with the guards."""
+    if parser == "auto":
+        parser = "h11" if HttpToolsProtocol is None else "httptools"
+    if parser == "h11":
+        return functools.partial(GuardedH11Protocol, read_timeout=read_timeout)
+    if parser != "httptools":
+        raise ValueError(f"unknown HTTP parser {parser!r}: httptools, h11 or auto")
+    if HttpToolsProtocol is None:
+        raise ValueError("the httptools parser is not installed (pip install httptools)")
+    return functools.partial(GuardedHttpToolsProtocol, read_timeout=read_timeout,
+                             max_head_bytes=MAX_HEAD_BYTES)
+
+
+def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8080, *,
+                  tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
+                  limit_concurrency: int = LIMIT_CONCURRENCY, parser: str = "auto",
+                  log_level: str = "warning") -> uvicorn.Config:
+    """uvicorn's configuration for the service `app` (from `create_app`): heads bounded in size
+    and held to the app's read deadline, a short keep-alive, a cap on connections, TLS when given
+    a certificate and its key. `parser`: httptools | h11 | auto (httptools when installed, as
+    uvicorn chooses). Loaded here, so unreadable TLS files fail before serving starts."""
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("TLS needs both a certificate (--tls-cert) and its key (--tls-key)")
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, ws="none",
+        http=_guarded_protocol(parser, app.state.read_timeout),
+        lifespan="off", timeout_keep_alive=KEEP_ALIVE_SECONDS, limit_concurrency=limit_concurrency,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        ssl_certfile=None if tls_cert is None else str(tls_cert),
+        ssl_keyfile=None if tls_key is None else str(tls_key))
+    config.load()
+    return config
+
+
+# ---------------------------------------------------------------------- metrics
+
+
+# Status labels come from this set (other codes as their class), paths from the app's routes
+# (unknown paths as "other"): request text never reaches a label, so series stay few.
+_STATUS_LABELS = {code: str(code) for code in
+                  (200, 307, 400, 401, 404, 405, 408, 413, 422, 499, 500, 503)}
+
+
+def _status_label(status: int) -> str:
+    return _STATUS_LABELS.get(status) or f"{status // 100}xx"
+
+
+class Metrics:
+    """The service's Prometheus metrics, in a registry of its own (two apps in one process never
+    share counts). Names are those of earlier versions, so dashboards keep working."""
+
+    BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+
+        def counter(name: str, text: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, text, labels, registry=self.registry)
+
+        self.requests = counter("fedlstm_requests_total", "HTTP requests by route and status.",
+                                ("path", "status"))
+        self.records = counter("fedlstm_records_total", "Records received in valid requests.")
+        self.scored = counter("fedlstm_records_scored_total", "Records that ended a full window.")
+        self.alerts = counter("fedlstm_alerts_total", "Records scored at or above the threshold.")
+        self.rejected = counter("fedlstm_records_rejected_total", "Records in rejected requests.")
+        self.latency = Histogram("fedlstm_score_seconds", "Latency of POST /score.",
+                                 buckets=self.BUCKETS, registry=self.registry)
+
+    def observe(self, path: str, status: int, seconds: float) -> None:
+        self.requests.labels(path, _status_label(status)).inc()
+        if path == "/score":
+            self.latency.observe(seconds)
+
+    def exposition(self, accept: str | None) -> Response:
+        """The metrics in the format the scraper asks for (Prometheus text by default)."""
+        encode, media_type = choose_encoder(accept or "")
+        return Response(encode(self.registry), media_type=media_type)
 
 
 class RequestMetrics:
-    """ASGI middleware: count every request and time it. Plain ASGI rather than
-    `@app.middleware("http")`, whose per-request wrapping cost ~1 ms here."""
+    """ASGI middleware: count every request by route template and status, and time POST /score.
+    Plain ASGI rather than `@app.middleware("http")`, whose per-request wrapping cost ~1 ms."""
 
-    def __init__(self, app, metrics: Metrics):
+    def __init__(self, app, metrics: Metrics, routes: list):
         self.app, self.metrics = app, metrics
+        self.paths = frozenset(getattr(r, "path", None) for r in routes)  # built on first request
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        t, status = time.perf_counter(), 500
+        t, status = time.perf_counter(), None
 
         async def observed_send(message):
             nonlocal status
@@ -124,56 +370,25 @@ class RequestMetrics:
                 status = message["status"]
             await send(message)
 
+        failed = False
         try:
             await self.app(scope, receive, observed_send)
+        except BaseException:
+            failed = True  # uvicorn answers 500
+            raise
         finally:
-            self.metrics.observe(scope["path"], status, time.perf_counter() - t)
+            if status is None:  # no answer: 499, nginx's "client closed request"
+                status = 500 if failed else 499
+            self.metrics.observe(self._route(scope), status, time.perf_counter() - t)
+
+    def _route(self, scope) -> str:
+        route = scope.get("route")  # FastAPI's matched route, with its path template
+        if route is not None:
+            return route.path
+        return scope["path"] if scope["path"] in self.paths else "other"
 
 
-class Metrics:
-    """Counters and a latency histogram, rendered in Prometheus' text format."""
-
-    BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, float("inf"))
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.requests: dict[tuple[str, int], int] = {}
-        self.records = self.scored = self.alerts = self.rejected = 0
-        self.buckets = [0] * len(self.BUCKETS)
-        self.latency_sum = 0.0
-        self.latency_count = 0
-
-    def observe(self, path: str, status: int, seconds: float) -> None:
-        with self.lock:
-            self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
-            if path == "/score":
-                self.latency_sum += seconds
-                self.latency_count += 1
-                for i, bound in enumerate(self.BUCKETS):
-                    if seconds <= bound:
-                        self.buckets[i] += 1
-
-    def render(self) -> str:
-        with self.lock:
-            out = ["# HELP fedlstm_requests_total HTTP requests by path and status.",
-                   "# TYPE fedlstm_requests_total counter"]
-            out += [f'fedlstm_requests_total{{path="{p}",status="{s}"}} {n}'
-                    for (p, s), n in sorted(self.requests.items())]
-            for name, value, text in (
-                    ("records", self.records, "Records received in valid requests."),
-                    ("records_scored", self.scored, "Records that ended a full window."),
-                    ("alerts", self.alerts, "Records scored at or above the threshold."),
-                    ("records_rejected", self.rejected, "Records in rejected requests.")):
-                out += [f"# HELP fedlstm_{name}_total {text}", f"# TYPE fedlstm_{name}_total counter",
-                        f"fedlstm_{name}_total {value}"]
-            out += ["# HELP fedlstm_score_seconds Latency of POST /score.",
-                    "# TYPE fedlstm_score_seconds histogram"]
-            for bound, n in zip(self.BUCKETS, self.buckets):
-                le = "+Inf" if math.isinf(bound) else repr(bound)
-                out.append(f'fedlstm_score_seconds_bucket{{le="{le}"}} {n}')
-            out += [f"fedlstm_score_seconds_sum {self.latency_sum:.6f}",
-                    f"fedlstm_score_seconds_count {self.latency_count}"]
-        return "\n".join(out) + "\n"
+# ---------------------------------------------------------------------- records
 
 
 class ScoredRecord(BaseModel):
@@ -190,6 +405,7 @@ class ScoredRecord(BaseModel):
 
 class ScoreResponse(BaseModel):
     model: str
+    stream: str
     records: int
     scored: int
     alerts: int
@@ -229,12 +445,15 @@ def records_to_frame(bundle: ModelBundle, records: list[Record], max_errors: int
                 value = spec.fill_missing
             if isinstance(value, bool) or (isinstance(value, str)
                                            and not _NUMERIC_TEXT.match(value)):
-                fail(i, c, f"expected a number, found {value!r}")
+                fail(i, c, f"expected a number, found {_brief.repr(value)}")
                 continue
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond float64 (JSON numbers have any length)
+                number = math.inf if value > 0 else -math.inf  # as 1e400 parses
             if not math.isfinite(number):
                 if spec.fill_missing is None:
-                    fail(i, c, f"non-finite value {value!r}")
+                    fail(i, c, f"non-finite or out-of-range value {_brief.repr(value)}")
                     continue
                 number = spec.fill_missing
             numeric[i, j] = number
@@ -266,21 +485,123 @@ def records_to_frame(bundle: ModelBundle, records: list[Record], max_errors: int
 _MISSING = object()
 
 
+# ---------------------------------------------------------------------- access
+
+
+class ApiKeyGuard:
+    """ASGI middleware: requests to `paths` need the API key, as `Authorization: Bearer <key>` or
+    `X-API-Key: <key>` (compared in constant time), else 401, sent before any of the body is
+    read: a client without the key costs no parsing and learns nothing about the schema."""
+
+    def __init__(self, app, api_key: str, paths: frozenset[str]):
+        self.app, self.key, self.paths = app, api_key.encode(), paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in self.paths or self._allowed(scope):
+            return await self.app(scope, receive, send)
+        await _refuse(send, 401, "missing or wrong API key: send `Authorization: Bearer <key>` "
+                                 "or `X-API-Key: <key>`", [(b"www-authenticate", b"Bearer")])
+
+    def _allowed(self, scope) -> bool:
+        for name, value in scope["headers"]:  # raw bytes, as the client sent them
+            if name == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
+                    return True
+            elif name == b"x-api-key" and hmac.compare_digest(value, self.key):
+                return True
+        return False
+
+
+def check_api_key(api_key: str) -> None:
+    if len(api_key) < MIN_API_KEY_CHARS:
+        raise ValueError(f"an API key needs at least {MIN_API_KEY_CHARS} characters; make one "
+                         "with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+
+
+def document_api_key(doc: dict, operations: list[tuple[str, str]]) -> None:
+    """Add the API key's two security schemes (either will do) to `operations` of an OpenAPI
+    document; FastAPI's own scheme models describe them."""
+    schemes = {"bearer": HTTPBearer(description="`Authorization: Bearer <API key>`"),
+               "apiKey": APIKeyHeader(name="X-API-Key", description="The API key.")}
+    doc.setdefault("components", {})["securitySchemes"] = {
+        name: scheme.model.model_dump(mode="json", by_alias=True, exclude_none=True)
+        for name, scheme in schemes.items()}
+    for path, method in operations:
+        doc["paths"][path][method]["security"] = [{name: []} for name in schemes]
+
+
+def load_api_key(path: str | Path | None = None, environ: dict | None = None) -> str | None:
+    """The service's API key: the content of `path` (surrounding whitespace dropped), else
+    $FEDLSTM_API_KEY, else None (no authentication). A file keeps the key out of `ps` and shell
+    history."""
+    if path is not None:
+        key = Path(path).read_text().strip()
+        if not key:
+            raise ValueError(f"{path}: empty API key file")
+        return key
+    return (os.environ if environ is None else environ).get("FEDLSTM_API_KEY") or None
+
+
+# ---------------------------------------------------------------------- the app
+
+
+def _stream_parameter(name: str, where: str, description: str) -> dict:
+    return {"name": name, "in": where, "required": False, "description": description,
+            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_STREAM_NAME}}
+
+
+# Read from the request by `_stream_key` rather than declared as FastAPI parameters, whose
+# validation cost more than the rest of the request's handling outside scoring; documented here.
+STREAM_PARAMETERS = [
+    _stream_parameter("stream", "query", "The stream these records belong to (default: the "
+                                         "client's IP address); windows never mix streams."),
+    _stream_parameter("X-Fedlstm-Stream", "header", "The stream, when the query names none.")]
+
+
+def _stream_key(request: Request) -> tuple[tuple[str, str], str]:
+    """The history key of a request's stream, and its name for the response. Named streams and
+    address streams are kept apart, so naming a stream never joins an address's history."""
+    query = request.query_params.get("stream") if request.scope["query_string"] else None
+    named = [(["query", "stream"], query),
+             (["header", "X-Fedlstm-Stream"], request.headers.get("x-fedlstm-stream"))]
+    for loc, name in named:
+        if name is not None and not 1 <= len(name) <= MAX_STREAM_NAME:
+            raise HTTPException(422, [{"loc": loc, "type": "string_length",
+                                       "msg": f"a stream name has 1 to {MAX_STREAM_NAME} "
+                                              "characters"}])
+    name = next((name for _, name in named if name is not None), None)
+    if name is not None:
+        return ("named", name), name
+    host = request.client.host if request.client else ""
+    return ("client", host), host
+
+
 def create_app(bundle: ModelBundle, max_records: int = 1000, max_body_bytes: int = 1 << 20,
-               max_entities: int = 10_000, explain_top: int = 3) -> FastAPI:
-    """The scoring service of one model bundle."""
+               max_entities: int = 10_000, explain_top: int = 3, api_key: str | None = None,
+               read_timeout: float = 10.0) -> FastAPI:
+    """The scoring service of one model bundle. `api_key`: required of /score and /metrics
+    callers when set; `read_timeout`: seconds a request's body may take to arrive (and, when
+    served through `server_config`, its head)."""
     app = FastAPI(title="fedlstm scoring service", version=__version__,
                   description=f"Scores flow records with a {bundle.task} "
                               f"{bundle.model_name.upper()} (W={bundle.window}) trained on "
-                              f"{bundle.spec.name}.")
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+                              f"{bundle.spec.name}. Each request joins a stream (`stream`, "
+                              "else `X-Fedlstm-Stream`, else the client's address): windows "
+                              "never mix records of two streams.")
+    denied = {401: {"description": "Missing or wrong API key"}} if api_key is not None else {}
+    app.add_middleware(BodyGuard, max_bytes=max_body_bytes, read_timeout=read_timeout)
+    if api_key is not None:  # outside BodyGuard: no key, no body read
+        check_api_key(api_key)
+        app.add_middleware(ApiKeyGuard, api_key=api_key, paths=frozenset({"/score", "/metrics"}))
     scorer = StreamScorer(bundle, explain_top=explain_top, max_entities=max_entities)
     lock = threading.Lock()
     metrics = Metrics()
-    app.state.metrics, app.state.scorer = metrics, scorer
+    app.state.metrics, app.state.scorer, app.state.read_timeout = metrics, scorer, read_timeout
     model_name = str(bundle.metadata.get("dataset", bundle.spec.name))
 
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: also counts 413s
+    # Outermost: also counts the guards' 401s, 408s and 413s.
+    app.add_middleware(RequestMetrics, metrics=metrics, routes=app.routes)
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -291,37 +612,48 @@ def create_app(bundle: ModelBundle, max_records: int = 1000, max_body_bytes: int
                              *bundle.preprocessor.categorical_columns],
                 "entity": bundle.spec.entity_column}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    def prometheus() -> str:
-        """Counters and latency histogram in Prometheus' text format."""
-        return metrics.render()
+    @app.get("/metrics", response_class=PlainTextResponse, responses={
+        200: {"description": "Prometheus exposition",
+              "content": {"text/plain": {"schema": {"type": "string"}},
+                          "application/openmetrics-text": {"schema": {"type": "string"}}}},
+        **denied})
+    async def prometheus(request: Request) -> Response:
+        """Counters and latency histogram in Prometheus' text format (or OpenMetrics, if the
+        scraper's Accept header asks for it)."""
+        return metrics.exposition(request.headers.get("accept"))
 
     @app.post("/score", response_model=ScoreResponse, response_model_exclude_none=True,
+              openapi_extra={"parameters": STREAM_PARAMETERS},
               responses={400: {"description": "Body is not JSON"},
+                         **denied,
+                         408: {"description": "Body not received within the read timeout"},
                          413: {"description": "Body over the size limit"},
                          422: {"description": "Invalid records (`detail` names each field), or "
                                                "more records than the limit"}})
-    async def score(records: list[Record] = Body(..., description="Flow records: column -> value",
-                                           examples=[[{c: 0 for c in
-                                                       bundle.preprocessor.numeric_columns[:3]}]]),
-              ) -> ScoreResponse:
-        """Score records; each joins its entity's stream and is scored once W have arrived."""
+    async def score(
+            request: Request,
+            records: list[Record] = Body(..., description="Flow records: column -> value",
+                                         examples=[[{c: 0 for c in
+                                                     bundle.preprocessor.numeric_columns[:3]}]]),
+    ) -> ScoreResponse:
+        """Score records; each joins its (stream, entity) history and is scored once W have
+        arrived."""
+        key, shown = _stream_key(request)
         if len(records) > max_records:  # `maxItems` of the documented body
-            with metrics.lock:
-                metrics.rejected += len(records)
+            metrics.rejected.inc(len(records))
             raise HTTPException(422, [{"loc": ["body"], "type": "too_long",
                                        "msg": f"{len(records)} records in one request; at most "
                                               f"{max_records}"}])
         try:
             frame, entity, features = records_to_frame(bundle, records)
         except RecordError as exc:
-            with metrics.lock:
-                metrics.rejected += len(records)
+            metrics.rejected.inc(len(records))
             raise HTTPException(422, exc.errors) from None
         if not len(records):
-            return ScoreResponse(model=model_name, records=0, scored=0, alerts=0, results=[])
+            return ScoreResponse(model=model_name, stream=shown, records=0, scored=0, alerts=0,
+                                 results=[])
         with lock:
-            scores = scorer.score(frame, entity, features)
+            scores = scorer.score(frame, entity, features, stream=key)
         items = alert_records(bundle, frame, scores, range(len(records)), entity=entity)
         results = []
         for i, item in enumerate(items):
@@ -331,12 +663,11 @@ def create_app(bundle: ModelBundle, max_records: int = 1000, max_body_bytes: int
                 continue
             results.append(ScoredRecord(index=i, scored=True, **item))
         n_scored, n_alerts = int(scores.scored.sum()), int(scores.alert.sum())
-        with metrics.lock:
-            metrics.records += len(records)
-            metrics.scored += n_scored
-            metrics.alerts += n_alerts
-        return ScoreResponse(model=model_name, records=len(records), scored=n_scored,
-                             alerts=n_alerts, results=results)
+        metrics.records.inc(len(records))
+        metrics.scored.inc(n_scored)
+        metrics.alerts.inc(n_alerts)
+        return ScoreResponse(model=model_name, stream=shown, records=len(records),
+                             scored=n_scored, alerts=n_alerts, results=results)
 
     generated = app.openapi
 
@@ -347,6 +678,8 @@ def create_app(bundle: ModelBundle, max_records: int = 1000, max_body_bytes: int
             body["schema"] = {"type": "array", "items": record_schema(bundle),
                               "maxItems": max_records,
                               "title": "Records", "description": body["schema"].get("description")}
+            if api_key is not None:
+                document_api_key(doc, [("/score", "post"), ("/metrics", "get")])
         return app.openapi_schema
 
     app.openapi = openapi

@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedlstm.data.byo import Chunk, FlowReader, label_arrays
+from fedlstm.data.byo import Chunk, FlowReader, label_arrays, unset_labels
+from fedlstm.data.readers import shown
 from fedlstm.detection.bundle import ModelBundle
 from fedlstm.windows import WindowSet, window_ends
 
@@ -77,8 +78,10 @@ class StreamScorer:
         self._tails.clear()
 
     def score(self, frame: pd.DataFrame, entity: np.ndarray | None = None,
-              features: np.ndarray | None = None) -> Scores:
-        """Scores of `frame`'s rows; `features`: their preprocessed form, when already known."""
+              features: np.ndarray | None = None, stream: Hashable = None) -> Scores:
+        """Scores of `frame`'s rows; `features`: their preprocessed form, when already known.
+        `stream`: whose records these are; histories are then kept per (stream, entity), so
+        several sources (the service's clients) share one scorer without mixing windows."""
         n, w = len(frame), self.window
         if features is None:
             features = self.bundle.preprocessor.transform(frame)
@@ -87,6 +90,8 @@ class StreamScorer:
         else:
             codes, keys = pd.factorize(pd.Series(entity, dtype=object), sort=False)
             keys = list(keys)
+        if stream is not None:
+            keys = [(stream, key) for key in keys]
         # Lay each entity's carried tail and its new rows out contiguously; windows then never
         # cross entities (window_ends with segments), and `origin` maps back to chunk rows.
         order = np.argsort(codes, kind="stable")
@@ -282,6 +287,7 @@ class DetectSummary:
     unseen_examples: list[str] = field(default_factory=list)
     evicted_entities: int = 0
     labelled: dict = field(default_factory=lambda: {"tp": 0, "fp": 0, "tn": 0, "fn": 0})
+    unlabelled: int = 0  # scored records whose label cell is unset: not in `labelled`
     seconds: float = 0.0
 
     @property
@@ -302,6 +308,8 @@ class DetectSummary:
             d["labelled"]["precision"] = tp / (tp + fp) if tp + fp else None
             d["labelled"]["recall"] = tp / (tp + fn) if tp + fn else None
             d["labelled"]["accuracy"] = (tp + c["tn"]) / sum(c.values())
+        if self.unlabelled:
+            d["unlabelled"] = self.unlabelled
         return d
 
 
@@ -343,12 +351,16 @@ def _score_chunk(bundle: ModelBundle, scorer: StreamScorer, chunk: Chunk, source
         if len(summary.unseen_examples) < 10:
             i = int(np.argmax(mask))
             summary.unseen_examples.append(
-                f"{source}:{chunk.lines[i]}: column '{c}': category {chunk.frame[c].iat[i]!r} "
+                f"{source}:{chunk.lines[i]}: column '{c}': category {shown(chunk.frame[c].iat[i])} "
                 "unseen in training (scored through the unseen bucket)")
     rows = np.flatnonzero(scores.scored if all_records else scores.alert)
-    if chunk.label is not None:
-        _, _, is_attack = label_arrays(bundle.spec, chunk.label, chunk.family_label)
-        y, a = is_attack[scores.scored].astype(bool), scores.alert[scores.scored]
+    if chunk.label is not None:  # rows with an unset label are scored, but not compared
+        has = ~unset_labels(bundle.spec, chunk.label)
+        sel = scores.scored & has
+        summary.unlabelled += int((scores.scored & ~has).sum())
+        family = chunk.family_label[sel] if chunk.family_label is not None else None
+        _, _, is_attack = label_arrays(bundle.spec, chunk.label[sel], family)
+        y, a = is_attack.astype(bool), scores.alert[sel]
         c = summary.labelled
         c["tp"] += int((y & a).sum())
         c["fp"] += int((~y & a).sum())

@@ -101,6 +101,31 @@ class PreprocessingStats:
             return cls(header["numeric_columns"], int(header["count"]), z["minimum"],
                        z["maximum"], z["histogram"], header["categories"])
 
+    def layout_error(self, numeric_columns: list[str], categorical_columns: list[str],
+                     max_categories: int = 100_000, max_chars: int = 256) -> str | None:
+        """Why these statistics are not of the declared layout (None when they are): the
+        columns agreed on, arrays of their fixed sizes, bounded category lists. What a server
+        checks before it merges a site's answer, so that nothing else travels in it."""
+        n = len(numeric_columns)
+        if list(self.numeric_columns) != list(numeric_columns):
+            return "numeric columns differ from the declared ones"
+        if sorted(self.categories) != sorted(categorical_columns):
+            return "categorical columns differ from the declared ones"
+        arrays = {"minimum": (self.minimum, (n,), "f"), "maximum": (self.maximum, (n,), "f"),
+                  "histogram": (self.histogram, (n, N_BINS), "iu")}
+        for name, (value, shape, kinds) in arrays.items():
+            if not isinstance(value, np.ndarray) or value.shape != shape or \
+                    value.dtype.kind not in kinds:
+                return f"{name} is not a {shape} array of kind {kinds!r}"
+        if not isinstance(self.count, int) or self.count < 0:
+            return "count is not a non-negative integer"
+        for column, values in self.categories.items():
+            if not isinstance(values, list) or len(values) > max_categories or \
+                    not all(isinstance(v, str) and len(v) <= max_chars for v in values):
+                return (f"categories of {column!r} are not a list of at most {max_categories} "
+                        f"values of at most {max_chars} characters")
+        return None
+
 
 def merge_all(parts: list):
     """Merge any list of mergeable statistics (anything with `merge`), left to right."""

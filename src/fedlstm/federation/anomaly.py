@@ -38,6 +38,7 @@ from fedlstm.data.schemas import DatasetSpec, get_spec
 from fedlstm.detection.anomaly import ErrorStats, MahalanobisDetector, ScoreHistogram
 from fedlstm.features import FlowPreprocessor, PreprocessingStats, merge_all
 from fedlstm.federation import apps
+from fedlstm.federation.audit import npz_check
 from fedlstm.federation.client import ClientTask
 from fedlstm.federation.partitions import load_client_records
 from fedlstm.federation.server import ServerTask
@@ -159,6 +160,18 @@ class AnomalyServerTask(ServerTask):
         super().__init__(cfg, spec, tests, out_dir)
         self.detector: MahalanobisDetector | None = None
         self.answers_received: list[dict] = []  # phase, client, keys and sizes: the audit trail
+        self._histogram_bins = 0  # set when the score histograms are asked for
+
+    def declared_answers(self):
+        d = self.preprocessor.n_features_out if self.preprocessor is not None else 0
+        floats, ints = "f", "iu"
+        return {**super().declared_answers(),
+                "error-stats": {"error_stats": npz_check({
+                    "count": ((), ints), "total": ((d,), floats), "outer": ((d, d), floats),
+                    "norm2_total": ((d,), floats), "norm4": ((), floats)})},
+                "score-histogram": {"histogram": npz_check({
+                    "normal": ((self._histogram_bins,), ints),
+                    "anomalous": ((self._histogram_bins,), ints)})}}
 
     def initial_weights(self):
         resumed = self.load_checkpoint()
@@ -222,6 +235,7 @@ class AnomalyServerTask(ServerTask):
         self.detector.fit_error_stats(merge_all([ErrorStats.from_bytes(bytes(a["error_stats"]))
                                                  for a in answers]))
         edges = self.detector.bin_edges(self.cfg.anomaly.score_bins)
+        self._histogram_bins = len(edges)
         hist_query = {**base, "phase": "score-histogram", "n_features": len(self.detector.mean_),
                       "bins": len(edges), "bin_low": float(edges[1]), "bin_high": float(edges[-1]),
                       "mean_cov": arrays_to_bytes([self.detector.mean_, self.detector.covariance_])}
@@ -312,23 +326,19 @@ def make_server_app(task: AnomalyServerTask):
 
     @app.main()
     def main(grid, context) -> None:
+        grid = apps.guarded(grid, task)  # calibration answers are checked like the rest
         apps.run_server(grid, context, task)  # preprocessing statistics, then FedAvg rounds
-        n = task.cfg.federation.clients
-        task.calibrate(lambda query: apps.query_clients(grid, query, n))
+        fed = task.cfg.federation
+        task.calibrate(lambda query: apps.query_clients(grid, query, fed.clients,
+                                                        fed.round_timeout))
 
     return app
 
 
 def simulate(task: AnomalyServerTask, partition_dir: Path, n_clients: int) -> None:
-    from flwr.simulation import run_simulation
+    from fedlstm.federation.simulation import simulate as run_simulation
 
-    from fedlstm.federation.simulation import _quiet_flower
-
-    _quiet_flower()
-    run_simulation(server_app=make_server_app(task), client_app=make_client_app(str(partition_dir)),
-                   num_supernodes=n_clients,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"logging_level": "error", "log_to_driver": False}})
+    run_simulation(make_server_app(task), make_client_app(str(partition_dir)), n_clients, task.stop)
     if task.detector is None or not any("train_loss" in r for r in task.rounds.values()):
         raise RuntimeError("the federation finished without training or calibrating a detector "
                            "(did the clients fail? rerun with -v); see the log")
@@ -338,8 +348,6 @@ def federate_anomaly(cfg: AnomalyRunConfig, spec: DatasetSpec, clients: list[Rec
                      names: list[str], tests: dict[str, Records], stage: Path,
                      engine: str = "flower") -> AnomalyServerTask:
     """Train and calibrate over `clients`' records; `engine` = flower | inprocess."""
-    from fedlstm.federation.partitions import save_records
-
     cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(
         update={"clients": len(clients), "server_test_curves": False})})
     task = AnomalyServerTask(cfg, spec, tests, stage)
@@ -347,14 +355,9 @@ def federate_anomaly(cfg: AnomalyRunConfig, spec: DatasetSpec, clients: list[Rec
         sites = [AnomalyClientTask(recs, cfg, spec, name) for recs, name in zip(clients, names)]
         run_inprocess(task, sites)
         return task
-    part_dir = stage / "partitions"
-    part_dir.mkdir(parents=True, exist_ok=True)
-    for i, recs in enumerate(clients):
-        save_records(recs, part_dir / f"client-{i}.parquet", spec)
-    try:
-        simulate(task, part_dir, len(clients))
-    finally:
-        import shutil
+    from fedlstm.federation.simulation import FederatedData, private_shares
 
-        shutil.rmtree(part_dir, ignore_errors=True)  # no copies of client data in results
+    sites = FederatedData(spec, clients, names, tests, {})
+    with private_shares(sites, spec) as part_dir:  # no copies of client data outlive the run
+        simulate(task, part_dir, len(clients))
     return task

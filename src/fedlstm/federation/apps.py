@@ -21,7 +21,7 @@ from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.common import Context, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
-from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
+from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig, SimpleClientManager
 from flwr.server.strategy import (DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg,
                                   FedProx, Strategy)
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
@@ -29,7 +29,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from fedlstm.config import RunConfig
 from fedlstm.data.schemas import get_spec
 from fedlstm.features import PreprocessingStats
-from fedlstm.federation.audit import AuditedGrid
+from fedlstm.federation.audit import GuardedGrid
 from fedlstm.federation.client import ClientTask
 from fedlstm.federation.partitions import load_client_records
 from fedlstm.federation.server import ServerTask
@@ -109,7 +109,8 @@ def _site_names(partition_dir: str) -> tuple[str, ...]:
     return tuple(json.loads(path.read_text())) if path.exists() else ()
 
 
-def make_client_app(partition_dir: str | None = None) -> ClientApp:
+def make_client_app(partition_dir: str | None = None, mods: tuple = ()) -> ClientApp:
+    """The site's app; `mods` are further Flower mods, innermost (tests inject faults there)."""
     def client_fn(context: Context):
         node = context.node_config
         pid = int(node.get("partition-id", 0))
@@ -119,13 +120,14 @@ def make_client_app(partition_dir: str | None = None) -> ClientApp:
         return FlowerClient(str(path), str(name)).to_client()
 
     # SecAgg+ outermost, so updates are clipped before they are masked (Flower's fl-dp-sa order).
-    return ClientApp(client_fn=client_fn, mods=[_when_secagg, _when_clipping])
+    return ClientApp(client_fn=client_fn, mods=[_when_secagg, _when_clipping, *mods])
 
 
 # --- server ------------------------------------------------------------------------------------
-def query_clients(grid: Grid, config: dict, n_clients: int, timeout: float = 600.0) -> list[dict]:
+def query_clients(grid: Grid, config: dict, n_clients: int, timeout: float | None = 600.0
+                  ) -> list[dict]:
     """Ask every connected site one aggregate-only question (`config["phase"]`); their answers."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + (timeout or 600.0)
     while len(node_ids := list(grid.get_node_ids())) < n_clients:
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {len(node_ids)} of {n_clients} clients connected")
@@ -141,7 +143,7 @@ def query_clients(grid: Grid, config: dict, n_clients: int, timeout: float = 600
 
 
 def collect_statistics(grid: Grid, task: ServerTask, n_clients: int, config_json: str,
-                       timeout: float = 600.0) -> None:
+                       timeout: float | None = 600.0) -> None:
     """Before round 1: every site sends preprocessing statistics (never rows); merge them."""
     answers = query_clients(grid, {"phase": "preprocessing", "run_config": config_json},
                             n_clients, timeout)
@@ -164,7 +166,9 @@ def build_strategy(task: ServerTask, config_json: str) -> Strategy:
         return {"run_config": config_json, "preprocessor": preprocessor_json}
 
     common = dict(
-        fraction_fit=fed.fraction_fit, min_fit_clients=min_fit, min_available_clients=n,
+        # Every site is waited for before round 1 (the statistics); after that a round goes on
+        # with whoever is connected, as long as min_fit_clients are.
+        fraction_fit=fed.fraction_fit, min_fit_clients=min_fit, min_available_clients=min_fit,
         fraction_evaluate=1.0 if fed.evaluate_clients else 0.0,
         min_evaluate_clients=n if fed.evaluate_clients else 0,
         initial_parameters=ndarrays_to_parameters(task.initial_weights()),
@@ -201,17 +205,54 @@ def _evaluate_fn(task: ServerTask):
     return evaluate
 
 
+class FederationStalled(RuntimeError):
+    """Too few sites are connected to go on."""
+
+
+class BoundedClientManager(SimpleClientManager):
+    """Flower's client manager waits up to a day for the sites a round needs; a federation
+    whose sites are gone should fail within a round timeout, saying so."""
+
+    def __init__(self, timeout: float | None):
+        super().__init__()
+        self.timeout = timeout
+
+    def wait_for(self, num_clients: int, timeout: int = 86400) -> bool:
+        limit = timeout if self.timeout is None else min(timeout, self.timeout)
+        if not super().wait_for(num_clients, int(max(limit, 1))):
+            raise FederationStalled(f"only {len(self)} site(s) connected, {num_clients} needed, "
+                                    f"after waiting {limit:.0f} s: a site stopped or lost its "
+                                    "connection (see federation.min_fit_clients, round_timeout)")
+        return True
+
+
+def guarded(grid: Grid, task: ServerTask) -> GuardedGrid:
+    """The grid every exchange of a run goes through: replies checked against the task's
+    contract, recorded when `task.audit` asks for it, interrupted by `task.stop`."""
+    if isinstance(grid, GuardedGrid):
+        return grid
+    guard = GuardedGrid(grid, task.reply_contract, record=task.audit is not None,
+                        keep_arrays=bool(task.audit), stop=task.stop,
+                        timeout=task.cfg.federation.round_timeout)
+    if task.audit is not None:
+        task.audit = guard
+    return guard
+
+
 def run_server(grid: Grid, context: Context, task: ServerTask) -> ServerTask:
-    if task.audit is not None:  # record every message for inspection (tests, --audit)
-        grid = task.audit = AuditedGrid(grid, keep_arrays=task.audit)
+    grid = guarded(grid, task)
     config_json = task.cfg.model_dump_json()
-    collect_statistics(grid, task, task.cfg.federation.clients, config_json)
+    fed = task.cfg.federation
+    collect_statistics(grid, task, fed.clients, config_json, timeout=fed.round_timeout)
     strategy = build_strategy(task, config_json)
     rounds = task.remaining_rounds
     if rounds == 0:
         return task
-    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=rounds), strategy=strategy)
-    fed = task.cfg.federation
+    # A site that hangs (or is stopped) costs a round at most `round_timeout`; the round goes on
+    # with the sites that answered, as long as Flower's strategy accepts failures (the default).
+    legacy = LegacyContext(context=context, strategy=strategy,
+                           config=ServerConfig(num_rounds=rounds, round_timeout=fed.round_timeout),
+                           client_manager=BoundedClientManager(fed.round_timeout))
     fit_workflow = None
     if fed.secagg:
         # SecAgg+ weights each masked update by num_examples / max_weight; max_weight must be
@@ -219,7 +260,8 @@ def run_server(grid: Grid, context: Context, task: ServerTask) -> ServerTask:
         largest = max((s["count"] for s in task.statistics_received), default=1)
         fit_workflow = SecAggPlusWorkflow(num_shares=fed.secagg_shares,
                                           reconstruction_threshold=fed.secagg_threshold,
-                                          max_weight=float(largest + 1))
+                                          max_weight=float(largest + 1),
+                                          timeout=fed.round_timeout)
     DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
     return task
 
@@ -232,7 +274,7 @@ def make_server_app(task: ServerTask | None = None) -> ServerApp:
         if task is not None:  # simulation: the caller writes the run
             run_server(grid, context, task)
             return
-        from fedlstm.federation.deploy import write_deployed_run  # noqa: PLC0415
+        from fedlstm.federation.deploy.launch import write_deployed_run  # noqa: PLC0415
 
         deployed = _task_from_run_config(context)
         run_server(grid, context, deployed)

@@ -1,20 +1,243 @@
-"""A record of every message the server sends and receives: evidence of what leaves a site.
+"""The server's side of every message exchange: replies checked against a contract, optionally
+recorded, and the exchange interruptible.
 
-`AuditedGrid` wraps Flower's Grid (all traffic of the workflow API goes through it) and keeps,
-for each message, its type, direction and a structural summary: every array's shape and dtype,
-every config value's type and size. It stores no array contents except what `keep_arrays`
-asks for, so the audit itself holds no more than the server already saw.
+Why a contract: the server (and whoever audits a federation) must be able to show that only
+aggregates leave a site. A site declares before the run what it may send: model updates of the
+model's exact parameter shapes, numeric metrics from a fixed list, its name, and answers of
+declared kinds and sizes to the aggregate questions a detector asks. Every reply is checked
+against that declaration; anything else (an extra array, a record of rows, text where a number
+belongs, an undeclared key) stops the run with `ContractViolation`, naming the site and the key.
+
+`GuardedGrid` wraps Flower's Grid (all traffic of the workflow API goes through it). Its own
+`send_and_receive` polls like Flower's, so that a stop request (Ctrl-C) ends a round within a
+poll interval instead of after every site finished training.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import math
 import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG
+
+log = logging.getLogger(__name__)
+
+# A check of one answer value: None when it is as declared, else why it is not.
+Check = Callable[[object], "str | None"]
+TEXT_METRICS = frozenset({"client"})  # the only text a site sends besides status messages
+_STATUS = ("code", "message")
+# SecAgg+ stage replies (Flower's secaggplus_mod): keys and what each holds.
+_SECAGG_KEYS = {"pk1": "key", "pk2": "key", "dsts": "ids", "ctxts": "blobs", "nids": "ids",
+                "shares": "blobs", "masked_params": "masked"}
+_MAX_KEY_BYTES = 1024  # a serialised public key
+_MAX_BLOB_BYTES = 4096  # an encrypted key share
 
 
+class ContractViolation(RuntimeError):
+    """A site sent something it did not declare: the run stops."""
+
+
+class RunInterrupted(RuntimeError):
+    """The user asked the run to stop (Ctrl-C); an Exception so Flower's server thread passes
+    it back to the caller."""
+
+
+@dataclass(frozen=True)
+class ReplyContract:
+    """What a site may send back, declared before the run."""
+
+    model_shapes: tuple[tuple[int, ...], ...]  # every update array, in order
+    metrics: frozenset[str]  # numeric training/evaluation metrics
+    answers: Mapping[str, Mapping[str, Check]] = field(default_factory=dict)  # phase -> key -> check
+    max_text: int = 200  # site names and status messages
+    max_sites: int = 100_000
+
+
+def array_of(data: object, shape: tuple[int, ...] | None = None, kind: str = "f",
+             max_items: int | None = None) -> np.ndarray | str:
+    """Decode one serialised array (.npy bytes, no pickles); the array, or why it is wrong."""
+    if not isinstance(data, bytes):
+        return f"expected array bytes, found {type(data).__name__}"
+    try:
+        value = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        return f"not an array ({exc})"
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in kind:
+        return f"array of dtype {getattr(value, 'dtype', '?')}, expected kind {kind!r}"
+    if shape is not None and tuple(value.shape) != tuple(shape):
+        return f"array of shape {tuple(value.shape)}, expected {tuple(shape)}"
+    if max_items is not None and value.size > max_items:
+        return f"array of {value.size} values, at most {max_items} declared"
+    return value
+
+
+def npz_check(layout: Mapping[str, tuple[tuple[int, ...], str]]) -> Check:
+    """A check for answers sent as .npz bytes: exactly these arrays, of these shapes and kinds."""
+    def check(data: object) -> str | None:
+        if not isinstance(data, bytes):
+            return f"expected .npz bytes, found {type(data).__name__}"
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                if sorted(z.files) != sorted(layout):
+                    return f"arrays {sorted(z.files)}, declared {sorted(layout)}"
+                for name, (shape, kinds) in layout.items():
+                    value = z[name]
+                    if value.shape != tuple(shape) or value.dtype.kind not in kinds:
+                        return (f"{name} has shape {value.shape} and dtype {value.dtype}, "
+                                f"declared {tuple(shape)} of kind {kinds!r}")
+        except (ValueError, OSError, EOFError, AttributeError) as exc:
+            return f"not an .npz archive ({exc})"
+        return None
+    return check
+
+
+def _record_value(array) -> object:
+    """The bytes of a legacy-Parameters entry (whole .npy files), or a decoded array."""
+    if not array.dtype and array.stype == "numpy.ndarray":
+        return array.data
+    return array.numpy()
+
+
+class _Checker:
+    def __init__(self, contract: ReplyContract, site: int, kind: str):
+        self.contract, self.site, self.kind = contract, site, kind
+
+    def fail(self, where: str, why: str) -> None:
+        raise ContractViolation(f"site {self.site} sent an undeclared {self.kind} reply: "
+                                f"{where}: {why}")
+
+    def text(self, where: str, value: object) -> None:
+        if not isinstance(value, str) or len(value) > self.contract.max_text:
+            self.fail(where, f"expected text of at most {self.contract.max_text} characters")
+
+    def number(self, where: str, value: object) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(float(value)):
+            self.fail(where, f"expected a finite number, found {type(value).__name__}")
+
+    def only(self, where: str, keys: Iterable[str], allowed: Iterable[str]) -> None:
+        extra = sorted(set(keys) - set(allowed))
+        if extra:
+            self.fail(where, f"undeclared key(s) {extra}")
+
+    def status(self, name: str, record: Mapping) -> None:
+        self.only(name, record, _STATUS)
+        self.number(f"{name}/code", record.get("code"))
+        self.text(f"{name}/message", record.get("message"))
+
+    def metrics(self, name: str, record: Mapping) -> None:
+        self.only(name, record, self.contract.metrics | TEXT_METRICS)
+        for key, value in record.items():
+            (self.text if key in TEXT_METRICS else self.number)(f"{name}/{key}", value)
+
+    def count(self, name: str, record: Mapping, key: str) -> None:
+        self.only(name, record, [key])
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.fail(f"{name}/{key}", "expected a non-negative integer count")
+
+    def model(self, name: str, record: Mapping) -> None:
+        shapes = self.contract.model_shapes
+        if not record:  # SecAgg+ sends the update masked, in its own record
+            return
+        if len(record) != len(shapes):
+            self.fail(name, f"{len(record)} arrays, the model has {len(shapes)}")
+        for (key, array), shape in zip(record.items(), shapes):
+            value = array_of(_record_value(array), shape)
+            if isinstance(value, str):
+                self.fail(f"{name}/{key}", value)
+
+    def secagg(self, name: str, record: Mapping) -> None:
+        self.only(name, record, _SECAGG_KEYS)
+        limit = self.contract.max_sites
+        n_params = sum(int(np.prod(s)) for s in self.contract.model_shapes)
+        for key, value in record.items():
+            where, kind = f"{name}/{key}", _SECAGG_KEYS[key]
+            if kind == "key":
+                if not isinstance(value, bytes) or len(value) > _MAX_KEY_BYTES:
+                    self.fail(where, "expected a public key")
+            elif kind == "ids":
+                if not isinstance(value, list) or len(value) > limit or \
+                        not all(isinstance(v, int) for v in value):
+                    self.fail(where, "expected a list of site ids")
+            elif kind == "blobs":
+                if not isinstance(value, list) or len(value) > limit or \
+                        not all(isinstance(v, bytes) and len(v) <= _MAX_BLOB_BYTES for v in value):
+                    self.fail(where, "expected a list of encrypted key shares")
+            else:  # the masked update: integer vectors, no more values than the model has
+                if not isinstance(value, list) or len(value) > len(self.contract.model_shapes) + 1:
+                    self.fail(where, "expected one masked vector per model array")
+                for i, part in enumerate(value):
+                    decoded = array_of(part, kind="iu", max_items=max(n_params, 1))
+                    if isinstance(decoded, str):
+                        self.fail(f"{where}[{i}]", decoded)
+
+    def answer(self, name: str, record: Mapping, phase: str) -> None:
+        declared = self.contract.answers.get(phase)
+        if declared is None:
+            self.fail(name, f"no answers are declared for the question {phase!r}")
+        self.only(name, record, [*declared, *TEXT_METRICS])
+        for key, check in declared.items():
+            if key not in record:
+                self.fail(f"{name}/{key}", "declared answer missing")
+            why = check(record[key])
+            if why:
+                self.fail(f"{name}/{key}", why)
+        if "client" in record:
+            self.text(f"{name}/client", record["client"])
+
+
+# Reply layouts of Flower's legacy messages (flwr/compat/common/recorddict_compat.py).
+def check_reply(reply, sent_type: str, phase: str | None, contract: ReplyContract) -> None:
+    """Raise ContractViolation unless `reply` holds only what `contract` declares."""
+    if reply.has_error():
+        return  # an error carries a code and a reason, no content
+    c = _Checker(contract, int(reply.metadata.src_node_id), sent_type)
+    content = reply.content
+    arrays, configs, metrics = (dict(content.array_records), dict(content.config_records),
+                                dict(content.metric_records))
+    if sent_type == "get_properties":
+        c.only("records", [*arrays, *configs, *metrics],
+               ["getpropertiesres.properties", "getpropertiesres.status"])
+        c.answer("getpropertiesres.properties", configs.get("getpropertiesres.properties", {}),
+                 phase or "")
+        c.status("getpropertiesres.status", configs.get("getpropertiesres.status", {}))
+    elif sent_type == "train":
+        c.only("array records", arrays, ["fitres.parameters"])
+        c.only("config records", configs, ["fitres.metrics", "fitres.status", SECAGG])
+        c.only("metric records", metrics, ["fitres.num_examples"])
+        if "fitres.parameters" in arrays:
+            c.model("fitres.parameters", arrays["fitres.parameters"])
+        if "fitres.metrics" in configs:
+            c.metrics("fitres.metrics", configs["fitres.metrics"])
+        if "fitres.status" in configs:
+            c.status("fitres.status", configs["fitres.status"])
+        if "fitres.num_examples" in metrics:
+            c.count("fitres.num_examples", metrics["fitres.num_examples"], "num_examples")
+        if SECAGG in configs:
+            c.secagg(SECAGG, configs[SECAGG])
+    elif sent_type == "evaluate":
+        c.only("records", [*arrays, *configs, *metrics],
+               ["evaluateres.metrics", "evaluateres.status", "evaluateres.loss",
+                "evaluateres.num_examples"])
+        c.metrics("evaluateres.metrics", configs.get("evaluateres.metrics", {}))
+        c.status("evaluateres.status", configs.get("evaluateres.status", {}))
+        loss = metrics.get("evaluateres.loss", {})
+        c.only("evaluateres.loss", loss, ["loss"])
+        c.number("evaluateres.loss/loss", loss.get("loss", 0.0))
+        c.count("evaluateres.num_examples", metrics.get("evaluateres.num_examples",
+                                                        {"num_examples": 0}), "num_examples")
+    else:
+        c.fail("message", f"a reply to a {sent_type!r} message is not part of the protocol")
+
+
+# --- the record of a run (tests and --audit) -------------------------------------------------------
 @dataclass
 class MessageSummary:
     direction: str  # "sent" (server -> site) or "received" (site -> server)
@@ -31,10 +254,8 @@ class MessageSummary:
 
 
 def _decode(array) -> np.ndarray:
-    """The array a record carries; Flower's legacy Parameters keep whole .npy files as bytes."""
-    if not array.dtype and array.stype == "numpy.ndarray":
-        return np.load(io.BytesIO(array.data), allow_pickle=False)
-    return array.numpy()
+    value = _record_value(array)
+    return np.load(io.BytesIO(value), allow_pickle=False) if isinstance(value, bytes) else value
 
 
 def _itemsize(dtype: str) -> int:
@@ -56,43 +277,88 @@ def summarise(message, direction: str, keep_arrays: bool = False) -> MessageSumm
             out.arrays.append((f"{rec_name}/{name}", tuple(value.shape), str(value.dtype)))
             if keep_arrays and value.dtype.kind == "f":
                 out.float_arrays.append(value)
-    for rec_name, record in message.content.config_records.items():
+    records = {**message.content.config_records, **message.content.metric_records}
+    for rec_name, record in records.items():
         for key, value in record.items():
             size = len(value) if isinstance(value, (bytes, str, list)) else 8
             out.config[f"{rec_name}/{key}"] = (type(value).__name__, size)
     return out
 
 
-def _kind(dtype: str) -> str:
-    try:
-        return np.dtype(dtype).kind
-    except TypeError:
-        return "?"
+def _question(message) -> tuple[str, str | None]:
+    """A sent message's type and, for aggregate questions, which question (its phase)."""
+    kind = message.metadata.message_type
+    if kind != "get_properties":
+        return kind, None
+    config = message.content.config_records.get("getpropertiesins.config", {})
+    return kind, str(config.get("phase", "preprocessing"))
 
 
-class AuditedGrid:
-    """Delegates to a Flower Grid, summarising every message that crosses it."""
+class GuardedGrid:
+    """Delegates to a Flower Grid; checks every reply against the contract, can record every
+    message (`record`, `keep_arrays`), stops waiting when `stop` is set, and bounds every wait
+    by `timeout` (sites that do not answer in time are left out of that exchange)."""
 
-    def __init__(self, grid, keep_arrays: bool = False):
-        self._grid, self.keep_arrays = grid, keep_arrays
+    def __init__(self, grid, contract: Callable[[], ReplyContract], *, record: bool = False,
+                 keep_arrays: bool = False, stop: threading.Event | None = None,
+                 timeout: float | None = None, poll_interval: float = 0.2):
+        self._grid, self._contract = grid, contract
+        # Flower's fit and evaluate steps wait without a timeout: one hung site would hold the
+        # round until the SuperLink declares it dead. Their waits get this one.
+        self.timeout = timeout
+        self.record, self.keep_arrays = record or keep_arrays, keep_arrays
+        self.stop = stop or threading.Event()
+        self.poll_interval = poll_interval
         self.log: list[MessageSummary] = []
+        self._questions: dict[str, tuple[str, str | None]] = {}
         self._lock = threading.Lock()
 
     def __getattr__(self, name):
         return getattr(self._grid, name)
 
-    def _record(self, messages, direction: str) -> list:
-        messages = list(messages)
-        with self._lock:
-            self.log += [summarise(m, direction, self.keep_arrays) for m in messages]
-        return messages
-
-    def send_and_receive(self, messages, *, timeout=None):
-        replies = self._grid.send_and_receive(self._record(messages, "sent"), timeout=timeout)
-        return self._record(replies, "received")
+    def _keep(self, messages: list, direction: str) -> None:
+        if self.record:
+            with self._lock:
+                self.log += [summarise(m, direction, self.keep_arrays) for m in messages]
 
     def push_messages(self, messages):
-        return self._grid.push_messages(self._record(messages, "sent"))
+        messages = list(messages)
+        self._keep(messages, "sent")
+        ids = list(self._grid.push_messages(messages))
+        with self._lock:
+            self._questions.update({i: _question(m) for i, m in zip(ids, messages)})
+        return ids
 
     def pull_messages(self, message_ids):
-        return self._record(self._grid.pull_messages(message_ids), "received")
+        replies = list(self._grid.pull_messages(message_ids))
+        contract = self._contract()
+        for reply in replies:
+            with self._lock:
+                kind, phase = self._questions.pop(reply.metadata.reply_to_message_id,
+                                                  ("unknown", None))
+            check_reply(reply, kind, phase, contract)
+        self._keep(replies, "received")
+        return replies
+
+    def send_and_receive(self, messages, *, timeout: float | None = None):
+        """Flower's push-then-poll, with a stop check at every poll."""
+        timeout = self.timeout if timeout is None else timeout
+        pending = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies = []
+        while pending:
+            if self.stop.is_set():
+                raise RunInterrupted("stopped on request; the last completed round is saved")
+            got = self.pull_messages(pending)
+            replies += got
+            pending -= {m.metadata.reply_to_message_id for m in got}
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            self.stop.wait(self.poll_interval)
+        if pending:
+            with self._lock:
+                for message_id in pending:
+                    self._questions.pop(message_id, None)
+            log.warning("%d of %d sites did not answer within %.0f s; going on without them",
+                        len(pending), len(pending) + len(replies), timeout or 0)
+        return replies

@@ -24,6 +24,11 @@ from fedlstm.windows import WindowSet
 
 log = logging.getLogger(__name__)
 
+# Every number a site reports besides its update and counts (the server refuses any other key):
+# training loss/accuracy and time, the DP-SGD budget spent, validation loss/accuracy.
+REPLY_METRICS = frozenset({"train_loss", "train_accuracy", "seconds", "epsilon", "delta",
+                           "noise_multiplier", "val_loss", "val_accuracy"})
+
 
 class ClientTask:
     def __init__(self, records: Records, cfg: RunConfig, spec: DatasetSpec | None = None,

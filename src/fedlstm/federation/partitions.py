@@ -9,6 +9,7 @@ A client's share keeps file order, so its windows see records in their original 
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,10 @@ def save_records(records: Records, path: Path, spec: DatasetSpec | None = None) 
     if spec is not None:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                _SPEC_KEY: spec.model_dump_json().encode()})
+    # Owner-only from the first byte: these are raw records of a site.
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     pq.write_table(table, path)
     return path
 

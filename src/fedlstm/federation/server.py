@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from fedlstm.data.readers import Records
 from fedlstm.data.schemas import DatasetSpec
 from fedlstm.detection.bundle import ModelBundle
 from fedlstm.features import FlowPreprocessor, PreprocessingStats, merge_all
+from fedlstm.federation.audit import Check, ReplyContract
+from fedlstm.federation.client import REPLY_METRICS
 from fedlstm.models import get_weights, set_weights
 from fedlstm.pipeline import class_names_for, make_preprocessor, new_model, windows_of
 from fedlstm.training.loop import evaluate_loss
@@ -41,8 +44,10 @@ class ServerTask:
         self.round_offset = 0  # rounds already done before a resume
         self.last_round = 0  # last round (of this session) whose global model was evaluated
         self.round_times: dict[int, float] = {}  # perf_counter when each round's model arrived
-        # Set to False/True (keep float arrays) before a run to get an AuditedGrid here after it.
+        # Set to False/True (keep float arrays) before a run to get the GuardedGrid with its
+        # record of every message here after it.
         self.audit = None
+        self.stop = threading.Event()  # set (e.g. on Ctrl-C) to end the run at the next poll
         self.weights: list[np.ndarray] | None = None
         self.statistics_received: list[dict] = []
         self._test_windows = None
@@ -52,6 +57,25 @@ class ServerTask:
         self.statistics_received = [{"count": p.count} for p in parts]
         self.preprocessor = make_preprocessor(self.spec, self.cfg).fit_stats(merge_all(parts))
         return self.preprocessor
+
+    # -- what sites may answer ------------------------------------------------------------------
+    def declared_answers(self) -> dict[str, dict[str, Check]]:
+        """The aggregate questions this server asks, and the layout of each answer."""
+        pre = make_preprocessor(self.spec, self.cfg)
+
+        def statistics(data: object) -> str | None:
+            try:
+                stats = PreprocessingStats.from_bytes(bytes(data))
+            except (ValueError, KeyError, OSError, TypeError) as exc:
+                return f"not preprocessing statistics ({exc})"
+            return stats.layout_error(pre.numeric_columns, pre.categorical_columns)
+
+        return {"preprocessing": {"statistics": statistics}}
+
+    def reply_contract(self) -> ReplyContract:
+        shapes = tuple(tuple(np.shape(w)) for w in self.weights) if self.weights is not None else ()
+        return ReplyContract(shapes, REPLY_METRICS, self.declared_answers(),
+                             max_sites=max(self.cfg.federation.clients, 2))
 
     def initial_weights(self) -> list[np.ndarray]:
         resumed = self.load_checkpoint()

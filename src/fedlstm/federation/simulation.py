@@ -10,7 +10,11 @@ import json
 import logging
 import os
 import shutil
+import signal
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,7 @@ from fedlstm.config import RunConfig  # noqa: E402
 from fedlstm.data.readers import Records, concat_records  # noqa: E402
 from fedlstm.data.schemas import DatasetSpec, get_spec  # noqa: E402
 from fedlstm.data.splits import build_split  # noqa: E402
+from fedlstm.federation.audit import RunInterrupted  # noqa: E402
 from fedlstm.federation.partitions import (PartitionScheme, describe, partition_indices,  # noqa: E402
                                            save_records)
 from fedlstm.federation.server import ServerTask  # noqa: E402
@@ -112,10 +117,66 @@ def federated_data(cfg: RunConfig) -> FederatedData:
                          split.tests, split.notes)
 
 
-def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
-                  command: str | None = None) -> Path:
+@contextmanager
+def private_shares(data: FederatedData, spec: DatasetSpec) -> Iterator[Path]:
+    """The simulated sites' data files, in a folder only this user can read, removed afterwards
+    (also on failure or Ctrl-C): copies of raw records never outlive the run."""
+    folder = Path(tempfile.mkdtemp(prefix="fedlstm-shares-"))  # mode 0700
+    try:
+        for i, recs in enumerate(data.clients):
+            save_records(recs, folder / f"client-{i}.parquet", spec)
+        (folder / "names.json").write_text(json.dumps(data.names))
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def interruptible(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C sets `stop`, which the server checks while it waits for sites (every 0.2 s), so
+    the run ends within seconds with its last completed round checkpointed. Flower's simulation
+    swallows SIGINT in the thread that drives the clients; a second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def request_stop(signum, frame):
+        if stop.is_set():
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning("stopping the federation (Ctrl-C again to abort at once)")
+
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def simulate(server_app, client_app, n_clients: int, stop: threading.Event) -> None:
+    """Flower's simulation engine, one CPU and one torch thread per client, interruptible."""
     from flwr.simulation import run_simulation
 
+    _quiet_flower()
+    with interruptible(stop):
+        try:
+            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n_clients,
+                           backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                           "init_args": {"logging_level": "error",
+                                                         "log_to_driver": False}})
+        except Exception:
+            if stop.is_set():
+                raise RunInterrupted("the federation was stopped (Ctrl-C)") from None
+            stop.set()  # the engine failed: release a server thread still waiting for replies
+            raise
+    if stop.is_set():
+        raise RunInterrupted("the federation was stopped (Ctrl-C)")
+
+
+def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
+                  command: str | None = None) -> Path:
     from fedlstm.federation.apps import make_client_app, make_server_app
 
     out = Path(out)
@@ -127,25 +188,15 @@ def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resu
         data = federated_data(cfg)
         n = len(data.clients)
         cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"clients": n})})
-        part_dir = stage / "partitions"
-        part_dir.mkdir(exist_ok=True)
-        for i, recs in enumerate(data.clients):
-            save_records(recs, part_dir / f"client-{i}.parquet", data.spec)
-        (part_dir / "names.json").write_text(json.dumps(data.names))
-        timings["partition_seconds"] = time.perf_counter() - t
-
         task = ServerTask(cfg, data.spec, data.tests, stage)
-        t = time.perf_counter()
-        _quiet_flower()
-        run_simulation(server_app=make_server_app(task), client_app=make_client_app(str(part_dir)),
-                       num_supernodes=n,
-                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                       "init_args": {"logging_level": "error",
-                                                     "log_to_driver": False}})
+        with private_shares(data, data.spec) as part_dir:
+            timings["partition_seconds"] = time.perf_counter() - t
+            t = time.perf_counter()
+            simulate(make_server_app(task), make_client_app(str(part_dir)), n, task.stop)
         timings["simulation_seconds"] = time.perf_counter() - t
         if task.weights is None or not task.rounds:
             raise RuntimeError("the federation finished without producing a model; see the log")
-        finish_run(task, cfg, stage, data, timings, command, partition_dir=part_dir)
+        finish_run(task, cfg, stage, data, timings, command)
     return out
 
 
@@ -179,7 +230,7 @@ def _quiet_flower() -> None:
 
 
 def finish_run(task: ServerTask, cfg: RunConfig, stage: Path, data: FederatedData, timings: dict,
-               command: str | None, partition_dir: Path | None = None) -> Path:
+               command: str | None) -> Path:
     bundle = task.bundle()
     t = time.perf_counter()
     evaluations = {name: evaluate_bundle(bundle, recs) for name, recs in data.tests.items()}
@@ -193,6 +244,4 @@ def finish_run(task: ServerTask, cfg: RunConfig, stage: Path, data: FederatedDat
     write_results(stage, cfg, bundle, evaluations, extra, command)
     plots.learning_curves([r for r in rounds if r["round"] > 0], stage / "round_curves.png",
                           run_title(bundle), x_key="round")
-    if partition_dir is not None:  # per-client copies of the data do not belong in a result
-        shutil.rmtree(partition_dir, ignore_errors=True)
     return stage

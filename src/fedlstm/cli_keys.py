@@ -1,0 +1,149 @@
+"""`fedlstm keys init|show|trust|untrust|sign`: who may write the bundles this host loads.
+
+Also the options every bundle-loading command shares (`--trusted-key`, `--allow-unsigned`) and
+`load_bundle`, which `detect`, `serve` and `evaluate` load through. `register(app)` adds the
+`keys` group to the main typer app (called from fedlstm.cli).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.text import Text
+
+from fedlstm.cli_console import error_text, make_console
+
+console = make_console(stderr=True)
+out_console = make_console()
+keys_app = typer.Typer(no_args_is_help=True, help="Signing keys: bundles you write are signed "
+                       "with your key; bundles you load must be signed by a trusted key.")
+
+KeyDir = Annotated[Optional[Path], typer.Option(
+    "--dir", help="Key home (default: $FEDLSTM_KEYS, else $FEDLSTM_HOME/keys, else ~/.fedlstm/keys).")]
+TrustedKeyOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--trusted-key", help="Also accept bundles signed by this public key file (repeatable).")]
+AllowUnsignedOpt = Annotated[bool, typer.Option(
+    "--allow-unsigned", help="Load a bundle that no trusted key signed (prints a warning); only "
+                             "for bundles whose source you trust.")]
+
+
+def _fail(exc: Exception) -> None:
+    console.print(error_text(exc))
+    raise typer.Exit(2)
+
+
+def _home(path: Path | None):
+    from fedlstm.detection.signing import KeyHome
+
+    return KeyHome(path) if path is not None else KeyHome.default()
+
+
+def load_bundle(path: Path, trusted_keys: list[Path] | None = None, allow_unsigned: bool = False):
+    """The bundle at `path`, checked against the own key, the trusted ones and `trusted_keys`."""
+    from fedlstm.detection import ModelBundle
+
+    if allow_unsigned:
+        console.print(Text.assemble(
+            ("warning:", "yellow"), f" --allow-unsigned: {path} is loaded even if no trusted key "
+            "signed it; anyone who could write that file decides what it detects"))
+    trust = _home(None).trust_store(trusted_keys or [])
+    return ModelBundle.load(path, trust=trust, allow_unsigned=allow_unsigned)
+
+
+@keys_app.command("init")
+def init(dir_: KeyDir = None) -> None:
+    """Create this host's signing key pair (the private key is readable by you only)."""
+    from fedlstm.detection.signing import KeyFileError
+
+    home = _home(dir_)
+    try:
+        key = home.init()
+    except (FileExistsError, KeyFileError, OSError) as exc:
+        _fail(exc)
+    console.print(Text(f"signing key created: {key.path} (mode 0600)\n"
+                       f"public key: {key.public.source}\nfingerprint: {key.fingerprint}"))
+
+
+@keys_app.command("show")
+def show(dir_: KeyDir = None) -> None:
+    """Print your public key, its fingerprint and the keys you trust.
+
+    The public key goes to stdout (`fedlstm keys show > me.pub`), the rest to stderr.
+    """
+    from fedlstm.detection.signing import KeyFileError
+
+    home = _home(dir_)
+    try:
+        key = home.signing_key(create=False)
+    except KeyFileError as exc:
+        _fail(exc)
+    out_console.print(Text(key.public.openssh()), end="", highlight=False, soft_wrap=True)
+    console.print(Text(f"fingerprint: {key.fingerprint}  (key home {home.path})"))
+    trusted = home.trusted()
+    console.print(f"{len(trusted)} other trusted key{'s' if len(trusted) != 1 else ''}"
+                  + (":" if trusted else ""))
+    for k in trusted:
+        console.print(Text(f"  {k.fingerprint}  {k.label}"))
+
+
+@keys_app.command("trust")
+def trust(
+    pubfile: Annotated[Path, typer.Argument(help="Their public key (OpenSSH line or PEM), e.g. the "
+                                                 "coordinator's signing.pub.")],
+    name: Annotated[Optional[str], typer.Option(help="Label (default: the key's comment).")] = None,
+    dir_: KeyDir = None,
+) -> None:
+    """Accept bundles signed by another party's key (e.g. your federation coordinator's).
+
+    Compare the fingerprint printed here with the one its owner sees in `fedlstm keys show`.
+    """
+    from fedlstm.detection.signing import KeyFileError
+
+    try:
+        key, added = _home(dir_).trust(pubfile, name)
+    except (KeyFileError, OSError) as exc:
+        _fail(exc)
+    what = "now trusted" if added else "already trusted"
+    console.print(Text(f"{what}: {key.fingerprint}  {key.label}"))
+
+
+@keys_app.command("untrust")
+def untrust(fingerprint: Annotated[str, typer.Argument(help="SHA256:... as `keys show` lists it.")],
+            dir_: KeyDir = None) -> None:
+    """Stop accepting bundles signed by a key added with `keys trust`."""
+    removed = _home(dir_).untrust(fingerprint)
+    if not removed:
+        _fail(ValueError(f"no trusted key has fingerprint {fingerprint}"))
+    console.print(Text(f"no longer trusted: {fingerprint}"))
+
+
+@keys_app.command("sign")
+def sign(
+    bundle: Annotated[Path, typer.Argument(help="A model bundle to sign with your key.")],
+    force: Annotated[bool, typer.Option(help="Re-sign even if its signature does not match its "
+                                             "contents (only after an edit you made).")] = False,
+    dir_: KeyDir = None,
+) -> None:
+    """Sign a bundle you vouch for (an old unsigned one, or one a run wrote unsigned).
+
+    The bundle must pass every check of loading but the signature.
+    """
+    from fedlstm.detection import BundleError
+    from fedlstm.detection.bundle import sign_file
+    from fedlstm.detection.signing import KeyFileError
+
+    home = _home(dir_)
+    try:
+        key = home.signing_key()
+        before = sign_file(bundle, key, home.trust_store(), force=force)
+    except (BundleError, KeyFileError, OSError) as exc:
+        _fail(exc)
+    was = f" (was signed by {before})" if before else " (was unsigned)"
+    console.print(Text(f"{bundle} signed by {key.fingerprint}{was}"))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `keys` group to the main `fedlstm` app."""
+    app.add_typer(keys_app, name="keys")

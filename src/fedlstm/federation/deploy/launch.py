@@ -1,0 +1,249 @@
+"""A deployed run end to end: partition, start SuperNodes, submit the signed app, wait, collect.
+
+`write_deployed_run` runs inside the ServerApp process (it writes the run directory a simulated
+run has); `deploy_on` and `run_local_deployment` run on the launcher's side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fedlstm.federation.deploy.app import SIGNATURE_KEY, write_signed_app
+from fedlstm.federation.deploy.credentials import generate_supernode_keys
+from fedlstm.federation.deploy.processes import FINISHED, DeploymentError, LocalFederation
+
+if TYPE_CHECKING:
+    from fedlstm.config import RunConfig
+    from fedlstm.federation.server import ServerTask
+
+log = logging.getLogger(__name__)
+
+# Written by the launcher into the ServerApp's out-dir before the run: what only the launcher
+# knows (how the data was split, which attack types the sites trained on, the command).
+DEPLOYMENT_FILE = "deployment.json"
+
+
+def write_deployed_run(task: ServerTask, run_config: Mapping) -> Path:
+    """Inside the ServerApp: turn the finished federation into a run directory at `out-dir`.
+
+    The files are those of a simulated run (config.json, metrics.json with the rounds,
+    model.fedlstm, round_curves.png, roc.png, confusion plots, checkpoints/). They are written
+    into a staging folder that replaces `out-dir` only when complete; the checkpoints the
+    ServerTask wrote into `out-dir` during the rounds move along. Partitions, data notes and
+    the sites' attack types are known only to whoever split the data: they are read from
+    `out-dir/deployment.json` when the launcher wrote one, and left empty otherwise.
+    """
+    import numpy as np
+
+    from fedlstm.federation.server import CHECKPOINT
+    from fedlstm.pipeline import evaluate_bundle
+    from fedlstm.reports import plots
+    from fedlstm.runs import run_title, staged_dir, unseen_attack_recall, write_results
+
+    out = Path(str(run_config["out-dir"]))
+    if task.weights is None or not task.rounds:
+        raise RuntimeError("the federation finished without producing a model; see the log")
+    info_file = out / DEPLOYMENT_FILE
+    info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    cfg = task.cfg
+    bundle = task.bundle()
+    t = time.perf_counter()
+    evaluations = {name: evaluate_bundle(bundle, recs) for name, recs in task.tests.items()}
+    timings = {"evaluate_seconds": time.perf_counter() - t}
+    rounds = [task.rounds[k] for k in sorted(task.rounds)]
+    train_attacks = info.get("train_attacks")
+    unseen = (unseen_attack_recall(np.asarray(train_attacks, dtype=object), task.spec, evaluations)
+              if train_attacks is not None else {})
+    extra = {"federation": cfg.federation.model_dump(), "runtime": "deployment",
+             "partitions": info.get("partitions"), "data_notes": info.get("data_notes", {}),
+             "deployment": info.get("deployment", {}), "rounds": rounds,
+             "unseen_attacks": unseen, "timings": timings}
+    with staged_dir(out, overwrite=True) as stage:
+        write_results(stage, cfg, bundle, evaluations, extra, info.get("command") or "flwr run")
+        plots.learning_curves([r for r in rounds if r["round"] > 0], stage / "round_curves.png",
+                              run_title(bundle), x_key="round")
+        checkpoints = (out / CHECKPOINT).parent
+        if checkpoints.is_dir():
+            shutil.move(str(checkpoints), str(stage / checkpoints.name))
+    log.info("run directory written to %s", out)
+    return out
+
+
+
+
+@dataclass
+class DeploymentResult:
+    out: Path
+    run_id: int
+    status: str
+    work_dir: Path
+    timings: dict
+
+
+def _resolved(cfg: RunConfig) -> RunConfig:
+    """Absolute data folder: the ServerApp runs in another process with another cwd."""
+    from fedlstm.data.registry import DatasetNotFound, data_dir
+
+    try:
+        root = data_dir(cfg.data.data_dir)
+    except DatasetNotFound:  # no folder configured: the split below says so
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(
+        update={"data_dir": str(root.expanduser().resolve())})})
+
+
+def deploy_on(federation: LocalFederation, cfg: RunConfig, out: str | Path, *,
+              overwrite: bool = False, timeout: float | None = None, command: str | None = None,
+              progress: Callable[[str], None] | None = None) -> DeploymentResult:
+    """Partition like the simulation, start one SuperNode per share, run, collect into `out`.
+
+    Uses a started `federation` (its TLS/auth settings apply) and leaves it running, so that
+    callers (tests) can share one SuperLink; `run_local_deployment` is the one-shot version.
+    """
+    from fedlstm.federation.partitions import save_records
+    from fedlstm.federation.simulation import federated_data
+    from fedlstm.runs import RunExists
+
+    say = progress or (lambda message: None)
+    out = Path(out).resolve()
+    if out.exists() and not overwrite:
+        raise RunExists(f"{out} already exists; choose another --out or pass --overwrite")
+    work = federation.work_dir
+    timings: dict[str, float] = {}
+
+    say("partitioning the data")
+    t = time.perf_counter()
+    cfg = _resolved(cfg)
+    data = federated_data(cfg)
+    n = len(data.clients)
+    cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"clients": n})})
+    shares = work / "shares"  # raw records of the sites: owner-only, removed after the run
+    shutil.rmtree(shares, ignore_errors=True)
+    shares.mkdir(mode=0o700, parents=True)
+    try:
+        paths = [save_records(recs, shares / f"{name}.parquet", data.spec)
+                 for name, recs in zip(data.names, data.clients)]
+        timings["partition_seconds"] = time.perf_counter() - t
+        return _run_on_shares(federation, cfg, data, paths, out, overwrite=overwrite,
+                              timeout=timeout, command=command, say=say, timings=timings)
+    finally:
+        shutil.rmtree(shares, ignore_errors=True)
+
+
+def _default_timeout(cfg: RunConfig) -> float | None:
+    """A bound on the whole run when none is given: every round (and the questions before and
+    after them) may take one round timeout, twice over."""
+    per_round = cfg.federation.round_timeout
+    return None if per_round is None else 2 * (cfg.federation.rounds + 3) * per_round + 300
+
+
+def _run_on_shares(federation: LocalFederation, cfg: RunConfig, data, paths: list[Path],
+                   out: Path, *, overwrite: bool, timeout: float | None, command: str | None,
+                   say: Callable[[str], None], timings: dict) -> DeploymentResult:
+    import numpy as np
+
+    from fedlstm.federation.partitions import describe
+    from fedlstm.runs import staged_dir
+
+    work, n = federation.work_dir, len(paths)
+    config_file = work / "config.json"
+    config_file.write_text(cfg.model_dump_json(indent=2))
+    run_dir = work / "run"  # the ServerApp's out-dir; moved to `out` once complete
+    shutil.rmtree(run_dir, ignore_errors=True)  # a stale checkpoint there would be resumed
+    run_dir.mkdir()
+    (run_dir / DEPLOYMENT_FILE).write_text(json.dumps({
+        "partitions": describe(data.clients, data.names), "data_notes": data.notes,
+        "train_attacks": sorted(set(np.concatenate([c.attack for c in data.clients]).astype(str))),
+        "command": command,
+        "deployment": {"supernodes": n, "tls": federation.tls, "supernode_auth": federation.auth,
+                       "superlink": federation.address, "front_door": federation.front_door,
+                       "sites_connect_to": federation.fleet_address,
+                       "app_signed_by": federation.app_key.fingerprint,
+                       "flwr_version": _flwr_version()},
+    }, indent=2, default=str))
+
+    t = time.perf_counter()
+    keys: list[Path | None] = [None] * n
+    if federation.auth:
+        say(f"registering {n} SuperNode keys")
+        pairs = generate_supernode_keys(federation.keys_dir, n)
+        federation.register([public for _, public in pairs])
+        keys = [private for private, _ in pairs]
+    say(f"starting {n} SuperNodes")
+    nodes = [federation.start_supernode(name, {"partition-id": i, "num-partitions": n,
+                                               "data-path": str(path), "name": name}, key)
+             for i, (name, path, key) in enumerate(zip(data.names, paths, keys))]
+    try:
+        app = write_signed_app(work, federation.app_key)
+        run_id = federation.submit(app.folder, {"config-file": str(config_file),
+                                                "out-dir": str(run_dir),
+                                                SIGNATURE_KEY: app.signature})
+        say(f"run {run_id}: {cfg.federation.rounds} rounds on {n} SuperNodes")
+        info = federation.wait(run_id, timeout=timeout or _default_timeout(cfg), watch=nodes)
+    finally:  # their shares go away with this run: so do they
+        federation.stop_processes(nodes)
+    timings["deployment_seconds"] = time.perf_counter() - t
+    status = str(info.get("status"))
+    if status != FINISHED or not (run_dir / "metrics.json").exists():
+        details = info.get("status-details") or "no metrics.json was written"
+        raise DeploymentError(f"run {run_id} ended with status {status!r}: {details}\n"
+                              f"{federation.report()}")
+
+    say("collecting the results")
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["timings"] = {**timings, **metrics.get("timings", {})}
+    metrics["deployment"] = {**metrics.get("deployment", {}), "run_id": str(run_id), "status": status,
+                             **{k: info[k] for k in ("elapsed", "network-traffic", "compute-time")
+                                if k in info}}
+    metrics_path.write_text(json.dumps(metrics, indent=2))
+    with staged_dir(out, overwrite=overwrite) as stage:
+        for item in run_dir.iterdir():
+            shutil.move(str(item), str(stage / item.name))
+        shutil.copytree(federation.logs, stage / "logs")
+    return DeploymentResult(out, run_id, status, work, metrics["timings"])
+
+
+def _flwr_version() -> str:
+    from importlib.metadata import version
+
+    return version("flwr")
+
+
+def run_local_deployment(cfg: RunConfig, out: str | Path, work_dir: str | Path | None = None, *,
+                         tls: bool = True, auth: bool = True, front_door: bool = True,
+                         overwrite: bool = False,
+                         timeout: float | None = None, command: str | None = None,
+                         progress: Callable[[str], None] | None = None) -> DeploymentResult:
+    """A SuperLink and one SuperNode per client on this machine; the run ends up in `out`.
+
+    `work_dir` (default: `.NAME.deploy` next to `out`) holds the certificates, keys and logs
+    (and, during the run only, the sites' data shares); a default one is removed after success and kept after a failure, to read the
+    logs. Every process started is stopped before this returns or raises.
+    """
+    out = Path(out).resolve()
+    default_work = work_dir is None
+    work = Path(work_dir).resolve() if work_dir else out.parent / f".{out.name}.deploy"
+    federation = LocalFederation(work, tls=tls, auth=auth, front_door=front_door)  # checks options
+    if default_work:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    say = progress or (lambda message: None)
+    say("starting the SuperLink")
+    try:
+        with federation:
+            result = deploy_on(federation, cfg, out, overwrite=overwrite, timeout=timeout,
+                               command=command, progress=progress)
+            say("stopping the federation")
+    except DeploymentError as exc:
+        raise DeploymentError(f"{exc}\n(shares, certificates, keys and logs kept in {work})") from exc
+    if default_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return result

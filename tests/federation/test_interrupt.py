@@ -1,0 +1,48 @@
+"""Ctrl-C on `fedlstm federate`: it stops within seconds, keeps the checkpoint to resume from,
+and leaves no copy of any site's records behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def test_ctrl_c_stops_a_federation_within_seconds(datasets_dir, tmp_path):
+    temp = Path(tempfile.gettempdir())  # where the sites' shares go (not a test folder: Ray's
+    before = set(temp.glob("fedlstm-shares-*"))  # sockets under a long TMPDIR would not bind)
+    out = tmp_path / "run"
+    partial = tmp_path / ".run.partial"
+    env = {**os.environ, "FEDLSTM_DATA": str(datasets_dir)}
+    cmd = [sys.executable, "-m", "fedlstm.cli", "federate", "--dataset", "nsl-kdd", "--clients", "2",
+           "--rounds", "200", "--set", "data.max_train_rows=4000", "--set", "model.hidden_size=16",
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (partial / "checkpoints" / "last.pt").exists():  # round 1 is done
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "no round finished within 180 s"
+            time.sleep(0.5)
+        shares = list(set(temp.glob("fedlstm-shares-*")) - before)
+        assert shares and all(p.stat().st_mode & 0o077 == 0 for p in shares)  # owner-only
+        assert all(f.stat().st_mode & 0o077 == 0 for p in shares for f in p.glob("*.parquet"))
+        proc.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        output, _ = proc.communicate(timeout=60)
+        stopped_after = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, output
+    assert stopped_after < 20, f"took {stopped_after:.1f} s to stop"
+    assert "--resume" in output
+    assert not out.exists()
+    assert (partial / "checkpoints" / "last.pt").exists()  # resumable
+    assert not set(temp.glob("fedlstm-shares-*")) - before  # no raw-data copies left
+    assert not [p for p in partial.rglob("*.parquet")]
