@@ -60,8 +60,9 @@ def make_bundle(source: Path) -> ModelBundle:
     pre = FlowPreprocessor(spec.numeric_columns, spec.categorical).fit(recs.frame)
     torch.manual_seed(0)
     model = build_model("lstm", pre.n_features_out, 2, hidden_size=H, dropout=0.0).eval()
-    bundle = ModelBundle(spec, pre, model, "lstm", {"hidden_size": H}, "binary",
-                         ["normal", "attack"], W, 0.5)
+    bundle = ModelBundle(spec=spec, preprocessor=pre, model=model, model_name="lstm",
+                         model_params={"hidden_size": H}, task="binary",
+                         class_names=["normal", "attack"], window=W, threshold_=0.5)
     windows = bundle.windows(recs)
     bundle.threshold_ = float(np.quantile(bundle.decision_function(windows), 0.99))
     return bundle

@@ -23,8 +23,9 @@ os.environ.setdefault("FEDLSTM_DATA", os.path.join(os.path.dirname(__file__), ".
 from fedlstm.config import RunConfig  # noqa: E402
 from fedlstm.data.readers import concat_records  # noqa: E402
 from fedlstm.federation.server import ServerTask  # noqa: E402
-from fedlstm.federation.simulation import federated_data  # noqa: E402
-from fedlstm.pipeline import class_names_for, make_preprocessor, new_model, windows_of  # noqa: E402
+from fedlstm.federation.sites import federated_data  # noqa: E402
+from fedlstm.tasks import task_for  # noqa: E402
+from fedlstm.tasks.base import windows_of  # noqa: E402
 from fedlstm.training.loop import fit  # noqa: E402
 
 
@@ -43,12 +44,13 @@ def main() -> None:
     from fedlstm.federation.client import ClientTask
 
     data = federated_data(cfg)
-    tasks = [ClientTask(c, cfg, data.spec) for c in data.clients]
-    pooled = concat_records([t.train_records for t in tasks])
-    classes = class_names_for(data.spec, cfg.model.task)
-    pre = make_preprocessor(data.spec, cfg).fit(pooled.frame)
+    task = task_for(cfg)
+    sites = [ClientTask(task, c, data.spec) for c in data.clients]
+    pooled = concat_records([s.train_records for s in sites])
+    classes = task.class_names(data.spec)
+    pre = task.fit_preprocessor(data.spec, pooled)
     train = windows_of(pooled, pre, cfg, classes)
-    model, _ = new_model(cfg, pre.n_features_out, len(classes))
+    model = task.new_model(pre.n_features_out, len(classes))
     central = fit(model, train, None, cfg.train, len(classes), epochs=args.rounds).seconds
 
     # Federated: the same rows through Flower's simulation engine.
@@ -63,16 +65,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for i, recs in enumerate(data.clients):
                 save_records(recs, os.path.join(tmp, f"client-{i}.parquet"))
-            task = ServerTask(run_cfg, data.spec)
+            server = ServerTask(task_for(run_cfg), data.spec)
             t0 = time.perf_counter()
-            run_simulation(server_app=make_server_app(task), client_app=make_client_app(tmp),
+            run_simulation(server_app=make_server_app(server),
+                           client_app=make_client_app(tmp, run_cfg),
                            num_supernodes=len(data.clients),
                            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                            "init_args": {"logging_level": "error",
                                                          "log_to_driver": False}})
             total = time.perf_counter() - t0
-        return (task.round_times[0] - t0,
-                task.round_times[args.rounds] - task.round_times[0], total)
+        return (server.round_times[0] - t0,
+                server.round_times[args.rounds] - server.round_times[0], total)
 
     logging.getLogger("flwr").setLevel(logging.ERROR)
     startup, rounds, total = simulate(secagg=False)

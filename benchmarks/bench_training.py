@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from fedlstm.config import TrainConfig
+from fedlstm.features.windows import make_windows
 from fedlstm.models import build_model
 from fedlstm.training.loop import fit
-from fedlstm.windows import make_windows
 
 W, H, I = 8, 64, 122
 

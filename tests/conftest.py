@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from fedlstm.data.readers import ReadReport, Records
-from fedlstm.data.schemas import DatasetSpec
+from fedlstm.data.spec import DatasetSpec
 
 SYNTHETIC_SPEC = DatasetSpec(
     name="synthetic", folder="synthetic", title="synthetic flows",

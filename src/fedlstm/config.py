@@ -104,14 +104,35 @@ class FederationConfig(_Strict):
     round_timeout: float | None = Field(600.0, gt=0)
 
 
+class AnomalyConfig(_Strict):
+    """The normal-traffic detector (Mahalanobis score of a sequence model's errors)."""
+
+    model: Literal["lstm-ae", "lstm-forecast"] = "lstm-ae"
+    horizon: int = Field(1, ge=1)  # T': records the forecaster predicts (W = T + T')
+    threshold: Literal["f-beta", "fpr"] = "f-beta"  # f-beta needs labelled validation anomalies
+    beta: float = Field(0.5, gt=0)  # < 1 favours precision (Malhotra et al.)
+    target_fpr: float = Field(0.01, gt=0, lt=1)  # label-free policy
+    min_shrinkage: float = Field(1e-3, ge=0, le=1)
+    score_bins: int = Field(2000, ge=3)
+    threshold_share: float = Field(0.5, gt=0, lt=1)  # of validation records, for choosing ζ
+    report_fpr: float = Field(0.01, gt=0, lt=1)  # "recall at X% FPR" in evaluations
+
+
+# The detector kinds (fedlstm.tasks): a supervised classifier (an LSTM, RNN, CNN, or with a
+# classical model name a scikit-learn baseline), or a model of normal traffic (anomaly).
+Detector = Literal["supervised", "anomaly"]
+
+
 class RunConfig(_Strict):
     seed: int = 0
+    detector: Detector = "supervised"
     data: DataConfig = DataConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     windows: WindowConfig = WindowConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     federation: FederationConfig = FederationConfig()
+    anomaly: AnomalyConfig = AnomalyConfig()
 
 
 def _parse_value(text: str) -> Any:

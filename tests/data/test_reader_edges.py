@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedlstm.data.byo import FlowReader, label_arrays, read_flow_file, unset_labels
+from fedlstm.data.flows import FlowReader, label_arrays, read_flow_file, unset_labels
 from fedlstm.data.flowschemas import load_schema
-from fedlstm.data.readers import BadLineError, find_bad_lines, read_records
+from fedlstm.data.io import BadLineError
+from fedlstm.data.readers import find_bad_lines, read_records
 from fedlstm.data.schemas import KDD99, NSL_KDD, UNSW_NB15
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detection"))

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedlstm.data.readers import DataFormatError, find_bad_lines, read_records
+from fedlstm.data.io import DataFormatError
+from fedlstm.data.readers import find_bad_lines, read_records
 from fedlstm.data.schemas import KDD99, KDD_CATEGORICAL, KDD_FEATURES, NSL_KDD, UNSW_NB15
 
 _CATEGORIES = {"protocol_type": ["tcp", "udp", "icmp"], "service": ["http", "private", "smtp"],

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from fedlstm.config import RunConfig
-from fedlstm.data.byo import build_split_from_files
 from fedlstm.data.flowschemas import load_schema
+from fedlstm.data.splits import build_split_from_files
 from fedlstm.detection import ModelBundle
-from fedlstm.pipeline import train_centralised
+from fedlstm.tasks import task_for
+from fedlstm.tasks.centralised import train
 
 SCHEMA_TOML = """
 [schema]
@@ -70,7 +71,7 @@ def tiny_bundle(tmp_root: Path, task: str = "binary") -> tuple[Path, Path, Path]
                                     "model": {"hidden_size": 16, "task": task},
                                     "train": {"epochs": 6, "batch_size": 32, "lr": 0.01}})
     split = build_split_from_files(load_schema(schema), flows, None, cfg.data, seed=0)
-    result = train_centralised(cfg, split=split)
+    result = train(task_for(cfg), split)
     path = result.bundle.save(root / "model.fedlstm")
     _CACHE[task] = (schema, flows, path)
     return _CACHE[task]

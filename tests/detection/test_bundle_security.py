@@ -20,13 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import typer
 from _detect_helpers import tiny  # noqa: F401
 from typer.testing import CliRunner
 
 from fedlstm import __version__
-from fedlstm.cli import app as main_app
-from fedlstm.cli_detect import register
+from fedlstm.cli.main import app as main_app
 from fedlstm.detection import BundleError, ModelBundle
 from fedlstm.detection.anomaly import MahalanobisDetector
 from fedlstm.detection.bundle import FORMAT_VERSION, MEMBER_LIMITS
@@ -34,8 +32,7 @@ from fedlstm.detection.signing import KeyHome, TrustStore, sign_bundle
 from fedlstm.models import build_model
 
 runner = CliRunner()
-detect_app = typer.Typer()
-register(detect_app)
+detect_app = main_app
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -195,7 +192,7 @@ def test_keys_sign_makes_an_old_unsigned_bundle_loadable(tiny, tmp_path):
 
 
 def test_run_without_a_usable_key_home_writes_unsigned_and_says_so(tmp_path, monkeypatch, caplog):
-    from fedlstm.runs import run_signing_key
+    from fedlstm.runs.rundir import run_signing_key
 
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("FEDLSTM_KEYS", str(tmp_path / "file" / "keys"))  # cannot be created
@@ -285,9 +282,12 @@ def _anomaly_detector(tiny_path: Path) -> MahalanobisDetector:
     base = ModelBundle.load(tiny_path)
     d = base.preprocessor.n_features_out
     params = {"hidden_size": 8, "num_layers": 1, "dropout": 0.0}
-    return MahalanobisDetector(base.spec, base.preprocessor, build_model("lstm-ae", d, 2, **params),
-                               "lstm-ae", params, "binary", ["normal", "attack"], base.window, 12.5,
-                               mean_=np.full(d, 0.1), covariance_=np.eye(d), shrinkage_=0.1)
+    return MahalanobisDetector(spec=base.spec, preprocessor=base.preprocessor,
+                               model=build_model("lstm-ae", d, 2, **params), model_name="lstm-ae",
+                               model_params=params, task="binary",
+                               class_names=["normal", "attack"], window=base.window,
+                               threshold_=12.5, mean_=np.full(d, 0.1), covariance_=np.eye(d),
+                               shrinkage_=0.1)
 
 
 def test_anomaly_detector_round_trip_and_bad_covariance(tiny, tmp_path):

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import json
+import tomllib
 
 import pytest
-import typer
 from _detect_helpers import HEADER, flow_lines, tiny  # noqa: F401
 from typer.testing import CliRunner
 
-from fedlstm.cli_detect import register
+from fedlstm.cli.main import app
 from fedlstm.config import RunConfig
-from fedlstm.data.byo import build_split_from_files
 from fedlstm.data.schemas import get_spec
-from fedlstm.pipeline import train_centralised
+from fedlstm.data.splits import build_split_from_files
+from fedlstm.tasks import task_for
+from fedlstm.tasks.centralised import train
 
 runner = CliRunner()
-app = typer.Typer()
-register(app)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,7 @@ def cic_bundle(datasets_dir, tmp_path_factory):
     split = build_split_from_files(get_spec("cicflowmeter"),
                                    datasets_dir / "cicids2017-sample" / "CICIDS2017_sample.csv",
                                    None, cfg.data, seed=0)
-    result = train_centralised(cfg, split=split)
+    result = train(task_for(cfg), split)
     assert result.evaluations["test"]["binary"]["roc_auc"] > 0.8
     return result.bundle.save(tmp_path_factory.mktemp("cic") / "model.fedlstm")
 
@@ -75,7 +74,9 @@ def test_schema_infer_and_show(tmp_path, tiny):
     r = runner.invoke(app, ["schema", "infer", str(tiny[1]), "--out", str(out)])
     assert r.exit_code == 0, r.output
     text = out.read_text()
-    assert 'label = "label"' in text and 'normal = ["benign"]' in text and 'entity = "src"' in text
+    drafted = tomllib.loads(text)["schema"]
+    assert drafted["label"] == "label" and drafted["normal"] == ["benign"]
+    assert drafted["entity"] == "src"
     r = runner.invoke(app, ["schema", "show", str(out)])
     assert r.exit_code == 0 and '"entity_column": "src"' in r.output
     r = runner.invoke(app, ["schema", "show", "zeek-conn"])

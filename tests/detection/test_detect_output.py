@@ -12,18 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-import typer
 from _detect_helpers import HEADER, flow_lines, tiny, tiny_model  # noqa: F401
 from filelock import FileLock
 from typer.testing import CliRunner
 
-from fedlstm import cli_detect
-from fedlstm.cli_detect import register
+from fedlstm.cli import common
+from fedlstm.cli.main import app
 from fedlstm.detection.stream import detect
 
 runner = CliRunner()
-app = typer.Typer()
-register(app)
 
 
 def flows(path: Path, n: int = 60, seed: int = 0, extra: list[str] | None = None) -> Path:
@@ -34,7 +31,7 @@ def flows(path: Path, n: int = 60, seed: int = 0, extra: list[str] | None = None
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch):
     """Messages on one line each, so that they can be compared whole."""
-    monkeypatch.setattr(cli_detect.console, "_width", 1000)
+    monkeypatch.setattr(common.console, "_width", 1000)
 
 
 @pytest.fixture

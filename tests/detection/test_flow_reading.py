@@ -11,11 +11,13 @@ from _detect_helpers import HEADER, SCHEMA_TOML, flow_lines, write_flows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedlstm.data.byo import FlowReader, build_split_from_files, read_flow_file
-from fedlstm.data.flowschemas import SchemaError, infer_schema, load_schema
-from fedlstm.data.readers import DataFormatError, read_records
-from fedlstm.data.schemas import get_spec
 from fedlstm.config import DataConfig
+from fedlstm.data.flows import FlowReader, read_flow_file
+from fedlstm.data.flowschemas import SchemaError, infer_schema, load_schema
+from fedlstm.data.io import DataFormatError
+from fedlstm.data.readers import read_records
+from fedlstm.data.schemas import get_spec
+from fedlstm.data.splits import build_split_from_files
 
 ZEEK_HEADER = """#separator \\x09
 #set_separator\t,

@@ -217,13 +217,10 @@ KEY = "k3y-" + "x" * 28
 @pytest.fixture
 def served(monkeypatch):
     """`fedlstm serve`'s arguments -> the uvicorn configuration it would run (nothing served)."""
-    import typer
     from typer.testing import CliRunner
 
-    from fedlstm.cli_detect import register
+    from fedlstm.cli.main import app as cli
 
-    cli = typer.Typer()
-    register(cli)
     ran: list[uvicorn.Config] = []
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: ran.append(self.config))
 

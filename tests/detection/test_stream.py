@@ -13,7 +13,7 @@ import pytest
 import torch
 from _detect_helpers import HEADER, flow_lines, tiny, tiny_model  # noqa: F401
 
-from fedlstm.data.byo import FlowReader
+from fedlstm.data.flows import FlowReader
 from fedlstm.detection import BundleError, ModelBundle
 from fedlstm.detection.bundle import FORMAT_VERSION
 from fedlstm.detection.stream import AlertWriter, StreamScorer, detect

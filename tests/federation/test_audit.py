@@ -13,15 +13,18 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.common import Code, FitRes, GetPropertiesRes, Status, ndarrays_to_parameters
-from flwr.compat.common.recorddict_compat import (fitres_to_recorddict,
-                                                  getpropertiesres_to_recorddict)
+from flwr.compat.common.recorddict_compat import (
+    fitres_to_recorddict,
+    getpropertiesres_to_recorddict,
+)
 
+from conftest import SYNTHETIC_SPEC, synthetic_records
 from fedlstm.config import RunConfig
 from fedlstm.features import PreprocessingStats
 from fedlstm.federation.audit import ContractViolation, ReplyContract, check_reply
 from fedlstm.federation.client import REPLY_METRICS
 from fedlstm.federation.server import ServerTask
-from conftest import SYNTHETIC_SPEC, synthetic_records
+from fedlstm.tasks import task_for
 
 SHAPES = ((8, 5), (8,), (2, 8))
 OK = Status(code=Code.OK, message="Success")
@@ -82,11 +85,11 @@ def _properties(answer: dict) -> SimpleNamespace:
 
 
 def test_statistics_answers_must_have_the_declared_layout():
-    from fedlstm.pipeline import make_preprocessor
+    from fedlstm.tasks.base import make_preprocessor
 
     cfg, spec = RunConfig(), SYNTHETIC_SPEC
     records = synthetic_records(200)
-    task = ServerTask(cfg, spec)
+    task = ServerTask(task_for(cfg), spec)
     contract = ReplyContract(SHAPES, REPLY_METRICS, task.declared_answers())
     stats = make_preprocessor(spec, cfg).compute_stats(records.frame)
     check_reply(_properties({"statistics": stats.to_bytes(), "client": "a"}), "get_properties",
@@ -130,7 +133,7 @@ def test_a_site_that_sends_its_records_stops_the_run(datasets_dir, tmp_path):
 
     from fedlstm.federation.apps import make_client_app, make_server_app
     from fedlstm.federation.partitions import load_client_records, save_records
-    from fedlstm.federation.simulation import federated_data
+    from fedlstm.federation.sites import federated_data
 
     cfg = RunConfig.model_validate({
         "data": {"data_dir": str(datasets_dir), "max_train_rows": 1200},
@@ -157,10 +160,10 @@ def test_a_site_that_sends_its_records_stops_the_run(datasets_dir, tmp_path):
             rows.assign(label=records.attack[:300]).to_csv(index=False)
         return reply
 
-    task = ServerTask(cfg, data.spec)
+    task = ServerTask(task_for(cfg), data.spec)
     with pytest.raises(Exception) as caught:
         run_simulation(server_app=make_server_app(task),
-                       client_app=make_client_app(part_dir, mods=(leak_records,)),
+                       client_app=make_client_app(part_dir, cfg, mods=(leak_records,)),
                        num_supernodes=2, backend_config={"client_resources": {"num_cpus": 1}})
     chain, exc = [], caught.value
     while exc is not None:

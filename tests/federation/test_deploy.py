@@ -294,6 +294,38 @@ def _refused_everywhere(federation, nodes, tmp_path, outsider_key):
         assert reason in logs, reason
 
 
+def test_too_few_sites_fail_within_the_round_timeout():
+    from fedlstm.federation.apps import BoundedClientManager, FederationStalled
+
+    manager = BoundedClientManager(timeout=1.0)
+    start = time.monotonic()
+    with pytest.raises(FederationStalled, match="0 site\\(s\\) connected, 2 needed"):
+        manager.sample(2)
+    assert time.monotonic() - start < 5
+
+
+def test_the_anomaly_detector_deploys_like_the_supervised_one(federation, datasets_dir, tmp_path):
+    """One ClientApp and one ServerApp serve every detector kind: the normal-traffic LSTM is
+    trained by FedAvg and calibrated from the sites' aggregate answers, as real processes."""
+    from fedlstm.detection import MahalanobisDetector
+    from fedlstm.tasks.anomaly import anomaly_config
+
+    cfg = anomaly_config(None, ["data.max_train_rows=3000", "data.max_test_rows=3000",
+                                "model.hidden_size=8", "federation.evaluate_clients=false",
+                                "windows.window=2"],
+                         data__dataset="nsl-kdd", data__data_dir=str(datasets_dir),
+                         federation__clients=2, federation__rounds=1)
+    result = deploy_on(federation, cfg, tmp_path / "run", timeout=240)
+    assert result.status == FINISHED
+    metrics = json.loads((result.out / "metrics.json").read_text())
+    assert metrics["model"] == "lstm-ae" and metrics["mode"] == "federated"
+    assert {a["phase"] for a in metrics["answers_received"]} == {"error-stats", "score-histogram"}
+    detector = ModelBundle.load(result.out / "model.fedlstm")
+    assert isinstance(detector, MahalanobisDetector) and detector.threshold_ > 0
+    assert metrics["evaluations"]["test"]["unseen"]["n"] > 0
+
+
+# Last: the site it stops may stay registered at the shared SuperLink until its heartbeat lapses.
 def test_a_hung_site_costs_one_round_timeout_not_the_run(federation, datasets_dir, tmp_path):
     """SIGSTOP on one SuperNode after round 1: round 2 goes on with the other site after the
     round timeout. Before, round 2 waited forever."""
@@ -301,7 +333,7 @@ def test_a_hung_site_costs_one_round_timeout_not_the_run(federation, datasets_di
     import signal
 
     cfg = load_config(None, ["data.max_train_rows=3000", "model.hidden_size=16",
-                             "federation.evaluate_clients=false", "federation.round_timeout=8",
+                             "federation.evaluate_clients=false", "federation.round_timeout=20",
                              "federation.min_fit_clients=1"],
                       data__dataset="nsl-kdd", data__data_dir=str(datasets_dir),
                       federation__clients=2, federation__rounds=2, federation__local_epochs=1)
@@ -329,13 +361,3 @@ def test_a_hung_site_costs_one_round_timeout_not_the_run(federation, datasets_di
     assert sorted(rounds) == [0, 1, 2]
     assert set(rounds[1]["clients_fit"]) == {"client-0", "client-1"}
     assert set(rounds[2]["clients_fit"]) == {"client-0"}  # the hung site was left out
-
-
-def test_too_few_sites_fail_within_the_round_timeout():
-    from fedlstm.federation.apps import BoundedClientManager, FederationStalled
-
-    manager = BoundedClientManager(timeout=1.0)
-    start = time.monotonic()
-    with pytest.raises(FederationStalled, match="0 site\\(s\\) connected, 2 needed"):
-        manager.sample(2)
-    assert time.monotonic() - start < 5

@@ -8,12 +8,18 @@ from fedlstm.config import RunConfig
 from fedlstm.data import schemas
 from fedlstm.data.readers import concat_records
 from fedlstm.features import PreprocessingStats
-from fedlstm.federation.apps import FlowerClient, _client_task
+from fedlstm.federation.apps import FlowerClient, _site
 from fedlstm.federation.client import ClientTask
-from fedlstm.federation.partitions import (PartitionScheme, describe, load_client_records,
-                                           partition_indices, save_records)
+from fedlstm.federation.partitions import (
+    PartitionScheme,
+    describe,
+    load_client_records,
+    partition_indices,
+    save_records,
+)
 from fedlstm.federation.server import ServerTask
-from fedlstm.pipeline import make_preprocessor
+from fedlstm.tasks import task_for
+from fedlstm.tasks.base import make_preprocessor
 
 CFG = RunConfig.model_validate({"windows": {"window": 3}, "model": {"hidden_size": 8},
                                 "train": {"batch_size": 32, "lr": 0.01},
@@ -21,12 +27,12 @@ CFG = RunConfig.model_validate({"windows": {"window": 3}, "model": {"hidden_size
 
 
 def _clients(n=3, rows=300):
-    return [ClientTask(synthetic_records(rows, seed=i), CFG, SYNTHETIC_SPEC, f"c{i}") for i in range(n)]
+    return [ClientTask(task_for(CFG), synthetic_records(rows, seed=i), SYNTHETIC_SPEC, f"c{i}") for i in range(n)]
 
 
 def test_federated_preprocessing_equals_pooled_fit():
     clients = _clients()
-    server = ServerTask(CFG, SYNTHETIC_SPEC)
+    server = ServerTask(task_for(CFG), SYNTHETIC_SPEC)
     merged = server.merge_statistics([c.statistics() for c in clients])
     pooled = concat_records([c.train_records for c in clients])
     central = make_preprocessor(SYNTHETIC_SPEC, CFG).fit(pooled.frame)
@@ -36,15 +42,15 @@ def test_federated_preprocessing_equals_pooled_fit():
 
 def test_local_preprocessing_mode_uses_own_statistics():
     cfg = CFG.model_copy(update={"federation": CFG.federation.model_copy(update={"preprocessing": "local"})})
-    a = ClientTask(synthetic_records(300, seed=0), cfg, SYNTHETIC_SPEC)
+    a = ClientTask(task_for(cfg), synthetic_records(300, seed=0), SYNTHETIC_SPEC)
     a.use_preprocessing(None)
     own = make_preprocessor(SYNTHETIC_SPEC, cfg).fit(a.train_records.frame)
-    np.testing.assert_array_equal(a.train_windows.features.numpy(), own.transform(a.train_records.frame))
+    np.testing.assert_array_equal(a.windows.train.features.numpy(), own.transform(a.train_records.frame))
 
 
 def test_fedavg_rounds_improve_the_global_model(tmp_path):
     clients = _clients()
-    server = ServerTask(CFG, SYNTHETIC_SPEC, out_dir=tmp_path)
+    server = ServerTask(task_for(CFG), SYNTHETIC_SPEC, out_dir=tmp_path)
     pre = server.merge_statistics([c.statistics() for c in clients]).to_dict()
     weights = server.initial_weights()
     losses = []
@@ -63,7 +69,7 @@ def test_fedavg_rounds_improve_the_global_model(tmp_path):
     assert losses[-1] < losses[0]
     assert set(server.rounds[3]["clients_fit"]) == {"c0", "c1", "c2"}
     # the checkpoint of the last round resumes where the run stopped
-    again = ServerTask(CFG, SYNTHETIC_SPEC, out_dir=tmp_path)
+    again = ServerTask(task_for(CFG), SYNTHETIC_SPEC, out_dir=tmp_path)
     again.merge_statistics([c.statistics() for c in clients])
     resumed = again.initial_weights()
     assert again.round_offset == 3 and again.remaining_rounds == 0
@@ -71,7 +77,7 @@ def test_fedavg_rounds_improve_the_global_model(tmp_path):
 
 
 def test_weighted_fit_metrics():
-    server = ServerTask(CFG, SYNTHETIC_SPEC)
+    server = ServerTask(task_for(CFG), SYNTHETIC_SPEC)
     agg = server.record_fit(1, [(100, {"train_loss": 1.0, "train_accuracy": 0.5, "client": "a"}),
                                 (300, {"train_loss": 2.0, "train_accuracy": 0.9, "client": "b"})])
     assert agg == pytest.approx({"train_loss": 1.75, "train_accuracy": 0.8})
@@ -81,13 +87,13 @@ def test_flower_client_handlers_move_only_aggregates(tmp_path, monkeypatch):
     monkeypatch.setitem(schemas.DATASETS, "synthetic", SYNTHETIC_SPEC)
     cfg_json = CFG.model_copy(update={"data": CFG.data.model_copy(update={"dataset": "synthetic"})}).model_dump_json()
     path = save_records(synthetic_records(200), tmp_path / "client-0.parquet")
-    client = FlowerClient(str(path), "client-0")
-    config = {"run_config": cfg_json}
+    client = FlowerClient(str(path), "client-0", cfg_json)
+    config = {}  # the configuration comes with the app (run config), never in a message
     props = client.get_properties(config)
     assert set(props) == {"statistics", "client"} and isinstance(props["statistics"], bytes)
     stats = PreprocessingStats.from_bytes(props["statistics"])
-    assert stats.count == len(_client_task(str(path), cfg_json, "client-0").train_records)
-    server = ServerTask(CFG, SYNTHETIC_SPEC)
+    assert stats.count == len(_site(str(path), cfg_json, "client-0").train_records)
+    server = ServerTask(task_for(CFG), SYNTHETIC_SPEC)
     server.merge_statistics([stats])
     fit_config = {**config, "preprocessor": __import__("json").dumps(server.preprocessor.to_dict()),
                   "local_epochs": 1, "seed": 1}
@@ -139,11 +145,12 @@ def test_strategies_come_from_flower(name, cls):
 
     cfg = CFG.model_copy(update={"federation": CFG.federation.model_copy(
         update={"strategy": name, "fraction_fit": 0.6, "proximal_mu": 0.1})})
-    server = ServerTask(cfg, SYNTHETIC_SPEC)
+    server = ServerTask(task_for(cfg), SYNTHETIC_SPEC)
     server.merge_statistics([c.statistics() for c in _clients(2)])
-    strategy = build_strategy(server, cfg.model_dump_json())
+    strategy = build_strategy(server)
     assert type(strategy).__name__ == cls and strategy.fraction_fit == 0.6
     fit_config = strategy.on_fit_config_fn(1)
     assert fit_config["local_epochs"] == 1 and "preprocessor" in fit_config
+    assert "run_config" not in fit_config  # settings travel in the run config, not in messages
     if name == "fedprox":
         assert strategy.proximal_mu == 0.1

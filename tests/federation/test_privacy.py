@@ -10,10 +10,11 @@ from torch.func import functional_call, grad, vmap
 from conftest import synthetic_records
 from fedlstm.config import RunConfig, TrainConfig
 from fedlstm.features import FlowPreprocessor
+from fedlstm.features.windows import make_windows
 from fedlstm.models.lstm import LSTMClassifier
+from fedlstm.tasks import task_for
 from fedlstm.training.loop import fit
 from fedlstm.training.privacy import epsilon, noise_for_epsilon, per_sample_clipped_gradients
-from fedlstm.windows import make_windows
 
 
 def test_per_sample_clipping_matches_autograd_per_sample_gradients():
@@ -65,7 +66,7 @@ def _run(datasets_dir, tmp_path, **federation):
     from fedlstm.federation.apps import make_client_app, make_server_app
     from fedlstm.federation.partitions import save_records
     from fedlstm.federation.server import ServerTask
-    from fedlstm.federation.simulation import federated_data
+    from fedlstm.federation.sites import federated_data
 
     cfg = RunConfig.model_validate({
         "data": {"data_dir": str(datasets_dir), "max_train_rows": 1500},
@@ -75,9 +76,9 @@ def _run(datasets_dir, tmp_path, **federation):
     data = federated_data(cfg)
     for i, recs in enumerate(data.clients):
         save_records(recs, tmp_path / f"client-{i}.parquet")
-    task = ServerTask(cfg, data.spec)
+    task = ServerTask(task_for(cfg), data.spec)
     task.audit = True  # keep float arrays, to compare them with the model's shapes
-    run_simulation(server_app=make_server_app(task), client_app=make_client_app(str(tmp_path)),
+    run_simulation(server_app=make_server_app(task), client_app=make_client_app(str(tmp_path), cfg),
                    num_supernodes=3, backend_config={"client_resources": {"num_cpus": 1}})
     return task, [len(c) for c in data.clients]
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from fedlstm.cli import app
+from fedlstm.cli.main import app
 from fedlstm.detection import ModelBundle
 
 

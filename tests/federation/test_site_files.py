@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from fedlstm.cli import app
+from fedlstm.cli.main import app
 from fedlstm.detection import ModelBundle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detection"))

@@ -3,12 +3,13 @@ import torch
 
 from conftest import synthetic_records
 from fedlstm.config import TrainConfig
+from fedlstm.detection.classical import CLASSICAL, ClassicalDetector
 from fedlstm.features import FlowPreprocessor
+from fedlstm.features.windows import make_windows
 from fedlstm.models import MODELS, build_model, get_weights, set_weights
-from fedlstm.models.classical import CLASSICAL, ClassicalDetector
-from fedlstm.training.loop import fit, predict_proba
+from fedlstm.training.loop import fit
 from fedlstm.training.metrics import binary_metrics
-from fedlstm.windows import make_windows
+from fedlstm.training.objectives import predict_proba
 
 
 def _data(seed, window=3, n=500):

@@ -1,10 +1,12 @@
 """The quick profile of `fedlstm reproduce`, end to end on the real files."""
 
 import json
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
-from fedlstm.cli import app
+from fedlstm.cli.main import app
 from fedlstm.reports.reproduce import METHODS
 
 
@@ -34,8 +36,29 @@ def test_quick_reproduction_writes_the_report_and_resumes(datasets_dir, tmp_path
     assert extras["anomaly--nsl-kdd--s0"]["evaluations"]["test"]["unseen_n"] > 0
     for s in steps:
         assert all(0 <= ev["accuracy"] <= 1 for ev in s["evaluations"].values())
+    _same_tables_as_the_reference(steps)
     # a second run reuses every finished step
     before = {p.name: p.stat().st_mtime for p in (out / "steps").glob("*.json")}
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert {p.name: p.stat().st_mtime for p in (out / "steps").glob("*.json")} == before
+
+
+# Behaviour did not change with the restructuring: every step's test-set scores equal those of
+# tests/reports/quick_reference.json (the code before it, same data). Counts must be equal; scores
+# may differ by float rounding across CPUs (threshold flips of a few of ~3,000 windows), not more.
+TOLERANCE = 0.004
+
+
+def _same_tables_as_the_reference(steps: list[dict]) -> None:
+    reference = json.loads((Path(__file__).parent / "quick_reference.json").read_text())["steps"]
+    got = {s["key"]: s["evaluations"] for s in steps}
+    assert set(got) == set(reference)
+    for key, sets in reference.items():
+        assert set(got[key]) == set(sets), key
+        for name, scores in sets.items():
+            ours = got[key][name]
+            assert ours["n"] == scores["n"], (key, name)
+            for metric, value in scores.items():
+                if value is not None and metric != "n":
+                    assert ours[metric] == pytest.approx(value, abs=TOLERANCE), (key, name, metric)

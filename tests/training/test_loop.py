@@ -4,12 +4,13 @@ import torch
 
 from conftest import synthetic_records
 from fedlstm.config import TrainConfig
-from fedlstm.pipeline import class_names_for, encode_labels
 from fedlstm.features import FlowPreprocessor
+from fedlstm.features.windows import make_windows
 from fedlstm.models import build_model
-from fedlstm.training.loop import Reporter, class_weights, fit, predict_proba
+from fedlstm.tasks.base import class_names_for, encode_labels
+from fedlstm.training.loop import Reporter, class_weights, fit
 from fedlstm.training.metrics import best_f1_threshold, binary_metrics
-from fedlstm.windows import make_windows
+from fedlstm.training.objectives import predict_proba
 
 
 def _windows(n, seed, window=4):

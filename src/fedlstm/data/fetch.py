@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fedlstm import __version__
 from fedlstm.data.registry import DatasetCorrupt, DatasetNotFound, count_rows, locate, sha256_of
-from fedlstm.data.schemas import DatasetSpec, FileSpec
+from fedlstm.data.spec import DatasetSpec, FileSpec
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,11 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+import tomli_w
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fedlstm.data.schemas import DatasetSpec
+from fedlstm.data.io import open_binary
+from fedlstm.data.spec import DatasetSpec
 
 # Zeek's conn.log fields (Zeek 3-6). Research datasets (IoT-23, CTU) append label columns.
 ZEEK_CONN_FIELDS = [
@@ -198,7 +200,6 @@ _ENTITY_HINT = re.compile(r"^((src|source|orig|sender)([ _.-]*(ip|addr|address|h
 
 
 def _sniff(path: Path, sample_lines: int) -> tuple[str, str, list[str] | None, list[str]]:
-    from fedlstm.data.byo import open_binary  # late: byo builds on this module
 
     lines: list[str] = []
     with open_binary(path) as fh:
@@ -269,35 +270,26 @@ def infer_schema(path: str | Path, sample_lines: int = 5000) -> str:
     else:
         notes.append("no label column found: fine for scoring, training needs one")
 
-    def q(items) -> str:
-        return "[" + ", ".join(_toml_str(i) for i in items) + "]"
-
-    lines = [f"# Drafted by `fedlstm schema infer {path.name}` from {len(frame)} rows: CHECK IT.",
-             *(f"# {n}" for n in notes), "[schema]",
-             f"name = {_toml_str(re.sub(r'[^a-z0-9]+', '-', path.stem.lower()).strip('-'))}",
-             f"format = {_toml_str(fmt)}", f"delimiter = {_toml_str(delimiter)}",
-             f"header = {'true' if header else 'false'}"]
+    schema: dict = {"name": re.sub(r"[^a-z0-9]+", "-", path.stem.lower()).strip("-"),
+                    "format": fmt, "delimiter": delimiter, "header": bool(header)}
     if not header:
-        lines.append(f"columns = {q(names)}")
+        schema["columns"] = names
     if label:
-        lines += [f"label = {_toml_str(label)}", f"normal = {q(normal)}"]
+        schema.update(label=label, normal=normal)
     if family:
-        lines.append(f"family = {_toml_str(family)}")
-    lines += [f"categorical = {q(categorical)}", f"numeric = {q(numeric)}"]
+        schema["family"] = family
+    schema.update(categorical=categorical, numeric=numeric)
     if time:
-        lines.append(f"time = {_toml_str(time)}")
+        schema["time"] = time
     if entity:
-        lines.append(f"entity = {_toml_str(entity)}")
-    lines.append(f"ignore = {q(ignore)}")
+        schema["entity"] = entity
+    schema["ignore"] = ignore
     if missing:
-        lines += [f"missing = {q(missing)}", "fill_missing = 0.0"]
+        schema.update(missing=missing, fill_missing=0.0)
     numeric_values = frame[numeric].apply(pd.to_numeric, errors="coerce") if numeric else None
     if numeric_values is not None and not np.isfinite(numeric_values.to_numpy(float)).all():
-        lines.append("fill_missing = 0.0  # the sample holds NaN/Infinity values" if not missing
-                     else "")
-    return "\n".join(line for line in lines if line) + "\n"
-
-
-def _toml_str(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\t", "\\t")
-    return f'"{escaped}"'
+        schema["fill_missing"] = 0.0
+        notes.append("fill_missing = 0.0: the sample holds NaN/Infinity values")
+    head = [f"# Drafted by `fedlstm schema infer {path.name}` from {len(frame)} rows: CHECK IT.",
+            *(f"# {n}" for n in notes)]
+    return "\n".join(head) + "\n" + tomli_w.dumps({"schema": schema})

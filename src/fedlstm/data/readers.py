@@ -20,25 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedlstm.data.schemas import NORMAL_FAMILY, DatasetSpec
+from fedlstm.data.io import BadLineError, DataFormatError, open_text
+from fedlstm.data.spec import NORMAL_FAMILY, DatasetSpec
 
 log = logging.getLogger(__name__)
-
-
-class DataFormatError(ValueError):
-    """A data file that cannot be read as its schema says; the message names file:line:column."""
-
-
-class BadLineError(DataFormatError):
-    """A malformed line met by a strict read. `where` (file:line, column, what was wrong) is the
-    message without the hint, so a command can name its own option for skipping bad lines."""
-
-    def __init__(self, where: str):
-        super().__init__(where)
-        self.where = where
-
-    def __str__(self) -> str:
-        return f"{self.where} (use lenient reading to skip bad lines)"
 
 
 # A longer line is malformed (a record is a few hundred bytes): it is read in pieces and dropped,
@@ -111,18 +96,6 @@ def concat_records(parts: list[Records]) -> Records:
                    np.concatenate(segment))
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    if path.suffix == ".zip":
-        archive = zipfile.ZipFile(path)
-        members = [n for n in archive.namelist() if not n.endswith("/")]
-        if len(members) != 1:
-            raise DataFormatError(f"{path}: a .zip must hold exactly one file, found {members}")
-        return io.TextIOWrapper(archive.open(members[0]), encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
-
-
 def _dtypes(spec: DatasetSpec) -> dict[str, object]:
     text = {*spec.categorical, spec.label, *spec.ignore}
     if spec.family_column:
@@ -190,7 +163,7 @@ def find_bad_lines(path: Path, spec: DatasetSpec, limit: int | None = 1) -> list
             yield "\n" if line is None else line
 
     try:
-        with _open_text(path) as fh:
+        with open_text(path) as fh:
             records = csv.reader(lines(fh))
             lineno = 0
             while True:

@@ -7,8 +7,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from fedlstm.data.readers import Records, _open_text, read_records
-from fedlstm.data.schemas import DatasetSpec, FileSpec, get_spec
+from fedlstm.data.io import open_text
+from fedlstm.data.spec import DatasetSpec, FileSpec
 
 DATA_ENV = "FEDLSTM_DATA"
 
@@ -44,7 +44,7 @@ def _cached_sha(path: str, size: int, mtime: float) -> str:
 
 
 def count_rows(path: Path, has_header: bool) -> int:
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         n = sum(1 for line in fh if line.strip())
     return n - int(has_header)
 
@@ -105,12 +105,6 @@ def check_file(path: Path, fspec: FileSpec, spec: DatasetSpec, hint: str) -> Non
         rows = _cached_rows(*_stat_key(path), spec.has_header)
         if rows != fspec.rows:
             raise DatasetCorrupt(f"{path}: {rows:,} rows, expected {fspec.rows:,}; {hint}")
-
-
-def load(name: str, role: str, root: str | Path | None = None, lenient: bool = False,
-         verify: bool = True) -> Records:
-    spec = get_spec(name)
-    return read_records(locate(spec, role, data_dir(root), verify=verify), spec, lenient=lenient)
 
 
 def available_roles(spec: DatasetSpec, root: Path) -> list[str]:

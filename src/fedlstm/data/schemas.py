@@ -1,79 +1,12 @@
-"""Dataset specifications: columns, types, labels, attack families and the files a dataset ships.
-
-A spec is plain data (pydantic), so it travels inside a model bundle and a bundle can read new
-traffic without the training data or this module's built-in tables.
-"""
+"""The built-in benchmark datasets (NSL-KDD, KDD Cup 99, UNSW-NB15), and `get_spec`, which finds
+any schema by name: a benchmark, a built-in flow-log schema or a TOML file."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
-
-NORMAL_FAMILY = "normal"
-UNKNOWN_FAMILY = "unknown"
-
-
-class FileSpec(BaseModel):
-    """One published file of a dataset, in the role it plays in the evaluation protocols."""
-
-    role: str  # e.g. "train", "test", "test-21"
-    name: str  # file name as published; alternatives cover renamed or compressed copies
-    alternatives: list[str] = Field(default_factory=list)
-    rows: int | None = None
-    sha256: str | None = None
-    url: str | None = None  # publisher's download address; None where the publisher needs a form
-
-
-class DatasetSpec(BaseModel):
-    name: str
-    folder: str  # sub-folder of the data directory
-    title: str
-    columns: list[str]
-    categorical: list[str]
-    label: str
-    ignore: list[str] = Field(default_factory=list)  # present in the file but never a feature
-    has_header: bool = False
-    label_suffix: str = ""  # KDD99 labels end with '.'
-    normal_labels: list[str] = Field(default_factory=lambda: ["normal"])
-    # Column holding the attack family directly (UNSW-NB15); otherwise families come from `families`.
-    family_column: str | None = None
-    families: dict[str, str] = Field(default_factory=dict)  # attack name -> family
-    family_order: list[str] = Field(default_factory=list)
-    time_column: str | None = None
-    order_note: str = ""
-    files: list[FileSpec] = Field(default_factory=list)
-    identify_by_rows: bool = False  # UNSW-NB15 publishes its two partitions under swapped names
-    # Flow logs of the user's own (fedlstm.data.flowschemas): how to read them and what to key on.
-    format: Literal["csv", "zeek"] = "csv"  # zeek: TSV with #fields/#types header lines
-    delimiter: str = ","
-    missing_values: list[str] = Field(default_factory=list)  # tokens that mean "unset" ('-')
-    fill_missing: float | None = None  # numeric value for unset/NaN/Inf (counted); None: bad row
-    optional_columns: list[str] = Field(default_factory=list)  # may be absent (labels)
-    entity_column: str | None = None  # windows are formed per entity (e.g. source host)
-
-    @property
-    def feature_columns(self) -> list[str]:
-        excluded = {self.label, *self.ignore}
-        if self.family_column:
-            excluded.add(self.family_column)
-        return [c for c in self.columns if c not in excluded]
-
-    @property
-    def numeric_columns(self) -> list[str]:
-        return [c for c in self.feature_columns if c not in self.categorical]
-
-    def file(self, role: str) -> FileSpec:
-        for f in self.files:
-            if f.role == role:
-                return f
-        raise KeyError(f"dataset {self.name!r} has no file with role {role!r}; roles: {[f.role for f in self.files]}")
-
-    def family_of(self, attack: str) -> str:
-        if attack in self.normal_labels:
-            return NORMAL_FAMILY
-        return self.families.get(attack, UNKNOWN_FAMILY)
-
+from fedlstm.data import flowschemas
+from fedlstm.data.spec import NORMAL_FAMILY, DatasetSpec, FileSpec
 
 KDD_FEATURES = [
     "duration", "protocol_type", "service", "flag", "src_bytes", "dst_bytes", "land",
@@ -200,8 +133,6 @@ ALIASES = {"nslkdd": "nsl-kdd", "kdd": "kdd99", "kddcup99": "kdd99", "unsw": "un
 
 def get_spec(name: str) -> DatasetSpec:
     """A built-in dataset or flow-log schema by name, or a custom schema from a .toml file."""
-    from fedlstm.data import flowschemas  # late: it builds on this module
-
     if name.lower().endswith(".toml"):
         return flowschemas.load_schema(name)
     key = ALIASES.get(name.lower(), name.lower())

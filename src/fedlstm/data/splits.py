@@ -19,9 +19,12 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from fedlstm.config import DataConfig
-from fedlstm.data.readers import Records, read_records
+from fedlstm.data.flows import expand_inputs, read_flow_file, with_families
+from fedlstm.data.flowschemas import SchemaError
+from fedlstm.data.readers import Records, concat_records, read_records
 from fedlstm.data.registry import DatasetNotFound, available_roles, data_dir, locate
-from fedlstm.data.schemas import DatasetSpec, get_spec
+from fedlstm.data.schemas import get_spec
+from fedlstm.data.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
 TRAIN_ROLES = ("train", "train-20")
@@ -75,8 +78,6 @@ def carve_validation(records: Records, fraction: float, seed: int) -> tuple[Reco
 def build_split(cfg: DataConfig, seed: int = 0, carve_val: bool = True) -> Split:
     """`carve_val=False` leaves validation to the caller (federated clients carve their own)."""
     if cfg.train_files:
-        from fedlstm.data.byo import build_split_from_files  # noqa: PLC0415 (import cycle)
-
         return build_split_from_files(get_spec(cfg.spec_name), cfg.train_files,
                                       cfg.test_file, cfg, seed, carve_val)
     spec = get_spec(cfg.dataset)
@@ -140,3 +141,49 @@ def _first_present(spec: DatasetSpec, root: Path) -> str:
         raise DatasetNotFound(f"{spec.name}: no files in {root / spec.folder}; run "
                               f"`fedlstm data fetch {spec.name} --data-dir {root}`")
     return present[0]
+
+
+def build_split_from_files(spec: DatasetSpec, train_files: str | Path | list,
+                           test_file: str | Path | None, cfg: DataConfig, seed: int = 0,
+                           carve_val: bool = True) -> Split:
+    """A Split of the user's own labelled files, with the same rules as the benchmark protocols.
+
+    With `test_file` the protocol is "files" (train on the training file(s), test on the test
+    file); without, a seeded stratified `random-split` of the training file(s). Validation is
+    always carved from training data only. Several training files (or the files of a folder) are
+    pooled and windows never cross from one to the next.
+    """
+    files = expand_inputs(train_files)
+    if not files:
+        raise ValueError("no training file given")
+    parts = []
+    for f in files:
+        recs, resolved = read_flow_file(f, spec, lenient=cfg.lenient)
+        if parts and resolved.feature_columns != parts[0][1].feature_columns:
+            raise SchemaError(f"{f}: its columns differ from {files[0]}")
+        parts.append((recs, resolved))
+    spec = parts[0][1]
+    whole = parts[0][0] if len(parts) == 1 else concat_records([p[0] for p in parts])
+    notes: dict = {"train_files": [str(f) for f in files]}
+    if cfg.dedup:
+        whole, notes["duplicates_removed"] = drop_duplicates(whole)
+    if test_file is not None:
+        test, _ = read_flow_file(test_file, spec, lenient=cfg.lenient)
+        train, tests, protocol = whole, {"test": test}, "files"
+        notes["test_file"] = str(test_file)
+    else:
+        rest, test_idx = stratified_indices(whole.family, cfg.test_fraction, seed)
+        train, tests, protocol = whole.take(rest), {"test": whole.take(test_idx)}, "random-split"
+    if cfg.max_train_rows and len(train) > cfg.max_train_rows:
+        _, keep = stratified_indices(train.family, cfg.max_train_rows / len(train), seed + 1)
+        train = train.take(keep)
+        notes["train_subsampled_to"] = len(train)
+    if carve_val:
+        train, val = carve_validation(train, cfg.val_fraction, seed)
+    else:
+        val = train.take(np.array([], np.int64))
+    spec = with_families(spec, train, *tests.values())
+    notes["rows"] = {"train": len(train), "val": len(val), **{k: len(v) for k, v in tests.items()}}
+    notes["test_overlap_with_train"] = {k: overlap_share(train, v) for k, v in tests.items()}
+    file_map = {"train": str(files[0]), **({"test": str(test_file)} if test_file else {})}
+    return Split(spec, protocol, train, val, tests, file_map, notes)

@@ -1,7 +1,7 @@
 """Unsupervised detection: Mahalanobis distance of an LSTM's error vectors (paper Eq. 12).
 
 The model learns normal traffic only; each window gives an error vector e (see
-`fedlstm.models.sequence.error_vectors`). μ and Σ of e are fitted on normal validation windows;
+`fedlstm.training.objectives.error_vectors`). μ and Σ of e are fitted on normal validation windows;
 the score is (e−μ)ᵀΣ⁻¹(e−μ); the threshold ζ maximises F-β on labelled validation windows, or gives
 a target false-positive rate on normal ones. Both fits go through mergeable statistics
 (`ErrorStats`, `ScoreHistogram`), so a federation computes them from per-site sums and counts
@@ -19,7 +19,8 @@ from typing import Literal
 import numpy as np
 
 from fedlstm.detection.bundle import Manifest, ModelBundle
-from fedlstm.windows import WindowSet
+from fedlstm.features.windows import WindowSet
+from fedlstm.training.objectives import error_vectors
 
 log = logging.getLogger(__name__)
 ThresholdPolicy = Literal["f-beta", "fpr"]
@@ -206,8 +207,8 @@ class ScoreHistogram:
 
 
 # --- the detector --------------------------------------------------------------------------------
-@dataclass
-class MahalanobisDetector(ModelBundle):
+@dataclass(kw_only=True)
+class MahalanobisDetector(ModelBundle, kind="mahalanobis"):
     """A ModelBundle whose score is the Mahalanobis distance of the model's error vector.
 
     Same questions as the supervised bundle (`decision_function`, `threshold_`, `predict`), same
@@ -225,8 +226,6 @@ class MahalanobisDetector(ModelBundle):
 
     # -- fitting (from mergeable statistics only) ---------------------------------------------
     def error_vectors(self, data: WindowSet) -> np.ndarray:
-        from fedlstm.models.sequence import error_vectors
-
         return error_vectors(self.model, data)
 
     def fit_error_stats(self, stats: ErrorStats) -> MahalanobisDetector:

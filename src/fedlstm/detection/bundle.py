@@ -33,13 +33,20 @@ from torch import nn
 
 from fedlstm import __version__
 from fedlstm.data.readers import Records
-from fedlstm.data.schemas import DatasetSpec
-from fedlstm.detection.signing import (KeyHome, PublicKey, SignatureError, SigningKey,
-                                       TrustStore, sign_bundle, verify_bundle)
+from fedlstm.data.spec import DatasetSpec
+from fedlstm.detection.signing import (
+    KeyHome,
+    PublicKey,
+    SignatureError,
+    SigningKey,
+    TrustStore,
+    sign_bundle,
+    verify_bundle,
+)
 from fedlstm.features import FlowPreprocessor
+from fedlstm.features.windows import WindowSet, make_windows
 from fedlstm.models import MODELS, SEQUENCE_MODELS, build_model
-from fedlstm.training.loop import predict_proba
-from fedlstm.windows import WindowSet, make_windows
+from fedlstm.training.objectives import predict_proba
 
 log = logging.getLogger(__name__)
 
@@ -205,9 +212,21 @@ class Manifest(BaseModel):
         return self
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModelBundle:
-    """A supervised detector: `decision_function` gives P(attack), `predict` compares to threshold_."""
+    """A supervised detector: `decision_function` gives P(attack), `predict` compares to threshold_.
+
+    Detectors built on this format subclass it with `kind=NAME` (the manifest's `detector`), and
+    `load` returns an instance of the kind a file holds; the kinds are listed in
+    `fedlstm.detection`, which imports every one of them.
+    """
+
+    KINDS = {}  # manifest "detector" -> class (not annotated: a class attribute, not a field)
+
+    def __init_subclass__(cls, kind: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if kind is not None:
+            ModelBundle.KINDS[kind] = cls
 
     spec: DatasetSpec
     preprocessor: FlowPreprocessor
@@ -298,16 +317,16 @@ class ModelBundle:
         m = manifest.model
         params = m.params.model_dump(exclude_unset=True)
         model = _build_model(path, m, params, _state_dict(path, members[WEIGHTS]))
-        bundle = cls(manifest.spec, FlowPreprocessor.from_dict(manifest.preprocessor.model_dump()),
-                     model, m.name, params, manifest.task, manifest.class_names, manifest.window,
-                     manifest.threshold, manifest.metadata,
-                     {"file": str(path), "fedlstm_version": manifest.fedlstm_version,
-                      "signed_by": signer.fingerprint if signer else None,
-                      "signer": signer.label if signer else None})
-        if manifest.detector == "mahalanobis":  # the unsupervised detector's extra state
-            from fedlstm.detection.anomaly import MahalanobisDetector  # noqa: PLC0415 (cycle)
-
-            return MahalanobisDetector.from_bundle(bundle, manifest)
+        bundle = cls(spec=manifest.spec,
+                     preprocessor=FlowPreprocessor.from_dict(manifest.preprocessor.model_dump()),
+                     model=model, model_name=m.name, model_params=params, task=manifest.task,
+                     class_names=manifest.class_names, window=manifest.window,
+                     threshold_=manifest.threshold, metadata=manifest.metadata,
+                     provenance={"file": str(path), "fedlstm_version": manifest.fedlstm_version,
+                                 "signed_by": signer.fingerprint if signer else None,
+                                 "signer": signer.label if signer else None})
+        if manifest.detector is not None:  # a kind with state of its own (e.g. μ and Σ)
+            return ModelBundle.KINDS[manifest.detector].from_bundle(bundle, manifest)
         return bundle
 
 

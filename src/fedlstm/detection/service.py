@@ -54,9 +54,9 @@ from pydantic import BaseModel
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from fedlstm import __version__
-from fedlstm.data.byo import finite_float32
+from fedlstm.data.io import finite_float32
 from fedlstm.detection.bundle import ModelBundle
-from fedlstm.detection.stream import StreamScorer, alert_records
+from fedlstm.detection.stream import Scores, StreamScorer, alert_records
 
 try:  # uvicorn's fast parser, an optional extra of uvicorn; h11 parses without it
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -577,32 +577,90 @@ def _stream_key(request: Request) -> tuple[tuple[str, str], str]:
     return ("client", host), host
 
 
-def create_app(bundle: ModelBundle, max_records: int = 1000, max_body_bytes: int = 1 << 20,
-               max_entities: int = 10_000, explain_top: int = 3, api_key: str | None = None,
-               read_timeout: float = 10.0) -> FastAPI:
-    """The scoring service of one model bundle. `api_key`: required of /score and /metrics
-    callers when set; `read_timeout`: seconds a request's body may take to arrive (and, when
-    served through `server_config`, its head)."""
-    app = FastAPI(title="fedlstm scoring service", version=__version__,
-                  description=f"Scores flow records with a {bundle.task} "
-                              f"{bundle.model_name.upper()} (W={bundle.window}) trained on "
-                              f"{bundle.spec.name}. Each request joins a stream (`stream`, "
-                              "else `X-Fedlstm-Stream`, else the client's address): windows "
-                              "never mix records of two streams.")
-    denied = {401: {"description": "Missing or wrong API key"}} if api_key is not None else {}
+class _ScoreHandler:
+    """What POST /score does with a request's records once FastAPI has parsed them: check their
+    number, validate them, score them, and count it all. One per app; its lock serialises
+    scoring, since every stream's history lives in the one scorer."""
+
+    def __init__(self, bundle: ModelBundle, scorer: StreamScorer, metrics: Metrics,
+                 max_records: int):
+        self.bundle, self.scorer, self.metrics, self.max_records = (bundle, scorer, metrics,
+                                                                    max_records)
+        self.lock = threading.Lock()
+        self.model_name = str(bundle.metadata.get("dataset", bundle.spec.name))
+
+    def validate(self, records: list[Record]) -> tuple[pd.DataFrame, np.ndarray | None,
+                                                       np.ndarray]:
+        """`records_to_frame`'s answer, or a 422 (the records counted as rejected): a request is
+        validated as a whole before it touches any history, so a rejected one changes nothing."""
+        if len(records) > self.max_records:  # `maxItems` of the documented body
+            self.metrics.rejected.inc(len(records))
+            raise HTTPException(422, [{"loc": ["body"], "type": "too_long",
+                                       "msg": f"{len(records)} records in one request; at most "
+                                              f"{self.max_records}"}])
+        try:
+            return records_to_frame(self.bundle, records)
+        except RecordError as exc:
+            self.metrics.rejected.inc(len(records))
+            raise HTTPException(422, exc.errors) from None
+
+    def score(self, stream: tuple[str, str], shown: str, records: list[Record],
+              frame: pd.DataFrame, entity: np.ndarray | None,
+              features: np.ndarray) -> ScoreResponse:
+        """Score valid records on `stream`'s histories; `shown`: the stream's name in the
+        response."""
+        if not len(records):
+            return ScoreResponse(model=self.model_name, stream=shown, records=0, scored=0,
+                                 alerts=0, results=[])
+        with self.lock:
+            scores = self.scorer.score(frame, entity, features, stream=stream)
+        return self._respond(shown, records, frame, entity, scores)
+
+    def _respond(self, shown: str, records: list[Record], frame: pd.DataFrame,
+                 entity: np.ndarray | None, scores: Scores) -> ScoreResponse:
+        """The response (records still warming up come back with `scored: false`), counted in
+        the metrics."""
+        bundle = self.bundle
+        items = alert_records(bundle, frame, scores, range(len(records)), entity=entity)
+        results = []
+        for i, item in enumerate(items):  # inline, not a call per record: this is the hot path
+            if not scores.scored[i]:
+                results.append(ScoredRecord(index=i, entity=item.get("entity"), scored=False,
+                                            threshold=bundle.threshold_))
+                continue
+            results.append(ScoredRecord(index=i, scored=True, **item))
+        n_scored, n_alerts = int(scores.scored.sum()), int(scores.alert.sum())
+        self.metrics.records.inc(len(records))
+        self.metrics.scored.inc(n_scored)
+        self.metrics.alerts.inc(n_alerts)
+        return ScoreResponse(model=self.model_name, stream=shown, records=len(records),
+                             scored=n_scored, alerts=n_alerts, results=results)
+
+
+def _new_app(bundle: ModelBundle) -> FastAPI:
+    """An empty FastAPI app, titled and described for `bundle` (the OpenAPI document's info)."""
+    return FastAPI(title="fedlstm scoring service", version=__version__,
+                   description=f"Scores flow records with a {bundle.task} "
+                               f"{bundle.model_name.upper()} (W={bundle.window}) trained on "
+                               f"{bundle.spec.name}. Each request joins a stream (`stream`, "
+                               "else `X-Fedlstm-Stream`, else the client's address): windows "
+                               "never mix records of two streams.")
+
+
+def _add_middlewares(app: FastAPI, metrics: Metrics, max_body_bytes: int, read_timeout: float,
+                     api_key: str | None) -> None:
+    """The plain-ASGI guards and metrics. Each `add_middleware` wraps those added before it, so
+    the order matters: the API key is checked outside BodyGuard (no key, no body read), and the
+    metrics are outermost, so they also count the guards' 401s, 408s and 413s."""
     app.add_middleware(BodyGuard, max_bytes=max_body_bytes, read_timeout=read_timeout)
-    if api_key is not None:  # outside BodyGuard: no key, no body read
+    if api_key is not None:
         check_api_key(api_key)
         app.add_middleware(ApiKeyGuard, api_key=api_key, paths=frozenset({"/score", "/metrics"}))
-    scorer = StreamScorer(bundle, explain_top=explain_top, max_entities=max_entities)
-    lock = threading.Lock()
-    metrics = Metrics()
-    app.state.metrics, app.state.scorer, app.state.read_timeout = metrics, scorer, read_timeout
-    model_name = str(bundle.metadata.get("dataset", bundle.spec.name))
-
-    # Outermost: also counts the guards' 401s, 408s and 413s.
+    # The routes list itself, not a copy: RequestMetrics reads it once the routes are added.
     app.add_middleware(RequestMetrics, metrics=metrics, routes=app.routes)
 
+
+def _add_healthz(app: FastAPI, bundle: ModelBundle) -> None:
     @app.get("/healthz")
     def healthz() -> dict:
         """Liveness and what the service scores with."""
@@ -612,6 +670,8 @@ def create_app(bundle: ModelBundle, max_records: int = 1000, max_body_bytes: int
                              *bundle.preprocessor.categorical_columns],
                 "entity": bundle.spec.entity_column}
 
+
+def _add_metrics_route(app: FastAPI, metrics: Metrics, denied: dict) -> None:
     @app.get("/metrics", response_class=PlainTextResponse, responses={
         200: {"description": "Prometheus exposition",
               "content": {"text/plain": {"schema": {"type": "string"}},
@@ -621,6 +681,12 @@ def create_app(bundle: ModelBundle, max_records: int = 1000, max_body_bytes: int
         """Counters and latency histogram in Prometheus' text format (or OpenMetrics, if the
         scraper's Accept header asks for it)."""
         return metrics.exposition(request.headers.get("accept"))
+
+
+def _add_score_route(app: FastAPI, handler: _ScoreHandler, denied: dict) -> None:
+    # The endpoint keeps its name and parameters: they make the OpenAPI document's operation id
+    # and body schema. Its body is the handler's steps, with no other work per request.
+    numeric_columns = handler.bundle.preprocessor.numeric_columns
 
     @app.post("/score", response_model=ScoreResponse, response_model_exclude_none=True,
               openapi_extra={"parameters": STREAM_PARAMETERS},
@@ -633,42 +699,20 @@ def create_app(bundle: ModelBundle, max_records: int = 1000, max_body_bytes: int
     async def score(
             request: Request,
             records: list[Record] = Body(..., description="Flow records: column -> value",
-                                         examples=[[{c: 0 for c in
-                                                     bundle.preprocessor.numeric_columns[:3]}]]),
+                                         examples=[[{c: 0 for c in numeric_columns[:3]}]]),
     ) -> ScoreResponse:
         """Score records; each joins its (stream, entity) history and is scored once W have
         arrived."""
-        key, shown = _stream_key(request)
-        if len(records) > max_records:  # `maxItems` of the documented body
-            metrics.rejected.inc(len(records))
-            raise HTTPException(422, [{"loc": ["body"], "type": "too_long",
-                                       "msg": f"{len(records)} records in one request; at most "
-                                              f"{max_records}"}])
-        try:
-            frame, entity, features = records_to_frame(bundle, records)
-        except RecordError as exc:
-            metrics.rejected.inc(len(records))
-            raise HTTPException(422, exc.errors) from None
-        if not len(records):
-            return ScoreResponse(model=model_name, stream=shown, records=0, scored=0, alerts=0,
-                                 results=[])
-        with lock:
-            scores = scorer.score(frame, entity, features, stream=key)
-        items = alert_records(bundle, frame, scores, range(len(records)), entity=entity)
-        results = []
-        for i, item in enumerate(items):
-            if not scores.scored[i]:
-                results.append(ScoredRecord(index=i, entity=item.get("entity"), scored=False,
-                                            threshold=bundle.threshold_))
-                continue
-            results.append(ScoredRecord(index=i, scored=True, **item))
-        n_scored, n_alerts = int(scores.scored.sum()), int(scores.alert.sum())
-        metrics.records.inc(len(records))
-        metrics.scored.inc(n_scored)
-        metrics.alerts.inc(n_alerts)
-        return ScoreResponse(model=model_name, stream=shown, records=len(records),
-                             scored=n_scored, alerts=n_alerts, results=results)
+        key, shown = _stream_key(request)  # first: a bad stream name is refused before records
+        frame, entity, features = handler.validate(records)
+        return handler.score(key, shown, records, frame, entity, features)
 
+
+def _document_records(app: FastAPI, bundle: ModelBundle, max_records: int,
+                      api_key: str | None) -> None:
+    """Replace FastAPI's generic schema of POST /score's body by the records as
+    `records_to_frame` validates them, and document the API key when there is one. The
+    document is built once, on first use, and cached by FastAPI."""
     generated = app.openapi
 
     def openapi() -> dict:
@@ -684,8 +728,27 @@ def create_app(bundle: ModelBundle, max_records: int = 1000, max_body_bytes: int
 
     app.openapi = openapi
 
-    @app.exception_handler(RecordError)
-    async def record_error(_: Request, exc: RecordError):  # pragma: no cover - safety net
-        return JSONResponse({"detail": exc.errors}, status_code=422)
 
+async def _record_error(_: Request, exc: RecordError):  # pragma: no cover - safety net
+    """A RecordError that escaped validation is still the client's fault: 422, not 500."""
+    return JSONResponse({"detail": exc.errors}, status_code=422)
+
+
+def create_app(bundle: ModelBundle, max_records: int = 1000, max_body_bytes: int = 1 << 20,
+               max_entities: int = 10_000, explain_top: int = 3, api_key: str | None = None,
+               read_timeout: float = 10.0) -> FastAPI:
+    """The scoring service of one model bundle. `api_key`: required of /score and /metrics
+    callers when set; `read_timeout`: seconds a request's body may take to arrive (and, when
+    served through `server_config`, its head)."""
+    app = _new_app(bundle)
+    metrics = Metrics()
+    _add_middlewares(app, metrics, max_body_bytes, read_timeout, api_key)  # checks the key
+    scorer = StreamScorer(bundle, explain_top=explain_top, max_entities=max_entities)
+    app.state.metrics, app.state.scorer, app.state.read_timeout = metrics, scorer, read_timeout
+    denied = {401: {"description": "Missing or wrong API key"}} if api_key is not None else {}
+    _add_healthz(app, bundle)
+    _add_metrics_route(app, metrics, denied)
+    _add_score_route(app, _ScoreHandler(bundle, scorer, metrics, max_records), denied)
+    _document_records(app, bundle, max_records, api_key)
+    app.add_exception_handler(RecordError, _record_error)
     return app

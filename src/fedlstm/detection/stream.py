@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedlstm.data.byo import Chunk, FlowReader, label_arrays, unset_labels
+from fedlstm.data.flows import Chunk, FlowReader, label_arrays, unset_labels
 from fedlstm.data.readers import shown
 from fedlstm.detection.bundle import ModelBundle
-from fedlstm.windows import WindowSet, window_ends
+from fedlstm.features.windows import WindowSet, window_ends
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +82,30 @@ class StreamScorer:
         """Scores of `frame`'s rows; `features`: their preprocessed form, when already known.
         `stream`: whose records these are; histories are then kept per (stream, entity), so
         several sources (the service's clients) share one scorer without mixing windows."""
-        n, w = len(frame), self.window
+        n = len(frame)
         if features is None:
             features = self.bundle.preprocessor.transform(frame)
-        if entity is None:
-            codes, keys = np.zeros(n, np.int64), [None]
+        codes, keys = _history_keys(n, entity, stream)
+        ext, origin, segment = self._join_tails(features, codes, keys)
+        # Segments only matter when there are several: one entity's windows cannot cross any.
+        ends = window_ends(len(ext), self.window, segments=segment if len(keys) > 1 else None)
+        self._keep_tails(ext, segment, keys)
+        rows = origin[ends]  # the chunk row each window ends on
+        tensor = torch.from_numpy(np.ascontiguousarray(ext, dtype=np.float32))
+        if self.unsupervised:
+            result = self._score_distances(tensor, ends, rows, n)
         else:
-            codes, keys = pd.factorize(pd.Series(entity, dtype=object), sort=False)
-            keys = list(keys)
-        if stream is not None:
-            keys = [(stream, key) for key in keys]
-        # Lay each entity's carried tail and its new rows out contiguously; windows then never
-        # cross entities (window_ends with segments), and `origin` maps back to chunk rows.
+            result = self._score_classes(tensor, ends, rows, n)
+        self._mark_unseen(result, features)
+        return result
+
+    def _join_tails(self, features: np.ndarray, codes: np.ndarray, keys: list
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ext, origin, segment): each entity's carried tail, then its new rows, laid out
+        contiguously, so windows never cross entities (window_ends with segments); `origin` maps
+        rows of `ext` back to chunk rows (-1: carried), `segment` to the entity's index in `keys`.
+        The tails are taken out of the table; `_keep_tails` puts the new ones back."""
+        n = len(features)
         order = np.argsort(codes, kind="stable")
         bounds = np.searchsorted(codes[order], np.arange(len(keys) + 1))
         parts, origin, segment = [], [], []
@@ -110,59 +122,84 @@ class StreamScorer:
         ext = np.concatenate(parts) if parts else features
         origin = np.concatenate(origin) if origin else np.arange(n)
         segment = np.concatenate(segment) if segment else np.zeros(n, np.int64)
-        ends = window_ends(len(ext), w, segments=segment if len(keys) > 1 else None)
-        if w > 1 and len(ext):  # carry the last W-1 records of every entity seen here
-            firsts = np.flatnonzero(np.r_[True, segment[1:] != segment[:-1]])
-            lasts = np.r_[firsts[1:] - 1, len(ext) - 1]
-            for first, last in zip(firsts, lasts):
-                key = keys[segment[first]]
-                self._tails[key] = ext[max(first, last - w + 2):last + 1].copy()
-            while len(self._tails) > self.max_entities:
-                self._tails.popitem(last=False)
-                self.evicted += 1
+        return ext, origin, segment
 
-        n_classes = len(self.bundle.class_names)
-        proba = np.full((n, n_classes), np.nan, np.float32)
-        scored = np.zeros(n, bool)
-        rows = origin[ends]
-        tensor = torch.from_numpy(np.ascontiguousarray(ext, dtype=np.float32))
-        if self.unsupervised:  # a Mahalanobis score (larger = more anomalous), no classes
-            windows = WindowSet(tensor, torch.zeros(len(ext), dtype=torch.int64),
-                                torch.from_numpy(ends), w)
-            score = np.full(n, np.nan)
-            if len(ends):
-                score[rows] = self.bundle.decision_function(windows)
-            scored[rows] = True
-            alert = scored & (np.nan_to_num(score, nan=-np.inf) >= self.bundle.threshold_)
-            result = Scores(scored, score, proba, alert)
-            if self.explain_top and alert.any():
-                picked = np.flatnonzero(alert[rows])
-                tops = self.bundle.top_features(windows.subset(picked), self.explain_top)
-                result.top_features = {int(rows[p]): top for p, top in zip(picked, tops)}
-        else:
-            ends_t = torch.from_numpy(ends)
-            model = self.bundle.model
-            with torch.inference_mode():
-                if hasattr(model, "forward_sliding"):  # shares work across overlapping windows
-                    logits = model.forward_sliding(tensor, ends_t, w)
-                    proba[rows] = torch.softmax(logits, 1).numpy()
-                else:
-                    offsets = torch.arange(w - 1, -1, -1)
-                    for s in range(0, len(ends), self.batch_size):
-                        idx = ends_t[s:s + self.batch_size].unsqueeze(1) - offsets
-                        logits = model(tensor[idx])
-                        proba[rows[s:s + self.batch_size]] = torch.softmax(logits, 1).numpy()
-            scored[rows] = True
-            score = 1.0 - proba[:, 0]
-            alert = scored & (score >= self.bundle.threshold_)
-            result = Scores(scored, score, proba, alert)
-            if self.explain_top and alert.any():
-                result.top_features = self._explain(tensor, ends[alert[rows]], rows[alert[rows]])
+    def _keep_tails(self, ext: np.ndarray, segment: np.ndarray, keys: list) -> None:
+        """Carry the last W-1 records of every entity seen in this chunk to the next one, most
+        recently seen last; beyond `max_entities`, the least recently seen are forgotten, which
+        keeps memory bounded whatever the number of entities (or streams)."""
+        w = self.window
+        if w <= 1 or not len(ext):  # a window of one record needs no history
+            return
+        firsts = np.flatnonzero(np.r_[True, segment[1:] != segment[:-1]])
+        lasts = np.r_[firsts[1:] - 1, len(ext) - 1]
+        for first, last in zip(firsts, lasts):
+            key = keys[segment[first]]
+            self._tails[key] = ext[max(first, last - w + 2):last + 1].copy()
+        while len(self._tails) > self.max_entities:
+            self._tails.popitem(last=False)
+            self.evicted += 1
+
+    def _score_distances(self, tensor: torch.Tensor, ends: np.ndarray, rows: np.ndarray,
+                         n: int) -> Scores:
+        """The Mahalanobis detector's scores (larger = more anomalous); it has no classes, so
+        the probabilities stay NaN, and it explains its alerts itself."""
+        windows = WindowSet(tensor, torch.zeros(len(tensor), dtype=torch.int64),
+                            torch.from_numpy(ends), self.window)
+        score = np.full(n, np.nan)
+        if len(ends):
+            score[rows] = self.bundle.decision_function(windows)
+        scored = _rows_mask(n, rows)
+        alert = scored & (np.nan_to_num(score, nan=-np.inf) >= self.bundle.threshold_)
+        result = Scores(scored, score, self._unset_proba(n), alert)
+        if self.explain_top and alert.any():
+            picked = np.flatnonzero(alert[rows])
+            tops = self.bundle.top_features(windows.subset(picked), self.explain_top)
+            result.top_features = {int(rows[p]): top for p, top in zip(picked, tops)}
+        return result
+
+    def _score_classes(self, tensor: torch.Tensor, ends: np.ndarray, rows: np.ndarray,
+                       n: int) -> Scores:
+        """A classifier's scores: the attack score is 1 - P(normal), so it means the same for
+        a binary and a family model."""
+        proba = self._class_proba(tensor, ends, rows, n)
+        scored = _rows_mask(n, rows)
+        score = 1.0 - proba[:, 0]
+        alert = scored & (score >= self.bundle.threshold_)
+        result = Scores(scored, score, proba, alert)
+        if self.explain_top and alert.any():
+            result.top_features = self._explain(tensor, ends[alert[rows]], rows[alert[rows]])
+        return result
+
+    def _class_proba(self, tensor: torch.Tensor, ends: np.ndarray, rows: np.ndarray,
+                     n: int) -> np.ndarray:
+        """Class probabilities of the windows ending at `ends`, on their chunk `rows` (NaN on
+        the rest); in batches of `batch_size` windows, so memory stays bounded."""
+        proba = self._unset_proba(n)
+        ends_t, w = torch.from_numpy(ends), self.window
+        model = self.bundle.model
+        with torch.inference_mode():
+            if hasattr(model, "forward_sliding"):  # shares work across overlapping windows
+                logits = model.forward_sliding(tensor, ends_t, w)
+                proba[rows] = torch.softmax(logits, 1).numpy()
+            else:
+                offsets = torch.arange(w - 1, -1, -1)
+                for s in range(0, len(ends), self.batch_size):
+                    idx = ends_t[s:s + self.batch_size].unsqueeze(1) - offsets
+                    logits = model(tensor[idx])
+                    proba[rows[s:s + self.batch_size]] = torch.softmax(logits, 1).numpy()
+        return proba
+
+    def _unset_proba(self, n: int) -> np.ndarray:
+        return np.full((n, len(self.bundle.class_names)), np.nan, np.float32)
+
+    def _mark_unseen(self, result: Scores, features: np.ndarray) -> None:
+        """Rows whose category a column never saw in training (its "unseen" one-hot bucket is
+        set): they are scored, but `detect` reports them, since the model knows them less."""
         for c, bucket in self._unseen_bucket.items():
             new = features[:, bucket] > 0
             if new.any():
                 result.unseen[c] = new
-        return result
 
     def _explain(self, tensor: torch.Tensor, ends: np.ndarray,
                  rows: np.ndarray) -> dict[int, list[tuple[str, float]]]:
@@ -183,6 +220,26 @@ class StreamScorer:
             for r, cols, values in zip(rows[s:s + self.batch_size], top, per_column):
                 out[int(r)] = [(self.input_columns[j], float(values[j])) for j in cols]
         return out
+
+
+def _history_keys(n: int, entity: np.ndarray | None, stream: Hashable) -> tuple[np.ndarray, list]:
+    """(codes, keys): each of the n rows' index in `keys`, the histories they join: one per
+    entity (a single one without entity keys), paired with `stream` when one is given."""
+    if entity is None:
+        codes, keys = np.zeros(n, np.int64), [None]
+    else:
+        codes, keys = pd.factorize(pd.Series(entity, dtype=object), sort=False)
+        keys = list(keys)
+    if stream is not None:
+        keys = [(stream, key) for key in keys]
+    return codes, keys
+
+
+def _rows_mask(n: int, rows: np.ndarray) -> np.ndarray:
+    """A boolean mask of n rows, set on `rows` (those that end a full window)."""
+    mask = np.zeros(n, bool)
+    mask[rows] = True
+    return mask
 
 
 # ---------------------------------------------------------------------- alerts

@@ -1,9 +1,12 @@
 """Flower ClientApp and ServerApp: thin shells that move arrays, statistics and metrics.
 
-One app serves simulation (`run_simulation`, configuration passed in by closure because the
-simulation engine gives the apps an empty run config) and deployment (`flwr run`, configuration
-read from the run config's `config-file`). We use Flower's workflow API (`DefaultWorkflow` with
-`LegacyContext`) because SecAgg+ exists only there in flwr 1.42.
+One ClientApp and one ServerApp serve every detector kind (the run configuration's `detector`
+picks the `fedlstm.tasks` plug-in), in simulation (`run_simulation`, configuration passed in by
+closure because the simulation engine gives the apps an empty run config) and in deployment
+(`flwr run`, configuration in the run config's `config`, as JSON, on both sides). Messages carry
+the federation's state (weights, merged preprocessing, round numbers), never the configuration.
+We use Flower's workflow API (`DefaultWorkflow` with `LegacyContext`) because SecAgg+ exists only
+there in flwr 1.42.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,17 +24,26 @@ from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.common import Context, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG_CONFIGS
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig, SimpleClientManager
-from flwr.server.strategy import (DifferentialPrivacyClientSideFixedClipping, FedAdam, FedAvg,
-                                  FedProx, Strategy)
+from flwr.server.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedProx,
+    Strategy,
+)
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from fedlstm.config import RunConfig
 from fedlstm.data.schemas import get_spec
 from fedlstm.features import PreprocessingStats
 from fedlstm.federation.audit import GuardedGrid
-from fedlstm.federation.client import ClientTask
+from fedlstm.federation.client import PREPROCESSING, ClientTask
+from fedlstm.federation.deploy.app import CONFIG_KEY
+from fedlstm.federation.deploy.launch import write_deployed_run
 from fedlstm.federation.partitions import load_client_records
-from fedlstm.federation.server import ServerTask
+from fedlstm.federation.server import ServerTask, sampled_clients
+from fedlstm.federation.sites import load_tests
+from fedlstm.tasks import task_for
 
 log = logging.getLogger(__name__)
 
@@ -42,48 +53,35 @@ _PROPS_IN, _PROPS_OUT = "getpropertiesins.config", "getpropertiesres.properties"
 
 # --- client ------------------------------------------------------------------------------------
 @lru_cache(maxsize=8)
-def _client_task(data_path: str, config_json: str, name: str) -> ClientTask:
-    """One ClientTask per process and data file: Flower builds a new client for every message."""
+def _site(data_path: str, config_json: str, name: str) -> ClientTask:
+    """One site per process and data file: Flower builds a new client for every message."""
     cfg = RunConfig.model_validate_json(config_json)
     records, spec = load_client_records(data_path, get_spec(cfg.data.spec_name),
                                         lenient=cfg.data.lenient)
-    return ClientTask(records, cfg, spec, name)
-
-
-def _preprocessing_statistics(task: ClientTask, config: dict) -> dict:
-    return {"statistics": task.statistics().to_bytes()}
-
-
-# Aggregate-only questions the server may ask a site before or after training, by phase.
-# Each answer is a dict of scalars/bytes (a Flower config record); never rows.
-CLIENT_QUERIES: dict[str, Callable[[ClientTask, dict], dict]] = {
-    "preprocessing": _preprocessing_statistics}
+    return ClientTask(task_for(cfg), records, spec, name)
 
 
 class FlowerClient(NumPyClient):
-    def __init__(self, data_path: str, name: str):
-        self.data_path, self.name = data_path, name
+    def __init__(self, data_path: str, name: str, config_json: str):
+        self.data_path, self.name, self.config_json = data_path, name, config_json
 
-    def _task(self, config: dict) -> ClientTask:
-        task = _client_task(self.data_path, str(config["run_config"]), self.name)
+    def _site(self, config: dict) -> ClientTask:
+        site = _site(self.data_path, self.config_json, self.name)
         if "preprocessor" in config:
-            task.use_preprocessing(json.loads(str(config["preprocessor"])))
-        return task
+            site.use_preprocessing(json.loads(str(config["preprocessor"])))
+        return site
 
     def get_properties(self, config):
-        phase = str(config.get("phase", "preprocessing"))
-        if phase not in CLIENT_QUERIES:
-            raise ValueError(f"unknown query phase {phase!r}; known: {sorted(CLIENT_QUERIES)}")
-        return {**CLIENT_QUERIES[phase](self._task(config), config), "client": self.name}
+        return _site(self.data_path, self.config_json, self.name).answer(dict(config))
 
     def fit(self, parameters, config):
-        task = self._task(config)
-        return task.fit(parameters, int(config["local_epochs"]),
-                        float(config.get("proximal_mu", 0.0)), seed=int(config["seed"]),
-                        server_round=int(config.get("server_round", 1)))
+        return self._site(config).fit(parameters, int(config["local_epochs"]),
+                                      float(config.get("proximal_mu", 0.0)),
+                                      seed=int(config["seed"]),
+                                      server_round=int(config.get("server_round", 1)))
 
     def evaluate(self, parameters, config):
-        return self._task(config).evaluate(parameters)
+        return self._site(config).evaluate(parameters)
 
 
 def _when_secagg(msg: Message, ctxt: Context, call_next) -> Message:
@@ -109,61 +107,79 @@ def _site_names(partition_dir: str) -> tuple[str, ...]:
     return tuple(json.loads(path.read_text())) if path.exists() else ()
 
 
-def make_client_app(partition_dir: str | None = None, mods: tuple = ()) -> ClientApp:
-    """The site's app; `mods` are further Flower mods, innermost (tests inject faults there)."""
+def make_client_app(partition_dir: str | None = None, cfg: RunConfig | None = None,
+                    mods: tuple = ()) -> ClientApp:
+    """The site's app: simulation passes `partition_dir` and `cfg`; deployment reads its data
+    file from the node config and the configuration from the run config. `mods` are further
+    Flower mods, innermost (tests inject faults there)."""
+    config_json = cfg.model_dump_json() if cfg is not None else None
+
     def client_fn(context: Context):
         node = context.node_config
         pid = int(node.get("partition-id", 0))
         path = node.get("data-path") or f"{partition_dir}/client-{pid}.parquet"
         names = _site_names(partition_dir) if partition_dir else ()
         name = node.get("name") or (names[pid] if pid < len(names) else f"client-{pid}")
-        return FlowerClient(str(path), str(name)).to_client()
+        return FlowerClient(str(path), str(name),
+                            config_json or str(context.run_config[CONFIG_KEY])).to_client()
 
     # SecAgg+ outermost, so updates are clipped before they are masked (Flower's fl-dp-sa order).
     return ClientApp(client_fn=client_fn, mods=[_when_secagg, _when_clipping, *mods])
 
 
 # --- server ------------------------------------------------------------------------------------
-def query_clients(grid: Grid, config: dict, n_clients: int, timeout: float | None = 600.0
-                  ) -> list[dict]:
-    """Ask every connected site one aggregate-only question (`config["phase"]`); their answers."""
+class FederationStalled(RuntimeError):
+    """Too few sites are connected to go on."""
+
+
+def query_clients(grid: Grid, config: dict, n_clients: int, timeout: float | None = 600.0,
+                  min_answers: int = 1) -> list[dict]:
+    """Ask every connected site one aggregate-only question (`config["phase"]`); the answers of
+    the sites that gave one (a site that failed or went away is named in the log and left out;
+    fewer than `min_answers` is an error)."""
+    phase = config.get("phase")
     deadline = time.monotonic() + (timeout or 600.0)
     while len(node_ids := list(grid.get_node_ids())) < n_clients:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(node_ids)} of {n_clients} clients connected")
+            raise TimeoutError(f"only {len(node_ids)} of {n_clients} sites connected")
         time.sleep(0.5)
     messages = [Message(content=RecordDict({_PROPS_IN: ConfigRecord(config)}), dst_node_id=node_id,
                         message_type="get_properties") for node_id in node_ids]
     answers = []
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
-            raise RuntimeError(f"a client failed to answer {config.get('phase')!r}: {reply.error}")
+            log.warning("site %s did not answer %r: %s", reply.metadata.src_node_id, phase,
+                        reply.error.reason)
+            continue
         answers.append(dict(reply.content.config_records[_PROPS_OUT]))
+    if len(answers) < min_answers:
+        raise FederationStalled(f"{len(answers)} of {len(messages)} sites answered {phase!r} "
+                                f"within {timeout or 600:.0f} s, {min_answers} needed (see the "
+                                "sites' logs; federation.round_timeout, min_fit_clients)")
     return answers
 
 
-def collect_statistics(grid: Grid, task: ServerTask, n_clients: int, config_json: str,
+def collect_statistics(grid: Grid, task: ServerTask, n_clients: int,
                        timeout: float | None = 600.0) -> None:
     """Before round 1: every site sends preprocessing statistics (never rows); merge them."""
-    answers = query_clients(grid, {"phase": "preprocessing", "run_config": config_json},
-                            n_clients, timeout)
+    answers = query_clients(grid, {"phase": PREPROCESSING}, n_clients, timeout,
+                            min_answers=min(task.cfg.federation.min_fit_clients, n_clients))
     task.merge_statistics([PreprocessingStats.from_bytes(bytes(a["statistics"])) for a in answers])
 
 
-def build_strategy(task: ServerTask, config_json: str) -> Strategy:
+def build_strategy(task: ServerTask) -> Strategy:
     fed = task.cfg.federation
     preprocessor_json = json.dumps(task.preprocessor.to_dict())
     n = fed.clients
     min_fit = min(max(fed.min_fit_clients, 1), n)
 
     def fit_config(server_round: int) -> dict:
-        return {"run_config": config_json, "preprocessor": preprocessor_json,
-                "local_epochs": fed.local_epochs,
+        return {"preprocessor": preprocessor_json, "local_epochs": fed.local_epochs,
                 "server_round": server_round + task.round_offset,
                 "seed": task.cfg.seed * 100_003 + server_round + task.round_offset}
 
     def evaluate_config(server_round: int) -> dict:
-        return {"run_config": config_json, "preprocessor": preprocessor_json}
+        return {"preprocessor": preprocessor_json}
 
     common = dict(
         # Every site is waited for before round 1 (the statistics); after that a round goes on
@@ -192,21 +208,12 @@ def build_strategy(task: ServerTask, config_json: str) -> Strategy:
     return strategy
 
 
-def sampled_clients(fed) -> int:
-    """Clients Flower samples per round: fraction_fit of all, at least min_fit_clients."""
-    return max(min(fed.min_fit_clients, fed.clients), int(fed.fraction_fit * fed.clients))
-
-
 def _evaluate_fn(task: ServerTask):
     def evaluate(server_round: int, weights: list[np.ndarray], config: dict):
         loss, metrics = task.on_global_model(server_round, weights)
         task.last_round = server_round
         return loss, metrics
     return evaluate
-
-
-class FederationStalled(RuntimeError):
-    """Too few sites are connected to go on."""
 
 
 class BoundedClientManager(SimpleClientManager):
@@ -241,10 +248,9 @@ def guarded(grid: Grid, task: ServerTask) -> GuardedGrid:
 
 def run_server(grid: Grid, context: Context, task: ServerTask) -> ServerTask:
     grid = guarded(grid, task)
-    config_json = task.cfg.model_dump_json()
     fed = task.cfg.federation
-    collect_statistics(grid, task, fed.clients, config_json, timeout=fed.round_timeout)
-    strategy = build_strategy(task, config_json)
+    collect_statistics(grid, task, fed.clients, timeout=fed.round_timeout)
+    strategy = build_strategy(task)
     rounds = task.remaining_rounds
     if rounds == 0:
         return task
@@ -266,31 +272,36 @@ def run_server(grid: Grid, context: Context, task: ServerTask) -> ServerTask:
     return task
 
 
+def finish(grid: Grid, task: ServerTask):
+    """After the last round: the detector, asking the sites what its kind needs to calibrate."""
+    fed = task.cfg.federation
+    return task.detector(lambda question: query_clients(
+        grid, question, fed.clients, fed.round_timeout,
+        min_answers=min(fed.min_fit_clients, fed.clients)))
+
+
 def make_server_app(task: ServerTask | None = None) -> ServerApp:
+    """Simulation passes the `task` (the caller writes the run from `task.result`); deployment
+    builds it from the run config and writes the run directory at `out-dir`."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        if task is not None:  # simulation: the caller writes the run
-            run_server(grid, context, task)
-            return
-        from fedlstm.federation.deploy.launch import write_deployed_run  # noqa: PLC0415
-
-        deployed = _task_from_run_config(context)
-        run_server(grid, context, deployed)
-        write_deployed_run(deployed, context.run_config)
+        server = task if task is not None else _task_from_run_config(context)
+        grid = guarded(grid, server)
+        run_server(grid, context, server)
+        server.result = finish(grid, server)
+        if task is None:
+            write_deployed_run(server, context.run_config)
 
     return app
 
 
 def _task_from_run_config(context: Context) -> ServerTask:
-    """Deployment: the run config names a resolved configuration file and an output folder."""
-    from fedlstm.federation.simulation import load_tests  # noqa: PLC0415 (import cycle)
-
-    rc = context.run_config
-    cfg = RunConfig.model_validate_json(Path(str(rc["config-file"])).read_text())
-    out = Path(str(rc["out-dir"]))
-    return ServerTask(cfg, *load_tests(cfg), out)
+    """Deployment: the run config holds the configuration and an output folder."""
+    cfg = RunConfig.model_validate_json(str(context.run_config[CONFIG_KEY]))
+    spec, tests = load_tests(cfg)
+    return ServerTask(task_for(cfg), spec, tests, Path(str(context.run_config["out-dir"])))
 
 
 client_app = make_client_app()

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG
 
+from fedlstm.tasks.base import Check
+
 log = logging.getLogger(__name__)
 
-# A check of one answer value: None when it is as declared, else why it is not.
-Check = Callable[[object], "str | None"]
 TEXT_METRICS = frozenset({"client"})  # the only text a site sends besides status messages
 _STATUS = ("code", "message")
 # SecAgg+ stage replies (Flower's secaggplus_mod): keys and what each holds.
@@ -75,26 +75,6 @@ def array_of(data: object, shape: tuple[int, ...] | None = None, kind: str = "f"
     if max_items is not None and value.size > max_items:
         return f"array of {value.size} values, at most {max_items} declared"
     return value
-
-
-def npz_check(layout: Mapping[str, tuple[tuple[int, ...], str]]) -> Check:
-    """A check for answers sent as .npz bytes: exactly these arrays, of these shapes and kinds."""
-    def check(data: object) -> str | None:
-        if not isinstance(data, bytes):
-            return f"expected .npz bytes, found {type(data).__name__}"
-        try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                if sorted(z.files) != sorted(layout):
-                    return f"arrays {sorted(z.files)}, declared {sorted(layout)}"
-                for name, (shape, kinds) in layout.items():
-                    value = z[name]
-                    if value.shape != tuple(shape) or value.dtype.kind not in kinds:
-                        return (f"{name} has shape {value.shape} and dtype {value.dtype}, "
-                                f"declared {tuple(shape)} of kind {kinds!r}")
-        except (ValueError, OSError, EOFError, AttributeError) as exc:
-            return f"not an .npz archive ({exc})"
-        return None
-    return check
 
 
 def _record_value(array) -> object:

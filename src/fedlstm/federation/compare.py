@@ -19,9 +19,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from fedlstm.config import RunConfig  # noqa: E402
 from fedlstm.data.readers import concat_records  # noqa: E402
 from fedlstm.data.splits import Split, carve_validation  # noqa: E402
-from fedlstm.federation.simulation import federated_data, run_federated  # noqa: E402
-from fedlstm.pipeline import train_centralised  # noqa: E402
-from fedlstm.runs import staged_dir, write_run  # noqa: E402
+from fedlstm.federation.simulation import run_federated  # noqa: E402
+from fedlstm.federation.sites import federated_data  # noqa: E402
+from fedlstm.runs.rundir import staged_dir, write_run  # noqa: E402
+from fedlstm.tasks import task_for  # noqa: E402
+from fedlstm.tasks.centralised import train  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +42,11 @@ def run_comparison(cfg: RunConfig, out: str | Path, overwrite: bool = False,
         jobs.append(("centralised", shares))
         for method, parts in jobs:
             progress(f"training {method}")
-            train = concat_records([p[0] for p in parts])
+            pooled = concat_records([p[0] for p in parts])
             val = concat_records([p[1] for p in parts])
-            split = Split(data.spec, protocol, train, val, data.tests, notes={"method": method})
-            result = train_centralised(cfg, split=split, test_curves=True,
-                                       mode="centralised" if method == "centralised" else "local")
+            split = Split(data.spec, protocol, pooled, val, data.tests, notes={"method": method})
+            result = train(task_for(cfg), split, curves=True,
+                           mode="centralised" if method == "centralised" else "local")
             write_run(result, cfg, stage / method, command=command)
             summary["methods"][method] = _scores(result.evaluations)
             curves[method] = _curve(result.history.epochs, "epoch")

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fedlstm.data.flows import read_flow_file
 from fedlstm.data.readers import ReadReport, Records, read_records
-from fedlstm.data.schemas import DATASETS, DatasetSpec
+from fedlstm.data.schemas import DATASETS
+from fedlstm.data.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +123,6 @@ def load_client_records(path: str | Path, spec: DatasetSpec,
     """A client's data and its schema: our parquet share (whose own schema, when it carries one,
     wins over `spec`), or a raw file in the schema's own format."""
     import pyarrow.parquet as pq
-
-    from fedlstm.data.byo import read_flow_file
 
     path = Path(path)
     if path.suffix != ".parquet":

@@ -1,8 +1,9 @@
 """What the coordinating server does, with no Flower in sight (the ServerApp only forwards).
 
 It merges the sites' preprocessing statistics, initialises the global model, records per-round
-metrics, checkpoints the global model every round and turns the final one into a model bundle.
-Test-set curves are for reporting only: nothing here selects a round, model or threshold on them.
+metrics, checkpoints the global model every round and, after the last round, turns it into the
+detector of its kind (for some kinds by asking the sites aggregate-only questions). Test-set
+curves are for reporting only: nothing here selects a round, model or threshold on them.
 """
 
 from __future__ import annotations
@@ -16,29 +17,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedlstm import __version__
-from fedlstm.config import RunConfig
 from fedlstm.data.readers import Records
-from fedlstm.data.schemas import DatasetSpec
-from fedlstm.detection.bundle import ModelBundle
+from fedlstm.data.spec import DatasetSpec
 from fedlstm.features import FlowPreprocessor, PreprocessingStats, merge_all
-from fedlstm.federation.audit import Check, ReplyContract
-from fedlstm.federation.client import REPLY_METRICS
+from fedlstm.federation.audit import ReplyContract
+from fedlstm.federation.client import PREPROCESSING, REPLY_METRICS
 from fedlstm.models import get_weights, set_weights
-from fedlstm.pipeline import class_names_for, make_preprocessor, new_model, windows_of
-from fedlstm.training.loop import evaluate_loss
+from fedlstm.runs.rundir import unseen_attack_recall
+from fedlstm.tasks import Task
+from fedlstm.tasks.base import Ask, Check, make_preprocessor, windows_of
+from fedlstm.training import privacy
+from fedlstm.training.objectives import evaluate_loss
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/last.pt"
 
 
+def sampled_clients(fed) -> int:
+    """Clients Flower samples per round: fraction_fit of all, at least min_fit_clients."""
+    return max(min(fed.min_fit_clients, fed.clients), int(fed.fraction_fit * fed.clients))
+
+
 class ServerTask:
-    def __init__(self, cfg: RunConfig, spec: DatasetSpec, tests: dict[str, Records] | None = None,
+    def __init__(self, task: Task, spec: DatasetSpec, tests: dict[str, Records] | None = None,
                  out_dir: str | Path | None = None):
-        self.cfg, self.spec = cfg, spec
+        if not task.federated:
+            raise ValueError(f"a {task.kind} detector ({task.cfg.model.name}) cannot be trained "
+                             "by federated averaging; use an LSTM, RNN or CNN")
+        self.task, self.cfg, self.spec = task, task.cfg, spec
         self.tests = tests or {}
         self.out_dir = Path(out_dir) if out_dir else None
-        self.classes = class_names_for(spec, cfg.model.task)
+        self.classes = task.class_names(spec)
         self.preprocessor: FlowPreprocessor | None = None
         self.rounds: dict[int, dict] = {}
         self.round_offset = 0  # rounds already done before a resume
@@ -50,6 +59,9 @@ class ServerTask:
         self.stop = threading.Event()  # set (e.g. on Ctrl-C) to end the run at the next poll
         self.weights: list[np.ndarray] | None = None
         self.statistics_received: list[dict] = []
+        self.answers_received: list[dict] = []  # phase, client, keys and sizes: the audit trail
+        self.histogram_bins = 0  # set by kinds that ask for score histograms
+        self.result = None  # the detector, once the federation has finished
         self._test_windows = None
 
     # -- before round 1 -------------------------------------------------------------------------
@@ -70,19 +82,25 @@ class ServerTask:
                 return f"not preprocessing statistics ({exc})"
             return stats.layout_error(pre.numeric_columns, pre.categorical_columns)
 
-        return {"preprocessing": {"statistics": statistics}}
+        return {PREPROCESSING: {"statistics": statistics}, **self.task.declared_answers(self)}
 
     def reply_contract(self) -> ReplyContract:
         shapes = tuple(tuple(np.shape(w)) for w in self.weights) if self.weights is not None else ()
         return ReplyContract(shapes, REPLY_METRICS, self.declared_answers(),
                              max_sites=max(self.cfg.federation.clients, 2))
 
+    def receive(self, phase: str, answers: list[dict]) -> None:
+        self.answers_received += [{"phase": phase, "client": str(a.get("client", "?")),
+                                   "keys": sorted(a), "bytes": sum(len(v) for v in a.values()
+                                                                   if isinstance(v, bytes))}
+                                  for a in answers]
+
     def initial_weights(self) -> list[np.ndarray]:
         resumed = self.load_checkpoint()
         if resumed is not None:
             return resumed
-        model, _ = new_model(self.cfg, self.preprocessor.n_features_out, len(self.classes))
-        self.weights = get_weights(model)
+        self.weights = get_weights(self.task.new_model(self.preprocessor.n_features_out,
+                                                       len(self.classes)))
         return self.weights
 
     @property
@@ -112,12 +130,11 @@ class ServerTask:
         n = sum(k for k, _ in results)
         if not n:
             return {}
-        agg = {"val_loss": sum(k * m["val_loss"] for k, m in results) / n,
-               "val_accuracy": sum(k * m["val_accuracy"] for k, m in results) / n}
+        keys = [key for key in ("val_loss", "val_accuracy") if all(key in m for _, m in results)]
+        agg = {key: sum(k * m[key] for k, m in results) / n for key in keys}
         rec = self.round_record(server_round)
         rec.update(agg)
-        rec["clients_val"] = {m.get("client", str(i)): {"n": k, "val_loss": m["val_loss"],
-                                                        "val_accuracy": m["val_accuracy"]}
+        rec["clients_val"] = {m.get("client", str(i)): {"n": k, **{x: m[x] for x in keys}}
                               for i, (k, m) in enumerate(results)}
         return agg
 
@@ -128,15 +145,12 @@ class ServerTask:
         if server_round > 0:
             fed = self.cfg.federation
             if fed.client_dp:
-                from fedlstm.federation.apps import sampled_clients  # noqa: PLC0415
-                from fedlstm.training.privacy import epsilon  # noqa: PLC0415
-
                 done = server_round + self.round_offset
-                self.round_record(server_round)["client_level_epsilon"] = epsilon(
+                self.round_record(server_round)["client_level_epsilon"] = privacy.epsilon(
                     sampled_clients(fed) / fed.clients, fed.client_dp_noise, done,
                     fed.client_dp_delta)
             self.save_checkpoint(server_round + self.round_offset)
-        if not (self.cfg.federation.server_test_curves and self.tests):
+        if not (self.task.test_curves and self.cfg.federation.server_test_curves and self.tests):
             return 0.0, {}
         model = self.model()
         torch.set_num_threads(self.cfg.train.threads)
@@ -157,7 +171,7 @@ class ServerTask:
 
     # -- state ----------------------------------------------------------------------------------
     def model(self) -> torch.nn.Module:
-        model, _ = new_model(self.cfg, self.preprocessor.n_features_out, len(self.classes))
+        model = self.task.new_model(self.preprocessor.n_features_out, len(self.classes))
         set_weights(model, self.weights)
         return model
 
@@ -186,13 +200,22 @@ class ServerTask:
         log.info("resuming after round %d", self.round_offset)
         return self.weights
 
-    def bundle(self, mode: str = "federated") -> ModelBundle:
-        model = self.model()
-        m = self.cfg.model
-        params = {"hidden_size": m.hidden_size, "num_layers": m.num_layers, "dropout": m.dropout}
-        return ModelBundle(self.spec, self.preprocessor, model, m.name, params, m.task, self.classes,
-                           self.cfg.windows.window, self.cfg.train.fixed_threshold,
-                           metadata={"dataset": self.spec.name, "mode": mode,
-                                     "protocol": self.cfg.data.protocol, "seed": self.cfg.seed,
-                                     "rounds": max(self.rounds, default=0),
-                                     "fedlstm_version": __version__, "created": time.time()})
+    def results(self, train_attacks: np.ndarray, partitions: list | None, notes: dict,
+                timings: dict) -> tuple[dict, dict]:
+        """The finished federation's evaluations on the held-out test sets (reporting only), and
+        the rest of its metrics.json."""
+        t = time.perf_counter()
+        evaluations = {name: self.task.evaluate(self.result, recs, train_attacks)
+                       for name, recs in self.tests.items()}
+        timings["evaluate_seconds"] = time.perf_counter() - t
+        extra = {"federation": self.cfg.federation.model_dump(), "partitions": partitions,
+                 "data_notes": notes, "rounds": [self.rounds[k] for k in sorted(self.rounds)],
+                 "unseen_attacks": unseen_attack_recall(train_attacks, self.spec, evaluations),
+                 "answers_received": self.answers_received, "timings": timings}
+        return evaluations, extra
+
+    def detector(self, ask: Ask | None = None, mode: str = "federated"):
+        """The finished federation's detector (its kind may ask the sites to calibrate it)."""
+        if self.weights is None or not self.rounds:
+            raise RuntimeError("the federation finished without producing a model; see the log")
+        return self.task.federated_detector(self, ask, mode)

@@ -24,10 +24,6 @@ def build_model(name: str, input_size: int, n_classes: int, **params) -> nn.Modu
     return known[name](input_size=input_size, n_classes=n_classes, **params)
 
 
-def register_model(name: str, factory: Callable[..., nn.Module]) -> None:
-    MODELS[name] = factory
-
-
 def get_weights(model: nn.Module) -> list:
     """Model state as numpy arrays in state_dict order: what federation moves between sites."""
     return [v.detach().cpu().numpy().copy() for v in model.state_dict().values()]

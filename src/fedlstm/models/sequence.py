@@ -12,12 +12,8 @@ window's last record (the record whose label the window carries).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
-
-from fedlstm.training.loop import Objective
-from fedlstm.windows import WindowSet
 
 
 class LSTMAutoencoder(nn.Module):
@@ -60,35 +56,3 @@ class LSTMForecaster(nn.Module):
             raise ValueError(f"the forecaster needs windows longer than T'={self.horizon} "
                              f"(got W={x.shape[1]}); raise windows.window")
         return self(x[:, :-self.horizon]), x[:, -self.horizon:]
-
-
-class SequenceObjective(Objective):
-    """Mean squared error of the reconstruction (autoencoder) or forecast (forecaster)."""
-
-    def __init__(self):
-        super().__init__(nn.MSELoss())
-
-    def step(self, model, x, y):
-        prediction, target = model.prediction_and_target(x)
-        return self.loss_fn(prediction, target), None
-
-    def evaluate(self, model, data: WindowSet, device=None) -> dict:
-        errors = error_vectors(model, data, device=device)
-        return {"loss": float((errors ** 2).mean()) if len(errors) else float("nan")}
-
-
-@torch.no_grad()
-def error_vectors(model: nn.Module, data: WindowSet, batch_size: int = 4096,
-                  device: torch.device | None = None) -> np.ndarray:
-    """(n_windows, n_features) float64: |x - x̂| on each window's last record."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    data = data.to(device)
-    out = np.empty((len(data), data.n_features), np.float64)
-    for s in range(0, len(data), batch_size):
-        x, _ = data.batch(torch.arange(s, min(s + batch_size, len(data)), device=device))
-        prediction, target = model.prediction_and_target(x)
-        out[s:s + len(x)] = (prediction[:, -1] - target[:, -1]).abs().double().cpu().numpy()
-    model.train(was_training)
-    return out

@@ -11,34 +11,31 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import average_precision_score, precision_recall_curve  # noqa: E402
-
-from fedlstm.anomaly_pipeline import (AnomalyRunConfig, evaluate_anomaly,  # noqa: E402
-                                      matched_fpr_comparison, train_anomaly)
-from fedlstm.config import RunConfig  # noqa: E402
-from fedlstm.data.registry import available_roles, data_dir  # noqa: E402
-from fedlstm.data.schemas import get_spec  # noqa: E402
-from fedlstm.data.splits import build_split  # noqa: E402
-from fedlstm.pipeline import evaluate_bundle, train_centralised  # noqa: E402
-from fedlstm.reports import plots  # noqa: E402
-from fedlstm.runs import staged_dir, write_results  # noqa: E402
+from fedlstm.config import RunConfig
+from fedlstm.data.registry import available_roles, data_dir
+from fedlstm.data.schemas import get_spec
+from fedlstm.data.splits import build_split
+from fedlstm.federation.simulation import federate
+from fedlstm.federation.sites import federated_data
+from fedlstm.runs import plots
+from fedlstm.runs.rundir import json_default, staged_dir, write_results
+from fedlstm.tasks import task_for
+from fedlstm.tasks.anomaly import matched_fpr_comparison
+from fedlstm.tasks.base import evaluate_detector
+from fedlstm.tasks.centralised import train
 
 log = logging.getLogger(__name__)
 
 
-def supervised_config(cfg: AnomalyRunConfig) -> RunConfig:
+def supervised_config(cfg: RunConfig) -> RunConfig:
     """The supervised LSTM the anomaly detector is compared with: same data, windows, seed."""
-    data = cfg.model_dump(exclude={"anomaly"})
-    data["model"].update(name="lstm", task="binary")
-    return RunConfig.model_validate(data)
+    return cfg.model_copy(update={"detector": "supervised", "model": cfg.model.model_copy(
+        update={"name": "lstm", "task": "binary"})})
 
 
-def dataset_config(cfg: AnomalyRunConfig, dataset: str) -> AnomalyRunConfig:
+def dataset_config(cfg: RunConfig, dataset: str) -> RunConfig:
     """The official split where the training file is present, a random split otherwise."""
     spec = get_spec(dataset)
     protocol = cfg.data.protocol
@@ -48,44 +45,9 @@ def dataset_config(cfg: AnomalyRunConfig, dataset: str) -> AnomalyRunConfig:
         update={"dataset": dataset, "protocol": protocol})})
 
 
-def pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for name, (y, score) in curves.items():
-        if len(np.unique(y)) < 2:
-            continue
-        precision, recall, _ = precision_recall_curve(y, score)
-        ax.plot(recall, precision, label=f"{name} (AP {average_precision_score(y, score):.3f})")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(title)
-    ax.legend(loc="lower left", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def write_anomaly_run(stage: Path, cfg: AnomalyRunConfig, detector, evaluations: dict, extra: dict,
-                      command: str | None) -> None:
-    """A run directory like every other mode's, plus the calibration and a PR figure."""
-    from fedlstm.detection.anomaly import calibration_summary
-    from fedlstm.runs import run_title
-
-    write_results(stage, cfg, detector, evaluations, {"anomaly": calibration_summary(detector),
-                                                      **extra}, command)
-    curves = {k: (v["_curve"]["y"], v["_curve"]["score"]) for k, v in evaluations.items()}
-    pr_curves(curves, stage / "pr.png", run_title(detector))
-
-
-def run_dataset(cfg: AnomalyRunConfig, out: Path, engine: str, command: str | None,
+def run_dataset(cfg: RunConfig, out: Path, engine: str, command: str | None,
                 progress: Callable[[str], None] = lambda text: None) -> dict:
     """Centralised and federated detector plus the supervised comparators on one dataset."""
-    from fedlstm.federation.anomaly import federate_anomaly, run_inprocess
-    from fedlstm.federation.client import ClientTask
-    from fedlstm.federation.server import ServerTask
-    from fedlstm.federation.simulation import federated_data
-
     ds = cfg.data.dataset
     sup_cfg = supervised_config(cfg)
     timings: dict = {}
@@ -94,41 +56,41 @@ def run_dataset(cfg: AnomalyRunConfig, out: Path, engine: str, command: str | No
     progress(f"{ds}: centralised anomaly detector")
     t = time.perf_counter()
     split = build_split(cfg.data, seed=cfg.seed)
-    central = train_anomaly(cfg, split)
+    central = train(task_for(cfg), split)
     timings["centralised_anomaly_seconds"] = time.perf_counter() - t
     progress(f"{ds}: centralised supervised LSTM")
     t = time.perf_counter()
-    sup = train_centralised(sup_cfg, split=split)
+    sup = train(task_for(sup_cfg), split)
     timings["centralised_supervised_seconds"] = time.perf_counter() - t
     rows["centralised"] = _compare(central.evaluations, sup.evaluations)
     with staged_dir(out / ds / "centralised", overwrite=True) as stage:
-        write_anomaly_run(stage, cfg, central.bundle, central.evaluations,
-                          {"data_notes": split.notes, "history": central.history.to_dict(),
-                           "comparison": rows["centralised"]}, command)
+        write_results(stage, cfg, central.bundle, central.evaluations,
+                      {"data_notes": split.notes, "history": central.history.to_dict(),
+                       "comparison": rows["centralised"]}, command)
 
     progress(f"{ds}: federated anomaly detector ({engine})")
     t = time.perf_counter()
     data = federated_data(cfg)
     seen = np.concatenate([c.attack for c in data.clients])
     with staged_dir(out / ds / "federated", overwrite=True) as stage:
-        server = federate_anomaly(cfg, data.spec, data.clients, data.names, data.tests, stage, engine)
-        fed_evals = {name: evaluate_anomaly(server.detector, recs, seen, cfg.anomaly.report_fpr)
+        server = federate(cfg, data, stage, engine)
+        fed_evals = {name: server.task.evaluate(server.result, recs, seen)
                      for name, recs in data.tests.items()}
         timings["federated_anomaly_seconds"] = time.perf_counter() - t
         progress(f"{ds}: supervised Fed-LSTM (in-process FedAvg)")
         t = time.perf_counter()
         fed_sup_cfg = sup_cfg.model_copy(update={"federation": sup_cfg.federation.model_copy(
-            update={"clients": len(data.clients), "server_test_curves": False})})
-        sup_server = run_inprocess(ServerTask(fed_sup_cfg, data.spec),
-                                   [ClientTask(r, fed_sup_cfg, data.spec, n)
-                                    for r, n in zip(data.clients, data.names)])
-        fed_sup = {name: evaluate_bundle(sup_server.bundle(), recs) for name, recs in data.tests.items()}
+            update={"server_test_curves": False})})
+        sup_server = federate(fed_sup_cfg, data, engine="inprocess")
+        fed_sup = {name: evaluate_detector(sup_server.result, recs)
+                   for name, recs in data.tests.items()}
         timings["federated_supervised_seconds"] = time.perf_counter() - t
         rows["federated"] = _compare(fed_evals, fed_sup)
-        write_anomaly_run(stage, cfg, server.detector, fed_evals,
-                          {"data_notes": data.notes, "rounds": [server.rounds[k] for k in sorted(server.rounds)],
-                           "answers_received": server.answers_received,
-                           "comparison": rows["federated"]}, command)
+        write_results(stage, server.cfg, server.result, fed_evals,
+                      {"data_notes": data.notes,
+                       "rounds": [server.rounds[k] for k in sorted(server.rounds)],
+                       "answers_received": server.answers_received,
+                       "comparison": rows["federated"]}, command)
     figures = _figures(out / ds, ds, split.protocol, central.evaluations, sup.evaluations,
                        fed_evals, fed_sup)
     return {"dataset": ds, "protocol": split.protocol, "rows": rows, "timings": timings,
@@ -156,7 +118,7 @@ def _figures(folder: Path, ds: str, protocol: str, central: dict, sup: dict, fed
         safe = name.replace("/", "_")
         title = f"{ds} / {protocol} / {name}"
         paths.append(str(plots.roc_curves(curves, folder / f"roc_{safe}.png", title)))
-        paths.append(str(pr_curves(curves, folder / f"pr_{safe}.png", title)))
+        paths.append(str(plots.pr_curves(curves, folder / f"pr_{safe}.png", title)))
     return paths
 
 
@@ -185,7 +147,7 @@ def _f(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def anomaly_report(cfg: AnomalyRunConfig, datasets: list[str], out: str | Path,
+def anomaly_report(cfg: RunConfig, datasets: list[str], out: str | Path,
                    engine: str = "flower", command: str | None = None,
                    progress: Callable[[str], None] = lambda text: None) -> Path:
     out = Path(out)
@@ -212,13 +174,5 @@ def anomaly_report(cfg: AnomalyRunConfig, datasets: list[str], out: str | Path,
     (out / "report.md").write_text("\n".join(text))
     (out / "report.json").write_text(json.dumps({"config": json.loads(cfg.model_dump_json()),
                                                  "engine": engine, "command": command,
-                                                 "results": results}, indent=2, default=_default))
+                                                 "results": results}, indent=2, default=json_default))
     return out / "report.md"
-
-
-def _default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value)}")

@@ -17,11 +17,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fedlstm.config import RunConfig  # noqa: E402
+from fedlstm.federation.simulation import one_ray_runtime, run_federated
 
 
 def _sweep_point(cfg: RunConfig, eps: float, out: Path, command: str | None, progress) -> dict:
-    from fedlstm.federation.simulation import run_federated
-
     name = "eps-inf" if math.isinf(eps) else f"eps-{eps:g}"
     run_dir = out / name
     if not (run_dir / "metrics.json").exists():
@@ -39,8 +38,6 @@ def _sweep_point(cfg: RunConfig, eps: float, out: Path, command: str | None, pro
 
 def sweep(cfg: RunConfig, epsilons: list[float], out: str | Path, command: str | None = None,
           progress=None) -> Path:
-    from fedlstm.federation.simulation import one_ray_runtime
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     progress = progress or (lambda text: None)

@@ -7,11 +7,11 @@ the protocol of every table, the steps behind it, the seeds, the commit and the 
 from __future__ import annotations
 
 import base64
-import html
 import json
 from collections import defaultdict
 from pathlib import Path
 
+import markdown
 import matplotlib
 
 matplotlib.use("Agg")
@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fedlstm import __version__  # noqa: E402
-from fedlstm.runs import git_commit  # noqa: E402
+from fedlstm.runs.rundir import git_commit  # noqa: E402
 
 LABELS = {"lstm": "LSTM (centralised)", "fed-lstm": "Fed-LSTM", "rnn": "RNN", "cnn": "CNN",
           "svm": "SVM", "ae-ocsvm": "Autoencoder + SVM", "hgb": "Gradient boosting",
@@ -66,25 +66,17 @@ class Doc:
         return "\n".join(out)
 
     def html(self) -> str:
-        parts = ["<!doctype html><meta charset='utf-8'><title>fedlstm report</title><style>"
-                 "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:"
-                 "collapse}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-                 "code{background:#eee}</style>"]
+        """The Markdown rendered by Python-Markdown, figures inlined: one self-contained file."""
+        body = markdown.markdown(self.markdown(), extensions=["tables"], output_format="html")
         for b in self.blocks:
-            if b[0] == "h":
-                parts.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
-            elif b[0] == "p":
-                parts.append(f"<p>{html.escape(b[1])}</p>")
-            elif b[0] == "table":
-                head = "".join(f"<th>{html.escape(c)}</th>" for c in b[1])
-                body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-                               for r in b[2])
-                parts.append(f"<table><tr>{head}</tr>{body}</table>")
-            else:
+            if b[0] == "img":
                 data = base64.b64encode(b[1].read_bytes()).decode()
-                parts.append(f"<figure><img src='data:image/png;base64,{data}' width='900'>"
-                             f"<figcaption>{html.escape(b[2])}</figcaption></figure>")
-        return "\n".join(parts)
+                body = body.replace(f'src="{b[1].relative_to(self.folder)}"',
+                                    f'src="data:image/png;base64,{data}" width="900"')
+        return ("<!doctype html><meta charset='utf-8'><title>fedlstm report</title><style>"
+                "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:"
+                "collapse}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+                "code{background:#eee}</style>\n" + body)
 
 
 def load_steps(folder: Path) -> list[dict]:

@@ -17,11 +17,17 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from fedlstm.config import RunConfig
+from fedlstm.config import DataConfig, RunConfig
 from fedlstm.data.registry import DatasetNotFound, available_roles, data_dir
 from fedlstm.data.schemas import get_spec
 from fedlstm.data.splits import build_split
-from fedlstm.models.classical import CLASSICAL
+from fedlstm.detection import ModelBundle
+from fedlstm.detection.classical import CLASSICAL
+from fedlstm.federation.simulation import one_ray_runtime, run_federated
+from fedlstm.reports.report import write_report
+from fedlstm.tasks import task_for
+from fedlstm.tasks.base import evaluate_detector
+from fedlstm.tasks.centralised import train
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +129,6 @@ def step_config(step: Step, profile: Profile, root: Path) -> RunConfig:
 
 @lru_cache(maxsize=4)
 def _split(data_json: str, seed: int):
-    from fedlstm.config import DataConfig
-
     return build_split(DataConfig.model_validate_json(data_json), seed=seed)
 
 
@@ -142,17 +146,13 @@ def _evaluations(evaluations: dict) -> dict:
 
 
 def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
-    from fedlstm.pipeline import train_centralised, train_classical
-
     cfg = step_config(step, profile, root)
     t0 = time.perf_counter()
     result: dict = {"step": step.__dict__, "key": step.key, "profile": profile.name,
                     "config": json.loads(cfg.model_dump_json())}
+    task = task_for(cfg)
+    split = _split(cfg.data.model_dump_json(), cfg.seed)
     if step.method == "fed-lstm":
-        from fedlstm.federation.simulation import run_federated
-        from fedlstm.pipeline import evaluate_bundle
-        from fedlstm.detection import ModelBundle
-
         run_dir = out / "runs" / step.key
         # Per-round test curves and federated evaluation feed no table or figure here (Fig. 5/6
         # come from the networks run), and cost a full test-set pass every round.
@@ -160,23 +160,19 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
         run_federated(cfg, run_dir, overwrite=True)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         bundle = ModelBundle.load(run_dir / "model.fedlstm")
-        split = _split(cfg.data.model_dump_json(), cfg.seed)
-        result["evaluations"] = _evaluations({n: evaluate_bundle(bundle, r)
+        result["evaluations"] = _evaluations({n: evaluate_detector(bundle, r)
                                               for n, r in split.tests.items()})
         result["curves"] = [r for r in metrics["rounds"] if r["round"] > 0]
         result["curve_axis"] = "round"
         result["run_dir"] = str(run_dir)
     else:
-        split = _split(cfg.data.model_dump_json(), cfg.seed)
-        if step.method in CLASSICAL:
-            trained = train_classical(cfg, split=split)
-            result["approximation"] = trained.bundle.approximation
-        elif step.method in NEURAL:
-            # Test curves (a test-set pass per epoch) only where Fig. 5/6 draw them.
-            curves = step.method == "lstm" and step.seed == profile.seeds[0]
-            trained = train_centralised(cfg, split=split, test_curves=curves)
-        else:
+        if step.method not in (*NEURAL, *CLASSICAL):
             raise KeyError(f"unknown method {step.method!r}")
+        # Test curves (a test-set pass per epoch) only where Fig. 5/6 draw them.
+        curves = step.method == "lstm" and step.seed == profile.seeds[0]
+        trained = train(task, split, curves=curves)
+        if step.method in CLASSICAL:
+            result["approximation"] = trained.bundle.approximation
         result["evaluations"] = _evaluations({k: v for k, v in trained.evaluations.items()
                                               if k != "val"})
         result["curves"] = trained.history.epochs
@@ -188,8 +184,6 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
 
 def _federated_extra(key: str, cfg: RunConfig, out: Path) -> dict:
     """A Flower simulation of `cfg` as a report step: its evaluations, rounds and partitions."""
-    from fedlstm.federation.simulation import run_federated
-
     run_dir = out / "runs" / key
     t0 = time.perf_counter()
     run_federated(cfg, run_dir, overwrite=True)
@@ -260,14 +254,13 @@ def run_extra(key: str, the_plan: Plan, profile: Profile, root: Path, out: Path)
 
 def _anomaly_extra(key: str, profile: Profile, root: Path, protocol: str) -> dict:
     """The unsupervised detector (LSTM autoencoder + Mahalanobis score), centralised."""
-    from fedlstm.anomaly_pipeline import AnomalyRunConfig, train_anomaly
-
     data = json.loads(step_config(Step("nsl-kdd", protocol, "lstm", 0), profile, root)
                       .model_dump_json())
-    data["model"].update(name="lstm-ae", task="binary")
-    cfg = AnomalyRunConfig.model_validate(data)
+    data["detector"] = "anomaly"
+    data["model"].update(name=data["anomaly"]["model"], task="binary")
+    cfg = RunConfig.model_validate(data)
     t0 = time.perf_counter()
-    result = train_anomaly(cfg, split=_split(cfg.data.model_dump_json(), cfg.seed))
+    result = train(task_for(cfg), _split(cfg.data.model_dump_json(), cfg.seed))
     evaluations = {}
     for name, ev in result.evaluations.items():
         if name != "val":
@@ -284,9 +277,6 @@ def _anomaly_extra(key: str, profile: Profile, root: Path, protocol: str) -> dic
 def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None = None,
               datasets: list[str] | None = None, methods: list[str] | None = None,
               progress=None, command: str | None = None) -> Path:
-    from fedlstm.federation.simulation import one_ray_runtime
-    from fedlstm.reports.report import write_report
-
     profile = PROFILES[profile_name]
     root = data_dir(data_root)
     out = Path(out)

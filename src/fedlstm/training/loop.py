@@ -12,12 +12,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
 from fedlstm.config import TrainConfig
-from fedlstm.windows import WindowSet
+from fedlstm.features.windows import WindowSet
+from fedlstm.models.lstm import LSTMClassifier
+from fedlstm.training import privacy
+from fedlstm.training.objectives import Objective
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +61,6 @@ def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return weights * (counts > 0)
 
 
-class Objective:
-    """What a batch's loss is. Classification (cross-entropy over window labels) by default;
-    other tasks (e.g. reconstructing normal traffic) subclass `step` and `evaluate`."""
-
-    def __init__(self, loss_fn: nn.Module | None = None):
-        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
-
-    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Mean loss of the batch and, where it means something, the number of correct outputs."""
-        logits = model(x)
-        return self.loss_fn(logits, y), (logits.detach().argmax(1) == y).sum()
-
-    def evaluate(self, model: nn.Module, data: WindowSet, device: torch.device | None = None) -> dict:
-        return evaluate_loss(model, data, self.loss_fn, device)
-
-
 def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainConfig,
         n_classes: int, seed: int = 0, reporter: Reporter | None = None,
         epochs: int | None = None,
@@ -95,78 +80,110 @@ def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainCon
     device = resolve_device(cfg.device)
     model.to(device)
     train_d = train.to(device)
-    window_labels = train_d.window_labels
     if objective is None:
-        weight = class_weights(window_labels.cpu(), n_classes).to(device) \
+        weight = class_weights(train_d.window_labels.cpu(), n_classes).to(device) \
             if cfg.class_weights == "balanced" else None
         objective = Objective(nn.CrossEntropyLoss(weight=weight))
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # FedProx: keep the starting (global) weights to pull local training towards them.
-    anchor = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else None
-
     n_epochs = epochs or cfg.epochs
     n = len(train_d)
     if n == 0:
         raise ValueError("no training windows (fewer records than the window length?)")
     n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
+    step = _Step(model, objective, cfg,
+                 _DPState(cfg, n, n_batches, n_epochs, dp_steps, model, objective, generator)
+                 if cfg.dp else None)
     history = History()
-    dp = _DPState(cfg, n, n_batches, n_epochs, dp_steps, model, objective, generator) \
-        if cfg.dp else None
-    best_loss, best_state, bad_epochs = float("inf"), None, 0
+    stopping = _EarlyStopping(cfg.patience if val is not None else None)
     reporter.start(n_epochs, n_batches)
     t0 = time.perf_counter()
     for epoch in range(1, n_epochs + 1):
-        model.train()
-        order = torch.randperm(n, generator=generator).to(device)
-        total_loss = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        for start in range(0, n, cfg.batch_size):
-            if dp is not None:
-                x, y = train_d.batch(dp.next_batch(device))
-                loss = dp.step(model, optimiser, x, y, anchor, cfg.proximal_mu)
-                total_loss += loss * len(y)
-                reporter.advance()
-                continue
-            x, y = train_d.batch(order[start:start + cfg.batch_size])
-            loss, n_correct = objective.step(model, x, y)
-            if anchor is not None:
-                prox = sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
-                loss = loss + 0.5 * cfg.proximal_mu * prox
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total_loss += loss.detach() * len(y)
-            if n_correct is not None:
-                correct += n_correct
-            reporter.advance()
-        record = {"epoch": epoch, "train_loss": float(total_loss) / n}
-        if dp is not None:
-            record["epsilon"] = dp.epsilon()
-        elif n_correct is not None:
-            record["train_accuracy"] = float(correct) / n
+        record = {"epoch": epoch, **step.epoch(train_d, generator, reporter, device)}
         if val is not None and len(val):
-            val_metrics = objective.evaluate(model, val, device)
-            record.update({f"val_{k}": v for k, v in val_metrics.items()})
+            record.update({f"val_{k}": v for k, v in objective.evaluate(model, val, device).items()})
         history.epochs.append(record)
         reporter.epoch_end(record)
         if on_epoch:
             on_epoch(record)
-        monitored = record.get("val_loss", record["train_loss"])
-        if monitored < best_loss - 1e-6:
-            best_loss, bad_epochs, history.best_epoch = monitored, 0, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad_epochs += 1
-            if cfg.patience is not None and val is not None and bad_epochs > cfg.patience:
-                history.stopped_early = True
-                break
-    if best_state is not None and val is not None:
-        model.load_state_dict(best_state)
+        if stopping.update(record.get("val_loss", record["train_loss"]), epoch, model, history):
+            break
+    if stopping.best_state is not None and val is not None:
+        model.load_state_dict(stopping.best_state)
     history.seconds = time.perf_counter() - t0
-    if dp is not None:
-        history.privacy = dp.summary()
+    if step.dp is not None:
+        history.privacy = step.dp.summary()
     reporter.finish()
     return history
+
+
+class _Step:
+    """One optimiser step per batch: the objective's loss (+ FedProx's proximal term), or a
+    DP-SGD step; and an epoch of them over a fresh permutation."""
+
+    def __init__(self, model: nn.Module, objective: Objective, cfg: TrainConfig,
+                 dp: _DPState | None):
+        self.model, self.objective, self.cfg, self.dp = model, objective, cfg, dp
+        self.optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr,
+                                          weight_decay=cfg.weight_decay)
+        # FedProx: keep the starting (global) weights to pull local training towards them.
+        self.anchor = [p.detach().clone() for p in model.parameters()] \
+            if cfg.proximal_mu > 0 else None
+
+    def epoch(self, train: WindowSet, generator: torch.Generator, reporter: Reporter,
+              device: torch.device) -> dict:
+        """Train on every window once; the epoch's mean loss (and accuracy or ε)."""
+        self.model.train()
+        n, batch_size = len(train), self.cfg.batch_size
+        order = torch.randperm(n, generator=generator).to(device)
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        counted = False
+        for start in range(0, n, batch_size):
+            if self.dp is not None:
+                x, y = train.batch(self.dp.next_batch(device))
+                loss = self.dp.step(self.model, self.optimiser, x, y, self.anchor,
+                                    self.cfg.proximal_mu)
+            else:
+                x, y = train.batch(order[start:start + batch_size])
+                loss, n_correct = self.batch(x, y)
+                if n_correct is not None:
+                    correct += n_correct
+                    counted = True
+            total_loss += loss * len(y)
+            reporter.advance()
+        record = {"train_loss": float(total_loss) / n}
+        if self.dp is not None:
+            record["epsilon"] = self.dp.epsilon()
+        elif counted:
+            record["train_accuracy"] = float(correct) / n
+        return record
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        loss, n_correct = self.objective.step(self.model, x, y)
+        if self.anchor is not None:
+            prox = sum(((p - a) ** 2).sum() for p, a in zip(self.model.parameters(), self.anchor))
+            loss = loss + 0.5 * self.cfg.proximal_mu * prox
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimiser.step()
+        return loss.detach(), n_correct
+
+
+class _EarlyStopping:
+    """Keeps the weights of the best monitored loss; says when `patience` epochs did not beat it
+    (never, with patience None)."""
+
+    def __init__(self, patience: int | None):
+        self.patience = patience
+        self.best_loss, self.best_state, self.bad_epochs = float("inf"), None, 0
+
+    def update(self, monitored: float, epoch: int, model: nn.Module, history: History) -> bool:
+        if monitored < self.best_loss - 1e-6:
+            self.best_loss, self.bad_epochs, history.best_epoch = monitored, 0, epoch
+            self.best_state = copy.deepcopy(model.state_dict())
+            return False
+        self.bad_epochs += 1
+        history.stopped_early = self.patience is not None and self.bad_epochs > self.patience
+        return history.stopped_early
 
 
 class _DPState:
@@ -175,9 +192,6 @@ class _DPState:
     def __init__(self, cfg: TrainConfig, n: int, steps_per_epoch: int, epochs: int,
                  dp_steps: tuple[int, int] | None, model: nn.Module, objective: Objective,
                  generator: torch.Generator):
-        from fedlstm.models.lstm import LSTMClassifier
-        from fedlstm.training import privacy
-
         if not isinstance(model, LSTMClassifier) or type(objective) is not Objective:
             raise ValueError("DP-SGD is implemented for the LSTM classifier's objective only")
         self.privacy, self.cfg, self.n, self.generator = privacy, cfg, n, generator
@@ -207,29 +221,3 @@ class _DPState:
         return {"epsilon": self.epsilon(), "delta": self.delta, "noise_multiplier": self.noise,
                 "max_grad_norm": self.cfg.dp_max_grad_norm, "sample_rate": self.sample_rate,
                 "steps": self.done, "planned_steps": self.planned}
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, data: WindowSet, batch_size: int = 2048,
-                   device: torch.device | None = None) -> torch.Tensor:
-    device = device or next(model.parameters()).device
-    model.eval()
-    if device.type == "cpu" and hasattr(model, "forward_sliding"):  # shares overlapping windows
-        return model.forward_sliding(data.features, data.ends, data.window)
-    data = data.to(device)
-    outs = [model(data.batch(torch.arange(s, min(s + batch_size, len(data)), device=device))[0])
-            for s in range(0, len(data), batch_size)]
-    return torch.cat(outs).cpu() if outs else torch.empty(0)
-
-
-def predict_proba(model: nn.Module, data: WindowSet, batch_size: int = 2048) -> np.ndarray:
-    return torch.softmax(predict_logits(model, data, batch_size), dim=1).numpy()
-
-
-def evaluate_loss(model: nn.Module, data: WindowSet, loss_fn: nn.Module,
-                  device: torch.device | None = None) -> dict:
-    logits = predict_logits(model, data, device=device)
-    y = data.window_labels.cpu()
-    weight = getattr(loss_fn, "weight", None)
-    loss = nn.functional.cross_entropy(logits, y, weight=None if weight is None else weight.cpu())
-    return {"loss": float(loss), "accuracy": float((logits.argmax(1) == y).float().mean())}

@@ -41,12 +41,6 @@ def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, s
                                       sample_rate=sample_rate, steps=steps, accountant="rdp"))
 
 
-def poisson_batches(n: int, sample_rate: float, steps: int, generator: torch.Generator):
-    """Each record joins each batch independently with probability q (what RDP assumes)."""
-    for _ in range(steps):
-        yield torch.nonzero(torch.rand(n, generator=generator) < sample_rate).flatten()
-
-
 def _forward_exposed(model: LSTMClassifier, x: torch.Tensor):
     """The model's forward pass, written out so the gate pre-activations can be differentiated."""
     lstm = model.lstm

@@ -13,15 +13,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from fedlstm.federation.deploy.app import SIGNATURE_KEY, write_signed_app
+import numpy as np
+
+from fedlstm.config import RunConfig
+from fedlstm.data.registry import DatasetNotFound, data_dir
+from fedlstm.federation.deploy.app import CONFIG_KEY, SIGNATURE_KEY, write_signed_app
 from fedlstm.federation.deploy.credentials import generate_supernode_keys
 from fedlstm.federation.deploy.processes import FINISHED, DeploymentError, LocalFederation
-
-if TYPE_CHECKING:
-    from fedlstm.config import RunConfig
-    from fedlstm.federation.server import ServerTask
+from fedlstm.federation.partitions import describe, save_records
+from fedlstm.federation.server import CHECKPOINT, ServerTask
+from fedlstm.federation.sites import federated_data
+from fedlstm.runs.rundir import RunExists, staged_dir, write_results
 
 log = logging.getLogger(__name__)
 
@@ -40,35 +43,22 @@ def write_deployed_run(task: ServerTask, run_config: Mapping) -> Path:
     the sites' attack types are known only to whoever split the data: they are read from
     `out-dir/deployment.json` when the launcher wrote one, and left empty otherwise.
     """
-    import numpy as np
-
-    from fedlstm.federation.server import CHECKPOINT
-    from fedlstm.pipeline import evaluate_bundle
-    from fedlstm.reports import plots
-    from fedlstm.runs import run_title, staged_dir, unseen_attack_recall, write_results
-
     out = Path(str(run_config["out-dir"]))
-    if task.weights is None or not task.rounds:
+    if task.result is None:
         raise RuntimeError("the federation finished without producing a model; see the log")
     info_file = out / DEPLOYMENT_FILE
     info = json.loads(info_file.read_text()) if info_file.exists() else {}
-    cfg = task.cfg
-    bundle = task.bundle()
-    t = time.perf_counter()
-    evaluations = {name: evaluate_bundle(bundle, recs) for name, recs in task.tests.items()}
-    timings = {"evaluate_seconds": time.perf_counter() - t}
-    rounds = [task.rounds[k] for k in sorted(task.rounds)]
-    train_attacks = info.get("train_attacks")
-    unseen = (unseen_attack_recall(np.asarray(train_attacks, dtype=object), task.spec, evaluations)
-              if train_attacks is not None else {})
-    extra = {"federation": cfg.federation.model_dump(), "runtime": "deployment",
-             "partitions": info.get("partitions"), "data_notes": info.get("data_notes", {}),
-             "deployment": info.get("deployment", {}), "rounds": rounds,
-             "unseen_attacks": unseen, "timings": timings}
+    # Which attack types the sites trained on is known to whoever split the data, if anyone.
+    train_attacks = np.asarray(info.get("train_attacks", []), dtype=object)
+    evaluations, extra = task.results(train_attacks, info.get("partitions"),
+                                      info.get("data_notes", {}), {})
+    if "train_attacks" not in info:
+        extra["unseen_attacks"] = {}
+    extra.update(runtime="deployment", deployment=info.get("deployment", {}))
     with staged_dir(out, overwrite=True) as stage:
-        write_results(stage, cfg, bundle, evaluations, extra, info.get("command") or "flwr run")
-        plots.learning_curves([r for r in rounds if r["round"] > 0], stage / "round_curves.png",
-                              run_title(bundle), x_key="round")
+        write_results(stage, task.cfg, task.result, evaluations, extra,
+                      info.get("command") or "flwr run",
+                      curves=[r for r in extra["rounds"] if r["round"] > 0], curve_axis="round")
         checkpoints = (out / CHECKPOINT).parent
         if checkpoints.is_dir():
             shutil.move(str(checkpoints), str(stage / checkpoints.name))
@@ -89,8 +79,6 @@ class DeploymentResult:
 
 def _resolved(cfg: RunConfig) -> RunConfig:
     """Absolute data folder: the ServerApp runs in another process with another cwd."""
-    from fedlstm.data.registry import DatasetNotFound, data_dir
-
     try:
         root = data_dir(cfg.data.data_dir)
     except DatasetNotFound:  # no folder configured: the split below says so
@@ -107,10 +95,6 @@ def deploy_on(federation: LocalFederation, cfg: RunConfig, out: str | Path, *,
     Uses a started `federation` (its TLS/auth settings apply) and leaves it running, so that
     callers (tests) can share one SuperLink; `run_local_deployment` is the one-shot version.
     """
-    from fedlstm.federation.partitions import save_records
-    from fedlstm.federation.simulation import federated_data
-    from fedlstm.runs import RunExists
-
     say = progress or (lambda message: None)
     out = Path(out).resolve()
     if out.exists() and not overwrite:
@@ -147,14 +131,7 @@ def _default_timeout(cfg: RunConfig) -> float | None:
 def _run_on_shares(federation: LocalFederation, cfg: RunConfig, data, paths: list[Path],
                    out: Path, *, overwrite: bool, timeout: float | None, command: str | None,
                    say: Callable[[str], None], timings: dict) -> DeploymentResult:
-    import numpy as np
-
-    from fedlstm.federation.partitions import describe
-    from fedlstm.runs import staged_dir
-
     work, n = federation.work_dir, len(paths)
-    config_file = work / "config.json"
-    config_file.write_text(cfg.model_dump_json(indent=2))
     run_dir = work / "run"  # the ServerApp's out-dir; moved to `out` once complete
     shutil.rmtree(run_dir, ignore_errors=True)  # a stale checkpoint there would be resumed
     run_dir.mkdir()
@@ -182,7 +159,7 @@ def _run_on_shares(federation: LocalFederation, cfg: RunConfig, data, paths: lis
              for i, (name, path, key) in enumerate(zip(data.names, paths, keys))]
     try:
         app = write_signed_app(work, federation.app_key)
-        run_id = federation.submit(app.folder, {"config-file": str(config_file),
+        run_id = federation.submit(app.folder, {CONFIG_KEY: cfg.model_dump_json(),
                                                 "out-dir": str(run_dir),
                                                 SIGNATURE_KEY: app.signature})
         say(f"run {run_id}: {cfg.federation.rounds} rounds on {n} SuperNodes")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO
 
 import psutil
+import tomli_w
 
 from fedlstm.detection.signing import KeyHome, SigningKey
 from fedlstm.federation.deploy.credentials import Certificates, generate_certificates
@@ -94,6 +95,13 @@ def _parse_json(text: str) -> dict:
 
 def _toml_string(value: str | Path) -> str:
     return json.dumps(str(value))  # a JSON string of plain text is a valid TOML basic string
+
+
+def write_run_config(path: Path, values: Mapping[str, object]) -> Path:
+    """A run-config file for `flwr run --run-config FILE.toml`: values of any text (the JSON of a
+    configuration, paths with quotes), which the `k=v` command-line form cannot carry."""
+    path.write_text(tomli_w.dumps(dict(values)))
+    return path
 
 
 def config_args(values: Mapping[str, object]) -> str:
@@ -265,14 +273,14 @@ class LocalFederation:
 
     def write_cli_config(self) -> Path:
         """$FLWR_HOME/config.toml: where `flwr` finds the SuperLink (Flower >= 1.42)."""
-        lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
-                 f"address = {_toml_string(self.address)}"]
+        connection: dict = {"address": self.address}
         if self.tls:
-            lines.append(f"root-certificates = {_toml_string(self.certificates.ca_cert)}")
+            connection["root-certificates"] = str(self.certificates.ca_cert)
         else:
-            lines.append("insecure = true")
+            connection["insecure"] = True
         path = self.flwr_home / "config.toml"
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text(tomli_w.dumps({"superlink": {"default": CONNECTION,
+                                                     CONNECTION: connection}}))
         return path
 
     def spawn(self, name: str, args: list[str], flwr_home: Path | None = None,
@@ -376,8 +384,10 @@ class LocalFederation:
 
     # -- runs -----------------------------------------------------------------------------------
     def submit(self, app_dir: Path, run_config: Mapping[str, object]) -> int:
-        """`flwr run APP fedlstm-local --run-config ...`: returns the run id at once."""
-        result = self.flwr("run", str(app_dir), CONNECTION, "--run-config", config_args(run_config),
+        """`flwr run APP fedlstm-local --run-config FILE.toml`: returns the run id at once."""
+        overrides = write_run_config(self.work_dir / f"run-config-{uuid.uuid4().hex[:8]}.toml",
+                                     run_config)
+        result = self.flwr("run", str(app_dir), CONNECTION, "--run-config", str(overrides),
                            "--format", "json")
         output = _ANSI.sub("", result.stdout + result.stderr)
         try:

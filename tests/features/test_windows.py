@@ -4,7 +4,7 @@ import torch
 
 from fedlstm.config import DataConfig
 from fedlstm.data.splits import build_split
-from fedlstm.windows import make_windows, window_ends
+from fedlstm.features.windows import make_windows, window_ends
 
 
 def test_window_holds_consecutive_records_and_last_label():

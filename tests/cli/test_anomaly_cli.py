@@ -3,16 +3,12 @@
 import json
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from fedlstm.cli_anomaly import register
+from fedlstm.cli.main import app
 from fedlstm.detection import ModelBundle
 from fedlstm.detection.anomaly import MahalanobisDetector
 
-app = typer.Typer()
-register(app)
-app.callback()(lambda: None)  # keep `anomaly` a sub-command even with one group
 runner = CliRunner()
 QUICK = ["--set", "data.max_train_rows=3000", "--set", "data.max_test_rows=3000",
          "--set", "model.hidden_size=16", "--set", "train.epochs=1"]

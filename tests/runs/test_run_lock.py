@@ -7,9 +7,9 @@ import pytest
 from filelock import FileLock, Timeout
 from typer.testing import CliRunner
 
-from fedlstm import cli
-from fedlstm.cli import app
-from fedlstm.runs import OutputBusy, output_lock, staged_dir
+from fedlstm.cli import common
+from fedlstm.cli.main import app
+from fedlstm.runs.rundir import OutputBusy, output_lock, staged_dir
 
 runner = CliRunner()
 
@@ -33,7 +33,7 @@ def test_staged_dir_refuses_a_run_directory_another_run_holds(other_run):
 
 
 def test_train_stops_before_training_when_its_out_is_held(other_run, monkeypatch):
-    monkeypatch.setattr(cli.console, "_width", 1000)
+    monkeypatch.setattr(common.console, "_width", 1000)
     r = runner.invoke(app, ["train", "--out", str(other_run), "--overwrite"])
     assert r.exit_code == 2
     assert r.output.splitlines() == [

@@ -1,4 +1,4 @@
-"""Bring your own flow logs: chunked reading of any schema's files, and splits built from them.
+"""Flow logs of any schema: chunked, bounded-memory reading of the user's own files.
 
 `FlowReader` reads a file in chunks of a bounded number of lines, so memory stays bounded
 whatever the file size (and `follow=True` tails a growing log). Each chunk takes pandas' C parser
@@ -31,41 +31,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedlstm.config import DataConfig
 from fedlstm.data.flowschemas import SchemaError, resolve_spec, unique_names
-from fedlstm.data.readers import (BadLine, BadLineError, DataFormatError, ReadReport, Records,
-                                  shown)
-from fedlstm.data.schemas import NORMAL_FAMILY, UNKNOWN_FAMILY, DatasetSpec
-from fedlstm.data.splits import Split, carve_validation, overlap_share, stratified_indices
+from fedlstm.data.io import BadLineError, DataFormatError, finite_float32, open_binary
+from fedlstm.data.readers import BadLine, ReadReport, Records, shown
+from fedlstm.data.spec import NORMAL_FAMILY, UNKNOWN_FAMILY, DatasetSpec
 
 log = logging.getLogger(__name__)
 _NAN_TOKENS = ["", "NaN", "nan", "NA", "null", "None"]
 _CORRUPT = (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile)
 _TOO_LONG = object()  # a block-stream marker: one line longer than max_line_bytes ended here
-
-
-def finite_float32(values: np.ndarray) -> np.ndarray:
-    """Numbers as float32 without overflow: finite values beyond float32's range would turn
-    infinite, so they are kept at its largest value (the preprocessor clips to the training range
-    anyway)."""
-    limit = float(np.finfo(np.float32).max)
-    return np.clip(values, -limit, limit).astype(np.float32)
-
-
-def open_binary(path: Path) -> io.BufferedIOBase:
-    """A file as bytes; .gz (also rotated Zeek logs) and single-member .zip are decompressed."""
-    path = Path(path)
-    with open(path, "rb") as probe:
-        magic = probe.read(2)
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rb")
-    if path.suffix == ".zip":
-        archive = zipfile.ZipFile(path)
-        members = [n for n in archive.namelist() if not n.endswith("/")]
-        if len(members) != 1:
-            raise DataFormatError(f"{path}: a .zip must hold exactly one file, found {members}")
-        return archive.open(members[0])
-    return open(path, "rb")
 
 
 @dataclass
@@ -571,7 +545,7 @@ def read_flow_file(path: str | Path, spec: DatasetSpec, lenient: bool = False,
     return Records(frame, attack, family, is_attack, report, segment), reader.spec
 
 
-def _with_families(spec: DatasetSpec, *parts: Records) -> DatasetSpec:
+def with_families(spec: DatasetSpec, *parts: Records) -> DatasetSpec:
     if spec.family_order:
         return spec
     counts = Counter(f for p in parts for f in p.family if f != NORMAL_FAMILY)
@@ -594,52 +568,3 @@ def expand_inputs(entries: str | Path | list) -> list[Path]:
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
     return out
-
-
-def build_split_from_files(spec: DatasetSpec, train_files: str | Path | list,
-                           test_file: str | Path | None, cfg: DataConfig, seed: int = 0,
-                           carve_val: bool = True) -> Split:
-    """A Split of the user's own labelled files, with the same rules as the benchmark protocols.
-
-    With `test_file` the protocol is "files" (train on the training file(s), test on the test
-    file); without, a seeded stratified `random-split` of the training file(s). Validation is
-    always carved from training data only. Several training files (or the files of a folder) are
-    pooled and windows never cross from one to the next.
-    """
-    from fedlstm.data.readers import concat_records
-    from fedlstm.data.splits import drop_duplicates
-
-    files = expand_inputs(train_files)
-    if not files:
-        raise ValueError("no training file given")
-    parts = []
-    for f in files:
-        recs, resolved = read_flow_file(f, spec, lenient=cfg.lenient)
-        if parts and resolved.feature_columns != parts[0][1].feature_columns:
-            raise SchemaError(f"{f}: its columns differ from {files[0]}")
-        parts.append((recs, resolved))
-    spec = parts[0][1]
-    whole = parts[0][0] if len(parts) == 1 else concat_records([p[0] for p in parts])
-    notes: dict = {"train_files": [str(f) for f in files]}
-    if cfg.dedup:
-        whole, notes["duplicates_removed"] = drop_duplicates(whole)
-    if test_file is not None:
-        test, _ = read_flow_file(test_file, spec, lenient=cfg.lenient)
-        train, tests, protocol = whole, {"test": test}, "files"
-        notes["test_file"] = str(test_file)
-    else:
-        rest, test_idx = stratified_indices(whole.family, cfg.test_fraction, seed)
-        train, tests, protocol = whole.take(rest), {"test": whole.take(test_idx)}, "random-split"
-    if cfg.max_train_rows and len(train) > cfg.max_train_rows:
-        _, keep = stratified_indices(train.family, cfg.max_train_rows / len(train), seed + 1)
-        train = train.take(keep)
-        notes["train_subsampled_to"] = len(train)
-    if carve_val:
-        train, val = carve_validation(train, cfg.val_fraction, seed)
-    else:
-        val = train.take(np.array([], np.int64))
-    spec = _with_families(spec, train, *tests.values())
-    notes["rows"] = {"train": len(train), "val": len(val), **{k: len(v) for k, v in tests.items()}}
-    notes["test_overlap_with_train"] = {k: overlap_share(train, v) for k, v in tests.items()}
-    file_map = {"train": str(files[0]), **({"test": str(test_file)} if test_file else {})}
-    return Split(spec, protocol, train, val, tests, file_map, notes)

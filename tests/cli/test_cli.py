@@ -6,7 +6,7 @@ import zipfile
 import pytest
 from typer.testing import CliRunner
 
-from fedlstm.cli import app
+from fedlstm.cli.main import app
 from fedlstm.detection import BundleError, ModelBundle
 
 runner = CliRunner()

@@ -24,10 +24,11 @@ from filelock import FileLock, Timeout
 
 from fedlstm import __version__
 from fedlstm.config import RunConfig
+from fedlstm.detection.anomaly import MahalanobisDetector, calibration_summary
 from fedlstm.detection.bundle import ModelBundle
 from fedlstm.detection.signing import KeyFileError, KeyHome, SigningKey
-from fedlstm.pipeline import TrainResult
-from fedlstm.reports import plots
+from fedlstm.runs import plots
+from fedlstm.tasks.base import TrainResult
 
 BUNDLE_NAME = "model.fedlstm"
 log = logging.getLogger(__name__)
@@ -200,14 +201,14 @@ def unseen_attack_recall(train_attacks: np.ndarray, spec, evaluations: dict) -> 
 
 def write_run(result: TrainResult, cfg: RunConfig, out: str | Path, overwrite: bool = False,
               command: str | None = None) -> Path:
+    """A centralised (or local-only) run: `write_results` in a staged folder."""
     with staged_dir(out, overwrite) as stage:
         extra = {"files": result.split.files, "data_notes": result.split.notes,
                  "unseen_attacks": unseen_attack_recall(result.split.train.attack,
                                                         result.split.spec, result.evaluations),
                  "history": result.history.to_dict(), "timings": result.timings}
-        write_results(stage, cfg, result.bundle, result.evaluations, extra, command)
-        plots.learning_curves(result.history.epochs, stage / "learning_curves.png",
-                              run_title(result.bundle))
+        write_results(stage, cfg, result.bundle, result.evaluations, extra, command,
+                      curves=result.history.epochs)
     return Path(out)
 
 
@@ -216,13 +217,19 @@ def run_title(bundle: ModelBundle) -> str:
     return f"{m.get('dataset')} / {m.get('protocol')} / {m.get('mode', 'centralised')}"
 
 
-def write_results(stage: Path, cfg: RunConfig, bundle: ModelBundle, evaluations: dict,
-                  extra: dict, command: str | None = None) -> None:
-    """Configuration, bundle, metrics.json, ROC and confusion plots: common to every mode."""
+def write_results(stage: Path, cfg: RunConfig, bundle, evaluations: dict, extra: dict,
+                  command: str | None = None, curves: list[dict] | None = None,
+                  curve_axis: str = "epoch") -> None:
+    """What every run directory holds, whatever the mode (centralised, local, federated in
+    simulation or deployment) and the detector kind: config.json, the signed bundle, metrics.json,
+    ROC and confusion plots, learning curves (`curves`: one record per epoch or round), and for
+    the anomaly detector its calibration and a precision-recall figure."""
     title = run_title(bundle)
     (stage / "config.json").write_text(cfg.model_dump_json(indent=2))
     key = run_signing_key()
     bundle.save(stage / BUNDLE_NAME, key, sign=key is not None)
+    if isinstance(bundle, MahalanobisDetector):
+        extra = {"anomaly": calibration_summary(bundle), **extra}
     metrics = {
         "dataset": bundle.metadata.get("dataset"), "protocol": bundle.metadata.get("protocol"),
         "model": bundle.model_name, "task": bundle.task,
@@ -232,9 +239,14 @@ def write_results(stage: Path, cfg: RunConfig, bundle: ModelBundle, evaluations:
         "bundle_signed_by": key.fingerprint if key else None,
         "evaluations": {k: public(v) for k, v in evaluations.items()}, **extra,
     }
-    (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
-    curves = {k: (v["_curve"]["y"], v["_curve"]["score"]) for k, v in evaluations.items()}
-    plots.roc_curves(curves, stage / "roc.png", title)
+    (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, default=json_default))
+    roc = {k: (v["_curve"]["y"], v["_curve"]["score"]) for k, v in evaluations.items()}
+    plots.roc_curves(roc, stage / "roc.png", title)
+    if isinstance(bundle, MahalanobisDetector):
+        plots.pr_curves(roc, stage / "pr.png", title)
+    if curves is not None:
+        name = "learning_curves.png" if curve_axis == "epoch" else "round_curves.png"
+        plots.learning_curves(curves, stage / name, title, x_key=curve_axis)
     for name, ev in evaluations.items():
         if name == "val":
             continue
@@ -262,7 +274,8 @@ def run_signing_key() -> SigningKey | None:
         return None
 
 
-def _json_default(value):
+def json_default(value):
+    """numpy scalars and arrays as JSON (metrics carry both)."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -14,19 +12,30 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from fedlstm import cli_options as opt
-from fedlstm.cli_console import error_text
+from fedlstm.cli.common import (
+    Clients,
+    ConfigFile,
+    DataDir,
+    Dataset,
+    LocalEpochs,
+    Overrides,
+    Partition,
+    Protocol,
+    Rounds,
+    Seed,
+    Strategy,
+    Window,
+    command_line,
+    console,
+    fail,
+    federation_options,
+    out_console,
+    print_rounds,
+    summary_table,
+)
 
 deploy_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
                          help="Run the federation as real processes (SuperLink + SuperNodes).")
-
-
-def _fail(exc: BaseException) -> None:
-    """Like cli._fail: the message (log tails) is printed as text, not rich markup."""
-    from fedlstm.cli import console
-
-    console.print(error_text(exc))
-    raise typer.Exit(2)
 
 
 @deploy_app.command("certs")
@@ -43,10 +52,8 @@ def certs(
     the public key sites trust apps from (this host's fedlstm key, `fedlstm keys`)."""
     import shutil
 
-    from fedlstm.cli import out_console
     from fedlstm.detection.signing import KeyHome
-    from fedlstm.federation.deploy.credentials import (generate_certificates,
-                                                       generate_supernode_keys)
+    from fedlstm.federation.deploy.credentials import generate_certificates, generate_supernode_keys
 
     try:
         paths = generate_certificates(out_dir, hosts=host or ["localhost", "127.0.0.1"], days=days)
@@ -54,7 +61,7 @@ def certs(
         signer = KeyHome.default().signing_key()
         app_key = Path(shutil.copyfile(signer.public.source, out_dir / "coordinator.pub"))
     except (OSError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     table = Table(title=Text(f"credentials in {out_dir}"))
     table.add_column("file")
     table.add_column("goes to")
@@ -75,19 +82,17 @@ def app_folder(
     out_dir: Annotated[Path, typer.Argument(help="Where to create the fedlstm-app folder.")],
 ) -> None:
     """Write the Flower app folder that `flwr run` submits, signed with this host's key."""
-    from fedlstm.cli import out_console
-    from fedlstm.detection.signing import KeyHome, KeyFileError
-    from fedlstm.federation.deploy.app import SIGNATURE_KEY, write_signed_app
+    from fedlstm.detection.signing import KeyFileError, KeyHome
+    from fedlstm.federation.deploy.app import write_signed_app
 
     try:
         app = write_signed_app(out_dir, KeyHome.default().signing_key())
     except (OSError, KeyFileError) as exc:
-        _fail(exc)
+        fail(exc)
     out_console.print(Text(
         f"Flower app written to {app.folder}, signed by {app.signature.rpartition(':')[0]} "
-        f"(signature in {app.signature_file}). Submit it with:\n"
-        f"  flwr run {app.folder} CONNECTION --run-config \"config-file='/abs/config.json' "
-        f"out-dir='/abs/runs/NAME' {SIGNATURE_KEY}='$(cat {app.signature_file})'\""))
+        f"(signature in {app.signature_file}). Start a run with: fedlstm deploy run --app "
+        f"{app.folder} --config CONFIG.json --out-dir runs/NAME"))
 
 
 @deploy_app.command("superlink")
@@ -102,7 +107,6 @@ def superlink(
 ) -> None:
     """The coordinator: the SuperLink on loopback, and nginx on HOST:PORT passing only the
     Fleet API to the sites. Runs until Ctrl-C."""
-    from fedlstm.cli import console
     from fedlstm.federation.deploy.credentials import Certificates
     from fedlstm.federation.deploy.processes import DeploymentError, LocalFederation
 
@@ -128,7 +132,7 @@ def superlink(
     except KeyboardInterrupt:
         console.print("stopped")
     except (OSError, ValueError, RuntimeError) as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @deploy_app.command("supernode")
@@ -159,25 +163,62 @@ def supernode(
                 "--host", "127.0.0.1", "--port", str(port), "--isolation", "subprocess",
                 "--node-config", node_config]
     except (OSError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     os.execve(executable, args, env)  # the SuperNode replaces this process
+
+
+@deploy_app.command("run")
+def run(
+    config: Annotated[Path, typer.Option(help="The run's configuration (TOML or JSON, e.g. a "
+                                              "simulated run's config.json).")],
+    out_dir: Annotated[Path, typer.Option(help="Run directory the ServerApp writes, on this host.")],
+    app: Annotated[Path, typer.Option(help="Folder written by `fedlstm deploy app`.")] = Path("fedlstm-app"),
+    connection: Annotated[Optional[str], typer.Option(
+        help="SuperLink connection in $FLWR_HOME/config.toml (default: its default).")] = None,
+    set_: Overrides = None,
+) -> None:
+    """Start a run of the signed app on the coordinator's SuperLink and stream its log
+    (`flwr run`, with the configuration and the signature in a run-config file)."""
+    import subprocess
+    import tempfile
+
+    from fedlstm.config import load_config
+    from fedlstm.federation.deploy.app import CONFIG_KEY, SIGNATURE_FILE, SIGNATURE_KEY
+    from fedlstm.federation.deploy.processes import LocalFederation, write_run_config
+
+    try:
+        cfg = load_config(config, set_)
+        signature = (app.parent / SIGNATURE_FILE).read_text().strip()
+        folder = Path(tempfile.mkdtemp(prefix="fedlstm-run-"))
+        overrides = write_run_config(folder / "run-config.toml", {
+            CONFIG_KEY: cfg.model_dump_json(), "out-dir": str(out_dir.resolve()),
+            SIGNATURE_KEY: signature})
+        command = [LocalFederation.executable("flwr"), "run", str(app),
+                   *([connection] if connection else []), "--run-config", str(overrides),
+                   "--stream"]
+    except (OSError, ValueError) as exc:
+        fail(exc)
+    code = subprocess.run(command).returncode
+    console.print(Text("check the run's status with `flwr ls` (flwr run exits 0 even when a run "
+                       f"fails); its run directory goes to {out_dir}"))
+    raise typer.Exit(code)
 
 
 @deploy_app.command("local")
 def local(
-    dataset: opt.Dataset = None,
-    protocol: opt.Protocol = None,
-    clients: opt.Clients = None,
-    partition: opt.Partition = None,
-    strategy: opt.Strategy = None,
-    rounds: opt.Rounds = None,
-    local_epochs: opt.LocalEpochs = None,
-    window: opt.Window = None,
-    seed: opt.Seed = None,
+    dataset: Dataset = None,
+    protocol: Protocol = None,
+    clients: Clients = None,
+    partition: Partition = None,
+    strategy: Strategy = None,
+    rounds: Rounds = None,
+    local_epochs: LocalEpochs = None,
+    window: Window = None,
+    seed: Seed = None,
     out: Annotated[Path, typer.Option(help="Run directory to create.")] = Path("runs/deployed"),
-    config: opt.ConfigFile = None,
-    set_: opt.Overrides = None,
-    data_dir: opt.DataDir = None,
+    config: ConfigFile = None,
+    set_: Overrides = None,
+    data_dir: DataDir = None,
     work_dir: Annotated[Optional[Path], typer.Option(
         help="Folder for shares, certificates, keys and logs (kept; default: a temporary "
              ".NAME.deploy next to --out, removed after success).")] = None,
@@ -188,17 +229,22 @@ def local(
     timeout: Annotated[Optional[float], typer.Option(
         help="Give up (and stop the run) after this many seconds (default: twice a round "
              "timeout per round).")] = None,
+    detector: Annotated[str, typer.Option(
+        help="supervised (LSTM classifier) | anomaly (normal-traffic LSTM + Mahalanobis)")] = "supervised",
     overwrite: bool = False,
 ) -> None:
     """Run Fed-LSTM as local processes: a SuperLink and one SuperNode per client, via `flwr run`."""
     # Partitions exactly as `fedlstm federate` does; each SuperNode gets its share through its
     # node config; every process started is stopped, also on failure or Ctrl-C.
-    from fedlstm.cli import _print_rounds, _summary_table, console, federation_options, out_console
     from fedlstm.config import load_config
     from fedlstm.federation.deploy.launch import run_local_deployment
+    from fedlstm.tasks.anomaly import anomaly_config
 
     try:
-        cfg = load_config(config, set_, **federation_options(
+        if detector not in ("supervised", "anomaly"):
+            raise ValueError(f"unknown detector {detector!r}; use supervised or anomaly")
+        load = anomaly_config if detector == "anomaly" else load_config
+        cfg = load(config, set_, **federation_options(
             dataset, protocol, data_dir, clients, partition, strategy, rounds, local_epochs,
             window, seed))
         if out.exists() and not overwrite:
@@ -206,7 +252,8 @@ def local(
         f = cfg.federation
         security = ("TLS + SuperNode authentication" if tls and auth else "TLS" if tls
                     else "insecure (no TLS)") + (", front door" if front_door and tls else "")
-        console.print(Text(f"Fed-LSTM deployment on {cfg.data.dataset}: {f.clients} SuperNodes, "
+        console.print(Text(f"Fed-LSTM ({cfg.detector}) deployment on {cfg.data.dataset}: "
+                           f"{f.clients} SuperNodes, "
                            f"partition {f.partition}, {f.strategy}, {f.rounds} rounds x "
                            f"{f.local_epochs} local epochs, {security}"))
         start = time.perf_counter()
@@ -219,15 +266,15 @@ def local(
             result = run_local_deployment(cfg, out, work_dir, tls=tls, auth=auth,
                                           front_door=front_door and tls,
                                           overwrite=overwrite, timeout=timeout,
-                                          command=shlex.join(["fedlstm", *sys.argv[1:]]),
+                                          command=command_line(),
                                           progress=progress)
     except (KeyError, OSError, ValueError, RuntimeError, TimeoutError,
             subprocess.SubprocessError) as exc:
-        _fail(exc)
+        fail(exc)
     wall = time.perf_counter() - start
     metrics = json.loads((result.out / "metrics.json").read_text())
-    _print_rounds(metrics["rounds"])
-    out_console.print(_summary_table(metrics))
+    print_rounds(metrics["rounds"])
+    out_console.print(summary_table(metrics))
     elapsed = metrics.get("deployment", {}).get("elapsed")
     server = f", ServerApp {elapsed:.1f} s" if isinstance(elapsed, (int, float)) else ""
     out_console.print(Text(f"run {result.run_id}: {result.status} in {wall:.1f} s "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
 import sys
 import traceback
 from collections import Counter
@@ -13,20 +12,49 @@ from typing import Annotated, Optional
 
 import typer
 from rich.logging import RichHandler
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
 from fedlstm import __version__
-from fedlstm import cli_options as opt
-from fedlstm.cli_console import error_text, make_console
-from fedlstm.cli_deploy import deploy_app
-from fedlstm.cli_anomaly import register as register_anomaly_commands
-from fedlstm.cli_detect import register as register_detect_commands
-from fedlstm.cli_keys import AllowUnsignedOpt, TrustedKeyOpt, register as register_key_commands
-from fedlstm.training.loop import Reporter
-
+from fedlstm.cli import anomaly, deploy, detect, keys
+from fedlstm.cli.common import (
+    AllowUnsignedOpt,
+    Clients,
+    ConfigFile,
+    DataDir,
+    Dataset,
+    LocalEpochs,
+    Overrides,
+    Partition,
+    Protocol,
+    RichReporter,
+    Rounds,
+    SchemaOpt,
+    Seed,
+    Strategy,
+    TestFile,
+    TrainFiles,
+    TrustedKeyOpt,
+    Window,
+    byo_overrides,
+    command_line,
+    console,
+    data_label,
+    fail,
+    federation_options,
+    load_bundle,
+    out_console,
+    print_rounds,
+    summary_table,
+)
 
 
 class FedlstmApp(typer.Typer):
@@ -47,7 +75,7 @@ class FedlstmApp(typer.Typer):
 def _report_unexpected(exc: BaseException, verbose: bool) -> None:
     if verbose:
         console.print(Text("".join(traceback.format_exception(exc)).rstrip()))
-    package = Path(__file__).resolve().parent  # where in fedlstm: the innermost frame of ours
+    package = Path(__file__).resolve().parents[1]  # fedlstm/: where its innermost frame of ours
     ours = [f for f in traceback.extract_tb(exc.__traceback__)
             if Path(f.filename).resolve().is_relative_to(package)]
     where = (f" in {Path(ours[-1].filename).resolve().relative_to(package.parent)}:"
@@ -63,22 +91,12 @@ app = FedlstmApp(add_completion=False, no_args_is_help=True, pretty_exceptions_s
 data_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
                        help="Find, fetch and describe datasets.")
 app.add_typer(data_app, name="data")
-app.add_typer(deploy_app, name="deploy")
-register_detect_commands(app)
-register_key_commands(app)
-register_anomaly_commands(app)
-console = make_console(stderr=True)
-out_console = make_console()
-
-SchemaOpt = Annotated[Optional[str], typer.Option(
-    help="Flow-log schema for your own files: zeek-conn | cicflowmeter | FILE.toml")]
-TrainFiles = Annotated[Optional[list[Path]], typer.Option(
-    "--train-file", help="Your own labelled flow file or folder (repeatable; federate: one per "
-                        "client); needs --schema.")]
-TestFile = Annotated[Optional[Path], typer.Option(
-    help="Held-out file of your own; without it, a random split of the training files.")]
-DataDir = opt.DataDir
-
+app.add_typer(deploy.deploy_app, name="deploy")
+app.add_typer(keys.keys_app, name="keys")
+app.add_typer(anomaly.anomaly_app, name="anomaly")
+app.add_typer(detect.schema_app, name="schema")
+app.command()(detect.detect)
+app.command()(detect.serve)
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
@@ -88,57 +106,6 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
     flwr_log = logging.getLogger("flwr")  # Flower logs every message exchange at INFO/DEBUG
     flwr_log.setLevel(logging.INFO if verbose else logging.WARNING)
     flwr_log.propagate = False
-
-
-def _byo(schema: str | None, train_file: list[Path] | None, test_file: Path | None) -> dict:
-    """Load-config overrides for bring-your-own flow files."""
-    if train_file and not schema:
-        raise typer.BadParameter("--train-file needs --schema (zeek-conn, cicflowmeter or FILE.toml)")
-    return {"data__schema": schema,
-            "data__train_files": [str(p.resolve()) for p in train_file] if train_file else None,
-            "data__test_file": str(test_file.resolve()) if test_file else None}
-
-
-def _data_label(cfg) -> Text:
-    d = cfg.data
-    if d.train_files:
-        protocol = "files (held-out test file)" if d.test_file else "random-split"
-        return Text.assemble(f"{len(d.train_files)} file(s) of yours, schema "
-                             f"{Path(d.spec_name).name}, protocol ", (protocol, "bold"))
-    return Text.assemble(f"{d.dataset}, protocol ", (d.protocol, "bold"))
-
-
-def _fail(exc: Exception) -> None:
-    console.print(error_text(exc))
-    raise typer.Exit(2)
-
-
-class RichReporter(Reporter):
-    def __init__(self, label: str):
-        self.label = label
-        self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console, transient=False)
-
-    def start(self, epochs: int, batches_per_epoch: int) -> None:
-        self.progress.start()
-        self.task = self.progress.add_task(f"{self.label} epoch 1/{epochs}",
-                                           total=epochs * batches_per_epoch)
-        self.epochs = epochs
-
-    def advance(self, n: int = 1) -> None:
-        self.progress.advance(self.task, n)
-
-    def epoch_end(self, record: dict) -> None:
-        e = record["epoch"]
-        val = f" val_loss {record['val_loss']:.4f}" if "val_loss" in record else ""
-        val += f" val_acc {record['val_accuracy']:.4f}" if "val_accuracy" in record else ""
-        acc = f" train_acc {record['train_accuracy']:.4f}" if "train_accuracy" in record else ""
-        self.progress.console.print(f"epoch {e}: train_loss {record['train_loss']:.4f}{acc}{val}")
-        self.progress.update(self.task, description=f"{self.label} epoch {min(e + 1, self.epochs)}/{self.epochs}")
-
-    def finish(self) -> None:
-        self.progress.stop()
 
 
 @data_app.command("fetch")
@@ -164,7 +131,7 @@ def data_fetch(names: Annotated[Optional[list[str]], typer.Argument(help="Datase
                                           progress_factory=factory, force=force):
                     console.print(Text.assemble(("ok", "green"), f" {path}"))
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @data_app.command("info")
@@ -198,44 +165,32 @@ def data_info(name: str, data_dir: DataDir = None, lenient: bool = False) -> Non
             out_console.print(f"attack types: {len(set(recs.attack)) - 1}; duplicate records: "
                               f"{int(recs.frame.assign(a=recs.attack).duplicated().sum()):,}")
     except (KeyError, OSError, ValueError) as exc:
-        _fail(exc)
-
-
-def _summary_table(metrics: dict) -> Table:
-    table = Table(title=Text(f"{metrics['dataset']} / protocol {metrics['protocol']} / "
-                             f"{metrics['mode']}"))
-    for col in ("set", "n", "accuracy", "precision", "recall", "f1", "roc_auc", "fpr"):
-        table.add_column(col, justify="right")
-    for name, ev in metrics["evaluations"].items():
-        b = ev["binary"]
-        table.add_row(Text(name), f"{b['n']:,}", *(f"{b[k]:.4f}" if b[k] is not None else "-"
-                                             for k in ("accuracy", "precision", "recall", "f1",
-                                                       "roc_auc", "fpr")))
-    return table
+        fail(exc)
 
 
 @app.command()
 def train(
-    dataset: opt.Dataset = None,
-    protocol: opt.Protocol = None,
-    window: opt.Window = None,
+    dataset: Dataset = None,
+    protocol: Protocol = None,
+    window: Window = None,
     task: Annotated[Optional[str], typer.Option(help="binary | family")] = None,
     epochs: Annotated[Optional[int], typer.Option()] = None,
-    seed: opt.Seed = None,
+    seed: Seed = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
     schema: SchemaOpt = None,
     train_file: TrainFiles = None,
     test_file: TestFile = None,
     out: Annotated[Path, typer.Option(help="Run directory to create.")] = Path("runs/latest"),
-    config: opt.ConfigFile = None,
-    set_: opt.Overrides = None,
+    config: ConfigFile = None,
+    set_: Overrides = None,
     data_dir: DataDir = None,
     overwrite: bool = False,
 ) -> None:
     """Train and evaluate the centralised LSTM detector; writes a run directory."""
     from fedlstm.config import load_config
-    from fedlstm.pipeline import train_centralised
-    from fedlstm.runs import output_lock, write_run
+    from fedlstm.runs.rundir import output_lock, write_run
+    from fedlstm.tasks import task_for
+    from fedlstm.tasks.centralised import train as train_detector
 
     try:
         # Held from the start: a second run on the same --out stops now, not after training,
@@ -244,39 +199,39 @@ def train(
             cfg = load_config(config, set_, data__dataset=dataset, data__protocol=protocol,
                               data__data_dir=data_dir, windows__window=window, model__task=task,
                               train__epochs=epochs, seed=seed, train__device=device,
-                              **_byo(schema, train_file, test_file))
+                              **byo_overrides(schema, train_file, test_file))
             if out.exists() and not overwrite:
                 raise FileExistsError(f"{out} already exists; choose another --out or pass "
                                       "--overwrite")
-            console.print(Text.assemble(f"fedlstm {__version__}: ", _data_label(cfg),
+            console.print(Text.assemble(f"fedlstm {__version__}: ", data_label(cfg),
                                         f", W={cfg.windows.window}, task {cfg.model.task}"))
-            result = train_centralised(cfg, reporter=RichReporter("train"))
+            result = train_detector(task_for(cfg), reporter=RichReporter("train"))
             write_run(result, cfg, out, overwrite=overwrite,
-                      command=shlex.join(["fedlstm", *sys.argv[1:]]))
+                      command=command_line())
             metrics = json.loads((out / "metrics.json").read_text())
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
-        _fail(exc)
-    out_console.print(_summary_table(metrics))
+        fail(exc)
+    out_console.print(summary_table(metrics))
     out_console.print(Text(f"run written to {out}"))
 
 
 @app.command()
 def federate(
-    dataset: opt.Dataset = None,
-    protocol: opt.Protocol = None,
-    clients: opt.Clients = None,
-    partition: opt.Partition = None,
-    strategy: opt.Strategy = None,
-    rounds: opt.Rounds = None,
-    local_epochs: opt.LocalEpochs = None,
-    window: opt.Window = None,
-    seed: opt.Seed = None,
+    dataset: Dataset = None,
+    protocol: Protocol = None,
+    clients: Clients = None,
+    partition: Partition = None,
+    strategy: Strategy = None,
+    rounds: Rounds = None,
+    local_epochs: LocalEpochs = None,
+    window: Window = None,
+    seed: Seed = None,
     schema: SchemaOpt = None,
     train_file: TrainFiles = None,
     test_file: TestFile = None,
     out: Annotated[Path, typer.Option(help="Run directory to create.")] = Path("runs/federated"),
-    config: opt.ConfigFile = None,
-    set_: opt.Overrides = None,
+    config: ConfigFile = None,
+    set_: Overrides = None,
     data_dir: DataDir = None,
     overwrite: bool = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
@@ -288,10 +243,10 @@ def federate(
 ) -> None:
     """Train Fed-LSTM with Flower's simulation engine (1 CPU and 1 torch thread per client)."""
     from fedlstm.config import load_config
-    from fedlstm.federation.compare import run_comparison
     from fedlstm.federation.audit import RunInterrupted
+    from fedlstm.federation.compare import run_comparison
     from fedlstm.federation.simulation import run_federated
-    from fedlstm.runs import output_lock
+    from fedlstm.runs.rundir import output_lock
 
     if partition is None and train_file and len(train_file) > 1:
         partition = "files"  # several sites' logs: each file (or folder) is one client
@@ -303,19 +258,19 @@ def federate(
                               train__dp=dp or None, train__dp_target_epsilon=epsilon,
                               federation__client_dp=client_dp or None,
                               federation__secagg=secagg or None,
-                              **_byo(schema, train_file, test_file))
+                              **byo_overrides(schema, train_file, test_file))
             if out.exists() and not (overwrite or resume):
                 raise FileExistsError(f"{out} already exists; choose another --out or pass "
                                       "--overwrite")
             f = cfg.federation
             clients = len(cfg.data.train_files) if f.partition == "files" else f.clients
             console.print(Text.assemble(
-                f"fedlstm {__version__}: Fed-LSTM on ", _data_label(cfg),
+                f"fedlstm {__version__}: Fed-LSTM on ", data_label(cfg),
                 f", {clients} clients, partition {f.partition}, "
                 f"{f.strategy}, {f.rounds} rounds x {f.local_epochs} local epochs"
                 + (", DP-SGD" if cfg.train.dp else "") + (", client-level DP" if f.client_dp else "")
                 + (", SecAgg+" if f.secagg else "")))
-            command = shlex.join(["fedlstm", *sys.argv[1:]])
+            command = command_line()
             with console.status("federated training (Flower simulation engine)...") as status:
                 if compare:
                     run_comparison(cfg, out, overwrite=overwrite, command=command,
@@ -329,35 +284,14 @@ def federate(
                            "continue with the same command and --resume", style="yellow"))
         raise typer.Exit(130)
     except (KeyError, OSError, ValueError, RuntimeError, TimeoutError) as exc:
-        _fail(exc)
+        fail(exc)
     if compare:
         out_console.print(Text(report))
         out_console.print(Text(f"comparison written to {out}"))
         return
-    _print_rounds(metrics["rounds"])
-    out_console.print(_summary_table(metrics))
+    print_rounds(metrics["rounds"])
+    out_console.print(summary_table(metrics))
     out_console.print(Text(f"run written to {out}"))
-
-
-def federation_options(dataset, protocol, data_dir, clients, partition, strategy, rounds,
-                       local_epochs, window, seed) -> dict:
-    """`load_config` keywords shared by `federate` and `deploy local`."""
-    return dict(data__dataset=dataset, data__protocol=protocol, data__data_dir=data_dir,
-                federation__clients=clients, federation__partition=partition,
-                federation__strategy=strategy, federation__rounds=rounds,
-                federation__local_epochs=local_epochs, windows__window=window, seed=seed)
-
-
-def _print_rounds(rounds: list[dict]) -> None:
-    table = Table(title="rounds (test columns: reporting only)")
-    keys = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
-    keys += sorted({k for r in rounds for k in r if k.startswith("test_accuracy/")})
-    table.add_column("round", justify="right")
-    for k in keys:  # test_accuracy/<site name>: the site may be named after a file
-        table.add_column(Text(k), justify="right")
-    for r in rounds:
-        table.add_row(str(r["round"]), *(f"{r[k]:.4f}" if k in r else "-" for k in keys))
-    out_console.print(table)
 
 
 @app.command("privacy-utility")
@@ -365,10 +299,10 @@ def privacy_utility(
     epsilons: Annotated[str, typer.Option(help="Comma-separated target ε values; inf = no DP.")] = "1,3,8,inf",
     dataset: Annotated[Optional[str], typer.Option()] = None,
     clients: Annotated[Optional[int], typer.Option()] = None,
-    rounds: opt.Rounds = None,
+    rounds: Rounds = None,
     out: Annotated[Path, typer.Option(help="Output folder (runs are cached there).")] = Path("reports/privacy"),
-    config: opt.ConfigFile = None,
-    set_: opt.Overrides = None,
+    config: ConfigFile = None,
+    set_: Overrides = None,
     data_dir: DataDir = None,
 ) -> None:
     """Fed-LSTM accuracy against record-level ε (DP-SGD on every site): table and figure."""
@@ -380,10 +314,10 @@ def privacy_utility(
         cfg = load_config(config, set_, data__dataset=dataset, data__data_dir=data_dir,
                           federation__clients=clients, federation__rounds=rounds)
         with console.status("privacy-utility sweep...") as status:
-            path = sweep(cfg, values, out, command=shlex.join(["fedlstm", *sys.argv[1:]]),
+            path = sweep(cfg, values, out, command=command_line(),
                          progress=lambda text: status.update(Text(text)))
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
-        _fail(exc)
+        fail(exc)
     out_console.print(Text(path.read_text()))
 
 
@@ -396,10 +330,11 @@ def reproduce(
     data_dir: DataDir = None,
 ) -> None:
     """Reproduce the paper: all datasets x methods x protocols; writes report.md and report.html."""
-    from fedlstm.reports.reproduce import PROFILES, reproduce as run
+    from fedlstm.reports.reproduce import PROFILES
+    from fedlstm.reports.reproduce import reproduce as run
 
     if profile not in PROFILES:
-        _fail(ValueError(f"unknown profile {profile!r}; use {' or '.join(PROFILES)}"))
+        fail(ValueError(f"unknown profile {profile!r}; use {' or '.join(PROFILES)}"))
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("reproduce", total=None)
@@ -409,9 +344,9 @@ def reproduce(
 
         try:
             path = run(out, profile, data_dir, datasets, methods, progress=report,
-                       command=shlex.join(["fedlstm", *sys.argv[1:]]))
+                       command=command_line())
         except (KeyError, OSError, ValueError, RuntimeError) as exc:
-            _fail(exc)
+            fail(exc)
     out_console.print(Text(f"report written to {path} and {path.with_suffix('.html')}"))
 
 
@@ -427,22 +362,21 @@ def evaluate(
     allow_unsigned: AllowUnsignedOpt = False,
 ) -> None:
     """Re-evaluate a model bundle on a dataset's test set(s) under a protocol."""
-    from fedlstm.cli_keys import load_bundle
     from fedlstm.config import DataConfig
     from fedlstm.data.splits import build_split
-    from fedlstm.pipeline import evaluate_bundle
-    from fedlstm.runs import public
+    from fedlstm.runs.rundir import public
+    from fedlstm.tasks.base import evaluate_detector
 
     try:
         model = load_bundle(bundle, trusted_key, allow_unsigned)
         cfg = DataConfig(dataset=dataset or model.spec.name, protocol=protocol, data_dir=data_dir)
         split = build_split(cfg, seed=seed)
-        evaluations = {name: public(evaluate_bundle(model, recs)) for name, recs in split.tests.items()}
+        evaluations = {name: public(evaluate_detector(model, recs)) for name, recs in split.tests.items()}
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
-        _fail(exc)
+        fail(exc)
     metrics = {"dataset": cfg.dataset, "protocol": protocol, "mode": model.metadata.get("mode", "?"),
                "bundle": str(bundle), "evaluations": evaluations}
-    out_console.print(_summary_table(metrics))
+    out_console.print(summary_table(metrics))
     if json_out:
         json_out.write_text(json.dumps(metrics, indent=2))
 

@@ -24,11 +24,11 @@ from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
-from sklearn.svm import OneClassSVM, LinearSVC
+from sklearn.svm import LinearSVC, OneClassSVM
 
 from fedlstm.features import FlowPreprocessor
+from fedlstm.features.windows import WindowSet
 from fedlstm.training.metrics import best_f1_threshold
-from fedlstm.windows import WindowSet
 
 CLASSICAL = ("svm", "logreg", "rf", "hgb", "ae-ocsvm")
 _LIMITS = {"svm": 20_000, "ae-ocsvm": 5_000, "hgb": 10_000}

@@ -17,18 +17,17 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from fedlstm.cli_console import error_text, make_console
-from fedlstm.cli_keys import AllowUnsignedOpt, TrustedKeyOpt, load_bundle
+from fedlstm.cli.common import (
+    AllowUnsignedOpt,
+    TrustedKeyOpt,
+    console,
+    fail,
+    load_bundle,
+    out_console,
+)
 
-console = make_console(stderr=True)
-out_console = make_console()
 schema_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
                          help="Flow-log schemas: draft one, show one.")
-
-
-def _fail(exc: Exception) -> None:
-    console.print(error_text(exc))
-    raise typer.Exit(2)
 
 
 def detect(
@@ -59,7 +58,7 @@ def detect(
     from fedlstm.detection import BundleError
     from fedlstm.detection.stream import AlertWriter
     from fedlstm.detection.stream import detect as run_detect
-    from fedlstm.runs import output_lock, staged_file
+    from fedlstm.runs.rundir import output_lock, staged_file
 
     torch.set_num_threads(threads)
     stopping = {"now": False}
@@ -101,7 +100,7 @@ def detect(
     except (BundleError, OSError, ValueError, KeyError) as exc:
         if follow and partial and Path(partial).exists():
             console.print(Text(f"alerts found before the error are kept in {partial}"))
-        _fail(exc)
+        fail(exc)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -169,7 +168,7 @@ def serve(
         config = server_config(app, host, port, tls_cert=tls_cert, tls_key=tls_key,
                                limit_concurrency=limit_concurrency)
     except (BundleError, OSError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     exposed = host not in ("127.0.0.1", "::1", "localhost")
     if exposed and api_key is None:
         console.print(Text(f"warning: no API key: anyone who reaches {host}:{port} can score and "
@@ -194,7 +193,7 @@ def schema_infer(
     try:
         text = infer_schema(file, sample_lines=rows)
     except (OSError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     if out:
         out.write_text(text)
         console.print(Text(f"schema drafted to {out}: check the label, normal values and "
@@ -211,15 +210,8 @@ def schema_show(name: Annotated[str, typer.Argument(help="zeek-conn | cicflowmet
     try:
         spec = get_spec(name)
     except (KeyError, OSError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     keys = ("name", "format", "delimiter", "columns", "categorical", "label", "family_column",
             "normal_labels", "ignore", "time_column", "entity_column", "missing_values",
             "fill_missing", "optional_columns")
     out_console.print_json(json.dumps({k: getattr(spec, k) for k in keys}))
-
-
-def register(app: typer.Typer) -> None:
-    """Add `detect`, `serve` and `schema` to the main `fedlstm` app."""
-    app.command()(detect)
-    app.command()(serve)
-    app.add_typer(schema_app, name="schema")

@@ -13,11 +13,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fedlstm import __version__, cli, cli_anomaly, cli_detect
-from fedlstm.cli import app
-from fedlstm.cli_console import skip_hint
+from fedlstm import __version__
+from fedlstm.cli import common
+from fedlstm.cli.common import skip_hint
+from fedlstm.cli.main import app
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "detection"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detection"))
 from _detect_helpers import HEADER, SCHEMA_TOML, flow_lines, tiny  # noqa: E402,F401
 
 runner = CliRunner()
@@ -28,7 +29,7 @@ UNSEEN = "f,1,10.0.0.2,12.0,0.5,[bold]x,SF,benign"  # line 101: a category unsee
 @pytest.fixture(autouse=True)
 def wide_consoles(monkeypatch):
     """One line per message, so that messages can be compared whole."""
-    for module in (cli, cli_detect, cli_anomaly):
+    for module in (common,):
         monkeypatch.setattr(module.console, "_width", 1000)
         monkeypatch.setattr(module.out_console, "_width", 1000)
 
@@ -142,7 +143,7 @@ def test_unexpected_error_is_one_line_without_the_record(tiny, odd_file, monkeyp
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert "LOCAL-RECORD" not in err and "Traceback" not in err
-    assert re.fullmatch(r"error: unexpected TypeError in fedlstm/cli_detect\.py:\d+, a bug or an "
+    assert re.fullmatch(r"error: unexpected TypeError in fedlstm/cli/detect\.py:\d+, a bug or an "
                         r"input fedlstm does not handle yet\. Its message is not shown, as it may "
                         r"quote your records; `fedlstm -v \.\.\.` prints it with the traceback\.",
                         err.strip())

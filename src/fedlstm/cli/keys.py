@@ -13,43 +13,17 @@ from typing import Annotated, Optional
 import typer
 from rich.text import Text
 
-from fedlstm.cli_console import error_text, make_console
+from fedlstm.cli.common import console, fail, out_console
 
-console = make_console(stderr=True)
-out_console = make_console()
 keys_app = typer.Typer(no_args_is_help=True, help="Signing keys: bundles you write are signed "
                        "with your key; bundles you load must be signed by a trusted key.")
 
 KeyDir = Annotated[Optional[Path], typer.Option(
     "--dir", help="Key home (default: $FEDLSTM_KEYS, else $FEDLSTM_HOME/keys, else ~/.fedlstm/keys).")]
-TrustedKeyOpt = Annotated[Optional[list[Path]], typer.Option(
-    "--trusted-key", help="Also accept bundles signed by this public key file (repeatable).")]
-AllowUnsignedOpt = Annotated[bool, typer.Option(
-    "--allow-unsigned", help="Load a bundle that no trusted key signed (prints a warning); only "
-                             "for bundles whose source you trust.")]
-
-
-def _fail(exc: Exception) -> None:
-    console.print(error_text(exc))
-    raise typer.Exit(2)
-
-
 def _home(path: Path | None):
     from fedlstm.detection.signing import KeyHome
 
     return KeyHome(path) if path is not None else KeyHome.default()
-
-
-def load_bundle(path: Path, trusted_keys: list[Path] | None = None, allow_unsigned: bool = False):
-    """The bundle at `path`, checked against the own key, the trusted ones and `trusted_keys`."""
-    from fedlstm.detection import ModelBundle
-
-    if allow_unsigned:
-        console.print(Text.assemble(
-            ("warning:", "yellow"), f" --allow-unsigned: {path} is loaded even if no trusted key "
-            "signed it; anyone who could write that file decides what it detects"))
-    trust = _home(None).trust_store(trusted_keys or [])
-    return ModelBundle.load(path, trust=trust, allow_unsigned=allow_unsigned)
 
 
 @keys_app.command("init")
@@ -61,7 +35,7 @@ def init(dir_: KeyDir = None) -> None:
     try:
         key = home.init()
     except (FileExistsError, KeyFileError, OSError) as exc:
-        _fail(exc)
+        fail(exc)
     console.print(Text(f"signing key created: {key.path} (mode 0600)\n"
                        f"public key: {key.public.source}\nfingerprint: {key.fingerprint}"))
 
@@ -78,7 +52,7 @@ def show(dir_: KeyDir = None) -> None:
     try:
         key = home.signing_key(create=False)
     except KeyFileError as exc:
-        _fail(exc)
+        fail(exc)
     out_console.print(Text(key.public.openssh()), end="", highlight=False, soft_wrap=True)
     console.print(Text(f"fingerprint: {key.fingerprint}  (key home {home.path})"))
     trusted = home.trusted()
@@ -104,7 +78,7 @@ def trust(
     try:
         key, added = _home(dir_).trust(pubfile, name)
     except (KeyFileError, OSError) as exc:
-        _fail(exc)
+        fail(exc)
     what = "now trusted" if added else "already trusted"
     console.print(Text(f"{what}: {key.fingerprint}  {key.label}"))
 
@@ -115,7 +89,7 @@ def untrust(fingerprint: Annotated[str, typer.Argument(help="SHA256:... as `keys
     """Stop accepting bundles signed by a key added with `keys trust`."""
     removed = _home(dir_).untrust(fingerprint)
     if not removed:
-        _fail(ValueError(f"no trusted key has fingerprint {fingerprint}"))
+        fail(ValueError(f"no trusted key has fingerprint {fingerprint}"))
     console.print(Text(f"no longer trusted: {fingerprint}"))
 
 
@@ -139,11 +113,6 @@ def sign(
         key = home.signing_key()
         before = sign_file(bundle, key, home.trust_store(), force=force)
     except (BundleError, KeyFileError, OSError) as exc:
-        _fail(exc)
+        fail(exc)
     was = f" (was signed by {before})" if before else " (was unsigned)"
     console.print(Text(f"{bundle} signed by {key.fingerprint}{was}"))
-
-
-def register(app: typer.Typer) -> None:
-    """Add the `keys` group to the main `fedlstm` app."""
-    app.add_typer(keys_app, name="keys")

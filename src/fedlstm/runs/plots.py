@@ -1,4 +1,4 @@
-"""PNG figures of a run: learning curves, ROC curves, confusion matrices."""
+"""PNG figures of a run: learning curves, ROC and precision-recall curves, confusion matrices."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import matplotlib
 matplotlib.use("Agg")  # headless: runs on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 
 def learning_curves(records: list[dict], path: Path, title: str, x_key: str = "epoch") -> Path:
@@ -64,6 +69,24 @@ def confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path, tit
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, (y, score) in curves.items():
+        if len(np.unique(y)) < 2:
+            continue
+        precision, recall, _ = precision_recall_curve(y, score)
+        ax.plot(recall, precision, label=f"{name} (AP {average_precision_score(y, score):.3f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(loc="lower left", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

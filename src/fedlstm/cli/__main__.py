@@ -1,0 +1,3 @@
+from fedlstm.cli.main import app
+
+app()

@@ -1,0 +1,206 @@
+"""What every `fedlstm` command shares: the consoles, how an error is told, the options several
+commands take, progress and summary tables.
+
+What the user controls (file names, values read from files, error messages that quote them,
+schema and class names) is printed as text, never as rich markup or emoji codes: a file named
+`a[red]b.csv` prints as `a[red]b.csv`, `file:100:` stays `file:100:` (`:100:` is an emoji code),
+and a value `[/]` cannot crash a command. Our own words keep their styling: pass user values
+through `Text` / `Text.assemble` (plain strings there are never parsed) or `escape`.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from fedlstm.data.io import BadLineError
+from fedlstm.training.loop import Reporter
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A console that prints `:name:` as it stands (no emoji codes)."""
+    return Console(stderr=stderr, emoji=False)
+
+
+def skip_hint() -> str | None:
+    """How the running command skips malformed lines, in its own options (None: it cannot)."""
+    ctx = click.get_current_context(silent=True)
+    names = {p.name for p in ctx.command.params} if ctx is not None else set()
+    if "strict" in names:
+        return "drop --strict to skip bad lines"
+    if "lenient" in names:
+        return "pass --lenient to skip bad lines"
+    if "set_" in names:
+        return "pass --set data.lenient=true to skip bad lines"
+    return None
+
+
+def error_message(exc: BaseException) -> str:
+    """The words of an expected error. A malformed line gets the running command's own option to
+    skip it; a pydantic error lists where and what, without the offending input (a record)."""
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or exc.title}: {e['msg']}"
+                             for e in exc.errors(include_url=False, include_input=False))
+        return f"invalid {exc.title}: {problems}"
+    if isinstance(exc, BadLineError):
+        hint = skip_hint()
+        return f"{exc.where} ({hint})" if hint else exc.where
+    return str(exc)
+
+
+def error_text(exc: BaseException) -> Text:
+    """`error: <message>`, the message as plain text."""
+    return Text.assemble(("error:", "bold red"), " ", error_message(exc))
+
+
+console = make_console(stderr=True)  # messages, progress, tables of what is going on
+out_console = make_console()  # results
+
+
+def fail(exc: BaseException) -> None:
+    """An expected error: one line naming what was wrong, exit code 2."""
+    console.print(error_text(exc))
+    raise typer.Exit(2)
+
+
+def command_line() -> str:
+    """The command as typed, for a run's metrics.json and reports."""
+    return shlex.join(["fedlstm", *sys.argv[1:]])
+
+
+# --- options several commands take -------------------------------------------------------------
+Dataset = Annotated[Optional[str], typer.Option(help="nsl-kdd | kdd99 | unsw-nb15")]
+Protocol = Annotated[Optional[str], typer.Option(help="official | random-split")]
+Clients = Annotated[Optional[int], typer.Option(help="Number of sites (simulated clients or SuperNodes).")]
+Partition = Annotated[Optional[str], typer.Option(help="iid | dirichlet:ALPHA | by:COLUMN | networks | files (each --train-file or folder is one client; the default with several --train-file)")]
+Strategy = Annotated[Optional[str], typer.Option(help="fedavg | fedprox | fedadam")]
+Rounds = Annotated[Optional[int], typer.Option()]
+LocalEpochs = Annotated[Optional[int], typer.Option(help="E: local epochs per round.")]
+Window = Annotated[Optional[int], typer.Option(help="Records per window (W).")]
+Seed = Annotated[Optional[int], typer.Option()]
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML or JSON run configuration.")]
+Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value")]
+DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Dataset folder (default: $FEDLSTM_DATA).")]
+SchemaOpt = Annotated[Optional[str], typer.Option(
+    help="Flow-log schema for your own files: zeek-conn | cicflowmeter | FILE.toml")]
+TrainFiles = Annotated[Optional[list[Path]], typer.Option(
+    "--train-file", help="Your own labelled flow file or folder (repeatable; federate: one per "
+                        "client); needs --schema.")]
+TestFile = Annotated[Optional[Path], typer.Option(
+    help="Held-out file of your own; without it, a random split of the training files.")]
+TrustedKeyOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--trusted-key", help="Also accept bundles signed by this public key file (repeatable).")]
+AllowUnsignedOpt = Annotated[bool, typer.Option(
+    "--allow-unsigned", help="Load a bundle that no trusted key signed (prints a warning); only "
+                             "for bundles whose source you trust.")]
+
+
+def byo_overrides(schema: str | None, train_file: list[Path] | None, test_file: Path | None) -> dict:
+    """Load-config overrides for bring-your-own flow files."""
+    if train_file and not schema:
+        raise typer.BadParameter("--train-file needs --schema (zeek-conn, cicflowmeter or FILE.toml)")
+    return {"data__schema": schema,
+            "data__train_files": [str(p.resolve()) for p in train_file] if train_file else None,
+            "data__test_file": str(test_file.resolve()) if test_file else None}
+
+
+def federation_options(dataset, protocol, data_dir, clients, partition, strategy, rounds,
+                       local_epochs, window, seed) -> dict:
+    """`load_config` keywords shared by `federate` and `deploy local`."""
+    return dict(data__dataset=dataset, data__protocol=protocol, data__data_dir=data_dir,
+                federation__clients=clients, federation__partition=partition,
+                federation__strategy=strategy, federation__rounds=rounds,
+                federation__local_epochs=local_epochs, windows__window=window, seed=seed)
+
+
+def print_rounds(rounds: list[dict]) -> None:
+    table = Table(title="rounds (test columns: reporting only)")
+    keys = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+    keys += sorted({k for r in rounds for k in r if k.startswith("test_accuracy/")})
+    table.add_column("round", justify="right")
+    for k in keys:  # test_accuracy/<site name>: the site may be named after a file
+        table.add_column(Text(k), justify="right")
+    for r in rounds:
+        table.add_row(str(r["round"]), *(f"{r[k]:.4f}" if k in r else "-" for k in keys))
+    out_console.print(table)
+
+
+def load_bundle(path: Path, trusted_keys: list[Path] | None = None, allow_unsigned: bool = False):
+    """The bundle at `path`, checked against the own key, the trusted ones and `trusted_keys`."""
+    from fedlstm.detection import ModelBundle
+    from fedlstm.detection.signing import KeyHome
+
+    if allow_unsigned:
+        console.print(Text.assemble(
+            ("warning:", "yellow"), f" --allow-unsigned: {path} is loaded even if no trusted key "
+            "signed it; anyone who could write that file decides what it detects"))
+    trust = KeyHome.default().trust_store(trusted_keys or [])
+    return ModelBundle.load(path, trust=trust, allow_unsigned=allow_unsigned)
+
+
+# --- progress and tables ---------------------------------------------------------------------
+class RichReporter(Reporter):
+    def __init__(self, label: str):
+        self.label = label
+        self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=console, transient=False)
+
+    def start(self, epochs: int, batches_per_epoch: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task(f"{self.label} epoch 1/{epochs}",
+                                           total=epochs * batches_per_epoch)
+        self.epochs = epochs
+
+    def advance(self, n: int = 1) -> None:
+        self.progress.advance(self.task, n)
+
+    def epoch_end(self, record: dict) -> None:
+        e = record["epoch"]
+        val = f" val_loss {record['val_loss']:.4f}" if "val_loss" in record else ""
+        val += f" val_acc {record['val_accuracy']:.4f}" if "val_accuracy" in record else ""
+        acc = f" train_acc {record['train_accuracy']:.4f}" if "train_accuracy" in record else ""
+        self.progress.console.print(f"epoch {e}: train_loss {record['train_loss']:.4f}{acc}{val}")
+        self.progress.update(self.task, description=f"{self.label} epoch {min(e + 1, self.epochs)}/{self.epochs}")
+
+    def finish(self) -> None:
+        self.progress.stop()
+
+
+def summary_table(metrics: dict) -> Table:
+    table = Table(title=Text(f"{metrics['dataset']} / protocol {metrics['protocol']} / "
+                             f"{metrics['mode']}"))
+    for col in ("set", "n", "accuracy", "precision", "recall", "f1", "roc_auc", "fpr"):
+        table.add_column(col, justify="right")
+    for name, ev in metrics["evaluations"].items():
+        b = ev["binary"]
+        table.add_row(Text(name), f"{b['n']:,}", *(f"{b[k]:.4f}" if b[k] is not None else "-"
+                                             for k in ("accuracy", "precision", "recall", "f1",
+                                                       "roc_auc", "fpr")))
+    return table
+
+
+def data_label(cfg) -> Text:
+    d = cfg.data
+    if d.train_files:
+        protocol = "files (held-out test file)" if d.test_file else "random-split"
+        return Text.assemble(f"{len(d.train_files)} file(s) of yours, schema "
+                             f"{Path(d.spec_name).name}, protocol ", (protocol, "bold"))
+    return Text.assemble(f"{d.dataset}, protocol ", (d.protocol, "bold"))

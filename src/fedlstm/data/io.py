@@ -1,0 +1,63 @@
+"""Opening data files and the errors of reading them: plain, gzip (also rotated logs) and
+single-member zip files; numbers kept inside float32's range."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+
+class DataFormatError(ValueError):
+    """A data file that cannot be read as its schema says; the message names file:line:column."""
+
+
+class BadLineError(DataFormatError):
+    """A malformed line met by a strict read. `where` (file:line, column, what was wrong) is the
+    message without the hint, so a command can name its own option for skipping bad lines."""
+
+    def __init__(self, where: str):
+        super().__init__(where)
+        self.where = where
+
+    def __str__(self) -> str:
+        return f"{self.where} (use lenient reading to skip bad lines)"
+
+
+def open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    if path.suffix == ".zip":
+        archive = zipfile.ZipFile(path)
+        members = [n for n in archive.namelist() if not n.endswith("/")]
+        if len(members) != 1:
+            raise DataFormatError(f"{path}: a .zip must hold exactly one file, found {members}")
+        return io.TextIOWrapper(archive.open(members[0]), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def finite_float32(values: np.ndarray) -> np.ndarray:
+    """Numbers as float32 without overflow: finite values beyond float32's range would turn
+    infinite, so they are kept at its largest value (the preprocessor clips to the training range
+    anyway)."""
+    limit = float(np.finfo(np.float32).max)
+    return np.clip(values, -limit, limit).astype(np.float32)
+
+
+def open_binary(path: Path) -> io.BufferedIOBase:
+    """A file as bytes; .gz (also rotated Zeek logs) and single-member .zip are decompressed."""
+    path = Path(path)
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
+    if magic == b"\x1f\x8b":
+        return gzip.open(path, "rb")
+    if path.suffix == ".zip":
+        archive = zipfile.ZipFile(path)
+        members = [n for n in archive.namelist() if not n.endswith("/")]
+        if len(members) != 1:
+            raise DataFormatError(f"{path}: a .zip must hold exactly one file, found {members}")
+        return archive.open(members[0])
+    return open(path, "rb")

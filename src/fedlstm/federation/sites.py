@@ -1,0 +1,91 @@
+"""Which sites a federated run has and what each holds: shares of one dataset (partitions), the
+paper's networks (one dataset each), or the user's files (one file or folder each); and the
+held-out test sets the server reports on. Used alike by simulation and deployment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedlstm.config import RunConfig
+from fedlstm.data.readers import Records, concat_records
+from fedlstm.data.schemas import get_spec
+from fedlstm.data.spec import DatasetSpec
+from fedlstm.data.splits import build_split
+from fedlstm.federation.partitions import PartitionScheme, partition_indices
+
+
+@dataclass
+class FederatedData:
+    spec: DatasetSpec
+    clients: list[Records]
+    names: list[str]
+    tests: dict[str, Records]
+    notes: dict
+
+
+def dataset_cfg(cfg: RunConfig, dataset: str) -> RunConfig:
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"dataset": dataset})})
+
+
+def load_tests(cfg: RunConfig) -> tuple[DatasetSpec, dict[str, Records]]:
+    """The schema and the held-out test sets (per dataset under `networks`), for reporting only."""
+    kind = PartitionScheme.parse(cfg.federation.partition).kind
+    if kind == "files":
+        sites = file_sites(cfg)
+        return sites.spec, sites.tests
+    if kind == "networks":
+        tests = {}
+        for ds in cfg.federation.networks:
+            split = build_split(dataset_cfg(cfg, ds).data, seed=cfg.seed, carve_val=False)
+            tests.update({f"{ds}/{k}": v for k, v in split.tests.items()})
+        return get_spec(cfg.federation.networks[0]), tests
+    split = build_split(cfg.data, seed=cfg.seed, carve_val=False)
+    return split.spec, split.tests
+
+
+def file_sites(cfg: RunConfig) -> FederatedData:
+    """Partition `files`: each training file or folder is one site's data, split on its own.
+
+    With a test file, every site is scored on it; without, each site's seeded random split keeps
+    its test share and the shares are pooled into one test set (no site trains on any of it)."""
+    files = cfg.data.train_files
+    if len(files) < 2:
+        raise ValueError("partition `files` makes each --train-file (a file or a folder) one client; "
+                         f"give at least two (got {len(files)})")
+    splits = [build_split(cfg.data.model_copy(update={"train_files": [f]}), seed=cfg.seed,
+                          carve_val=False) for f in files]
+    columns = {tuple(s.spec.feature_columns) for s in splits}
+    if len(columns) != 1:
+        raise ValueError(f"the sites' files do not share one set of feature columns: {files}")
+    order = list(splits[0].spec.family_order)  # every site must encode families alike
+    order += sorted({f for s in splits for f in s.spec.family_order} - set(order))
+    spec = splits[0].spec.model_copy(update={"family_order": order})
+    if splits[0].protocol == "files":
+        tests = splits[0].tests
+    else:
+        tests = {"test": concat_records([s.tests["test"] for s in splits])}
+    names = [f"site-{i}-{Path(f).name}" for i, f in enumerate(files)]
+    return FederatedData(spec, [s.train for s in splits], names, tests,
+                         {name: s.notes for name, s in zip(names, splits)})
+
+
+def federated_data(cfg: RunConfig) -> FederatedData:
+    fed = cfg.federation
+    scheme = PartitionScheme.parse(fed.partition)
+    if scheme.kind == "files":
+        return file_sites(cfg)
+    if scheme.kind == "networks":
+        specs = [get_spec(ds) for ds in fed.networks]
+        if len({tuple(s.feature_columns) for s in specs}) != 1:
+            raise ValueError(f"networks {fed.networks} do not share one feature schema")
+        splits = [build_split(dataset_cfg(cfg, s.name).data, seed=cfg.seed, carve_val=False)
+                  for s in specs]
+        tests = {f"{s.spec.name}/{k}": v for s in splits for k, v in s.tests.items()}
+        return FederatedData(specs[0], [s.train for s in splits], [s.name for s in specs], tests,
+                             {s.spec.name: s.notes for s in splits})
+    split = build_split(cfg.data, seed=cfg.seed, carve_val=False)
+    shares = partition_indices(split.train, scheme, fed.clients, cfg.seed)
+    clients = [split.train.take(idx) for idx in shares]
+    return FederatedData(split.spec, clients, [f"client-{i}" for i in range(len(clients))],
+                         split.tests, split.notes)

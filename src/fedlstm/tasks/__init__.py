@@ -1,0 +1,29 @@
+"""Detector kinds, one plug-in each (`base.Task`): what differs between them, and nothing else.
+
+The trainer (`centralised.train`), the federated site and server (`fedlstm.federation`), the run
+writer and the reports take a Task and never ask which kind it is. Adding a kind is one file
+here and one line in `TASKS`.
+"""
+
+from __future__ import annotations
+
+from fedlstm.config import RunConfig
+from fedlstm.detection.classical import CLASSICAL
+from fedlstm.tasks.anomaly import AnomalyTask
+from fedlstm.tasks.base import Task
+from fedlstm.tasks.classical import ClassicalTask
+from fedlstm.tasks.supervised import SupervisedTask
+
+TASKS: dict[str, type[Task]] = {t.kind: t for t in (SupervisedTask, AnomalyTask, ClassicalTask)}
+
+
+def task_for(cfg: RunConfig) -> Task:
+    """The detector kind a configuration asks for: `detector`, where a supervised detector with a
+    classical model name (svm, hgb, ...) is that scikit-learn baseline."""
+    kind = cfg.detector
+    if kind == "supervised" and cfg.model.name in CLASSICAL:
+        kind = "classical"
+    return TASKS[kind](cfg)
+
+
+__all__ = ["TASKS", "Task", "task_for"]
