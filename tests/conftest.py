@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from fedlstm.data.readers import ReadReport, Records
-from fedlstm.data.spec import DatasetSpec
+from fedlstm.data.spec import DatasetSpec, FileSpec
 
 SYNTHETIC_SPEC = DatasetSpec(
     name="synthetic", folder="synthetic", title="synthetic flows",
@@ -60,3 +60,33 @@ def synthetic_records(n: int = 400, seed: int = 0) -> Records:
     family = np.where(is_attack, rng.choice(["dos", "probe"], n), "normal").astype(object)
     attack = np.where(is_attack, family + "_x", "normal").astype(object)
     return Records(frame, attack, family, is_attack.astype(np.int64), ReadReport(Path("synthetic")))
+
+
+# A dataset whose records carry their identity in a numeric column: even ids in the training
+# file, odd ids in the test file, all inside the training file's range, so that an id survives
+# min-max scaling and can be read back from any window the production code builds.
+ID_SPEC = DatasetSpec(
+    name="ids", folder="ids", title="records with ids",
+    columns=["id", "rate", "proto", "label"], categorical=["proto"], label="label",
+    families={"dos_x": "dos", "probe_x": "probe"}, family_order=["normal", "dos", "probe"],
+    files=[FileSpec(role="train", name="train.csv"), FileSpec(role="test", name="test.csv")])
+
+
+def _id_lines(ids: np.ndarray, rng: np.random.Generator) -> str:
+    labels = rng.choice(["normal", "normal", "dos_x", "probe_x"], len(ids))
+    protos = rng.choice(["tcp", "udp", "icmp"], len(ids))
+    return "".join(f"{i},{rng.random():.4f},{p},{lab}\n" for i, p, lab in zip(ids, protos, labels))
+
+
+@pytest.fixture
+def id_dataset(tmp_path, monkeypatch) -> Path:
+    """The data directory of ID_SPEC (600 training, 300 test records), registered as `ids`."""
+    from fedlstm.data import schemas
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "ids"
+    folder.mkdir()
+    (folder / "train.csv").write_text(_id_lines(np.arange(0, 1200, 2), rng))
+    (folder / "test.csv").write_text(_id_lines(np.arange(1, 600, 2), rng))
+    monkeypatch.setitem(schemas.DATASETS, "ids", ID_SPEC)
+    return tmp_path

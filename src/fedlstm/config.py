@@ -69,11 +69,18 @@ class TrainConfig(_Strict):
     threshold: Literal["fixed", "val-f1"] = "fixed"  # attack-probability threshold policy
     fixed_threshold: float = 0.5
     # Record-level DP-SGD (Poisson sampling, per-sample clipping, Gaussian noise, RDP accounting).
+    # The unit is one flow record: ε bounds what the model reveals about any single flow.
     dp: bool = False
     dp_max_grad_norm: float = Field(1.0, gt=0)
     dp_noise_multiplier: float = Field(1.0, ge=0)  # used when no target epsilon is given
     dp_target_epsilon: float | None = Field(None, gt=0)  # calibrates the noise over the plan
-    dp_delta: float | None = Field(None, gt=0, lt=1)  # default 1/n (n = training windows)
+    dp_delta: float | None = Field(None, gt=0, lt=1)  # default 1/(10 n), n = training records
+    # DP-SGD training windows: "overlapping" (windows.stride; a record inside k windows is
+    # accounted as a group of k) or "disjoint" (stride W: each record in one window). At the same
+    # ε per flow, overlapping windows gave the better models (benchmarks/dp_per_flow.py).
+    dp_windows: Literal["disjoint", "overlapping"] = "overlapping"
+    dp_seeded_noise: bool = False  # True: sampling and noise from the run seed (reproducible,
+    # but whoever knows the seed, e.g. the server that sends it, can remove the noise)
 
 
 class FederationConfig(_Strict):
@@ -87,7 +94,14 @@ class FederationConfig(_Strict):
     min_fit_clients: int = Field(2, ge=1)
     proximal_mu: float = 0.01  # FedProx
     server_lr: float = 0.01  # FedAdam's eta
-    preprocessing: Literal["federated", "local"] = "federated"
+    # What sites send for the shared preprocessing before round 1 (docs/privacy.md: what peers
+    # receive in each): federated (exact statistics, merged and broadcast), local (statistics to
+    # the server only; each site transforms with its own), agreed (ranges and categories from
+    # `preprocessing_file`; sites send nothing), dp (min/max from noisy histograms, part of each
+    # site's ε; categories from `preprocessing_file`).
+    preprocessing: Literal["federated", "local", "agreed", "dp"] = "federated"
+    preprocessing_file: str | None = None  # agreed: JSON/TOML with ranges and categories
+    preprocessing_epsilon: float = Field(0.5, gt=0)  # dp: ε of each site's histogram release
     evaluate_clients: bool = True  # federated evaluation on each client's own validation split
     # Secure aggregation (Flower's SecAgg+): the server only ever sees the sum of the updates.
     secagg: bool = False
@@ -116,11 +130,14 @@ class AnomalyConfig(_Strict):
     score_bins: int = Field(2000, ge=3)
     threshold_share: float = Field(0.5, gt=0, lt=1)  # of validation records, for choosing ζ
     report_fpr: float = Field(0.01, gt=0, lt=1)  # "recall at X% FPR" in evaluations
+    # The hybrid detector: the share of normal validation traffic its anomaly part may flag.
+    alert_budget: float = Field(0.05, gt=0, lt=1)
 
 
 # The detector kinds (fedlstm.tasks): a supervised classifier (an LSTM, RNN, CNN, or with a
-# classical model name a scikit-learn baseline), or a model of normal traffic (anomaly).
-Detector = Literal["supervised", "anomaly"]
+# classical model name a scikit-learn baseline), a model of normal traffic (anomaly), or both in
+# one network (hybrid: known attacks and novelty).
+Detector = Literal["supervised", "anomaly", "hybrid"]
 
 
 class RunConfig(_Strict):
@@ -161,9 +178,39 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return RunConfig.model_validate(raw_config(path, overrides, **top))
 
 
+# Settings chosen per benchmark dataset: the window length by how its rows are ordered (NSL-KDD's
+# are shuffled; KDD99 is in capture order; UNSW-NB15's partitions are sorted by class), the model
+# settings by `benchmarks/tune_defaults.py` (a small search on validation data only), and the
+# federation's rounds x local epochs so that Fed-LSTM matches centralised training of the same
+# detector. A run's own settings (file, options, --set) win over these.
+DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "nsl-kdd": {"windows": {"window": 1}, "model": {"hidden_size": 128, "dropout": 0.115},
+                "train": {"epochs": 20, "lr": 0.00101},
+                "federation": {"rounds": 20, "local_epochs": 2}},
+    "kdd99": {"windows": {"window": 1}, "model": {"hidden_size": 32, "dropout": 0.278},
+              "train": {"epochs": 5, "lr": 0.000367},
+              "federation": {"rounds": 5, "local_epochs": 2}},
+    "unsw-nb15": {"windows": {"window": 8}, "model": {"hidden_size": 128, "dropout": 0.031},
+                  "train": {"epochs": 10, "lr": 0.000435},
+                  "federation": {"rounds": 10, "local_epochs": 2}},
+}
+
+
+def with_dataset_defaults(data: dict) -> dict:
+    """`data` (a raw configuration) with its benchmark dataset's defaults where it sets nothing."""
+    section = data.get("data", {})
+    if section.get("schema") or section.get("train_files"):
+        return data  # the user's own flow logs: the general defaults
+    for name, values in DATASET_DEFAULTS.get(section.get("dataset", "nsl-kdd"), {}).items():
+        for key, value in values.items():
+            data.setdefault(name, {}).setdefault(key, value)
+    return data
+
+
 def raw_config(path: str | Path | None = None, overrides: list[str] | None = None,
                **top: Any) -> dict:
-    """A config file, then `section__key=value` keywords (None = unset), then `--set` overrides."""
+    """A config file, then `section__key=value` keywords (None = unset), then `--set` overrides,
+    then the dataset's defaults where none of these set a value."""
     data: dict = {}
     if path:
         path = Path(path)
@@ -173,4 +220,4 @@ def raw_config(path: str | Path | None = None, overrides: list[str] | None = Non
         if value is not None:
             apply_overrides(data, [f"{dotted.replace('__', '.')}={json.dumps(value)}"])
     apply_overrides(data, overrides or [])
-    return data
+    return with_dataset_defaults(data)

@@ -93,8 +93,8 @@ def test_train_lenient_prints_its_banner_and_run_as_text(odd_file, odd_schema, t
                             "--window", "3", "--set", "model.hidden_size=8"])
     assert r.exit_code == 0, r.output
     printed = lines_of(r.output)
-    assert (f"fedlstm {__version__}: 1 file(s) of yours, schema s[red].toml, protocol "
-            "random-split, W=3, task binary") in printed
+    assert (f"fedlstm {__version__}: hybrid detector on 1 file(s) of yours, schema s[red].toml, "
+            "protocol random-split, W=3, task binary, 1 epochs") in printed
     assert printed[-1] == f"run written to {out}"
     assert (out / "metrics.json").exists()
 

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -85,3 +87,67 @@ def test_statistics_survive_byte_transport():
     df = pd.DataFrame({"a": [1.0, -3.0, 1e7], "b": [0.0, 2.0, 2.0], "c": ["x", "y", "x"]})
     stats = PreprocessingStats.of(df, NUM, CAT)
     assert PreprocessingStats.from_bytes(stats.to_bytes()).equals(stats)
+
+
+def test_round_trip_keeps_every_parameter_and_learned_value():
+    df = pd.DataFrame({"a": [1.0, 300.0, 7.0, 2e5], "b": [0.1, 0.2, 0.3, 0.4],
+                       "c": ["x", "y", "z", "x"]})
+    pre = FlowPreprocessor(NUM, CAT, feature_range=(-1.0, 2.0), outliers="log+clip",
+                           log_threshold=50.0, clip_quantile=0.75).fit(df)
+    again = FlowPreprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    assert again.get_params() == pre.get_params() and again.n_records_ == 4
+    for name in ("log_columns_", "clip_max_", "data_min_", "data_max_"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(pre, name))
+        assert getattr(again, name).dtype == getattr(pre, name).dtype
+    assert again.categories_ == pre.categories_ and again.feature_names_out_ == pre.feature_names_out_
+    np.testing.assert_array_equal(again.transform(df), pre.transform(df))
+
+
+def test_single_records_and_frames_transform_alike():
+    train = pd.DataFrame({"a": np.arange(100.0), "b": np.ones(100), "c": ["x", "y"] * 50})
+    pre = FlowPreprocessor(NUM, CAT).fit(train)
+    many = pd.DataFrame({"a": np.arange(100.0), "b": np.ones(100), "c": ["y", "new"] * 50})
+    whole = pre.transform(many)
+    one_by_one = np.vstack([pre.transform(many.iloc[[i]]) for i in range(0, 100, 7)])
+    np.testing.assert_array_equal(whole[::7], one_by_one)
+    assert whole[1, -1] == 1 and whole[0, 3] == 1  # "new" in the unseen bucket, "y" its own
+    with pytest.raises(RuntimeError, match="not fitted"):
+        FlowPreprocessor(NUM, CAT).transform(many)
+    with pytest.raises(ValueError, match="other numeric columns"):
+        FlowPreprocessor(["a"], CAT).fit_stats(PreprocessingStats.of(train, NUM, CAT))
+    np.testing.assert_array_equal(FlowPreprocessor(NUM, CAT).fit_transform(train),
+                                  pre.transform(train))
+
+
+def test_refitting_forgets_the_previous_categories():
+    pre = FlowPreprocessor(NUM, CAT)
+    first = pd.DataFrame({"a": [0.0, 1.0], "b": [0.0, 1.0], "c": ["x", "y"]})
+    second = pd.DataFrame({"a": [0.0, 1.0], "b": [0.0, 1.0], "c": ["p", "q"]})
+    pre.fit(first).transform(first.iloc[[0]])  # fills the lookup caches
+    pre.transform(pd.concat([first] * 40))
+    pre.fit(second)
+    out = pre.transform(second.iloc[[0]])
+    assert out[0, 2] == 1  # "p" is the first category now
+    assert pre.transform(pd.concat([second] * 40))[0, 2] == 1
+
+
+def test_default_parameters():
+    assert FlowPreprocessor(NUM, CAT).get_params() == {
+        "numeric_columns": NUM, "categorical_columns": CAT, "feature_range": [0.0, 1.0],
+        "outliers": "log", "log_threshold": 100.0, "clip_quantile": 0.999}
+
+
+def test_log_and_clip_together_and_the_log_threshold_boundary():
+    values = np.concatenate([np.linspace(0, 100, 999), [1e9]])
+    df = pd.DataFrame({"a": values, "b": np.linspace(0, 99, 1000), "c": ["x"] * 1000})
+    both = FlowPreprocessor(NUM, CAT, outliers="log+clip", clip_quantile=0.99).fit(df)
+    assert both.log_columns_.tolist() == [True, False]  # max of b is 99 < 100: linear
+    assert both.clip_max_[0] < 200  # the 1e9 outlier is clipped before log scaling
+    at = pd.DataFrame({"a": [0.0, 100.0], "b": [0.0, 1.0], "c": ["x", "x"]})
+    assert FlowPreprocessor(NUM, CAT).fit(at).log_columns_.tolist() == [True, False]
+
+
+def test_narrow_ranges_scale_to_the_full_feature_range():
+    df = pd.DataFrame({"a": [0.0, 0.25, 0.5], "b": [3.0, 3.0, 3.0], "c": ["x", "y", "x"]})
+    out = FlowPreprocessor(NUM, CAT, outliers="none").fit_transform(df)
+    np.testing.assert_allclose(out[:, 0], [0.0, 0.5, 1.0])

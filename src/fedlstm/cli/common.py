@@ -30,7 +30,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from fedlstm.config import RunConfig, raw_config
 from fedlstm.data.io import BadLineError
+from fedlstm.tasks.anomaly import anomaly_config
 from fedlstm.training.loop import Reporter
 
 
@@ -75,8 +77,9 @@ out_console = make_console()  # results
 
 
 def fail(exc: BaseException) -> None:
-    """An expected error: one line naming what was wrong, exit code 2."""
-    console.print(error_text(exc))
+    """An expected error: one line naming what was wrong, exit code 2. Never wrapped, so a path
+    stays whole for whoever greps the log."""
+    console.print(error_text(exc), soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -119,6 +122,24 @@ def byo_overrides(schema: str | None, train_file: list[Path] | None, test_file: 
     return {"data__schema": schema,
             "data__train_files": [str(p.resolve()) for p in train_file] if train_file else None,
             "data__test_file": str(test_file.resolve()) if test_file else None}
+
+
+DetectorOpt = Annotated[Optional[str], typer.Option(
+    help="hybrid (default: known attacks + novelty) | supervised | anomaly")]
+AlertBudgetOpt = Annotated[Optional[float], typer.Option(
+    help="Hybrid: share of normal validation traffic its anomaly part may flag (default 0.05).")]
+
+
+def load_run_config(config: Path | None, overrides: list[str] | None, detector: str | None = None,
+                    alert_budget: float | None = None, **top) -> RunConfig:
+    """What a command runs: the hybrid detector unless the command line or the configuration
+    names another kind (the supervised one with --dp: DP-SGD is implemented for it alone)."""
+    data = raw_config(config, overrides, anomaly__alert_budget=alert_budget, **top)
+    kind = detector or data.get("detector") or \
+        ("supervised" if data.get("train", {}).get("dp") else "hybrid")
+    if kind == "anomaly":
+        return anomaly_config(config, overrides, anomaly__alert_budget=alert_budget, **top)
+    return RunConfig.model_validate({**data, "detector": kind})
 
 
 def federation_options(dataset, protocol, data_dir, clients, partition, strategy, rounds,
@@ -185,16 +206,39 @@ class RichReporter(Reporter):
 
 
 def summary_table(metrics: dict) -> Table:
+    """Accuracy never alone: precision, recall, F1, ROC-AUC, FPR and the confusion matrix."""
     table = Table(title=Text(f"{metrics['dataset']} / protocol {metrics['protocol']} / "
                              f"{metrics['mode']}"))
-    for col in ("set", "n", "accuracy", "precision", "recall", "f1", "roc_auc", "fpr"):
+    scores = ("accuracy", "precision", "recall", "f1", "roc_auc", "fpr")
+    for col in ("set", "n", *scores, "tn / fp / fn / tp"):
         table.add_column(col, justify="right")
     for name, ev in metrics["evaluations"].items():
         b = ev["binary"]
+        (tn, fp), (fn, tp) = b["confusion_matrix"]
         table.add_row(Text(name), f"{b['n']:,}", *(f"{b[k]:.4f}" if b[k] is not None else "-"
-                                             for k in ("accuracy", "precision", "recall", "f1",
-                                                       "roc_auc", "fpr")))
+                                                   for k in scores),
+                      f"{tn:,} / {fp:,} / {fn:,} / {tp:,}")
     return table
+
+
+def useless_model_warnings(metrics: dict) -> list[str]:
+    """What a summary must not hide: a model that flags most normal traffic, or no attack."""
+    out = []
+    for name, ev in metrics["evaluations"].items():
+        b = ev["binary"]
+        (tn, fp), (fn, tp) = b["confusion_matrix"]
+        if tn + fp and fp / (tn + fp) > 0.5:
+            out.append(f"the model flags {fp / (tn + fp):.0%} of the normal traffic of '{name}': "
+                       "it is not usable as it stands")
+        if fn + tp and tp == 0:
+            out.append(f"the model flags none of the {fn:,} attacks of '{name}'")
+    return out
+
+
+def print_summary(metrics: dict) -> None:
+    out_console.print(summary_table(metrics))
+    for warning in useless_model_warnings(metrics):
+        console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
 
 
 def data_label(cfg) -> Text:

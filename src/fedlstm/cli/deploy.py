@@ -13,10 +13,12 @@ from rich.table import Table
 from rich.text import Text
 
 from fedlstm.cli.common import (
+    AlertBudgetOpt,
     Clients,
     ConfigFile,
     DataDir,
     Dataset,
+    DetectorOpt,
     LocalEpochs,
     Overrides,
     Partition,
@@ -29,9 +31,10 @@ from fedlstm.cli.common import (
     console,
     fail,
     federation_options,
+    load_run_config,
     out_console,
     print_rounds,
-    summary_table,
+    print_summary,
 )
 
 deploy_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -229,22 +232,17 @@ def local(
     timeout: Annotated[Optional[float], typer.Option(
         help="Give up (and stop the run) after this many seconds (default: twice a round "
              "timeout per round).")] = None,
-    detector: Annotated[str, typer.Option(
-        help="supervised (LSTM classifier) | anomaly (normal-traffic LSTM + Mahalanobis)")] = "supervised",
+    detector: DetectorOpt = None,
+    alert_budget: AlertBudgetOpt = None,
     overwrite: bool = False,
 ) -> None:
     """Run Fed-LSTM as local processes: a SuperLink and one SuperNode per client, via `flwr run`."""
     # Partitions exactly as `fedlstm federate` does; each SuperNode gets its share through its
     # node config; every process started is stopped, also on failure or Ctrl-C.
-    from fedlstm.config import load_config
     from fedlstm.federation.deploy.launch import run_local_deployment
-    from fedlstm.tasks.anomaly import anomaly_config
 
     try:
-        if detector not in ("supervised", "anomaly"):
-            raise ValueError(f"unknown detector {detector!r}; use supervised or anomaly")
-        load = anomaly_config if detector == "anomaly" else load_config
-        cfg = load(config, set_, **federation_options(
+        cfg = load_run_config(config, set_, detector, alert_budget, **federation_options(
             dataset, protocol, data_dir, clients, partition, strategy, rounds, local_epochs,
             window, seed))
         if out.exists() and not overwrite:
@@ -274,7 +272,7 @@ def local(
     wall = time.perf_counter() - start
     metrics = json.loads((result.out / "metrics.json").read_text())
     print_rounds(metrics["rounds"])
-    out_console.print(summary_table(metrics))
+    print_summary(metrics)
     elapsed = metrics.get("deployment", {}).get("elapsed")
     server = f", ServerApp {elapsed:.1f} s" if isinstance(elapsed, (int, float)) else ""
     out_console.print(Text(f"run {result.run_id}: {result.status} in {wall:.1f} s "

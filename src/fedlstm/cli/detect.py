@@ -37,6 +37,7 @@ def detect(
     fmt: Annotated[Optional[str], typer.Option("--format", help="jsonl | csv (default: from --out's suffix).")] = None,
     follow: Annotated[bool, typer.Option(help="Keep reading as the (last) file grows; Ctrl-C or SIGTERM ends it.")] = False,
     strict: Annotated[bool, typer.Option(help="Stop at the first malformed line instead of skipping it.")] = False,
+    max_bad_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fail (exit 2) when more than this share of a file's lines is malformed; a file none of whose lines parse always fails.")] = 0.5,
     all_records: Annotated[bool, typer.Option("--all-records", help="Write every scored record, not only alerts.")] = False,
     top: Annotated[int, typer.Option(help="Top contributing features per alert (0: none).")] = 3,
     threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
@@ -52,9 +53,13 @@ def detect(
     With --follow the run ends on Ctrl-C or SIGTERM, and the alerts are then moved into place;
     while it runs they are in the `.NAME.*.partial` file it names (flushed after every chunk, so
     `tail -f` works), which an error leaves in place rather than losing them.
+
+    Exit codes tell the truth: no record parsed in any input, or a file with more than
+    --max-bad-share of its lines malformed (likely a file of another format), is exit 2.
     """
     import torch
 
+    from fedlstm.data.io import DataFormatError
     from fedlstm.detection import BundleError
     from fedlstm.detection.stream import AlertWriter
     from fedlstm.detection.stream import detect as run_detect
@@ -92,8 +97,17 @@ def detect(
             summary = run_detect(model, list(inputs), writer, strict=strict, follow=follow,
                                  all_records=all_records, explain_top=top,
                                  stop=lambda: stopping["now"],
-                                 on_chunk=(lambda _: writer.flush()) if follow else None)
+                                 on_chunk=(lambda _: writer.flush()) if follow else None,
+                                 max_bad_share=max_bad_share,
+                                 share_hint=" (--max-bad-share sets the share)")
             result = summary.to_dict()
+            if not summary.records:  # a pipeline must not take "nothing" for "no alerts"
+                _render_summary(result, None)
+                spec = model.spec
+                raise DataFormatError(
+                    f"no record parsed in {len(inputs)} input file(s) with the bundle's schema "
+                    f"{spec.name!r} ({spec.format}): are they in its format? `fedlstm schema "
+                    "infer FILE` drafts a schema for another format")
             if summary_json:
                 with staged_file(summary_json) as fh:
                     fh.write(json.dumps(result, indent=2))
@@ -117,7 +131,7 @@ def _render_summary(s: dict, out: Path | None) -> None:
                       f"{sum(f['filled'].values()):,}", str(len(f["errors"])))
     console.print(table)
     for f in s["files"]:
-        for line in [*f["errors"], *f["bad_examples"][:5]]:
+        for line in [*f["errors"], *f.get("notes", []), *f["bad_examples"][:5]]:
             console.print(Text(line, style="yellow"))
     for line in s["unseen_examples"][:5]:
         console.print(Text(line, style="yellow"))
@@ -203,15 +217,38 @@ def schema_infer(
 
 
 @schema_app.command("show")
-def schema_show(name: Annotated[str, typer.Argument(help="zeek-conn | cicflowmeter | nsl-kdd | ... | FILE.toml")]) -> None:
-    """Print a schema's columns and roles."""
+def schema_show(
+    name: Annotated[str, typer.Argument(help="zeek-conn | cicflowmeter | nsl-kdd | ... | FILE.toml")],
+    file: Annotated[Optional[Path], typer.Option("--file", help="Read the schema on this flow file's header: the file's columns, the names they were found under, the columns it lacks.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document (settings and every column's role and why).")] = False,
+) -> None:
+    """Print a schema: every column's role (feature, label, entity, time, ignored) and why, then
+    its settings."""
+    from fedlstm.data.flows import FlowReader
+    from fedlstm.data.flowschemas import explain_schema
     from fedlstm.data.schemas import get_spec
 
     try:
         spec = get_spec(name)
+        match = FlowReader(file, spec).header_match() if file is not None else None
     except (KeyError, OSError, ValueError) as exc:
         fail(exc)
+    roles = explain_schema(spec, match)
+    if match is not None:
+        spec = match.spec
     keys = ("name", "format", "delimiter", "columns", "categorical", "label", "family_column",
             "normal_labels", "ignore", "time_column", "entity_column", "missing_values",
-            "fill_missing", "optional_columns")
-    out_console.print_json(json.dumps({k: getattr(spec, k) for k in keys}))
+            "fill_missing", "optional_columns", "stop_at", "defaults", "nonnegative")
+    settings = {k: getattr(spec, k) for k in keys}
+    if as_json:
+        out_console.print_json(json.dumps({**settings, "roles": roles}))
+        return
+    table = Table(title=Text(f"schema {spec.name}" + (f" on {file}" if file else "")))
+    for col in ("column", "role", "why"):
+        table.add_column(col)
+    for row in roles:  # column names are the user's: text, never markup
+        table.add_row(Text(row["column"]), row["role"], Text(row["why"]))
+    out_console.print(table)
+    for note in (match.notes if match else []):
+        out_console.print(Text(note, style="yellow"))
+    out_console.print_json(json.dumps(settings))

@@ -26,11 +26,13 @@ from rich.text import Text
 from fedlstm import __version__
 from fedlstm.cli import anomaly, deploy, detect, keys
 from fedlstm.cli.common import (
+    AlertBudgetOpt,
     AllowUnsignedOpt,
     Clients,
     ConfigFile,
     DataDir,
     Dataset,
+    DetectorOpt,
     LocalEpochs,
     Overrides,
     Partition,
@@ -51,9 +53,10 @@ from fedlstm.cli.common import (
     fail,
     federation_options,
     load_bundle,
+    load_run_config,
     out_console,
     print_rounds,
-    summary_table,
+    print_summary,
 )
 
 
@@ -174,6 +177,8 @@ def train(
     protocol: Protocol = None,
     window: Window = None,
     task: Annotated[Optional[str], typer.Option(help="binary | family")] = None,
+    detector: DetectorOpt = None,
+    alert_budget: AlertBudgetOpt = None,
     epochs: Annotated[Optional[int], typer.Option()] = None,
     seed: Seed = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
@@ -186,8 +191,7 @@ def train(
     data_dir: DataDir = None,
     overwrite: bool = False,
 ) -> None:
-    """Train and evaluate the centralised LSTM detector; writes a run directory."""
-    from fedlstm.config import load_config
+    """Train and evaluate the centralised detector; writes a run directory."""
     from fedlstm.runs.rundir import output_lock, write_run
     from fedlstm.tasks import task_for
     from fedlstm.tasks.centralised import train as train_detector
@@ -196,22 +200,24 @@ def train(
         # Held from the start: a second run on the same --out stops now, not after training,
         # and what is printed below is this run's.
         with output_lock(out):
-            cfg = load_config(config, set_, data__dataset=dataset, data__protocol=protocol,
-                              data__data_dir=data_dir, windows__window=window, model__task=task,
-                              train__epochs=epochs, seed=seed, train__device=device,
-                              **byo_overrides(schema, train_file, test_file))
+            cfg = load_run_config(config, set_, detector, alert_budget, data__dataset=dataset,
+                                  data__protocol=protocol, data__data_dir=data_dir,
+                                  windows__window=window, model__task=task, train__epochs=epochs,
+                                  seed=seed, train__device=device,
+                                  **byo_overrides(schema, train_file, test_file))
             if out.exists() and not overwrite:
                 raise FileExistsError(f"{out} already exists; choose another --out or pass "
                                       "--overwrite")
-            console.print(Text.assemble(f"fedlstm {__version__}: ", data_label(cfg),
-                                        f", W={cfg.windows.window}, task {cfg.model.task}"))
+            console.print(Text.assemble(f"fedlstm {__version__}: {cfg.detector} detector on ",
+                                        data_label(cfg), f", W={cfg.windows.window}, task "
+                                        f"{cfg.model.task}, {cfg.train.epochs} epochs"))
             result = train_detector(task_for(cfg), reporter=RichReporter("train"))
             write_run(result, cfg, out, overwrite=overwrite,
                       command=command_line())
             metrics = json.loads((out / "metrics.json").read_text())
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         fail(exc)
-    out_console.print(summary_table(metrics))
+    print_summary(metrics)
     out_console.print(Text(f"run written to {out}"))
 
 
@@ -226,6 +232,8 @@ def federate(
     local_epochs: LocalEpochs = None,
     window: Window = None,
     seed: Seed = None,
+    detector: DetectorOpt = None,
+    alert_budget: AlertBudgetOpt = None,
     schema: SchemaOpt = None,
     train_file: TrainFiles = None,
     test_file: TestFile = None,
@@ -237,12 +245,11 @@ def federate(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
     compare: Annotated[bool, typer.Option(help="Also train local-only LSTMs per client and a centralised LSTM on the pooled clients, and compare all on the same test sets.")] = False,
     dp: Annotated[bool, typer.Option("--dp", help="Record-level DP-SGD on every client.")] = False,
-    epsilon: Annotated[Optional[float], typer.Option(help="With --dp: target ε over all planned rounds (calibrates the noise; δ = 1/n).")] = None,
+    epsilon: Annotated[Optional[float], typer.Option(help="With --dp: target ε per flow record over all planned rounds (calibrates the noise; δ = 1/(10 n) for n training records).")] = None,
     client_dp: Annotated[bool, typer.Option("--client-dp", help="Client-level DP: clipped updates + server Gaussian noise.")] = False,
     secagg: Annotated[bool, typer.Option("--secagg", help="Flower SecAgg+: the server sees only the sum of updates.")] = False,
 ) -> None:
     """Train Fed-LSTM with Flower's simulation engine (1 CPU and 1 torch thread per client)."""
-    from fedlstm.config import load_config
     from fedlstm.federation.audit import RunInterrupted
     from fedlstm.federation.compare import run_comparison
     from fedlstm.federation.simulation import run_federated
@@ -252,7 +259,7 @@ def federate(
         partition = "files"  # several sites' logs: each file (or folder) is one client
     try:
         with output_lock(out):  # as in `train`: a second run on --out stops now
-            cfg = load_config(config, set_, **federation_options(
+            cfg = load_run_config(config, set_, detector, alert_budget, **federation_options(
                                   dataset, protocol, data_dir, clients, partition, strategy, rounds,
                                   local_epochs, window, seed),
                               train__dp=dp or None, train__dp_target_epsilon=epsilon,
@@ -265,7 +272,7 @@ def federate(
             f = cfg.federation
             clients = len(cfg.data.train_files) if f.partition == "files" else f.clients
             console.print(Text.assemble(
-                f"fedlstm {__version__}: Fed-LSTM on ", data_label(cfg),
+                f"fedlstm {__version__}: Fed-LSTM ({cfg.detector}) on ", data_label(cfg),
                 f", {clients} clients, partition {f.partition}, "
                 f"{f.strategy}, {f.rounds} rounds x {f.local_epochs} local epochs"
                 + (", DP-SGD" if cfg.train.dp else "") + (", client-level DP" if f.client_dp else "")
@@ -290,7 +297,7 @@ def federate(
         out_console.print(Text(f"comparison written to {out}"))
         return
     print_rounds(metrics["rounds"])
-    out_console.print(summary_table(metrics))
+    print_summary(metrics)
     out_console.print(Text(f"run written to {out}"))
 
 
@@ -354,31 +361,64 @@ def reproduce(
 def evaluate(
     bundle: Path,
     dataset: Annotated[Optional[str], typer.Option()] = None,
-    protocol: Annotated[str, typer.Option()] = "official",
+    protocol: Annotated[Optional[str], typer.Option(help="Default: the bundle's own.")] = None,
     data_dir: DataDir = None,
-    seed: int = 0,
+    seed: Annotated[Optional[int], typer.Option(help="Random-split seed; default: the bundle's own.")] = None,
+    dedup: Annotated[Optional[bool], typer.Option("--dedup/--no-dedup", help="Default: the bundle's own.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics here.")] = None,
     trusted_key: TrustedKeyOpt = None,
     allow_unsigned: AllowUnsignedOpt = False,
 ) -> None:
-    """Re-evaluate a model bundle on a dataset's test set(s) under a protocol."""
-    from fedlstm.config import DataConfig
+    """Re-evaluate a model bundle on a dataset's test set(s), split as the bundle records."""
     from fedlstm.data.splits import build_split
     from fedlstm.runs.rundir import public
     from fedlstm.tasks.base import evaluate_detector
 
     try:
         model = load_bundle(bundle, trusted_key, allow_unsigned)
-        cfg = DataConfig(dataset=dataset or model.spec.name, protocol=protocol, data_dir=data_dir)
+        cfg, seed = bundle_split(model.metadata, dataset or model.spec.name, protocol, seed,
+                                 dedup, data_dir)
+        if cfg.protocol == "random-split" and seed != _recorded_split(model.metadata)["seed"]:
+            console.print(Text.assemble(("warning:", "yellow"), f" seed {seed} is not the seed "
+                                        "this model was trained with: its random-split test set "
+                                        "holds records the model trained on"))
         split = build_split(cfg, seed=seed)
         evaluations = {name: public(evaluate_detector(model, recs)) for name, recs in split.tests.items()}
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         fail(exc)
-    metrics = {"dataset": cfg.dataset, "protocol": protocol, "mode": model.metadata.get("mode", "?"),
-               "bundle": str(bundle), "evaluations": evaluations}
-    out_console.print(summary_table(metrics))
+    metrics = {"dataset": cfg.dataset, "protocol": cfg.protocol, "seed": seed, "dedup": cfg.dedup,
+               "mode": model.metadata.get("mode", "?"), "bundle": str(bundle),
+               "evaluations": evaluations}
+    print_summary(metrics)
     if json_out:
         json_out.write_text(json.dumps(metrics, indent=2))
+
+
+def _recorded_split(metadata: dict) -> dict:
+    """The split a bundle was trained on (bundles written before it was recorded: protocol and
+    seed from the metadata's top level)."""
+    recorded = dict(metadata.get("split") or {})
+    recorded.setdefault("protocol", metadata.get("protocol", "official"))
+    recorded.setdefault("seed", metadata.get("seed", 0))
+    return recorded
+
+
+def bundle_split(metadata: dict, dataset: str, protocol: str | None, seed: int | None,
+                 dedup: bool | None, data_dir: str | None):
+    """(data configuration, seed) of the split to evaluate on: the bundle's recorded split,
+    with whatever the command line gives instead."""
+    from fedlstm.config import DataConfig
+
+    recorded = _recorded_split(metadata)
+    protocol = protocol or recorded["protocol"]
+    if protocol not in ("official", "random-split"):  # e.g. a run on the user's own files
+        raise ValueError(f"the bundle was trained under protocol {protocol!r}; give --protocol "
+                         "official or random-split and --dataset")
+    fields = {k: recorded[k] for k in ("test_fraction", "val_fraction", "split_file")
+              if recorded.get(k) is not None}
+    cfg = DataConfig(dataset=dataset, protocol=protocol, data_dir=data_dir,
+                     dedup=recorded.get("dedup", False) if dedup is None else dedup, **fields)
+    return cfg, recorded["seed"] if seed is None else seed
 
 
 if __name__ == "__main__":

@@ -5,8 +5,15 @@ whatever the file size (and `follow=True` tails a growing log). Each chunk takes
 when its lines are clean; lines that are not (wrong field count, text in a number, NaN/Inf where
 the schema allows no fill, binary garbage) are found with vectorised checks, counted, and reported
 as `file:line: column '...'`, or stop the read at the first one when `strict`. One record per
-physical line is assumed, which holds for Zeek logs and flow-exporter CSVs. A line longer than
-`max_line_bytes` is one bad line; its bytes are dropped as they arrive, never held.
+physical line is assumed, which holds for Zeek logs (TSV or JSON), JSON-lines exports and
+flow-exporter CSVs. A line longer than `max_line_bytes` is one bad line; its bytes are dropped as
+they arrive, never held. A file's header is matched to the schema's column names through
+`flowschemas.match_header` (case, spacing and the schema's aliases), so the rest of the pipeline
+sees the schema's names whatever the tool's spelling.
+
+Failing loudly: with `max_bad_share`, a file none of whose lines parse, or in which more than that
+share of lines is malformed, stops the read with `TooManyBadLines` (early, once `share_after`
+lines have been seen, so a large file of another format is not read to its end).
 
 Labels: a record whose label is unset (empty, or one of the schema's missing tokens such as '-')
 is a bad line when the label is required (training, `require_label=True`); when scoring, it is
@@ -18,8 +25,10 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import logging
 import os
+import re
 import time
 import zipfile
 import zlib
@@ -31,7 +40,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedlstm.data.flowschemas import SchemaError, resolve_spec, unique_names
+from fedlstm.data.flowschemas import (
+    HeaderMatch,
+    SchemaError,
+    json_text,
+    match_header,
+    unique_names,
+)
 from fedlstm.data.io import BadLineError, DataFormatError, finite_float32, open_binary
 from fedlstm.data.readers import BadLine, ReadReport, Records, shown
 from fedlstm.data.spec import NORMAL_FAMILY, UNKNOWN_FAMILY, DatasetSpec
@@ -40,6 +55,12 @@ log = logging.getLogger(__name__)
 _NAN_TOKENS = ["", "NaN", "nan", "NA", "null", "None"]
 _CORRUPT = (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile)
 _TOO_LONG = object()  # a block-stream marker: one line longer than max_line_bytes ended here
+DEFAULT_MAX_BAD_SHARE = 0.5  # training with lenient reading: most malformed lines per file
+
+
+class TooManyBadLines(DataFormatError):
+    """A file none of whose lines parse, or with more malformed lines than allowed: most likely a
+    file of another format than the schema's."""
 
 
 @dataclass
@@ -53,6 +74,7 @@ class FlowReport:
     filled: Counter = field(default_factory=Counter)  # column -> unset/NaN/Inf values filled
     errors: list[str] = field(default_factory=list)  # file-level: empty, truncated, bad header
     rotations: int = 0  # follow mode: times the path was replaced (rotated) or truncated
+    notes: list[str] = field(default_factory=list)  # e.g. a column this file's layout lacks
     max_examples: int = 20
 
     def add_bad(self, bad: BadLine) -> None:
@@ -65,6 +87,7 @@ class FlowReport:
         return {"file": str(self.path), "rows": self.rows, "bad_lines": self.bad,
                 "bad_examples": [b.describe(self.path) for b in self.examples],
                 "filled": dict(self.filled), "errors": list(self.errors),
+                **({"notes": list(self.notes)} if self.notes else {}),
                 **({"rotations": self.rotations} if self.rotations else {})}
 
 
@@ -88,8 +111,16 @@ class FlowReader:
     def __init__(self, path: str | Path, spec: DatasetSpec, chunk_bytes: int = 1 << 20,
                  strict: bool = False, follow: bool = False, poll_seconds: float = 0.5,
                  stop: Callable[[], bool] | None = None, max_examples: int = 20,
-                 max_line_bytes: int = 1 << 20, require_label: bool = False):
+                 max_line_bytes: int = 1 << 20, require_label: bool = False,
+                 max_bad_share: float | None = None, share_after: int = 1000,
+                 share_hint: str = ""):
         self.path = Path(path)
+        self.max_bad_share = max_bad_share
+        self.share_after = share_after
+        self.share_hint = share_hint  # how the calling command changes max_bad_share
+        self._json = spec.format == "json"  # also set for a Zeek log written as JSON
+        self._ended = False  # the schema's stop_at line was met
+        self._first_data_line = 1
         self.require_label = require_label
         self.base_spec = spec
         self.spec = spec  # resolved against the file's header when reading starts
@@ -105,10 +136,16 @@ class FlowReader:
 
     # ------------------------------------------------------------------ header
     def _set_columns(self, names: list[str], header_line: int) -> None:
-        names = unique_names(names)
-        self.spec = resolve_spec(self.base_spec, names, where=str(self.path)) \
-            if self.base_spec.has_header or self.base_spec.format == "zeek" or \
-            not self.base_spec.columns else self.base_spec
+        base = self.base_spec
+        if base.has_header or base.format in ("zeek", "json") or not base.columns:
+            self.match = match_header(base, names, where=str(self.path))
+            for note in self.match.notes:
+                if note not in self.report.notes:
+                    self.report.notes.append(note)
+                    log.warning("%s", note)
+        else:
+            self.match = HeaderMatch(unique_names(names), base)
+        names, self.spec = self.match.names, self.match.spec
         spec = self.spec
         missing = [c for c in spec.feature_columns if c not in names]
         if missing:
@@ -117,9 +154,6 @@ class FlowReader:
         self.names = names
         self.n_fields = len(names)
         self.entity_col = spec.entity_column if spec.entity_column in names else None
-        if spec.entity_column and not self.entity_col:
-            log.warning("%s: no entity column %r; windows follow file order",
-                        self.path, spec.entity_column)
         self.label_col = spec.label if spec.label and spec.label in names else None
         self.family_col = spec.family_column if spec.family_column in names else None
         self.numeric = spec.numeric_columns
@@ -135,12 +169,18 @@ class FlowReader:
     def _read_header(self, fh) -> tuple[int, bytes]:
         """Consume header lines; returns the number of lines read and the first data line."""
         spec = self.base_spec
+        if spec.format == "json":
+            first = fh.readline(self.max_line_bytes + 1)
+            self._set_columns(spec.columns or self._json_keys(first), 1)
+            return 0, first
         if spec.format == "zeek":
             lineno, names = 0, None
             # Bounded reads: a data line too long comes back cut, and _blocks drops the rest.
             for raw in iter(lambda: fh.readline(self.max_line_bytes + 1), b""):
                 lineno += 1
                 if not raw.startswith(b"#"):
+                    # Zeek's JSON writer (LogAscii::use_json): one object a line, no header.
+                    self._json = names is None and raw.lstrip().startswith(b"{")
                     self._zeek_header(names or spec.columns, lineno)
                     return lineno - 1, raw
                 names = self._zeek_meta(raw, names)
@@ -159,6 +199,26 @@ class FlowReader:
             return 1, b""
         self._set_columns(spec.columns, 1)
         return 0, b""
+
+    def header_match(self) -> HeaderMatch:
+        """The schema read on the file's header alone: the columns under the schema's names,
+        the resolved spec, and what the file lacks (`fedlstm schema show --file`)."""
+        if self.path.stat().st_size == 0:
+            raise DataFormatError(f"{self.path}: file is empty")
+        with open_binary(self.path) as fh:
+            self._read_header(fh)
+        return self.match
+
+    def _json_keys(self, first: bytes) -> list[str]:
+        """A JSON-lines file whose schema lists no columns: the keys of its first record."""
+        try:
+            record = json.loads(first)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            raise SchemaError(f"{self.path}:1: not a JSON object; a `json` schema reads one "
+                              "object per line (name the keys with `columns` otherwise)")
+        return [*record, *(c for c in self.base_spec.optional_columns if c not in record)]
 
     def _zeek_meta(self, raw: bytes, names: list[str] | None) -> list[str] | None:
         text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
@@ -237,6 +297,7 @@ class FlowReader:
                 time.sleep(self.poll_seconds)
 
     def _read_once(self) -> Iterator[Chunk]:
+        self._ended = False
         try:
             if self.path.stat().st_size == 0:
                 return self._file_error(f"{self.path}: file is empty")
@@ -249,6 +310,7 @@ class FlowReader:
             lineno = 0
             try:
                 lineno, first = self._read_header(fh)
+                self._first_data_line = lineno + 1
                 for block in self._blocks(fh, first):
                     if block is None:
                         continue
@@ -258,12 +320,37 @@ class FlowReader:
                         continue
                     yield from self._block(block, lineno + 1)
                     lineno += block.count(b"\n")
+                    self._check_share(final=False)
+                    if self._ended:
+                        break
             except _CORRUPT as exc:
                 self._file_error(f"{self.path}: truncated or corrupt compressed data after "
                                  f"line {lineno} ({exc}); the rest of the file is skipped")
                 return
+        self._check_share(final=True)
         if self.report.rows == 0 and not self.report.errors and not self._rotated:
             self._file_error(f"{self.path}: no records")
+
+    def _check_share(self, final: bool) -> None:
+        """Stop a read that is not reading (see TooManyBadLines): at the end of the file, or once
+        `share_after` lines have been seen."""
+        r = self.report
+        seen = r.rows + r.bad
+        if self.max_bad_share is None or not r.bad or (not final and seen < self.share_after):
+            return
+        share = r.bad / seen
+        example = f"; first: {r.examples[0].describe(self.path)}" if r.examples else ""
+        spec = self.spec
+        if r.rows == 0:
+            raise TooManyBadLines(
+                f"{self.path}: no line reads as schema {spec.name!r} ({spec.format}): "
+                f"{'all' if final else 'the first'} {r.bad:,} line(s) malformed{example}. Is it "
+                f"a file of another format? `fedlstm schema infer {self.path.name}` drafts a "
+                "schema for it")
+        if share > self.max_bad_share:
+            raise TooManyBadLines(
+                f"{self.path}: {r.bad:,} of {seen:,} lines malformed ({share:.1%}), more than "
+                f"the {self.max_bad_share:.0%} allowed{self.share_hint}{example}")
 
     def _file_error(self, message: str):
         if self.strict:
@@ -274,7 +361,10 @@ class FlowReader:
 
     def _bad(self, bad: BadLine) -> None:
         if self.strict:
-            raise BadLineError(bad.describe(self.path))
+            first = "" if self.report.rows or bad.line != self._first_data_line else \
+                f"; the first record of the file: is it a {self.spec.format} file of schema " \
+                f"{self.spec.name!r}?"
+            raise BadLineError(bad.describe(self.path) + first)
         self.report.add_bad(bad)
 
     @property
@@ -285,6 +375,11 @@ class FlowReader:
     def _block(self, block: bytes, first_line: int) -> Iterator[Chunk]:
         """Vectorised line checks on a block; clean lines go to pandas' C parser in one call."""
         if not block:
+            return
+        if self.spec.stop_at:
+            block = self._cut_at_stop(block, first_line)
+        if self._json:
+            yield from self._json_block(block, first_line)
             return
         if self._space_split:
             block = block.replace(b"   ", self.sep)
@@ -343,6 +438,86 @@ class FlowReader:
         if len(frame):
             self.report.rows += len(frame)
             yield self._chunk(frame, values, lines)
+
+    def _cut_at_stop(self, block: bytes, first_line: int) -> bytes:
+        """The block up to the schema's `stop_at` line (nfdump's "Summary"), which ends the
+        records: what follows is a summary, read past without counting it as bad lines."""
+        found = re.search(rb"(?:^|\n)" + re.escape(self.spec.stop_at.encode()) + rb"\r?\n", block)
+        if found is None:
+            return block
+        start = found.start() + (block[found.start():found.start() + 1] == b"\n")
+        self._ended = True
+        line = first_line + block.count(b"\n", 0, start)
+        self.report.notes.append(f"{self.path}:{line}: {self.spec.stop_at!r} ends the records "
+                                 "(stop_at); the lines after it are not flows")
+        return block[:start]
+
+    def _json_block(self, block: bytes, first_line: int) -> Iterator[Chunk]:
+        """One JSON object per line (Zeek's JSON logs, JSON-lines exports): a field left out or
+        null is unset, like Zeek's '-'."""
+        records, lines = [], []
+        for k, raw in enumerate(block.split(b"\n")[:-1]):
+            line = first_line + k
+            text = raw.strip()
+            reason = self._too_long if len(raw) > self.max_line_bytes else \
+                "empty line" if not text else None
+            if reason is None:
+                try:
+                    record = json.loads(text)
+                    reason = None if isinstance(record, dict) else \
+                        f"a JSON {type(record).__name__}, not an object"
+                except ValueError as exc:  # also invalid UTF-8
+                    reason = f"not JSON ({str(exc).split(':')[0]})"
+            if reason is not None:
+                self._bad(BadLine(line, None, reason))
+                continue
+            records.append(record)
+            lines.append(line)
+        if not records:
+            return
+        frame, lines = self._json_frame(records, np.array(lines, np.int64))
+        keep, values = self._check_values(frame, lines)
+        if not keep.all():
+            frame, lines, values = frame[keep].reset_index(drop=True), lines[keep], values[keep]
+        if len(frame):
+            self.report.rows += len(frame)
+            yield self._chunk(frame, values, lines)
+
+    def _json_frame(self, records: list[dict], lines: np.ndarray
+                    ) -> tuple[pd.DataFrame, np.ndarray]:
+        """The fields the schema reads, typed: numbers as float64 (NaN where unset), the rest as
+        the text a TSV writer would have written."""
+        zeek = self.base_spec.format == "zeek"
+        tokens = {*_NAN_TOKENS, *self.spec.missing_values}
+        keep = np.ones(len(records), bool)
+        data: dict[str, np.ndarray] = {}
+        for c in self.numeric:
+            out = np.full(len(records), np.nan)
+            for i, record in enumerate(records):
+                value = record.get(c)
+                if value is None or not keep[i]:
+                    continue
+                if isinstance(value, str) and value.strip() in tokens:
+                    continue
+                try:
+                    if isinstance(value, (bool, list, dict)):
+                        raise TypeError(value)
+                    out[i] = float(value)
+                except OverflowError:  # an integer beyond float64: out of any range
+                    out[i] = np.inf
+                except (TypeError, ValueError):
+                    keep[i] = False
+                    self._bad(BadLine(int(lines[i]), c, "expected a number, found "
+                                      f"{shown(json.dumps(value))}", self.names.index(c) + 1))
+            data[c] = out
+        unset = "-" if zeek else ""  # what Zeek's TSV writer shows for an unset field
+        for c in self.usecols:
+            if c not in data:
+                fill = "" if c in (self.label_col, self.family_col, self.entity_col) else unset
+                data[c] = np.array([fill if r.get(c) is None else json_text(r[c], zeek)
+                                    for r in records], object)
+        frame = pd.DataFrame(data, columns=self.usecols)
+        return frame[keep].reset_index(drop=True), lines[keep]
 
     def _read(self, raw: bytes | list[bytes], text: bool = False) -> pd.DataFrame | None:
         zeek = self.spec.format == "zeek"
@@ -508,18 +683,25 @@ def label_arrays(spec: DatasetSpec, label: np.ndarray,
 
 
 def read_flow_file(path: str | Path, spec: DatasetSpec, lenient: bool = False,
-                   chunk_bytes: int = 8 << 20) -> tuple[Records, DatasetSpec]:
+                   chunk_bytes: int = 8 << 20, max_bad_share: float | None = None
+                   ) -> tuple[Records, DatasetSpec]:
     """A whole labelled file as Records (for training), and the spec resolved on its header.
+
+    Strict unless `lenient`; lenient reading skips malformed lines, but fails (TooManyBadLines)
+    when none parse or more than `max_bad_share` of them are malformed (default: the schema's
+    `max_bad_share`, else DEFAULT_MAX_BAD_SHARE).
 
     Where the schema has an entity key, records are grouped by entity (arrival order kept inside
     each) and `segment` holds the entity, so training windows are per entity, like detection's.
     """
+    share = next((s for s in (max_bad_share, spec.max_bad_share) if s is not None),
+                 DEFAULT_MAX_BAD_SHARE)
     reader = FlowReader(path, spec, chunk_bytes=chunk_bytes, strict=not lenient,
-                        require_label=True)
+                        require_label=True, max_bad_share=share,
+                        share_hint=" (a schema file's `max_bad_share` sets the share)")
     chunks = list(reader)
     if not chunks:
-        raise DataFormatError(f"{path}: no records" + (f" ({'; '.join(reader.report.errors)})"
-                                                      if reader.report.errors else ""))
+        raise DataFormatError("; ".join(reader.report.errors) or f"{path}: no records")
     if reader.label_col is None:
         raise DataFormatError(f"{path}:1: no label column {reader.spec.label!r}; training needs "
                               "labelled records (scoring does not)")

@@ -45,12 +45,28 @@ class DatasetSpec(BaseModel):
     files: list[FileSpec] = Field(default_factory=list)
     identify_by_rows: bool = False  # UNSW-NB15 publishes its two partitions under swapped names
     # Flow logs of the user's own (fedlstm.data.flowschemas): how to read them and what to key on.
-    format: Literal["csv", "zeek"] = "csv"  # zeek: TSV with #fields/#types header lines
+    # zeek: TSV with #fields/#types header lines (or Zeek's JSON, one object per line);
+    # json: one JSON object per line, keys are column names
+    format: Literal["csv", "zeek", "json"] = "csv"
     delimiter: str = ","
     missing_values: list[str] = Field(default_factory=list)  # tokens that mean "unset" ('-')
     fill_missing: float | None = None  # numeric value for unset/NaN/Inf (counted); None: bad row
     optional_columns: list[str] = Field(default_factory=list)  # may be absent (labels)
     entity_column: str | None = None  # windows are formed per entity (e.g. source host)
+    # Other header spellings of a column the spec names (CICFlowMeter: 'Source IP' for 'Src IP');
+    # headers are also matched ignoring case, spaces and punctuation ('src_ip', ' Label').
+    column_aliases: dict[str, list[str]] = Field(default_factory=dict)
+    # The entity and time columns may be absent when the file has none of the `ignore`
+    # (identifier) columns either: a layout that drops identifiers (CIC-IDS2017's
+    # MachineLearningCVE CSVs). Otherwise an absent entity or time column is an error.
+    identifiers_optional: bool = False
+    stop_at: str | None = None  # a line equal to this ends the records (nfdump's "Summary")
+    defaults: dict[str, float | str] = Field(default_factory=dict)  # for fields a record omits
+    # Numeric columns that cannot be negative; None: those named like counts (bytes, packets,
+    # durations: `flowschemas.count_like`) in which no training record was negative.
+    nonnegative: list[str] | None = None
+    max_bad_share: float | None = None  # training: most malformed lines (share) before failing
+    column_notes: dict[str, str] = Field(default_factory=dict)  # why a column has its role
 
     @property
     def feature_columns(self) -> list[str]:

@@ -140,6 +140,13 @@ class AnomalySection(_Strict):
     covariance: list[list[float]]
 
 
+class HybridSection(_Strict):
+    """The novelty-aware detector's two operating points (`HybridDetector.extra_manifest`)."""
+
+    supervised_threshold: float = Field(ge=0.0, le=1.0)
+    anomaly_threshold: float = Field(ge=0.0)
+
+
 class Manifest(BaseModel):
     """manifest.json. Unknown top-level keys are ignored (a later fedlstm may add some)."""
 
@@ -155,15 +162,17 @@ class Manifest(BaseModel):
     threshold: float
     metadata: dict[str, Any] = Field(default_factory=dict)
     sha256: dict[str, str]
-    detector: Literal["mahalanobis"] | None = None
+    detector: Literal["mahalanobis", "hybrid"] | None = None
     anomaly: AnomalySection | None = None
+    hybrid: HybridSection | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
-        m, anomalous = self.model, self.detector == "mahalanobis"
-        registry = SEQUENCE_MODELS if anomalous else MODELS
+        m, anomalous = self.model, self.detector in ("mahalanobis", "hybrid")
+        registry = SEQUENCE_MODELS if self.detector == "mahalanobis" else MODELS
         if m.name not in registry:
-            kind = "sequence model of the anomaly detector" if anomalous else "classifier"
+            kind = "sequence model of the anomaly detector" if self.detector == "mahalanobis" \
+                else "classifier"
             raise ValueError(f"model.name {m.name!r} is not a known {kind}; known: "
                              f"{', '.join(registry)}")
         if m.input_size != self.preprocessor.n_features_out:
@@ -204,6 +213,8 @@ class Manifest(BaseModel):
                 raise ValueError("anomaly.covariance is not positive definite") from exc
             if self.threshold < 0:
                 raise ValueError(f"a Mahalanobis threshold is >= 0, not {self.threshold}")
+            if self.detector == "hybrid" and self.hybrid is None:
+                raise ValueError("a hybrid detector needs its 'hybrid' section")
         elif not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold {self.threshold} is not a probability in [0, 1], so it "
                              "would flag every window or none")

@@ -54,7 +54,7 @@ from pydantic import BaseModel
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from fedlstm import __version__
-from fedlstm.data.io import finite_float32
+from fedlstm.data.flowschemas import count_like
 from fedlstm.detection.bundle import ModelBundle
 from fedlstm.detection.stream import Scores, StreamScorer, alert_records
 
@@ -65,9 +65,13 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 Value = str | float | int | bool | None
 Record = dict[str, Value]
-# A number sent as text (records read from CSV): no exponent beyond two digits, so always finite.
-NUMERIC_TEXT = r"^-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,17})?([eE][-+]?[0-9]{1,2})?$"
-_NUMERIC_TEXT = re.compile(NUMERIC_TEXT)
+# The model computes in float32: a number beyond its range is refused, never clipped.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# A number sent as text (records read from CSV): at most 18 integer digits and a positive
+# exponent of at most 19, so always finite and inside float32's range.
+NUMERIC_TEXT = r"^-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,17})?([eE](-[0-9]{1,2}|\+?1?[0-9]))?$"
+NONNEGATIVE_TEXT = NUMERIC_TEXT.replace("^-?", "^", 1)  # the same without a sign
+_NUMERIC_TEXT, _NONNEGATIVE_TEXT = re.compile(NUMERIC_TEXT), re.compile(NONNEGATIVE_TEXT)
 _brief = reprlib.Repr()  # values quoted in errors: a 400-digit number is cut, not echoed
 _brief.maxstring = _brief.maxlong = 40
 MIN_API_KEY_CHARS = 16
@@ -79,24 +83,81 @@ MAX_HEAD_BYTES = 16 * 1024  # request line and headers (431 beyond)
 LIMIT_CONCURRENCY = 128
 
 
-def record_schema(bundle: ModelBundle) -> dict:
+class RecordRules:
+    """What a valid record is for one bundle (`records_to_frame` enforces it, `record_schema`
+    documents it), worked out once per bundle:
+
+    - every feature column is required, unless the schema declares a default for it
+      (`defaults`: Zeek's JSON writer leaves unset fields out);
+    - an unset value (null, or a token such as Zeek's '-') is allowed where the schema fills
+      unset numbers (`fill_missing`), and read as that value;
+    - numbers are finite: NaN, Infinity (raw JSON or the strings "NaN", "Infinity"), and numbers
+      beyond float64 (1e400) get one error, type `finite_number`;
+    - numbers lie within float32's range (±3.4e38), the model's: beyond is `out_of_range`;
+    - non-negative columns refuse negative numbers (`negative`). They are the schema's
+      `nonnegative` list, or, where it has none, the columns named like counts (bytes, packets,
+      durations: `flowschemas.count_like`) in which no training record was negative.
+    """
+
+    def __init__(self, bundle: ModelBundle):
+        spec, pre = bundle.spec, bundle.preprocessor
+        self.fill = spec.fill_missing
+        # A missing-value token that reads as a non-finite number (CICFlowMeter's "Infinity")
+        # marks an unset value in a file; sent to the service, it is a non-finite number.
+        self.unset_tokens = [t for t in spec.missing_values if not _non_finite_text(t)] \
+            if self.fill is not None else []
+        self.defaults = {c: v for c, v in spec.defaults.items()
+                         if c in pre.numeric_columns or c in pre.categorical_columns}
+        if spec.nonnegative is not None:
+            nonnegative = set(spec.nonnegative)
+        else:
+            nonnegative = {c for c, low in zip(pre.numeric_columns, pre.data_min_)
+                           if count_like(c) and low >= 0}
+        self.nonnegative = [c in nonnegative for c in pre.numeric_columns]
+        self.required = [c for c in [*pre.numeric_columns, *pre.categorical_columns]
+                         if c not in self.defaults]
+        self.schema_name = spec.name
+
+
+def _non_finite_text(text: str) -> bool:
+    try:
+        return not math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def record_schema(bundle: ModelBundle, rules: RecordRules | None = None) -> dict:
     """The JSON schema of one record for this bundle, as `records_to_frame` enforces it; the
     OpenAPI document carries it, so clients (and schemathesis) see the real contract."""
     spec, pre = bundle.spec, bundle.preprocessor
-    fill = spec.fill_missing is not None
-    unset = ([{"enum": list(spec.missing_values)}] if fill and spec.missing_values else []) + \
-        ([{"type": "null"}] if fill else [])
-    number = {"anyOf": [{"type": "number"}, {"type": "string", "pattern": NUMERIC_TEXT}, *unset]}
-    category = {"anyOf": [{"type": "string"}, {"type": "number"}, *unset]}
-    properties = {**{c: number for c in pre.numeric_columns},
+    rules = rules or RecordRules(bundle)
+    unset = ([{"enum": list(rules.unset_tokens)}] if rules.unset_tokens else []) + \
+        ([{"type": "null"}] if rules.fill is not None else [])
+
+    def number(nonnegative: bool) -> dict:
+        low = 0 if nonnegative else -FLOAT32_MAX
+        return {"anyOf": [{"type": "number", "minimum": low, "maximum": FLOAT32_MAX},
+                          {"type": "string",
+                           "pattern": NONNEGATIVE_TEXT if nonnegative else NUMERIC_TEXT},
+                          *unset],
+                **({"description": "a count: never negative"} if nonnegative else {})}
+
+    category = {"anyOf": [{"type": "string"},
+                          {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX},
+                          *unset]}
+    properties = {**{c: number(nn) for c, nn in zip(pre.numeric_columns, rules.nonnegative)},
                   **{c: category for c in pre.categorical_columns}}
+    for c, value in rules.defaults.items():
+        properties[c] = {**properties[c], "default": value}
     if spec.entity_column:
         properties[spec.entity_column] = {"type": ["string", "number", "boolean", "null"],
                                           "description": "entity key: windows are kept per entity"}
     return {"type": "object", "title": "FlowRecord", "properties": properties,
-            "required": [] if fill else list(properties.keys() - {spec.entity_column}),
+            "required": list(rules.required),
             "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
-            "description": "One flow record: column -> value. Other columns are ignored."}
+            "description": "One flow record: column -> value. Other columns are ignored. Every "
+                           "feature is required unless it has a default; numbers are finite, "
+                           "within float32's range, and never negative where a count."}
 
 
 # ---------------------------------------------------------------------- transport guards
@@ -401,6 +462,8 @@ class ScoredRecord(BaseModel):
     predicted: str | None = None
     probabilities: dict[str, float] | None = None
     top_features: list[dict[str, Any]] | None = None
+    fired: str | None = None  # hybrid detector: "known attack", "anomalous" or both
+    reason: str | None = None  # e.g. "known attack: dos (p = 0.98)"
 
 
 class ScoreResponse(BaseModel):
@@ -418,68 +481,125 @@ class RecordError(ValueError):
         self.errors = errors
 
 
-def records_to_frame(bundle: ModelBundle, records: list[Record], max_errors: int = 20
+def records_to_frame(bundle: ModelBundle, records: list[Record], max_errors: int = 20,
+                     rules: RecordRules | None = None
                      ) -> tuple[pd.DataFrame, np.ndarray | None, np.ndarray]:
-    """Validate JSON records against the bundle's schema; every problem names records[i].column.
+    """Validate JSON records against the bundle's schema (`RecordRules`); every problem names
+    records[i].column, and a field left out is named whatever the number of problems.
     Returns the records as a frame, their entity keys and their preprocessed features."""
     spec, pre = bundle.spec, bundle.preprocessor
+    rules = rules or RecordRules(bundle)
     errors: list[dict] = []
+    left_out: dict[str, int] = {}
+    hidden = 0
 
-    def fail(i: int, column: str, msg: str) -> None:
+    def fail(i: int, column: str, kind: str, msg: str) -> None:
+        nonlocal hidden
         if len(errors) < max_errors:
-            errors.append({"loc": ["body", i, column], "msg": msg, "type": "value_error"})
+            errors.append({"loc": ["body", i, column], "msg": msg, "type": kind})
+        else:
+            hidden += 1
 
     numeric = np.zeros((len(records), len(pre.numeric_columns)), np.float64)
     text = {c: [""] * len(records) for c in pre.categorical_columns}
     entity_col = spec.entity_column
     entity = [""] * len(records) if entity_col else None
-    unset = set(spec.missing_values)
+    unset = set(rules.unset_tokens)
     for i, record in enumerate(records):
         for j, c in enumerate(pre.numeric_columns):
-            value = record.get(c, None) if c in record else _MISSING
-            if value is _MISSING or value is None or (isinstance(value, str) and value in unset):
-                if spec.fill_missing is None:
-                    fail(i, c, "missing value: a number is required" if value is _MISSING
-                         else "unset value: a number is required")
-                    continue
-                value = spec.fill_missing
-            if isinstance(value, bool) or (isinstance(value, str)
-                                           and not _NUMERIC_TEXT.match(value)):
-                fail(i, c, f"expected a number, found {_brief.repr(value)}")
+            value = record.get(c, _MISSING) if c in record else rules.defaults.get(c, _MISSING)
+            if value is _MISSING:
+                left_out[c] = left_out.get(c, 0) + 1
+                fail(i, c, "missing", f"field required: schema {rules.schema_name!r} declares "
+                                      "no default for it")
                 continue
-            try:
-                number = float(value)
-            except OverflowError:  # an integer beyond float64 (JSON numbers have any length)
-                number = math.inf if value > 0 else -math.inf  # as 1e400 parses
-            if not math.isfinite(number):
-                if spec.fill_missing is None:
-                    fail(i, c, f"non-finite or out-of-range value {_brief.repr(value)}")
+            if value is None or (isinstance(value, str) and value in unset):
+                if rules.fill is None:
+                    fail(i, c, "value_error", "unset value: a number is required")
                     continue
-                number = spec.fill_missing
+                value = rules.fill
+            number, problem = _number(value, rules.nonnegative[j])
+            if problem is not None:
+                fail(i, c, *problem)
+                continue
             numeric[i, j] = number
         for c in pre.categorical_columns:
-            value = record.get(c, _MISSING)
-            if value is _MISSING or value is None:
-                if spec.fill_missing is None:
-                    fail(i, c, "missing value: a category is required")
+            value = record.get(c, _MISSING) if c in record else rules.defaults.get(c, _MISSING)
+            if value is _MISSING:
+                left_out[c] = left_out.get(c, 0) + 1
+                fail(i, c, "missing", f"field required: schema {rules.schema_name!r} declares "
+                                      "no default for it")
+                continue
+            if value is None:
+                if rules.fill is None:
+                    fail(i, c, "value_error", "unset value: a category is required")
                     continue
                 value = ""
             elif isinstance(value, bool):
-                fail(i, c, f"expected a category (text or number), found {value!r}")
+                fail(i, c, "value_error", f"expected a category (text or number), found {value!r}")
                 continue
+            elif isinstance(value, (int, float)):
+                _, problem = _number(value, False)
+                if problem is not None:
+                    fail(i, c, *problem)
+                    continue
             text[c][i] = str(value)
         if entity_col:
             value = record.get(entity_col)
             entity[i] = "" if value is None else str(value)
     if errors:
+        if hidden:
+            errors.append({"loc": ["body"], "type": "too_many_errors",
+                           "msg": f"{hidden} more problem(s) not listed" +
+                                  (f"; fields left out: {sorted(left_out)}" if left_out else "")})
         raise RecordError(errors)
-    numeric = finite_float32(numeric)
+    numeric = numeric.astype(np.float32)  # inside float32's range: checked above
     categorical = {c: np.array(values, object) for c, values in text.items()}
     features = pre.transform_arrays(numeric, categorical)
     # Object columns: pandas' default string dtype costs more to build than scoring a record.
     frame = pd.concat([pd.DataFrame(numeric, columns=pre.numeric_columns),
                        pd.DataFrame(categorical, dtype=object)], axis=1)
     return frame, None if entity is None else np.array(entity, object), features
+
+
+def _number(value, nonnegative: bool) -> tuple[float, tuple[str, str] | None]:
+    """A record's number, or the (type, message) of the error it is: one kind for every
+    non-finite value (JSON NaN/Infinity, 1e400, the strings "NaN"/"Infinity"), one for values
+    beyond float32, one for negatives in a count."""
+    shown = _brief.repr(value)
+    if isinstance(value, bool):
+        return 0.0, ("value_error", f"expected a number, found {shown}")
+    if isinstance(value, str):
+        if (_NONNEGATIVE_TEXT if nonnegative else _NUMERIC_TEXT).match(value):
+            return float(value), None
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return 0.0, ("value_error", f"expected a number, found {shown}")
+        checked = _checked(number, shown, nonnegative)
+        if checked is None:  # a number, but not written as the documented pattern says
+            return 0.0, ("value_error",
+                         f"expected a number in plain or short scientific notation, found {shown}")
+        return 0.0, checked
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float64 (JSON numbers have any length)
+        number = math.inf
+    except (TypeError, ValueError):
+        return 0.0, ("value_error", f"expected a number, found {shown}")
+    if isinstance(value, int) and math.isfinite(number) and abs(value) > FLOAT32_MAX:
+        number = math.copysign(FLOAT32_MAX * 2, value)  # rounds to the limit as a float
+    return number, _checked(number, shown, nonnegative)
+
+
+def _checked(number: float, shown: str, nonnegative: bool) -> tuple[str, str] | None:
+    if not math.isfinite(number):
+        return "finite_number", f"expected a finite number, found {shown}"
+    if abs(number) > FLOAT32_MAX:
+        return "out_of_range", f"{shown} is beyond float32's range (±3.4e38)"
+    if nonnegative and number < 0:
+        return "negative", f"expected a count (never negative), found {shown}"
+    return None
 
 
 _MISSING = object()
@@ -588,6 +708,7 @@ class _ScoreHandler:
                                                                     max_records)
         self.lock = threading.Lock()
         self.model_name = str(bundle.metadata.get("dataset", bundle.spec.name))
+        self.rules = RecordRules(bundle)
 
     def validate(self, records: list[Record]) -> tuple[pd.DataFrame, np.ndarray | None,
                                                        np.ndarray]:
@@ -599,7 +720,7 @@ class _ScoreHandler:
                                        "msg": f"{len(records)} records in one request; at most "
                                               f"{self.max_records}"}])
         try:
-            return records_to_frame(self.bundle, records)
+            return records_to_frame(self.bundle, records, rules=self.rules)
         except RecordError as exc:
             self.metrics.rejected.inc(len(records))
             raise HTTPException(422, exc.errors) from None

@@ -6,11 +6,15 @@ arrival order, across chunk boundaries; the first W-1 records of an entity canno
 ("warming up"). The entity table is an LRU of at most `max_entities` entries, so memory stays
 bounded; evictions are counted in the summary.
 
-Top contributing features of an alert are gradient x input of the attack score with respect to
-the alerted (last) record of the window, over the preprocessed features, summed back onto input
-columns (a categorical column gets its one-hot block). Computed for alerts only. It is a cheap
-first-order attribution, not a Shapley value: a feature at its training minimum (scaled 0) gets
-no credit whatever its gradient.
+Top contributing features of a classifier's alert are integrated gradients (Captum) of the attack
+logit, log(P(attack) / P(normal)), with respect to the alerted (last) record of the window, the
+W-1 records before it held fixed, from a baseline record of zeros (every numeric feature at its
+training minimum, no category set); they are summed back onto input columns (a categorical column
+gets its one-hot block) and are in logit units: together they make up (to the integration's
+accuracy) the logit of the window minus that of the window ending in the baseline record. The
+logit, unlike the probability, does not saturate, so a confident alert is explained as well as a
+borderline one (gradients of a probability of 1.0 are ~0). Computed for alerts only. An anomaly
+alert is explained by the largest terms of its Mahalanobis score's decomposition instead.
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ from typing import IO
 import numpy as np
 import pandas as pd
 import torch
+from captum.attr import IntegratedGradients
 
 from fedlstm.data.flows import Chunk, FlowReader, label_arrays, unset_labels
 from fedlstm.data.readers import shown
 from fedlstm.detection.bundle import ModelBundle
 from fedlstm.features.windows import WindowSet, window_ends
+from fedlstm.models.lstm import LSTMClassifier
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +53,18 @@ class Scores:
     alert: np.ndarray  # bool: score >= threshold
     top_features: dict[int, list[tuple[str, float]]] = field(default_factory=dict)  # alert rows
     unseen: dict[str, np.ndarray] = field(default_factory=dict)  # column -> rows with a new category
+    fired: dict[int, str] = field(default_factory=dict)  # hybrid alerts: which part fired
 
 
 class StreamScorer:
     """Stateful window scorer over a stream of record chunks of one model bundle."""
 
     def __init__(self, bundle: ModelBundle, explain_top: int = 3, max_entities: int = 10_000,
-                 batch_size: int = 4096):
+                 batch_size: int = 4096, explain_steps: int = 8):
         self.bundle = bundle
+        # Integrated gradients: points on the path (Gauss-Legendre; 8 already make the
+        # attributions add up to the logit difference within 1e-5 on our LSTMs).
+        self.explain_steps = explain_steps
         self.window = bundle.window
         self.explain_top = explain_top
         self.max_entities = max_entities
@@ -71,7 +81,8 @@ class StreamScorer:
         self._unseen_bucket = {c: int(np.flatnonzero(self._owner == len(pre.numeric_columns) + j)[-1])
                                for j, c in enumerate(pre.categorical_columns)}
         bundle.model.eval()
-        self.unsupervised = hasattr(bundle, "top_features")  # the Mahalanobis detector
+        self.hybrid = hasattr(bundle, "parts")  # classifier + normal-traffic model
+        self.unsupervised = hasattr(bundle, "top_features") and not self.hybrid  # Mahalanobis
 
     def reset(self) -> None:
         """Forget all history (a new, unrelated stream starts)."""
@@ -92,7 +103,9 @@ class StreamScorer:
         self._keep_tails(ext, segment, keys)
         rows = origin[ends]  # the chunk row each window ends on
         tensor = torch.from_numpy(np.ascontiguousarray(ext, dtype=np.float32))
-        if self.unsupervised:
+        if self.hybrid:
+            result = self._score_hybrid(tensor, ends, rows, n)
+        elif self.unsupervised:
             result = self._score_distances(tensor, ends, rows, n)
         else:
             result = self._score_classes(tensor, ends, rows, n)
@@ -158,6 +171,41 @@ class StreamScorer:
             result.top_features = {int(rows[p]): top for p, top in zip(picked, tops)}
         return result
 
+    def _score_hybrid(self, tensor: torch.Tensor, ends: np.ndarray, rows: np.ndarray,
+                      n: int) -> Scores:
+        """The novelty-aware detector: the classifier's P(attack) / t_s and the normal-traffic
+        model's Mahalanobis score / ζ; a row is an alert where either reaches 1, and its
+        explanation is that part's: the classifier's gradients for a known attack, the score's
+        largest terms for an anomaly."""
+        bundle = self.bundle
+        proba = self._class_proba(tensor, ends, rows, n)
+        known = (1.0 - proba[:, 0]) / max(bundle.supervised_threshold_, 1e-12)
+        anomalous = np.full(n, np.nan)
+        windows = WindowSet(tensor, torch.zeros(len(tensor), dtype=torch.int64),
+                            torch.from_numpy(ends), self.window)
+        if len(ends) and np.isfinite(bundle.anomaly_threshold_):
+            anomalous[rows] = bundle.anomaly_score(windows) / max(bundle.anomaly_threshold_, 1e-12)
+        elif len(ends):
+            anomalous[rows] = 0.0
+        scored = _rows_mask(n, rows)
+        score = np.fmax(known, anomalous)
+        alert = scored & (np.nan_to_num(score, nan=-np.inf) >= 1.0)
+        result = Scores(scored, score, proba, alert)
+        is_known, is_anomalous = alert & (known >= 1.0), alert & (anomalous >= 1.0)
+        result.fired = {int(r): ("known attack and anomalous" if is_known[r] and is_anomalous[r]
+                                 else "known attack" if is_known[r] else "anomalous")
+                        for r in np.flatnonzero(alert)}
+        if self.explain_top and alert.any():
+            at = {int(r): i for i, r in enumerate(rows)}  # chunk row -> its window
+            novel = [at[int(r)] for r in np.flatnonzero(is_anomalous & ~is_known)]
+            if novel:
+                tops = bundle.top_features(windows.subset(np.array(novel)), self.explain_top)
+                result.top_features = {int(rows[p]): top for p, top in zip(novel, tops)}
+            picked = np.flatnonzero(is_known[rows])
+            if len(picked):
+                result.top_features.update(self._explain(tensor, ends[picked], rows[picked]))
+        return result
+
     def _score_classes(self, tensor: torch.Tensor, ends: np.ndarray, rows: np.ndarray,
                        n: int) -> Scores:
         """A classifier's scores: the attack score is 1 - P(normal), so it means the same for
@@ -203,23 +251,59 @@ class StreamScorer:
 
     def _explain(self, tensor: torch.Tensor, ends: np.ndarray,
                  rows: np.ndarray) -> dict[int, list[tuple[str, float]]]:
+        """The top input columns of the alerts at `rows` (windows ending at `ends`): integrated
+        gradients of the attack logit over the alerted record (see the module's docstring)."""
         out: dict[int, list[tuple[str, float]]] = {}
+        ig = IntegratedGradients(_attack_logit)
         offsets = torch.arange(self.window - 1, -1, -1)
         n_cols = len(self.input_columns)
-        for s in range(0, len(ends), self.batch_size):
-            idx = torch.from_numpy(ends[s:s + self.batch_size]).unsqueeze(1) - offsets
-            x = tensor[idx].clone().requires_grad_(True)
+        batch = max(1, self.batch_size // self.explain_steps)  # windows per pass: batch x steps
+        for s in range(0, len(ends), batch):
+            idx = torch.from_numpy(ends[s:s + batch]).unsqueeze(1) - offsets
+            x = tensor[idx]
+            last = x[:, -1].clone()
             with torch.enable_grad():
-                attack = 1.0 - torch.softmax(self.bundle.model(x), 1)[:, 0]
-                (grad,) = torch.autograd.grad(attack.sum(), x)
-            contrib = (grad * x)[:, -1, :].detach().numpy()  # the alerted record's features
+                attribution = ig.attribute(
+                    last, baselines=torch.zeros_like(last), method="gausslegendre",
+                    additional_forward_args=(self.bundle.model, *_before_last(self.bundle.model,
+                                                                             x[:, :-1])),
+                    n_steps=self.explain_steps)
+            contrib = attribution.detach().numpy().astype(np.float64)
             per_column = np.zeros((len(contrib), n_cols), np.float64)
             np.add.at(per_column.T, self._owner, contrib.T)
             k = min(self.explain_top, n_cols)
             top = np.argsort(-np.abs(per_column), axis=1)[:, :k]
-            for r, cols, values in zip(rows[s:s + self.batch_size], top, per_column):
+            for r, cols, values in zip(rows[s:s + batch], top, per_column):
                 out[int(r)] = [(self.input_columns[j], float(values[j])) for j in cols]
         return out
+
+
+def _before_last(model: torch.nn.Module, before: torch.Tensor) -> tuple:
+    """What the records before the alerted one contribute to its window, for `_attack_logit`:
+    for an LSTM classifier (alone, or the hybrid network's), the LSTM's state after them, batch
+    first (Captum repeats extra arguments along their first dimension), so each point on the
+    integration path costs one LSTM step instead of W; for other models, the records."""
+    net = getattr(model, "classifier", model)
+    if not isinstance(net, LSTMClassifier) or net.training or not len(before) \
+            or not before.shape[1]:
+        return (before,)
+    with torch.no_grad():
+        _, (h, c) = net.lstm(before)
+    return h.transpose(0, 1), c.transpose(0, 1)
+
+
+def _attack_logit(last: torch.Tensor, model: torch.nn.Module, *before: torch.Tensor
+                  ) -> torch.Tensor:
+    """log(P(attack) / P(normal)) of windows made of `before` (records, or an LSTM state from
+    `_before_last`) and `last`: the score's logit, which does not saturate."""
+    if len(before) == 2:  # an LSTM classifier's state: continue it with the last record
+        net = getattr(model, "classifier", model)
+        state = (before[0].transpose(0, 1).contiguous(), before[1].transpose(0, 1).contiguous())
+        hidden, _ = net.lstm(last.unsqueeze(1), state)
+        logits = net.head(net.dropout(hidden[:, -1]))
+    else:
+        logits = model(torch.cat([before[0], last.unsqueeze(1)], 1))
+    return torch.logsumexp(logits[:, 1:], 1) - logits[:, 0]
 
 
 def _history_keys(n: int, entity: np.ndarray | None, stream: Hashable) -> tuple[np.ndarray, list]:
@@ -295,10 +379,15 @@ def alert_records(bundle: ModelBundle, frame: pd.DataFrame, scores: Scores,
             item["line"] = int(lines[r])
         if entity is not None:
             item["entity"] = str(entity[r])
-        item.update({"score": round(float(scores.score[r]), 6),
-                     "score_type": "mahalanobis" if hasattr(bundle, "top_features") else "p_attack",
+        kind = "hybrid" if hasattr(bundle, "parts") else \
+            "mahalanobis" if hasattr(bundle, "top_features") else "p_attack"
+        item.update({"score": round(float(scores.score[r]), 6), "score_type": kind,
                      "threshold": round(float(bundle.threshold_), 6),
                      "alert": bool(scores.alert[r]), "predicted": predicted})
+        if r in scores.fired:  # why: "known attack: dos (p = 0.98)" or "anomalous: ..."
+            item["fired"] = scores.fired[r]
+            item["reason"] = _reason(scores.fired[r], predicted, 1.0 - float(p[0]),
+                                     scores.top_features.get(r, []))
         if bundle.task != "binary":
             item["probabilities"] = {c: round(float(v), 6) for c, v in zip(classes, p)}
         if label is not None:
@@ -309,6 +398,13 @@ def alert_records(bundle: ModelBundle, frame: pd.DataFrame, scores: Scores,
                  "contribution": round(value, 6)} for name, value in scores.top_features[r]]
         out.append(item)
     return out
+
+
+def _reason(fired: str, predicted: str, p_attack: float, top: list[tuple[str, float]]) -> str:
+    features = ", ".join(name for name, _ in top[:3])
+    if fired == "anomalous":
+        return f"anomalous: unlike normal traffic in {features}" if features else "anomalous"
+    return f"{fired}: {predicted} (p = {p_attack:.2f})"
 
 
 def _input_value(frame: pd.DataFrame, feature: str, row: int, cache: dict):
@@ -374,15 +470,19 @@ def detect(bundle: ModelBundle, inputs: list[str | Path], writer: AlertWriter | 
            strict: bool = False, follow: bool = False, all_records: bool = False,
            explain_top: int = 3, chunk_bytes: int = 1 << 20, max_entities: int = 10_000,
            stop: Callable[[], bool] | None = None, poll_seconds: float = 0.5,
-           on_chunk: Callable[[DetectSummary], None] | None = None) -> DetectSummary:
-    """Score every input file as its own stream; write alerts as they are found."""
+           on_chunk: Callable[[DetectSummary], None] | None = None,
+           max_bad_share: float | None = None, share_hint: str = "") -> DetectSummary:
+    """Score every input file as its own stream; write alerts as they are found.
+    `max_bad_share`: a file none of whose lines parse, or with more than this share of
+    malformed lines, stops detection with `TooManyBadLines` (`share_hint`: how to change it)."""
     summary = DetectSummary()
     scorer = StreamScorer(bundle, explain_top=explain_top, max_entities=max_entities)
     t0 = time.perf_counter()
     for path in inputs:
         scorer.reset()  # windows never span two files
         reader = FlowReader(path, bundle.spec, chunk_bytes=chunk_bytes, strict=strict,
-                            follow=follow, stop=stop, poll_seconds=poll_seconds)
+                            follow=follow, stop=stop, poll_seconds=poll_seconds,
+                            max_bad_share=max_bad_share, share_hint=share_hint)
         for chunk in reader:
             _score_chunk(bundle, scorer, chunk, str(path), writer, summary, all_records)
             if on_chunk:

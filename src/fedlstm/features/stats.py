@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,6 +34,12 @@ def _bin_index(x: np.ndarray) -> np.ndarray:
 def bin_upper_edge(idx: np.ndarray) -> np.ndarray:
     edge = (idx + 1) * _BIN_WIDTH - _LOG_LIMIT
     return np.sign(edge) * np.expm1(np.abs(edge))
+
+
+# The DP histogram (`federation.preprocessing=dp`) is coarser: every bin adds noise, and a bin
+# must hold more records than the noise to show that values occur there.
+DP_BIN_FACTOR = 16
+DP_BINS = N_BINS // DP_BIN_FACTOR
 
 
 @dataclass
@@ -70,6 +78,52 @@ class PreprocessingStats:
                                   np.minimum(self.minimum, other.minimum),
                                   np.maximum(self.maximum, other.maximum),
                                   self.histogram + other.histogram, cats)
+
+    @classmethod
+    def agreed(cls, numeric_columns: list[str], categorical_columns: list[str], ranges: dict,
+               categories: dict) -> PreprocessingStats:
+        """Statistics that sites agreed on beforehand (`federation.preprocessing=agreed`): the
+        range of every numeric column and the category list of every categorical one. Nothing
+        is measured, so the histogram is empty and a clip quantile is the range's maximum."""
+        missing = [c for c in numeric_columns if c not in ranges] + \
+            [c for c in categorical_columns if c not in categories]
+        if missing:
+            raise ValueError(f"the agreed preprocessing has no range or category list for "
+                             f"{missing}")
+        bounds = np.array([[float(v) for v in ranges[c]] for c in numeric_columns], np.float64)
+        if bounds.shape != (len(numeric_columns), 2) or (bounds[:, 0] > bounds[:, 1]).any():
+            raise ValueError("an agreed range is not [minimum, maximum] with minimum <= maximum")
+        return cls(list(numeric_columns), 1, bounds[:, 0], bounds[:, 1],
+                   np.zeros((len(numeric_columns), N_BINS), np.int64),
+                   {c: sorted(map(str, categories[c])) for c in categorical_columns})
+
+    def dp_histogram(self, sigma: float, rng: np.random.Generator) -> np.ndarray:
+        """This part's histogram on the coarse grid plus N(0, sigma²) noise in every bin: what a
+        site sends under `federation.preprocessing=dp`. One record adds 1 to one bin of every
+        numeric column, so the L2 sensitivity is sqrt(n_numeric)."""
+        coarse = self.histogram.reshape(len(self.numeric_columns), DP_BINS, DP_BIN_FACTOR)
+        counts = coarse.sum(axis=2).astype(np.float64)
+        return counts + rng.normal(0.0, sigma, counts.shape)
+
+    @classmethod
+    def from_dp_histogram(cls, numeric_columns: list[str], noisy: np.ndarray, threshold: float,
+                          categories: dict) -> PreprocessingStats:
+        """Statistics from a merged noisy histogram (post-processing only): each column's range
+        spans the bins whose noisy count exceeds `threshold`; values beyond are clipped. A column
+        with no such bin gets its fullest bin. Categories come from the agreed lists."""
+        noisy = np.asarray(noisy, np.float64)
+        lo, hi = np.empty(len(noisy)), np.empty(len(noisy))
+        for j, row in enumerate(noisy):
+            above = np.flatnonzero(row > threshold)
+            first, last = (above[0], above[-1]) if len(above) else (np.argmax(row),) * 2
+            lo[j] = bin_upper_edge(first * DP_BIN_FACTOR - 1)
+            hi[j] = bin_upper_edge((last + 1) * DP_BIN_FACTOR - 1)
+        # Clip quantiles read the noisy counts, each at the top of its coarse bin.
+        fine = np.zeros((len(noisy), N_BINS), np.int64)
+        fine[:, DP_BIN_FACTOR - 1::DP_BIN_FACTOR] = np.rint(np.clip(noisy, 0, None))
+        count = int(max(np.rint(np.clip(noisy, 0, None).sum(axis=1).max()), 1)) if len(noisy) else 1
+        return cls(list(numeric_columns), count, lo, hi, fine,
+                   {c: sorted(map(str, v)) for c, v in categories.items()})
 
     def quantile(self, q: float) -> np.ndarray:
         """Upper bin edge where the cumulative share reaches q, kept inside [min, max]."""
@@ -125,6 +179,39 @@ class PreprocessingStats:
                 return (f"categories of {column!r} are not a list of at most {max_categories} "
                         f"values of at most {max_chars} characters")
         return None
+
+
+def dp_histogram_to_bytes(noisy: np.ndarray, sigma: float) -> bytes:
+    """A site's DP answer: the noisy histogram and the noise's standard deviation (public: the
+    server needs it to tell counts from noise)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, histogram=np.asarray(noisy, np.float64), sigma=np.float64(sigma))
+    return buffer.getvalue()
+
+
+def dp_histogram_from_bytes(data: bytes) -> tuple[np.ndarray, float]:
+    with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as z:
+        return z["histogram"], float(z["sigma"])
+
+
+def read_agreed(path: str | Path) -> dict:
+    """An agreed-preprocessing file (JSON or TOML): `ranges` (column -> [min, max]), `categories`
+    (column -> values) and, for SecAgg+, `max_site_records` (an upper bound of a site's records)."""
+    path = Path(path)
+    text = path.read_text()
+    data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    if not isinstance(data.get("ranges", {}), dict) or not isinstance(data.get("categories"), dict):
+        raise ValueError(f"{path}: an agreed preprocessing file needs `ranges` (column -> [min, "
+                         "max]) and `categories` (column -> values)")
+    return data
+
+
+def agreed_file_of(stats: PreprocessingStats) -> dict:
+    """The agreed-preprocessing content that reproduces `stats`' ranges and categories (for sites
+    that derive it from public or earlier data; never computed from the federation's own)."""
+    return {"ranges": {c: [float(lo), float(hi)] for c, lo, hi in
+                       zip(stats.numeric_columns, stats.minimum, stats.maximum)},
+            "categories": stats.categories}
 
 
 def merge_all(parts: list):

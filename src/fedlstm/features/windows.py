@@ -41,6 +41,18 @@ class WindowSet:
         ends = self.ends[positions]
         return self.features[self.record_indices(ends)], self.labels[ends]
 
+    def max_windows_per_record(self) -> int:
+        """The most windows any one record sits in (ceil(W / stride) for a long run of windows,
+        1 when no two windows share a record, 0 without windows): the size of the group of
+        windows that one record's privacy is counted over."""
+        if not len(self):
+            return 0
+        ends = self.ends.cpu().numpy()
+        cover = np.zeros(len(self.features) + 1, np.int64)
+        np.add.at(cover, ends - self.window + 1, 1)
+        np.add.at(cover, ends + 1, -1)
+        return int(np.cumsum(cover).max())
+
     def to(self, device: torch.device | str) -> WindowSet:
         return WindowSet(self.features.to(device), self.labels.to(device), self.ends.to(device),
                          self.window)

@@ -35,9 +35,8 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from fedlstm.config import RunConfig
 from fedlstm.data.schemas import get_spec
-from fedlstm.features import PreprocessingStats
 from fedlstm.federation.audit import GuardedGrid
-from fedlstm.federation.client import PREPROCESSING, ClientTask
+from fedlstm.federation.client import ClientTask
 from fedlstm.federation.deploy.app import CONFIG_KEY
 from fedlstm.federation.deploy.launch import write_deployed_run
 from fedlstm.federation.partitions import load_client_records
@@ -69,6 +68,8 @@ class FlowerClient(NumPyClient):
         site = _site(self.data_path, self.config_json, self.name)
         if "preprocessor" in config:
             site.use_preprocessing(json.loads(str(config["preprocessor"])))
+        elif site.cfg.federation.preprocessing == "local":  # nothing shared: its own statistics
+            site.use_preprocessing(None)
         return site
 
     def get_properties(self, config):
@@ -161,25 +162,29 @@ def query_clients(grid: Grid, config: dict, n_clients: int, timeout: float | Non
 
 def collect_statistics(grid: Grid, task: ServerTask, n_clients: int,
                        timeout: float | None = 600.0) -> None:
-    """Before round 1: every site sends preprocessing statistics (never rows); merge them."""
-    answers = query_clients(grid, {"phase": PREPROCESSING}, n_clients, timeout,
-                            min_answers=min(task.cfg.federation.min_fit_clients, n_clients))
-    task.merge_statistics([PreprocessingStats.from_bytes(bytes(a["statistics"])) for a in answers])
+    """Before round 1: the federation's preprocessing (`ServerTask.prepare_preprocessing`): every
+    site sends statistics (never rows), noisy histograms, or, when agreed beforehand, nothing."""
+    task.prepare_preprocessing(lambda question: query_clients(
+        grid, question, n_clients, timeout,
+        min_answers=min(task.cfg.federation.min_fit_clients, n_clients)))
 
 
 def build_strategy(task: ServerTask) -> Strategy:
     fed = task.cfg.federation
-    preprocessor_json = json.dumps(task.preprocessor.to_dict())
+    # Under `local` every site transforms with its own statistics: the merged ones (the other
+    # sites' extremes and categories) are never sent to a site.
+    shared = {} if fed.preprocessing == "local" else \
+        {"preprocessor": json.dumps(task.preprocessor.to_dict())}
     n = fed.clients
     min_fit = min(max(fed.min_fit_clients, 1), n)
 
     def fit_config(server_round: int) -> dict:
-        return {"preprocessor": preprocessor_json, "local_epochs": fed.local_epochs,
+        return {**shared, "local_epochs": fed.local_epochs,
                 "server_round": server_round + task.round_offset,
                 "seed": task.cfg.seed * 100_003 + server_round + task.round_offset}
 
     def evaluate_config(server_round: int) -> dict:
-        return {"preprocessor": preprocessor_json}
+        return {**shared}
 
     common = dict(
         # Every site is waited for before round 1 (the statistics); after that a round goes on

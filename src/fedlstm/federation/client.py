@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zlib
 
 import numpy as np
 import torch
@@ -19,9 +20,11 @@ from fedlstm.data.readers import Records
 from fedlstm.data.spec import DatasetSpec
 from fedlstm.data.splits import carve_validation
 from fedlstm.features import FlowPreprocessor, PreprocessingStats
+from fedlstm.features.stats import dp_histogram_to_bytes
 from fedlstm.models import get_weights, set_weights
 from fedlstm.tasks import Task
 from fedlstm.tasks.base import SiteWindows, make_preprocessor
+from fedlstm.training import privacy
 from fedlstm.training.loop import fit
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,34 @@ class ClientTask:
         records = self.task.preprocessing_records(self.train_records)
         return make_preprocessor(self.spec, self.cfg).compute_stats(records.frame)
 
+    @property
+    def delta(self) -> float:
+        """δ of every DP release of this site, counted over its training records."""
+        return self.cfg.train.dp_delta or privacy.default_delta(len(self.train_records))
+
+    def preprocessing_noise(self) -> float:
+        """`preprocessing=dp`: the noise multiplier of this site's histogram release."""
+        return privacy.gaussian_noise_for_epsilon(self.cfg.federation.preprocessing_epsilon,
+                                                  self.delta)
+
+    def released(self) -> tuple[float, ...]:
+        """Gaussian releases of this site's records before training (for the privacy budget)."""
+        return (self.preprocessing_noise(),) if self.cfg.federation.preprocessing == "dp" else ()
+
+    def statistics_answer(self) -> dict:
+        """The answer to the preprocessing question: exact statistics, or (dp) a noisy
+        histogram only. Under `agreed` a site sends nothing."""
+        mode = self.cfg.federation.preprocessing
+        if mode == "agreed":
+            raise ValueError("preprocessing is agreed beforehand: a site sends no statistics")
+        stats = self.statistics()
+        if mode != "dp":
+            return {"statistics": stats.to_bytes()}
+        sigma = self.preprocessing_noise() * np.sqrt(len(stats.numeric_columns))
+        seeded = [self.cfg.seed, zlib.crc32(self.name.encode())]  # tests: reproducible per site
+        rng = np.random.default_rng(seeded if self.cfg.train.dp_seeded_noise else None)
+        return {"dp_histogram": dp_histogram_to_bytes(stats.dp_histogram(sigma, rng), sigma)}
+
     def use_preprocessing(self, global_preprocessor: dict | None) -> None:
         """Transform with the federation's merged statistics (or, in `local` mode, its own)."""
         if self.cfg.federation.preprocessing == "local" or global_preprocessor is None:
@@ -71,14 +102,17 @@ class ClientTask:
     def fit(self, weights: list[np.ndarray], epochs: int, proximal_mu: float = 0.0,
             seed: int = 0, server_round: int = 1) -> tuple[list[np.ndarray], int, dict]:
         model = self.model(weights)
-        train_cfg = self.cfg.train.model_copy(update={"proximal_mu": proximal_mu, "patience": None})
+        # One δ for every release of this site (DP preprocessing histogram and DP-SGD).
+        train_cfg = self.cfg.train.model_copy(update={"proximal_mu": proximal_mu, "patience": None,
+                                                      "dp_delta": self.delta})
         dp_steps = None
         train = self.windows.train
         if train_cfg.dp:  # one privacy budget over all planned rounds, spent round by round
             per_round = epochs * -(-len(train) // train_cfg.batch_size)
             dp_steps = ((server_round - 1) * per_round, self.cfg.federation.rounds * per_round)
         history = fit(model, train, None, train_cfg, len(self.classes), seed=seed, epochs=epochs,
-                      dp_steps=dp_steps, objective=self.task.objective())
+                      dp_steps=dp_steps, objective=self.task.objective(),
+                      dp_released=self.released())
         last = history.epochs[-1]
         metrics = {"train_loss": last["train_loss"], "client": self.name,
                    "seconds": history.seconds}
@@ -87,6 +121,9 @@ class ClientTask:
         if history.privacy:
             metrics.update({"epsilon": history.privacy["epsilon"], "delta": history.privacy["delta"],
                             "noise_multiplier": history.privacy["noise_multiplier"]})
+        elif self.released():  # only the DP preprocessing release spent anything
+            metrics.update({"epsilon": self.cfg.federation.preprocessing_epsilon,
+                            "delta": self.delta})
         return get_weights(model), len(train), metrics
 
     def evaluate(self, weights: list[np.ndarray]) -> tuple[float, int, dict]:
@@ -102,7 +139,7 @@ class ClientTask:
         """One aggregate question (`config["phase"]`): the answer, scalars and bytes only."""
         phase = str(config.get("phase", PREPROCESSING))
         if phase == PREPROCESSING:
-            return {"statistics": self.statistics().to_bytes(), "client": self.name}
+            return {**self.statistics_answer(), "client": self.name}
         answers = self.task.site_answers()
         if phase not in answers:
             raise ValueError(f"unknown question {phase!r}; a {self.task.kind} site answers "

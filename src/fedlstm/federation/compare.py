@@ -53,9 +53,7 @@ def run_comparison(cfg: RunConfig, out: str | Path, overwrite: bool = False,
         progress("training fed-lstm (Flower simulation)")
         run_federated(cfg, stage / "fed-lstm", command=command)
         fed = json.loads((stage / "fed-lstm" / "metrics.json").read_text())
-        summary["methods"]["fed-lstm"] = {k: {m: v["binary"][m] for m in
-                                              ("accuracy", "precision", "recall", "f1", "roc_auc")}
-                                          for k, v in fed["evaluations"].items()}
+        summary["methods"]["fed-lstm"] = _scores(fed["evaluations"])
         curves["fed-lstm"] = _curve([r for r in fed["rounds"] if r["round"] > 0], "round")
         (stage / "comparison.json").write_text(json.dumps(summary, indent=2))
         (stage / "comparison.md").write_text(comparison_markdown(summary, command))
@@ -64,8 +62,11 @@ def run_comparison(cfg: RunConfig, out: str | Path, overwrite: bool = False,
     return summary
 
 
+SCORES = ("accuracy", "precision", "recall", "f1", "roc_auc", "fpr", "confusion_matrix")
+
+
 def _scores(evaluations: dict) -> dict:
-    return {name: {m: ev["binary"][m] for m in ("accuracy", "precision", "recall", "f1", "roc_auc")}
+    return {name: {m: ev["binary"][m] for m in SCORES}
             for name, ev in evaluations.items() if name != "val"}
 
 
@@ -80,13 +81,19 @@ def comparison_markdown(summary: dict, command: str | None) -> str:
              f"Protocol **{summary['protocol']}**, partition `{summary['partition']}`, "
              f"clients: {', '.join(summary['clients'])}.", "",
              f"Command: `{command}`" if command else "", "",
-             "| method | " + " | ".join(f"{t} acc | {t} F1" for t in tests) + " |",
-             "|---|" + "---|---|" * len(tests)]
+             "| method | " + " | ".join(f"{t} acc | {t} F1 | {t} FPR | {t} tn/fp/fn/tp"
+                                      for t in tests) + " |",
+             "|---|" + "---|---|---|---|" * len(tests)]
     for method, scores in summary["methods"].items():
-        cells = [f"{scores[t]['accuracy']:.4f} | {scores[t]['f1']:.4f}" if t in scores else "- | -"
-                 for t in tests]
+        cells = [_cells(scores[t]) if t in scores else "- | - | - | -" for t in tests]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cells(s: dict) -> str:
+    (tn, fp), (fn, tp) = s["confusion_matrix"]
+    fpr = "-" if s["fpr"] is None else f"{s['fpr']:.4f}"
+    return f"{s['accuracy']:.4f} | {s['f1']:.4f} | {fpr} | {tn}/{fp}/{fn}/{tp}"
 
 
 def _plot(curves: dict[str, list[tuple[float, float]]], path: Path, title: str) -> None:

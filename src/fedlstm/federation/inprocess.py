@@ -5,8 +5,7 @@ runs, and so are the site and server objects."""
 
 from __future__ import annotations
 
-from fedlstm.features import PreprocessingStats
-from fedlstm.federation.client import PREPROCESSING, ClientTask
+from fedlstm.federation.client import ClientTask
 from fedlstm.federation.server import ServerTask
 
 
@@ -14,8 +13,7 @@ def run_inprocess(server: ServerTask, sites: list[ClientTask]) -> ServerTask:
     """Statistics, rounds of FedAvg with every site, then the detector (`server.result`)."""
     cfg = server.cfg
     fed = cfg.federation
-    server.merge_statistics([PreprocessingStats.from_bytes(bytes(s.answer(
-        {"phase": PREPROCESSING})["statistics"])) for s in sites])
+    server.prepare_preprocessing(lambda question: [s.answer(question) for s in sites])
     preprocessor = server.preprocessor.to_dict()
     weights = server.initial_weights()
     server.on_global_model(0, weights)

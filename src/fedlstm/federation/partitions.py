@@ -45,16 +45,19 @@ class PartitionScheme:
             return cls("dirichlet", alpha=alpha)
         if kind == "by" and arg:
             return cls("by", column=arg)
-        if kind in ("networks", "files") and not arg:
+        if kind in ("networks", "files", "iid-rows") and not arg:
             return cls(kind)
-        raise ValueError(f"unknown partition {text!r}; use iid, dirichlet:ALPHA, by:COLUMN, "
-                         "networks or files")
+        raise ValueError(f"unknown partition {text!r}; use iid, iid-rows, dirichlet:ALPHA, "
+                         "by:COLUMN, networks or files")
 
 
 def partition_indices(records: Records, scheme: PartitionScheme, n_clients: int,
                       seed: int) -> list[np.ndarray]:
     """Row positions of each client's share, each sorted (file order)."""
     from datasets import Dataset
+
+    if scheme.kind == "iid":
+        return block_shares(len(records), n_clients, seed)
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
 
     if scheme.kind == "by":
@@ -68,17 +71,42 @@ def partition_indices(records: Records, scheme: PartitionScheme, n_clients: int,
         partitioner = DirichletPartitioner(num_partitions=n_clients, partition_by="key",
                                            alpha=scheme.alpha, min_partition_size=10,
                                            self_balancing=False, seed=seed)
-    elif scheme.kind == "iid":
+    elif scheme.kind == "iid-rows":
         key = np.zeros(len(records), np.int64)
         partitioner = IidPartitioner(num_partitions=n_clients)
     else:
         raise ValueError(f"`{scheme.kind}` partitions by dataset or file, not by rows of one dataset")
     rows = np.arange(len(records))
-    if scheme.kind == "iid":  # IidPartitioner cuts contiguous blocks: shuffle rows for IID shares
+    if scheme.kind == "iid-rows":  # IidPartitioner cuts contiguous blocks: shuffle rows first
         rows = np.random.default_rng(seed).permutation(len(records))
     partitioner.dataset = Dataset.from_dict({"row": rows, "key": key})
     return [np.sort(np.asarray(partitioner.load_partition(i)["row"]))
             for i in range(partitioner.num_partitions)]
+
+
+# `iid` shares: blocks of this many consecutive records, dealt to sites at random. Each site's
+# windows are then windows of records that really followed each other (a site sees its traffic
+# in order), while every site gets a mixture of the whole. (`iid-rows` deals single rows:
+# identically distributed, but its windows join records that were never consecutive.)
+BLOCK = 256
+
+
+def block_shares(n: int, n_clients: int, seed: int, block: int = BLOCK) -> list[np.ndarray]:
+    """Row positions of each site's blocks (equal numbers of blocks, random which), sorted."""
+    starts = np.arange(0, n, block)
+    dealt = np.array_split(np.random.default_rng(seed).permutation(len(starts)), n_clients)
+    return [np.sort(np.concatenate([np.arange(starts[b], min(starts[b] + block, n)) for b in part]
+                                   or [np.array([], np.int64)])) for part in dealt]
+
+
+def block_segments(rows: np.ndarray, segment: np.ndarray | None,
+                   block: int = BLOCK) -> np.ndarray:
+    """Segment ids that keep windows inside one block (and inside the segments already there)."""
+    ids = np.asarray(rows) // block
+    if segment is not None:
+        ids = np.unique(np.stack([np.asarray(segment, np.int64), ids]), axis=1,
+                        return_inverse=True)[1].ravel()
+    return ids.astype(np.int64)
 
 
 def describe(parts: list[Records], names: list[str]) -> list[dict]:

@@ -20,12 +20,13 @@ import torch
 from fedlstm.data.readers import Records
 from fedlstm.data.spec import DatasetSpec
 from fedlstm.features import FlowPreprocessor, PreprocessingStats, merge_all
+from fedlstm.features.stats import DP_BINS, dp_histogram_from_bytes, read_agreed
 from fedlstm.federation.audit import ReplyContract
 from fedlstm.federation.client import PREPROCESSING, REPLY_METRICS
 from fedlstm.models import get_weights, set_weights
 from fedlstm.runs.rundir import unseen_attack_recall
 from fedlstm.tasks import Task
-from fedlstm.tasks.base import Ask, Check, make_preprocessor, windows_of
+from fedlstm.tasks.base import Ask, Check, make_preprocessor, npz_check, windows_of
 from fedlstm.training import privacy
 from fedlstm.training.objectives import evaluate_loss
 
@@ -65,9 +66,60 @@ class ServerTask:
         self._test_windows = None
 
     # -- before round 1 -------------------------------------------------------------------------
+    def prepare_preprocessing(self, ask: Ask) -> FlowPreprocessor:
+        """The federation's preprocessing, by `federation.preprocessing`: merged statistics
+        (federated, local), the agreed file alone (agreed: no site is asked anything), or noisy
+        histograms and the agreed categories (dp)."""
+        mode = self.cfg.federation.preprocessing
+        if mode == "agreed":
+            return self.use_agreed()
+        answers = ask({"phase": PREPROCESSING})
+        if mode == "dp":
+            return self.merge_dp_histograms([dp_histogram_from_bytes(a["dp_histogram"])
+                                             for a in answers])
+        return self.merge_statistics([PreprocessingStats.from_bytes(bytes(a["statistics"]))
+                                      for a in answers])
+
     def merge_statistics(self, parts: list[PreprocessingStats]) -> FlowPreprocessor:
         self.statistics_received = [{"count": p.count} for p in parts]
         self.preprocessor = make_preprocessor(self.spec, self.cfg).fit_stats(merge_all(parts))
+        return self.preprocessor
+
+    def _agreed(self) -> dict:
+        path = self.cfg.federation.preprocessing_file
+        if not path:
+            raise ValueError(f"federation.preprocessing={self.cfg.federation.preprocessing} "
+                             "needs federation.preprocessing_file (ranges and categories)")
+        return read_agreed(path)
+
+    def use_agreed(self) -> FlowPreprocessor:
+        agreed = self._agreed()
+        pre = make_preprocessor(self.spec, self.cfg)
+        if self.cfg.federation.secagg and "max_site_records" not in agreed:
+            raise ValueError("SecAgg+ weighs updates by a bound of the sites' record counts, "
+                             "which agreed preprocessing never receives: add max_site_records "
+                             f"to {self.cfg.federation.preprocessing_file}")
+        bound = agreed.get("max_site_records")
+        self.statistics_received = [{"count": int(bound)}] if bound else []
+        self.preprocessor = pre.fit_stats(PreprocessingStats.agreed(
+            pre.numeric_columns, pre.categorical_columns, agreed.get("ranges", {}),
+            agreed["categories"]))
+        return self.preprocessor
+
+    def merge_dp_histograms(self, answers: list[tuple[np.ndarray, float]]) -> FlowPreprocessor:
+        """Ranges from the sum of the sites' noisy histograms: a bin counts as holding values
+        when its merged count exceeds 4 standard deviations of the merged noise (noise alone
+        passes that in about one of 30,000 bins)."""
+        if not answers:
+            raise ValueError("no site answered the preprocessing question")
+        pre = make_preprocessor(self.spec, self.cfg)
+        total = sum(h for h, _ in answers)
+        noise = float(np.sqrt(sum(sigma ** 2 for _, sigma in answers)))
+        # A site's record count, bounded from above from its noisy counts (SecAgg+'s weights).
+        self.statistics_received = [
+            {"count": int(max(h[0].sum(), 0) + 4 * sigma * np.sqrt(DP_BINS))} for h, sigma in answers]
+        self.preprocessor = pre.fit_stats(PreprocessingStats.from_dp_histogram(
+            pre.numeric_columns, total, 4 * noise, self._agreed()["categories"]))
         return self.preprocessor
 
     # -- what sites may answer ------------------------------------------------------------------
@@ -82,7 +134,12 @@ class ServerTask:
                 return f"not preprocessing statistics ({exc})"
             return stats.layout_error(pre.numeric_columns, pre.categorical_columns)
 
-        return {PREPROCESSING: {"statistics": statistics}, **self.task.declared_answers(self)}
+        dp_histogram = npz_check({"histogram": ((len(pre.numeric_columns), DP_BINS), "f"),
+                                  "sigma": ((), "f")})
+        # Under `agreed` no site is asked, so no answer is declared: one would stop the run.
+        first = {"federated": {"statistics": statistics}, "local": {"statistics": statistics},
+                 "dp": {"dp_histogram": dp_histogram}}.get(self.cfg.federation.preprocessing)
+        return {**({PREPROCESSING: first} if first else {}), **self.task.declared_answers(self)}
 
     def reply_contract(self) -> ReplyContract:
         shapes = tuple(tuple(np.shape(w)) for w in self.weights) if self.weights is not None else ()

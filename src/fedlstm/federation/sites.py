@@ -12,7 +12,7 @@ from fedlstm.data.readers import Records, concat_records
 from fedlstm.data.schemas import get_spec
 from fedlstm.data.spec import DatasetSpec
 from fedlstm.data.splits import build_split
-from fedlstm.federation.partitions import PartitionScheme, partition_indices
+from fedlstm.federation.partitions import PartitionScheme, block_segments, partition_indices
 
 
 @dataclass
@@ -87,5 +87,8 @@ def federated_data(cfg: RunConfig) -> FederatedData:
     split = build_split(cfg.data, seed=cfg.seed, carve_val=False)
     shares = partition_indices(split.train, scheme, fed.clients, cfg.seed)
     clients = [split.train.take(idx) for idx in shares]
+    if scheme.kind == "iid":  # windows stay inside the blocks a site was dealt
+        for recs, idx in zip(clients, shares):
+            recs.segment = block_segments(idx, recs.segment)
     return FederatedData(split.spec, clients, [f"client-{i}" for i in range(len(clients))],
                          split.tests, split.notes)

@@ -1,4 +1,5 @@
-"""Privacy-utility trade-off: Fed-LSTM accuracy for a range of record-level ε (δ = 1/n per site).
+"""Privacy-utility trade-off: Fed-LSTM accuracy for a range of ε per flow record (δ = 1/(10 n)
+for a site of n training records).
 
 Each ε is one federated run with DP-SGD on every client, the noise calibrated so that the planned
 rounds spend exactly that budget; ε = inf is the same run without DP. Runs are cached in the
@@ -32,7 +33,9 @@ def _sweep_point(cfg: RunConfig, eps: float, out: Path, command: str | None, pro
     m = json.loads((run_dir / "metrics.json").read_text())
     last = m["rounds"][-1]
     test = m["evaluations"]["test"]["binary"]
+    deltas = [c["delta"] for c in last.get("clients_fit", {}).values() if "delta" in c]
     return {"epsilon": eps, "spent_epsilon": last.get("epsilon"), "run_dir": str(run_dir),
+            "delta": max(deltas, default=None),
             "accuracy": test["accuracy"], "f1": test["f1"], "roc_auc": test["roc_auc"]}
 
 
@@ -47,13 +50,15 @@ def sweep(cfg: RunConfig, epsilons: list[float], out: str | Path, command: str |
     lines = [f"# Privacy-utility: Fed-LSTM on {cfg.data.dataset}, protocol {cfg.data.protocol}",
              f"{cfg.federation.clients} clients ({cfg.federation.partition}), "
              f"{cfg.federation.rounds} rounds x {cfg.federation.local_epochs} local epochs; "
-             "record-level DP-SGD per site, δ = 1/n (n = the site's training windows).", "",
+             "DP-SGD per site; ε per flow record (a record inside W windows counted as a group), "
+             "δ = 1/(10 n) for a site of n training records.", "",
              f"Command: `{command}`" if command else "", "",
-             "| target ε | ε spent (worst site) | accuracy | F1 | ROC-AUC | run |",
-             "|---|---|---|---|---|---|"]
+             "| target ε per flow | ε spent (worst site) | δ | accuracy | F1 | ROC-AUC | run |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         spent = "-" if r["spent_epsilon"] is None else f"{r['spent_epsilon']:.2f}"
-        lines.append(f"| {r['epsilon']:g} | {spent} | {r['accuracy']:.4f} | {r['f1']:.4f} | "
+        delta = "-" if r["delta"] is None else f"{r['delta']:.1e}"
+        lines.append(f"| {r['epsilon']:g} | {spent} | {delta} | {r['accuracy']:.4f} | {r['f1']:.4f} | "
                      f"{r['roc_auc']:.4f} | {Path(r['run_dir']).name} |")
     (out / "privacy_utility.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -64,7 +69,7 @@ def sweep(cfg: RunConfig, epsilons: list[float], out: str | Path, command: str |
         if math.isinf(r["epsilon"]):
             ax.axhline(r["accuracy"], ls="--", color="gray", label="no DP (ε = ∞)")
     ax.set_xscale("log")
-    ax.set_xlabel("ε (δ = 1/n)")
+    ax.set_xlabel("ε per flow record (δ = 1/(10 n))")
     ax.set_ylabel("test accuracy")
     ax.set_title(f"Fed-LSTM privacy-utility ({cfg.data.dataset}, {cfg.data.protocol})", fontsize=9)
     ax.grid(alpha=0.3)

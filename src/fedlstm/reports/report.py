@@ -105,8 +105,11 @@ def _grouped(steps: list[dict]) -> dict:
     return out
 
 
-def write_report(folder: Path, profile, skipped: list[str], command: str | None) -> Path:
-    steps = load_steps(folder)
+def write_report(folder: Path, profile, skipped: list[str], command: str | None,
+                 steps: list[dict] | None = None) -> Path:
+    """The report of `steps` (default: every file in `steps/`); `reproduce` passes only the steps
+    of its own plan, each computed under the current fingerprint."""
+    steps = load_steps(folder) if steps is None else sorted(steps, key=lambda s: s["key"])
     grouped = _grouped(steps)
     figs = folder / "figures"
     figs.mkdir(exist_ok=True)
@@ -120,13 +123,18 @@ def write_report(folder: Path, profile, skipped: list[str], command: str | None)
           "`steps/D--P--M--sN.json` for the seeds N listed with its table; each file holds the "
           "step's configuration, metrics and learning curves. Flower runs also keep their run "
           "directory `runs/<same key>/` with `metrics.json`, the model bundle and per-round "
-          "metrics; the extra studies' files are named in their sections.")
+          "metrics; the extra studies' files are named in their sections. A step file is reused "
+          "only when its `fingerprint` matches this run's: the profile, the sha256 of the step's "
+          "resolved configuration, the fedlstm version, commit and source, and the sha256 of the "
+          "data files it read; otherwise the step is computed again.")
     doc.p("Protocols: `official` trains on the publisher's training file and tests on its test "
           "file (NSL-KDD KDDTest+, KDD99 corrected); `random-split` is a seeded stratified 80/20 "
           "split of one file, very likely the protocol behind the paper's 98-99%. Validation "
           "data always comes from training data; nothing is selected on test data.")
     if skipped:
         doc.p("Not run: " + "; ".join(skipped) + ".")
+    doc.p(seed_noise(grouped))
+    _overlap_section(steps, doc)
     protocols = sorted({k[1] for k in grouped})
     methods = [m for m in LABELS if any(k[2] == m for k in grouped)]
 
@@ -165,7 +173,7 @@ def write_report(folder: Path, profile, skipped: list[str], command: str | None)
     _figure_roc(steps, figs, doc)
     _figure_bars(grouped, figs, doc)
     _noniid_section(steps, grouped, doc)
-    _privacy_section(steps, doc)
+    _privacy_section(steps, grouped, doc)
     _anomaly_section(steps, doc)
 
     doc.h(2, "Wall time of every step")
@@ -217,7 +225,7 @@ def _noniid_section(steps: list[dict], grouped: dict, doc: Doc) -> None:
     doc.table(["sites, strategy", "test set", "accuracy", "F1", "ROC-AUC"], rows)
 
 
-def _privacy_section(steps: list[dict], doc: Doc) -> None:
+def _privacy_section(steps: list[dict], grouped: dict, doc: Doc) -> None:
     runs = sorted(_extras(steps, "privacy"), key=lambda r: r["target_epsilon"])
     if not runs:
         return
@@ -225,20 +233,25 @@ def _privacy_section(steps: list[dict], doc: Doc) -> None:
     doc.h(2, "Privacy–utility: Fed-LSTM with record-level DP-SGD")
     doc.p(f"{NETWORKS.get(ds, ds)}, protocol `{prot}`, IID sites, seed 0 "
           "(`steps/privacy--*--s0.json`, `runs/privacy--*--s0/`). Each site runs DP-SGD "
-          "(per-record clipping, Gaussian noise calibrated so that its ε over all planned rounds "
-          "meets the target, δ = 1/n); ε spent is the largest over the sites (Opacus RDP "
-          "accountant). One seed: differences of about 2 points are within run-to-run noise.")
+          "(per-sample clipping, Gaussian noise calibrated so that its ε over all planned rounds "
+          "meets the target). The unit of privacy is one flow record: a record inside W "
+          "overlapping training windows is accounted as a group of W windows (RDP group "
+          "privacy), δ = 1/(10 n) for a site of n training records; ε spent and δ are the "
+          "largest over the sites (Opacus RDP analysis). One seed per row. " + seed_noise(grouped))
     tests = list(runs[0]["evaluations"])
     rows = []
     for r in runs:
         spent = f"{r['epsilon']:.2f}" if r.get("epsilon") is not None else "-"
+        delta = f"{r['delta']:.1e}" if r.get("delta") is not None else "-"
         for t in tests:
-            rows.append([f"{r['target_epsilon']:g}", spent, t, *_score_cells(r["evaluations"][t])])
+            rows.append([f"{r['target_epsilon']:g}", spent, delta, t,
+                         *_score_cells(r["evaluations"][t])])
     iid = _fed_seed0(steps, ds, prot)
     if iid:
         for t in tests:
-            rows.append(["∞ (no DP)", "-", t, *_score_cells(iid["evaluations"].get(t, {}))])
-    doc.table(["target ε", "ε spent", "test set", "accuracy", "F1", "ROC-AUC"], rows)
+            rows.append(["∞ (no DP)", "-", "-", t, *_score_cells(iid["evaluations"].get(t, {}))])
+    doc.table(["target ε per flow", "ε spent per flow", "δ", "test set", "accuracy", "F1",
+               "ROC-AUC"], rows)
 
 
 def _anomaly_section(steps: list[dict], doc: Doc) -> None:
@@ -251,7 +264,10 @@ def _anomaly_section(steps: list[dict], doc: Doc) -> None:
           f"centralised (`steps/{r['key']}.json`). The autoencoder trains on normal training windows only; per-feature "
           "reconstruction errors get a Gaussian fit and the score is the Mahalanobis distance "
           "(paper Eq. 12); the threshold ζ maximises F-β (β = 0.5) on validation data. "
-          "'Unseen attacks' are attack types absent from the training file. `fedlstm anomaly "
+          "'Unseen attacks' are attack types absent from the training file (training and "
+          "validation records), the one definition every report uses. Recall at a fixed FPR is an "
+          "oracle operating point: its threshold is read off the test set's own ROC, which no "
+          "deployed detector can do; the deployable figures are those at ζ. `fedlstm anomaly "
           "report` gives the federated detector and the supervised comparison at equal FPR.")
     rows = []
     for t, ev in r["evaluations"].items():
@@ -262,7 +278,42 @@ def _anomaly_section(steps: list[dict], doc: Doc) -> None:
                      unseen])
     fpr = next(iter(r["evaluations"].values()))["report_fpr"]
     doc.table(["test set", "accuracy", "precision", "recall", "F1", "ROC-AUC",
-               f"recall at {fpr:.0%} FPR", "recall on unseen attacks at ζ"], rows)
+               f"recall at {fpr:.0%} test FPR (oracle)", "recall on unseen attacks at ζ"], rows)
+
+
+def seed_noise(grouped: dict) -> str:
+    """The run-to-run noise sentence, from the cells run with several seeds (never assumed)."""
+    spreads = [float(np.std(sc["accuracy"], ddof=1)) for tests in grouped.values()
+               for sc in tests.values() if len(sc.get("accuracy", [])) > 1]
+    if not spreads:
+        return ("Run-to-run noise is not measured: every cell ran with one seed, so a "
+                "difference between two cells may be noise of unknown size.")
+    return (f"Run-to-run noise, from the {len(spreads)} cells run with several seeds: the "
+            f"standard deviation of accuracy across seeds is {100 * np.mean(spreads):.1f} points "
+            f"on average and at most {100 * max(spreads):.1f}; differences of less than about "
+            f"{200 * max(spreads):.1f} points (two of the largest standard deviations) are within "
+            "run-to-run noise.")
+
+
+def _overlap_section(steps: list[dict], doc: Doc) -> None:
+    runs = _extras(steps, "overlap")
+    if not runs:
+        return
+    doc.h(2, "Train/test overlap")
+    doc.p("Share of each test set's records whose feature vector also occurs in the training "
+          "part the steps used (`steps/overlap--D--P.json`), and the same with `data.dedup=true`, "
+          "which drops exact copies inside the training data before splitting and subsampling. "
+          "Dedup never removes test records: under `official` a test record that also occurs in "
+          "the training file can still meet its copy; under `random-split` no copy can land on "
+          "both sides. High overlap means test scores partly measure memorised records.")
+    rows = []
+    for r in sorted(runs, key=lambda r: r["key"]):
+        for t, v in r["tests"].items():
+            rows.append([NETWORKS.get(r["dataset"], r["dataset"]), r["protocol"], t,
+                         f"{v['n']:,}", f"{v['overlap']:.4f}", f"{v['n_dedup']:,}",
+                         f"{v['overlap_dedup']:.4f}", f"{r['duplicates_removed']:,}"])
+    doc.table(["dataset", "protocol", "test set", "test records", "overlap",
+               "test records (dedup)", "overlap (dedup)", "duplicates removed"], rows)
 
 
 def _seeds(steps: list[dict], ds: str, prot: str) -> str:

@@ -1,30 +1,37 @@
 """`fedlstm reproduce`: every dataset x method x protocol of the paper, one cached step at a time.
 
 Each step (dataset, protocol, method, seed) writes `steps/<key>.json` when it finishes; a rerun
-skips finished steps, so an interrupted reproduction resumes where it stopped. The report is
-assembled from those files only (`reports.report`).
+reuses a finished step only when its fingerprint still matches: the profile, a hash of the
+step's resolved configuration, the fedlstm version, commit and source, and the sha256 of every
+data file it reads. Anything else is stale and is computed again (never relabelled), so an
+interrupted reproduction resumes where it stopped and a report never mixes profiles, code or
+data. The report is assembled from the current steps' files only (`reports.report`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_curve
 
+import fedlstm
+from fedlstm import __version__
 from fedlstm.config import DataConfig, RunConfig
-from fedlstm.data.registry import DatasetNotFound, available_roles, data_dir
+from fedlstm.data.registry import DatasetNotFound, available_roles, data_dir, locate, sha256_of
 from fedlstm.data.schemas import get_spec
 from fedlstm.data.splits import build_split
 from fedlstm.detection import ModelBundle
 from fedlstm.detection.classical import CLASSICAL
 from fedlstm.federation.simulation import one_ray_runtime, run_federated
 from fedlstm.reports.report import write_report
+from fedlstm.runs.rundir import git_commit
 from fedlstm.tasks import task_for
 from fedlstm.tasks.base import evaluate_detector
 from fedlstm.tasks.centralised import train
@@ -193,22 +200,13 @@ def _federated_extra(key: str, cfg: RunConfig, out: Path) -> dict:
             "curves": [r for r in metrics["rounds"] if r["round"] > 0], "curve_axis": "round",
             "evaluations": {k: v["binary"] for k, v in metrics["evaluations"].items()},
             "partitions": metrics["partitions"],
-            "epsilon": metrics["rounds"][-1].get("epsilon")}
+            "epsilon": metrics["rounds"][-1].get("epsilon"),
+            "delta": max((c["delta"] for c in metrics["rounds"][-1].get("clients_fit", {}).values()
+                          if "delta" in c), default=None)}
 
 
 def _with_federation(cfg: RunConfig, **update) -> RunConfig:
     return cfg.model_copy(update={"federation": cfg.federation.model_copy(update=update)})
-
-
-def run_networks_step(profile: Profile, root: Path, out: Path, seed: int) -> dict | None:
-    """Fed-LSTM over Networks A and B (NSL-KDD and KDD99 share one schema) for Fig. 5/6."""
-    cfg = step_config(Step("nsl-kdd", "official", "fed-lstm", seed), profile, root)
-    cfg = _with_federation(cfg, partition="networks", networks=["nsl-kdd", "kdd99"])
-    try:
-        return _federated_extra(f"networks-ab--s{seed}", cfg, out)
-    except DatasetNotFound as exc:
-        log.warning("networks federation skipped: %s", exc)
-        return None
 
 
 # Extra studies on Network A under its main protocol, seed 0: non-IID sites, DP-SGD, unsupervised.
@@ -218,7 +216,8 @@ EPSILONS = (1.0, 8.0)
 
 
 def extra_keys(the_plan: Plan, datasets: list[str] | None, methods: list[str] | None) -> list[str]:
-    keys = []
+    keys = [f"overlap--{ds}--{prot}" for ds, prot in
+            dict.fromkeys((s.dataset, s.protocol) for s in the_plan.steps)]
     fed = methods is None or "fed-lstm" in methods
     if fed and (datasets is None or {"nsl-kdd", "kdd99"} <= set(datasets)):
         keys.append("networks-ab--s0")
@@ -229,36 +228,76 @@ def extra_keys(the_plan: Plan, datasets: list[str] | None, methods: list[str] | 
     return keys
 
 
-def run_extra(key: str, the_plan: Plan, profile: Profile, root: Path, out: Path) -> dict | None:
+def extra_config(key: str, the_plan: Plan, profile: Profile, root: Path) -> RunConfig:
+    """The resolved configuration of an extra step (what its cache key hashes)."""
+    if key.startswith("overlap--"):
+        _, ds, protocol = key.split("--")
+        return step_config(Step(ds, protocol, "lstm", 0), profile, root)
     if key.startswith("networks-ab"):
-        return run_networks_step(profile, root, out, seed=0)
+        cfg = step_config(Step("nsl-kdd", "official", "fed-lstm", 0), profile, root)
+        return _with_federation(cfg, partition="networks", networks=["nsl-kdd", "kdd99"])
     protocol = next(s.protocol for s in the_plan.steps if s.dataset == "nsl-kdd")
     base = step_config(Step("nsl-kdd", protocol, "fed-lstm", 0), profile, root)
     base = _with_federation(base, server_test_curves=False, evaluate_clients=False)
     kind, name, _ = key.split("--")
     if kind == "noniid":
-        cfg = _with_federation(base, partition=f"dirichlet:{NONIID_ALPHA:g}", strategy=name,
-                               **NONIID[name])
-        return {**_federated_extra(key, cfg, out), "kind": kind, "strategy": name,
-                "alpha": NONIID_ALPHA, "dataset": "nsl-kdd", "protocol": protocol}
+        return _with_federation(base, partition=f"dirichlet:{NONIID_ALPHA:g}", strategy=name,
+                                **NONIID[name])
     if kind == "privacy":
-        eps = float(name.removeprefix("eps"))
-        cfg = base.model_copy(update={"train": base.train.model_copy(
-            update={"dp": True, "dp_target_epsilon": eps})})
-        return {**_federated_extra(key, cfg, out), "kind": kind, "target_epsilon": eps,
-                "dataset": "nsl-kdd", "protocol": protocol}
+        # A simulated federation has no curious server: sampling and noise are seeded so that
+        # the report is reproducible (a real site draws them from the OS, train.dp_seeded_noise).
+        return base.model_copy(update={"train": base.train.model_copy(update={
+            "dp": True, "dp_target_epsilon": float(name.removeprefix("eps")),
+            "dp_seeded_noise": True})})
     if kind == "anomaly":
-        return _anomaly_extra(key, profile, root, protocol)
+        data = json.loads(step_config(Step("nsl-kdd", protocol, "lstm", 0), profile, root)
+                          .model_dump_json())
+        data["detector"] = "anomaly"
+        data["model"].update(name=data["anomaly"]["model"], task="binary")
+        return RunConfig.model_validate(data)
     raise KeyError(f"unknown extra step {key!r}")
 
 
-def _anomaly_extra(key: str, profile: Profile, root: Path, protocol: str) -> dict:
+def run_extra(key: str, cfg: RunConfig, out: Path) -> dict | None:
+    if key.startswith("overlap--"):
+        return _overlap_extra(key, cfg)
+    if key.startswith("networks-ab"):
+        try:
+            return _federated_extra(key, cfg, out)
+        except DatasetNotFound as exc:
+            log.warning("networks federation skipped: %s", exc)
+            return None
+    kind, name, _ = key.split("--")
+    where = {"dataset": cfg.data.dataset, "protocol": cfg.data.protocol}
+    if kind == "noniid":
+        return {**_federated_extra(key, cfg, out), "kind": kind, "strategy": name,
+                "alpha": NONIID_ALPHA, **where}
+    if kind == "privacy":
+        return {**_federated_extra(key, cfg, out), "kind": kind,
+                "target_epsilon": cfg.train.dp_target_epsilon, **where}
+    return _anomaly_extra(key, cfg)
+
+
+def _overlap_extra(key: str, cfg: RunConfig) -> dict:
+    """Share of each test set's records whose features also occur in the training part, as
+    the steps split it and with `data.dedup=true` (which drops copies inside the training data
+    before splitting; copies across the published files stay)."""
+    plain = _split(cfg.data.model_dump_json(), cfg.seed)
+    dedup = build_split(cfg.data.model_copy(update={"dedup": True}), seed=cfg.seed)
+    notes = dedup.notes
+    return {"key": key, "kind": "overlap", "dataset": cfg.data.dataset,
+            "protocol": cfg.data.protocol, "config": json.loads(cfg.model_dump_json()),
+            "tests": {name: {"n": len(recs), "overlap": plain.notes["test_overlap_with_train"][name],
+                             "n_dedup": len(dedup.tests[name]),
+                             "overlap_dedup": notes["test_overlap_with_train"][name]}
+                      for name, recs in plain.tests.items()},
+            "train_rows": len(plain.train) + len(plain.val),
+            "duplicates_removed": notes.get("duplicates_removed",
+                                            notes.get("duplicates_removed_from_train", 0))}
+
+
+def _anomaly_extra(key: str, cfg: RunConfig) -> dict:
     """The unsupervised detector (LSTM autoencoder + Mahalanobis score), centralised."""
-    data = json.loads(step_config(Step("nsl-kdd", protocol, "lstm", 0), profile, root)
-                      .model_dump_json())
-    data["detector"] = "anomaly"
-    data["model"].update(name=data["anomaly"]["model"], task="binary")
-    cfg = RunConfig.model_validate(data)
     t0 = time.perf_counter()
     result = train(task_for(cfg), _split(cfg.data.model_dump_json(), cfg.seed))
     evaluations = {}
@@ -269,9 +308,68 @@ def _anomaly_extra(key: str, profile: Profile, root: Path, protocol: str) -> dic
                                  "report_fpr": ev["at_fpr"]["target_fpr"],
                                  "unseen_n": ev["unseen"]["n"],
                                  "unseen_recall": ev["unseen"]["recall_at_threshold"]}
-    return {"key": key, "kind": "anomaly", "dataset": "nsl-kdd", "protocol": protocol,
+    return {"key": key, "kind": "anomaly", "dataset": cfg.data.dataset,
+            "protocol": cfg.data.protocol,
             "config": json.loads(cfg.model_dump_json()), "evaluations": evaluations,
             "threshold": result.bundle.threshold_, "seconds": time.perf_counter() - t0}
+
+
+def _files_of(datasets: list[str], root: Path) -> dict[str, str]:
+    """sha256 of every file of these datasets a step may read, by dataset/role."""
+    out = {}
+    for ds in datasets:
+        spec = get_spec(ds)
+        for role in available_roles(spec, root):
+            out[f"{ds}/{role}"] = _sha256(locate(spec, role, root, verify=False))
+    return out
+
+
+def _sha256(path: Path) -> str:
+    st = path.stat()
+    return _sha256_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_of(Path(path))
+
+
+@lru_cache(maxsize=1)
+def source_sha256() -> str:
+    """The installed fedlstm source, so that uncommitted changes make steps stale too."""
+    package = Path(fedlstm.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def fingerprint(cfg: RunConfig, profile: Profile, root: Path) -> dict:
+    """What a step's result depends on besides its name; a cached step is reused only when
+    this is unchanged. The data folder's path is left out (its files' sha256 are in)."""
+    data = json.loads(cfg.model_dump_json())
+    data["data"].pop("data_dir", None)
+    datasets = sorted({cfg.data.dataset, *(cfg.federation.networks
+                                           if cfg.federation.partition == "networks" else [])})
+    return {"profile": profile.name,
+            "config_sha256": hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(),
+            "fedlstm_version": __version__, "commit": git_commit(), "source_sha256": source_sha256(),
+            "data_sha256": _files_of(datasets, root)}
+
+
+def cached_step(path: Path, expected: dict) -> dict | None:
+    """The step file at `path` if it was computed under `expected`; None if absent or stale."""
+    if not path.exists():
+        return None
+    try:
+        step = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if step.get("fingerprint") != expected:
+        log.info("%s is stale (computed under another profile, configuration, code or data); "
+                 "computing it again", path.name)
+        return None
+    return step
 
 
 def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None = None,
@@ -286,22 +384,33 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
     extra = extra_keys(the_plan, datasets, methods)
     total = len(the_plan.steps) + len(extra)
     progress = progress or (lambda done, total, text: None)
+    current = []
     with one_ray_runtime():
         for i, step in enumerate(the_plan.steps):
-            path = steps_dir / f"{step.key}.json"
-            if path.exists():
-                continue
-            progress(i, total, step.key)
-            _write_json(path, run_step(step, profile, root, out))
+            cfg = step_config(step, profile, root)
+            current.append(_step(steps_dir / f"{step.key}.json", fingerprint(cfg, profile, root),
+                                 partial(run_step, step, profile, root, out), i, total, progress))
         for i, key in enumerate(extra, start=len(the_plan.steps)):
-            path = steps_dir / f"{key}.json"
-            if not path.exists():
-                progress(i, total, key)
-                result = run_extra(key, the_plan, profile, root, out)
-                if result:
-                    _write_json(path, result)
+            cfg = extra_config(key, the_plan, profile, root)
+            current.append(_step(steps_dir / f"{key}.json", fingerprint(cfg, profile, root),
+                                 partial(run_extra, key, cfg, out), i, total, progress))
     progress(total, total, "writing report")
-    return write_report(out, profile, the_plan.skipped, command)
+    return write_report(out, profile, the_plan.skipped, command,
+                        steps=[s for s in current if s is not None])
+
+
+def _step(path: Path, expected: dict, compute, i: int, total: int, progress) -> dict | None:
+    """A step's result: its cached file when current, else computed now and written."""
+    cached = cached_step(path, expected)
+    if cached is not None:
+        return cached
+    progress(i, total, path.stem)
+    result = compute()
+    if result is None:
+        return None
+    result["fingerprint"] = expected
+    _write_json(path, result)
+    return result
 
 
 def _write_json(path: Path, data: dict) -> None:

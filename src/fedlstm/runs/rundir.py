@@ -28,7 +28,7 @@ from fedlstm.detection.anomaly import MahalanobisDetector, calibration_summary
 from fedlstm.detection.bundle import ModelBundle
 from fedlstm.detection.signing import KeyFileError, KeyHome, SigningKey
 from fedlstm.runs import plots
-from fedlstm.tasks.base import TrainResult
+from fedlstm.tasks.base import TrainResult, training_attacks
 
 BUNDLE_NAME = "model.fedlstm"
 log = logging.getLogger(__name__)
@@ -186,7 +186,8 @@ def public(evaluation: dict) -> dict:
 
 
 def unseen_attack_recall(train_attacks: np.ndarray, spec, evaluations: dict) -> dict:
-    """Detection rate on attack types absent from the training data, per test set."""
+    """Detection rate at the threshold on attack types absent from the training data
+    (`tasks.base.training_attacks`: training and validation records), per test set."""
     seen = set(train_attacks)
     out = {}
     for name, ev in evaluations.items():
@@ -204,8 +205,9 @@ def write_run(result: TrainResult, cfg: RunConfig, out: str | Path, overwrite: b
     """A centralised (or local-only) run: `write_results` in a staged folder."""
     with staged_dir(out, overwrite) as stage:
         extra = {"files": result.split.files, "data_notes": result.split.notes,
-                 "unseen_attacks": unseen_attack_recall(result.split.train.attack,
-                                                        result.split.spec, result.evaluations),
+                 "unseen_attacks": unseen_attack_recall(
+                     training_attacks(result.split.train, result.split.val), result.split.spec,
+                     result.evaluations),
                  "history": result.history.to_dict(), "timings": result.timings}
         write_results(stage, cfg, result.bundle, result.evaluations, extra, command,
                       curves=result.history.epochs)

@@ -12,9 +12,11 @@ from fedlstm.detection.classical import CLASSICAL
 from fedlstm.tasks.anomaly import AnomalyTask
 from fedlstm.tasks.base import Task
 from fedlstm.tasks.classical import ClassicalTask
+from fedlstm.tasks.hybrid import HybridTask
 from fedlstm.tasks.supervised import SupervisedTask
 
-TASKS: dict[str, type[Task]] = {t.kind: t for t in (SupervisedTask, AnomalyTask, ClassicalTask)}
+TASKS: dict[str, type[Task]] = {t.kind: t for t in (SupervisedTask, AnomalyTask, ClassicalTask,
+                                                   HybridTask)}
 
 
 def task_for(cfg: RunConfig) -> Task:

@@ -14,7 +14,6 @@ the server broadcasts). No per-record error, score or row leaves a site.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,16 @@ from fedlstm.detection.anomaly import (
 from fedlstm.features import merge_all
 from fedlstm.features.windows import window_ends
 from fedlstm.models import build_model
-from fedlstm.tasks.base import SiteWindows, Task, evaluate_detector, npz_check, windows_of
+from fedlstm.tasks.base import (
+    SiteWindows,
+    Task,
+    arrays_to_bytes,
+    bytes_to_arrays,
+    evaluate_detector,
+    npz_check,
+    training_stride,
+    windows_of,
+)
 from fedlstm.training.objectives import SequenceObjective, error_vectors
 
 CLASSES = ["normal", "attack"]
@@ -63,18 +71,6 @@ def split_validation(val: Records, cfg: RunConfig) -> tuple[Records, Records]:
     return normal_only(sigma), threshold
 
 
-# --- what travels: arrays as bytes in a config record ---------------------------------------------
-def arrays_to_bytes(arrays: list[np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, *arrays)
-    return buffer.getvalue()
-
-
-def bytes_to_arrays(data: bytes) -> list[np.ndarray]:
-    with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as z:
-        return [z[f"arr_{i}"] for i in range(len(z.files))]
-
-
 def _precision(covariance: np.ndarray) -> np.ndarray:
     p = np.linalg.inv(covariance)
     return (p + p.T) / 2
@@ -84,7 +80,8 @@ def _precision(covariance: np.ndarray) -> np.ndarray:
 def _error_stats_answer(site, config: dict) -> dict:
     torch.set_num_threads(site.cfg.train.threads)
     model = site.model(bytes_to_arrays(config["weights"]))
-    return {"error_stats": ErrorStats.of(error_vectors(model, site.windows.val)).to_bytes()}
+    normal = site.task.normal_windows(site.windows)
+    return {"error_stats": ErrorStats.of(error_vectors(model, normal)).to_bytes()}
 
 
 def _score_histogram_answer(site, config: dict) -> dict:
@@ -114,7 +111,7 @@ class AnomalyTask(Task):
         sigma, threshold = split_validation(val, cfg)
         calibration = windows_of(threshold, preprocessor, cfg, CLASSES)
         return SiteWindows(windows_of(normal_only(train), preprocessor, cfg, CLASSES,
-                                      stride=cfg.windows.stride),
+                                      stride=training_stride(cfg)),
                            windows_of(sigma, preprocessor, cfg, CLASSES), calibration,
                            calibration.window_labels.numpy().astype(bool))
 
@@ -148,7 +145,12 @@ class AnomalyTask(Task):
                                    target_fpr=a.target_fpr, min_shrinkage=a.min_shrinkage)
 
     def calibrate(self, detector, windows, val) -> None:
-        detector.calibrate(windows.val, windows.calibration, windows.calibration_is_attack)
+        """μ, Σ on the normal validation windows, ζ on the labelled ones, with the score bins
+        of `anomaly.score_bins` (the federated calibration uses the same)."""
+        detector.fit_error_stats(ErrorStats.of(detector.error_vectors(self.normal_windows(windows))))
+        edges = detector.bin_edges(self.cfg.anomaly.score_bins)
+        detector.fit_threshold(ScoreHistogram.of(detector.decision_function(windows.calibration),
+                                                 windows.calibration_is_attack, edges))
 
     def evaluate(self, detector, records, seen_attacks) -> dict:
         return evaluate_anomaly(detector, records, seen_attacks, self.cfg.anomaly.report_fpr)
@@ -167,30 +169,37 @@ class AnomalyTask(Task):
                 "score-histogram": {"histogram": npz_check({
                     "normal": ((bins,), ints), "anomalous": ((bins,), ints)})}}
 
+    def normal_windows(self, windows: SiteWindows):
+        """The normal validation windows that μ and Σ are fitted on."""
+        return windows.val
+
     def federated_detector(self, server, ask, mode: str = "federated") -> MahalanobisDetector:
         """μ, Σ from merged error sums, then ζ from merged score histograms."""
-        if ask is None:
-            raise ValueError("the anomaly detector is calibrated by asking the sites")
         metadata = {**self.metadata(server.spec, self.cfg.data.protocol, mode),
                     "rounds": max(server.rounds, default=0)}
         detector = self.detector(server.spec, server.preprocessor, server.model(), CLASSES,
                                  metadata)
-        base = {"preprocessor": json.dumps(server.preprocessor.to_dict()),
-                "weights": arrays_to_bytes(server.weights)}
-        answers = ask({**base, "phase": "error-stats"})
-        server.receive("error-stats", answers)
-        detector.fit_error_stats(merge_all([ErrorStats.from_bytes(bytes(a["error_stats"]))
-                                            for a in answers]))
-        edges = detector.bin_edges(self.cfg.anomaly.score_bins)
-        server.histogram_bins = len(edges)
-        answers = ask({**base, "phase": "score-histogram", "n_features": len(detector.mean_),
-                       "bins": len(edges), "bin_low": float(edges[1]),
-                       "bin_high": float(edges[-1]),
-                       "mean_cov": arrays_to_bytes([detector.mean_, detector.covariance_])})
-        server.receive("score-histogram", answers)
-        detector.fit_threshold(merge_all([ScoreHistogram.from_bytes(bytes(a["histogram"]), edges)
-                                          for a in answers]))
-        return detector
+        return calibrate_by_asking(detector, server, ask, self.cfg.anomaly.score_bins)
+
+
+def calibrate_by_asking(detector: MahalanobisDetector, server, ask, score_bins: int):
+    """Fit μ, Σ and ζ of `detector` from the sites' merged aggregate answers."""
+    if ask is None:
+        raise ValueError("a Mahalanobis detector is calibrated by asking the sites")
+    base = {"preprocessor": json.dumps(server.preprocessor.to_dict()),
+            "weights": arrays_to_bytes(server.weights)}
+    answers = ask({**base, "phase": "error-stats"})
+    server.receive("error-stats", answers)
+    detector.fit_error_stats(merge_all([ErrorStats.from_bytes(bytes(a["error_stats"]))
+                                        for a in answers]))
+    edges = detector.bin_edges(score_bins)
+    server.histogram_bins = len(edges)
+    answers = ask({**base, "phase": "score-histogram", "n_features": len(detector.mean_),
+                   "bins": len(edges), "bin_low": float(edges[1]), "bin_high": float(edges[-1]),
+                   "mean_cov": arrays_to_bytes([detector.mean_, detector.covariance_])})
+    server.receive("score-histogram", answers)
+    return detector.fit_threshold(merge_all([ScoreHistogram.from_bytes(bytes(a["histogram"]),
+                                                                       edges) for a in answers]))
 
 
 # --- evaluation ------------------------------------------------------------------------------------
@@ -215,7 +224,8 @@ def evaluate_anomaly(detector, records: Records, train_attacks: np.ndarray, repo
     ends = window_ends(len(records), detector.window, segments=records.segment)
     attacks = records.attack[ends]
     at = threshold_at_fpr(y, score, report_fpr)
-    ev["at_fpr"] = {"target_fpr": report_fpr, "threshold": at,
+    # An oracle operating point: the threshold comes from this test set's own ROC.
+    ev["at_fpr"] = {"target_fpr": report_fpr, "oracle": True, "threshold": at,
                     "recall": _recall(y, score, at), "fpr": _fpr(y, score, at)}
     seen = set(train_attacks) if seen is None else seen
     unseen = (y == 1) & ~np.isin(attacks, list(seen)) & ~np.isin(attacks, detector.spec.normal_labels)

@@ -63,6 +63,16 @@ def make_preprocessor(spec: DatasetSpec, cfg: RunConfig) -> FlowPreprocessor:
                             p.log_threshold, p.clip_quantile)
 
 
+def training_stride(cfg: RunConfig) -> int:
+    """Stride of the windows a model trains on. Under DP-SGD with `dp_windows=disjoint` it is at
+    least W, so that each flow sits in one training window and the per-window guarantee is the
+    per-flow one (`training.privacy.sgd_rdp` accounts any overlap that is left as a group)."""
+    w = cfg.windows
+    if cfg.train.dp and cfg.train.dp_windows == "disjoint":
+        return max(w.stride, w.window)
+    return w.stride
+
+
 def windows_of(records: Records, preprocessor: FlowPreprocessor, cfg: RunConfig,
                class_names: list[str], stride: int = 1) -> WindowSet:
     labels = encode_labels(records, cfg.model.task, class_names)
@@ -94,6 +104,25 @@ def evaluate_detector(detector, records: Records) -> dict:
     return result
 
 
+def arrays_to_bytes(arrays: list[np.ndarray]) -> bytes:
+    """Arrays as .npz bytes: how weights and aggregate answers travel in a config record."""
+    buffer = io.BytesIO()
+    np.savez(buffer, *arrays)
+    return buffer.getvalue()
+
+
+def bytes_to_arrays(data: bytes) -> list[np.ndarray]:
+    with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as z:
+        return [z[f"arr_{i}"] for i in range(len(z.files))]
+
+
+def training_attacks(*parts: Records) -> np.ndarray:
+    """The attack types a detector was trained and calibrated with: those of every training
+    part (training and validation records). An attack type outside it is "unseen", in every
+    report (`runs.rundir.unseen_attack_recall`, `tasks.anomaly.evaluate_anomaly`)."""
+    return np.concatenate([p.attack for p in parts])
+
+
 def npz_check(layout: Mapping[str, tuple[tuple[int, ...], str]]) -> Check:
     """A check for answers sent as .npz bytes: exactly these arrays, of these shapes and kinds."""
     def check(data: object) -> str | None:
@@ -112,6 +141,15 @@ def npz_check(layout: Mapping[str, tuple[tuple[int, ...], str]]) -> Check:
             return f"not an .npz archive ({exc})"
         return None
     return check
+
+
+def split_metadata(cfg: RunConfig) -> dict:
+    """What rebuilds a run's test split (`fedlstm evaluate`): a random split depends on the seed,
+    the fractions and dedup, so a bundle records them."""
+    d = cfg.data
+    return {"seed": cfg.seed, "protocol": d.protocol, "dedup": d.dedup,
+            "test_fraction": d.test_fraction, "val_fraction": d.val_fraction,
+            "split_file": d.split_file}
 
 
 @dataclass
@@ -157,7 +195,7 @@ class Task:
     def site_windows(self, train: Records, val: Records, preprocessor: FlowPreprocessor,
                      classes: list[str]) -> SiteWindows:
         cfg = self.cfg
-        return SiteWindows(windows_of(train, preprocessor, cfg, classes, stride=cfg.windows.stride),
+        return SiteWindows(windows_of(train, preprocessor, cfg, classes, stride=training_stride(cfg)),
                            windows_of(val, preprocessor, cfg, classes))
 
     # -- model ----------------------------------------------------------------------------------
@@ -180,7 +218,7 @@ class Task:
     # -- the detector ---------------------------------------------------------------------------
     def metadata(self, spec: DatasetSpec, protocol: str, mode: str) -> dict:
         return {"dataset": spec.name, "protocol": protocol, "mode": mode, "seed": self.cfg.seed,
-                "fedlstm_version": __version__}
+                "fedlstm_version": __version__, "split": split_metadata(self.cfg)}
 
     def detector(self, spec: DatasetSpec, preprocessor: FlowPreprocessor, model: torch.nn.Module,
                  classes: list[str], metadata: dict):

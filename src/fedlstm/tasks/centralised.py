@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from fedlstm.data.splits import Split, build_split
-from fedlstm.tasks.base import Task, TrainResult, test_curves, windows_of
+from fedlstm.tasks.base import Task, TrainResult, test_curves, training_attacks, windows_of
 from fedlstm.training.loop import Reporter
 
 
@@ -41,7 +39,7 @@ def train(task: Task, split: Split | None = None, reporter: Reporter | None = No
     timings["train_seconds"] = history.seconds or time.perf_counter() - t
 
     t = time.perf_counter()
-    seen = np.concatenate([split.train.attack, split.val.attack])  # all the training file held
+    seen = training_attacks(split.train, split.val)
     evaluations = {name: task.evaluate(detector, recs, seen)
                    for name, recs in {"val": split.val, **split.tests}.items()}
     timings["evaluate_seconds"] = time.perf_counter() - t

@@ -1,13 +1,46 @@
 """The supervised detector: an LSTM (or RNN/CNN) classifier of windows, binary or per attack
-family; its attack score is 1 - P(normal) and its threshold fixed or chosen on validation F1."""
+family; its attack score is 1 - P(normal) and its threshold fixed or chosen on validation F1.
+
+Federated, `train.threshold=val-f1` asks every site one aggregate question after the last round:
+"score-histogram", the counts of its normal and attack validation windows per score bin (bins of
+1/1000 over [0, 1], the same at every site). The merged histogram is that of all validation
+windows together, and the threshold is the bin edge of best F1 on it. No score leaves a site.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 
+import numpy as np
+import torch
+
+from fedlstm.detection.anomaly import ScoreHistogram
 from fedlstm.detection.bundle import ModelBundle
-from fedlstm.tasks.base import Task
+from fedlstm.features import merge_all
+from fedlstm.tasks.base import Task, arrays_to_bytes, bytes_to_arrays, npz_check
 from fedlstm.training.metrics import best_f1_threshold
+from fedlstm.training.objectives import predict_proba
+
+log = logging.getLogger(__name__)
+SCORE_BINS = 1001  # attack scores lie in [0, 1]; the last bin holds the score 1.0 itself
+SCORE_HISTOGRAM = "score-histogram"
+
+
+def score_edges(bins: int = SCORE_BINS) -> np.ndarray:
+    return np.linspace(0.0, 1.0, bins)
+
+
+def _score_histogram_answer(site, config: dict) -> dict:
+    """A site's validation windows, counted per attack-score bin and label."""
+    torch.set_num_threads(site.cfg.train.threads)
+    val = site.windows.val
+    model = site.model(bytes_to_arrays(config["weights"]))
+    score = 1.0 - predict_proba(model, val)[:, 0] if len(val) else np.empty(0)
+    is_attack = val.window_labels.numpy() != 0  # class 0 is "normal" in every task
+    edges = score_edges(int(config["bins"]))
+    return {"histogram": ScoreHistogram.of(score, is_attack, edges).to_bytes()}
 
 
 class SupervisedTask(Task):
@@ -25,8 +58,37 @@ class SupervisedTask(Task):
             is_attack = val.is_attack[windows.val.ends.numpy()]
             detector.threshold_ = best_f1_threshold(is_attack, detector.decision_function(windows.val))
 
+    def site_answers(self):
+        return {SCORE_HISTOGRAM: _score_histogram_answer}
+
+    def declared_answers(self, server):
+        bins = SCORE_BINS
+        return {SCORE_HISTOGRAM: {"histogram": npz_check({
+            "normal": ((bins,), "iu"), "anomalous": ((bins,), "iu")})}}
+
     def federated_detector(self, server, ask, mode: str = "federated") -> ModelBundle:
         metadata = {**self.metadata(server.spec, self.cfg.data.protocol, mode),
                     "rounds": max(server.rounds, default=0), "created": time.time()}
-        return self.detector(server.spec, server.preprocessor, server.model(), server.classes,
-                             metadata)
+        detector = self.detector(server.spec, server.preprocessor, server.model(),
+                                 server.classes, metadata)
+        if self.cfg.train.threshold == "val-f1":
+            detector.threshold_ = self.merged_f1_threshold(server, ask)
+        return detector
+
+    def merged_f1_threshold(self, server, ask) -> float:
+        """The threshold of best F1 over every site's validation windows, from their merged
+        score histograms (the fixed threshold if no site holds both classes)."""
+        if ask is None:
+            raise ValueError("train.threshold=val-f1 is calibrated by asking the sites")
+        edges = score_edges()
+        answers = ask({"phase": SCORE_HISTOGRAM, "bins": len(edges),
+                       "preprocessor": json.dumps(server.preprocessor.to_dict()),
+                       "weights": arrays_to_bytes(server.weights)})
+        server.receive(SCORE_HISTOGRAM, answers)
+        merged = merge_all([ScoreHistogram.from_bytes(bytes(a["histogram"]), edges)
+                            for a in answers])
+        if merged.anomalous.sum() == 0 or merged.normal.sum() == 0:
+            log.warning("the sites' validation windows hold only one class; keeping the fixed "
+                        "threshold %.2f", self.cfg.train.fixed_threshold)
+            return self.cfg.train.fixed_threshold
+        return merged.threshold_f_beta(1.0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,12 +67,15 @@ def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainCon
         epochs: int | None = None,
         on_epoch: Callable[[dict], None] | None = None,
         objective: Objective | None = None,
-        dp_steps: tuple[int, int] | None = None) -> History:
+        dp_steps: tuple[int, int] | None = None,
+        dp_released: tuple[float, ...] = ()) -> History:
     """Train in place with Adam; early-stops on validation loss and restores the best weights.
 
-    With `cfg.dp`, every step is DP-SGD over a Poisson-sampled batch; `dp_steps` = (steps already
-    spent, steps planned in all) lets federated rounds share one privacy budget (default: this
-    call's steps only).
+    With `cfg.dp`, every step is DP-SGD over a Poisson-sampled batch, and ε is counted per flow
+    record; `dp_steps` = (steps already spent, steps planned in all) lets federated rounds share
+    one privacy budget (default: this call's steps only); `dp_released` are the noise multipliers
+    of Gaussian releases already made from the same records (DP preprocessing statistics),
+    which the budget includes.
     """
     reporter = reporter or Reporter()
     torch.set_num_threads(cfg.threads)
@@ -90,7 +94,8 @@ def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainCon
         raise ValueError("no training windows (fewer records than the window length?)")
     n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
     step = _Step(model, objective, cfg,
-                 _DPState(cfg, n, n_batches, n_epochs, dp_steps, model, objective, generator)
+                 _DPState(cfg, train_d, n_batches, n_epochs, dp_steps, model, objective,
+                          generator, dp_released)
                  if cfg.dp else None)
     history = History()
     stopping = _EarlyStopping(cfg.patience if val is not None else None)
@@ -187,20 +192,30 @@ class _EarlyStopping:
 
 
 class _DPState:
-    """Sampling, noise calibration and accounting of one DP-SGD training call."""
+    """Sampling, noise calibration and accounting of one DP-SGD training call, per flow record:
+    a record inside k training windows is a group of k (`privacy.sgd_rdp`), and Gaussian
+    releases of the same records made before training (`released`) count in the same budget."""
 
-    def __init__(self, cfg: TrainConfig, n: int, steps_per_epoch: int, epochs: int,
+    def __init__(self, cfg: TrainConfig, train: WindowSet, steps_per_epoch: int, epochs: int,
                  dp_steps: tuple[int, int] | None, model: nn.Module, objective: Objective,
-                 generator: torch.Generator):
+                 generator: torch.Generator, released: tuple[float, ...] = ()):
         if not isinstance(model, LSTMClassifier) or type(objective) is not Objective:
             raise ValueError("DP-SGD is implemented for the LSTM classifier's objective only")
-        self.privacy, self.cfg, self.n, self.generator = privacy, cfg, n, generator
+        self.privacy, self.cfg, self.n = privacy, cfg, len(train)
+        # Whoever knows the run seed (the server sends it) could replay seeded sampling and
+        # noise and subtract the noise: both come from the OS unless asked to be reproducible.
+        self.generator = generator if cfg.dp_seeded_noise else \
+            torch.Generator().manual_seed(secrets.randbits(63))
         self.loss_fn = objective.loss_fn
-        self.sample_rate = min(cfg.batch_size / n, 1.0)
+        self.sample_rate = min(cfg.batch_size / self.n, 1.0)
+        self.windows_per_flow = max(train.max_windows_per_record(), 1)
+        self.n_records = len(train.features)
+        self.released = tuple(released)
         self.done, planned = dp_steps or (0, epochs * steps_per_epoch)
-        self.delta = cfg.dp_delta or 1.0 / n
+        self.delta = cfg.dp_delta or privacy.default_delta(self.n_records)
         self.noise = cfg.dp_noise_multiplier if cfg.dp_target_epsilon is None else \
-            privacy.noise_for_epsilon(cfg.dp_target_epsilon, self.delta, self.sample_rate, planned)
+            privacy.noise_for_epsilon(cfg.dp_target_epsilon, self.delta, self.sample_rate, planned,
+                                      self.windows_per_flow, self.released)
         self.planned = planned
 
     def next_batch(self, device: torch.device) -> torch.Tensor:
@@ -215,9 +230,15 @@ class _DPState:
                                         proximal_mu)
 
     def epsilon(self) -> float:
-        return self.privacy.epsilon(self.sample_rate, self.noise, self.done, self.delta)
+        """ε per flow record so far."""
+        return self.privacy.epsilon(self.sample_rate, self.noise, self.done, self.delta,
+                                    self.windows_per_flow, self.released)
 
     def summary(self) -> dict:
-        return {"epsilon": self.epsilon(), "delta": self.delta, "noise_multiplier": self.noise,
+        return {"epsilon": self.epsilon(), "delta": self.delta, "unit": "flow",
+                "windows_per_flow": self.windows_per_flow, "n_records": self.n_records,
+                "window_epsilon": self.privacy.epsilon(self.sample_rate, self.noise, self.done,
+                                                       self.delta),
+                "released_noise": list(self.released), "noise_multiplier": self.noise,
                 "max_grad_norm": self.cfg.dp_max_grad_norm, "sample_rate": self.sample_rate,
                 "steps": self.done, "planned_steps": self.planned}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.utils import get_noise_multiplier
@@ -22,23 +23,94 @@ from torch import nn
 from fedlstm.models.lstm import LSTMClassifier
 
 _ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+# Group privacy divides the orders by up to 2^c; higher orders keep the converted curve fine.
+_GROUP_ORDERS = _ORDERS + [64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024]
 
 
-def epsilon(sample_rate: float, noise_multiplier: float, steps: int, delta: float) -> float:
-    """ε(δ) after `steps` Poisson-subsampled Gaussian steps (Opacus RDP analysis)."""
+def default_delta(n_records: int) -> float:
+    """δ well below 1/n: a mechanism that publishes one record outright is (0, 1/n)-DP, so δ
+    must be much smaller than 1/n to mean anything. Records, not windows, are counted."""
+    return 1.0 / (10 * max(n_records, 1))
+
+
+def sgd_rdp(sample_rate: float, noise_multiplier: float, steps: int,
+            windows_per_flow: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(orders, RDP) of `steps` Poisson-subsampled Gaussian steps, for one flow (record).
+
+    Opacus's analysis bounds what one training *window* reveals. A flow inside k windows is
+    a group of k windows: RDP group privacy (Mironov 2017, Prop. 11) turns (α, ε)-RDP per
+    window into (α/2^c, 3^c·ε)-RDP per group of up to 2^c windows (α >= 2^(c+1)).
+    """
+    c = math.ceil(math.log2(windows_per_flow)) if windows_per_flow > 1 else 0
+    orders = [a for a in _GROUP_ORDERS if a >= 2 ** (c + 1)] if c else _ORDERS
     if steps == 0:
-        return 0.0
-    if noise_multiplier <= 0:
-        return math.inf
-    rdp = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=steps, orders=_ORDERS)
-    eps, _ = get_privacy_spent(orders=_ORDERS, rdp=rdp, delta=delta)
+        return np.array(orders) / 2 ** c, np.zeros(len(orders))
+    rdp = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=steps,
+                      orders=orders)
+    return np.array(orders) / 2 ** c, 3 ** c * np.asarray(rdp, np.float64)
+
+
+def gaussian_rdp(orders: np.ndarray, noise_multiplier: float) -> np.ndarray:
+    """RDP of one Gaussian release with noise `noise_multiplier` x its L2 sensitivity
+    (the DP preprocessing histogram): α / (2 z²)."""
+    return np.asarray(orders, np.float64) / (2 * noise_multiplier ** 2)
+
+
+def epsilon_of(orders: np.ndarray, rdp: np.ndarray, delta: float) -> float:
+    eps, _ = get_privacy_spent(orders=list(orders), rdp=list(rdp), delta=delta)
     return float(eps)
 
 
-def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    """The noise multiplier that spends exactly `target_epsilon` over `steps` (Opacus)."""
-    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
-                                      sample_rate=sample_rate, steps=steps, accountant="rdp"))
+def epsilon(sample_rate: float, noise_multiplier: float, steps: int, delta: float,
+            windows_per_flow: int = 1, released: tuple[float, ...] = ()) -> float:
+    """ε(δ) after `steps` Poisson-subsampled Gaussian steps (Opacus RDP analysis), for a record
+    inside `windows_per_flow` windows, composed with earlier Gaussian releases of the same
+    records (`released`: their noise multipliers)."""
+    if steps == 0 and not released:
+        return 0.0
+    if noise_multiplier <= 0 and steps:
+        return math.inf
+    orders, rdp = sgd_rdp(sample_rate, noise_multiplier, steps, windows_per_flow)
+    for z in released:
+        rdp = rdp + gaussian_rdp(orders, z)
+    return epsilon_of(orders, rdp, delta)
+
+
+def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                      windows_per_flow: int = 1, released: tuple[float, ...] = ()) -> float:
+    """The noise multiplier that spends `target_epsilon` over `steps` (Opacus's calibration for
+    one window per record; else the same bisection over our per-flow accounting)."""
+    if windows_per_flow <= 1 and not released:
+        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                          sample_rate=sample_rate, steps=steps, accountant="rdp"))
+    if released and epsilon(sample_rate, 1e6, 0, delta, 1, released) >= target_epsilon:
+        raise ValueError(f"the preprocessing release alone spends ε >= {target_epsilon:g}; "
+                         "give DP-SGD a larger target or the preprocessing a smaller ε")
+    return _bisect(lambda z: epsilon(sample_rate, z, steps, delta, windows_per_flow, released),
+                   target_epsilon)
+
+
+def gaussian_noise_for_epsilon(target_epsilon: float, delta: float) -> float:
+    """Noise multiplier of one Gaussian release that spends `target_epsilon` at `delta`."""
+    orders = np.array(_ORDERS)
+    return _bisect(lambda z: epsilon_of(orders, gaussian_rdp(orders, z), delta), target_epsilon)
+
+
+def _bisect(spent, target: float, tolerance: float = 0.005) -> float:
+    """The smallest noise multiplier z (within `tolerance` of ε) with spent(z) <= target;
+    spent decreases with z."""
+    low, high = 0.0, 1.0
+    while spent(high) > target:
+        low, high = high, high * 2
+        if high > 1e7:
+            raise ValueError(f"no noise multiplier reaches ε = {target:g}")
+    while spent(high) < target - tolerance and high - low > 1e-4:
+        middle = (low + high) / 2
+        if spent(middle) > target:
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 def _forward_exposed(model: LSTMClassifier, x: torch.Tensor):
