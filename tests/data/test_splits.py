@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import ID_SPEC
-from fedlstm.config import DataConfig
+from fedlstm.config import DataConfig, RunConfig
 from fedlstm.data.readers import read_records
 from fedlstm.data.registry import DatasetNotFound
 from fedlstm.data.splits import (
@@ -14,8 +14,10 @@ from fedlstm.data.splits import (
     carve_validation,
     drop_duplicates,
     overlap_share,
+    run_protocol,
     stratified_indices,
 )
+from fedlstm.tasks.base import split_metadata
 
 
 def _ids(records) -> list[int]:
@@ -120,10 +122,11 @@ def test_subsampling_is_stratified_and_stays_inside_each_part(id_dataset):
 
 def test_official_protocol_needs_both_files(id_dataset):
     (id_dataset / "ids" / "test.csv").unlink()
-    with pytest.raises(DatasetNotFound, match="needs a test file"):
+    with pytest.raises(DatasetNotFound, match=r"needs a test file \(test.csv\)"):
         build_split(_cfg(id_dataset))
     (id_dataset / "ids" / "train.csv").rename(id_dataset / "ids" / "test.csv")
-    with pytest.raises(DatasetNotFound, match="needs the training file"):
+    # the missing file is named, as published
+    with pytest.raises(DatasetNotFound, match="needs the training file train.csv, found test.csv"):
         build_split(_cfg(id_dataset))
     (id_dataset / "ids" / "test.csv").unlink()
     with pytest.raises(DatasetNotFound, match="no files"):
@@ -204,3 +207,16 @@ def test_subsampling_to_exactly_the_size_keeps_everything(id_dataset):
                                  _cfg(id_dataset, max_train_rows=600), seed=0)
     assert len(own.train) + len(own.val) == 600 and "train_subsampled_to" not in own.notes
 
+
+def test_the_protocol_a_run_names_is_the_one_its_split_ran(id_dataset):
+    """`run_protocol` (what metadata, metrics.json and summaries name, centralised or
+    federated) equals the protocol `build_split` ran, whatever `data.protocol` says."""
+    folder = id_dataset / "ids"
+    own = _cfg(id_dataset, train_files=[str(folder / "train.csv")],
+               test_file=str(folder / "test.csv"))
+    for cfg, expected in ((own, "files"),
+                          (own.model_copy(update={"test_file": None}), "random-split"),
+                          (_cfg(id_dataset), "official"),
+                          (_cfg(id_dataset, protocol="random-split"), "random-split")):
+        assert run_protocol(cfg) == build_split(cfg, seed=0).protocol == expected
+        assert split_metadata(RunConfig(data=cfg))["protocol"] == expected

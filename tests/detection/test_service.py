@@ -42,14 +42,24 @@ def test_health_metrics_and_openapi(client):
     assert "fedlstm_records_total 5" in text and 'fedlstm_score_seconds_bucket{le="+Inf"} 1' in text
 
 
-def test_records_warm_up_per_entity_then_score(client):
-    first = client.post("/score", json=records(8)).json()  # 2 per host: none has W=3 yet
-    assert first["scored"] == 0 and not any(r["scored"] for r in first["results"])
+def _first_scores(model, batch: list[dict]) -> list[float]:
+    """Scores of `batch` sent as the first records of one stream to a new service."""
+    with TestClient(create_app(model)) as c:
+        return [r["score"] for r in c.post("/score", json=batch).json()["results"]]
+
+
+def test_every_record_is_scored_from_its_entitys_first(client, tiny_model):
+    first = client.post("/score", json=records(8)).json()  # 2 per host, fewer than W=3
+    assert first["scored"] == 8 and all(r["scored"] and r["score"] is not None
+                                        for r in first["results"])
     second = client.post("/score", json=records(4, seed=1)).json()  # the third for each host
     assert second["scored"] == 4
     r = second["results"][0]
     assert 0 <= r["score"] <= 1 and r["threshold"] == pytest.approx(client.get("/healthz").json()["threshold"])
     assert r["entity"] == "10.0.0.1"
+    # The histories carry over between requests: as if all 12 had come in one.
+    assert [r["score"] for r in second["results"]] == \
+        _first_scores(tiny_model, records(8) + records(4, seed=1))[8:]
 
 
 def test_invalid_requests_get_clear_4xx_and_change_nothing(client):
@@ -78,7 +88,7 @@ def test_concurrent_requests_are_safe(client):
         responses = list(pool.map(lambda i: client.post("/score", json=records(12, seed=i)), range(16)))
     assert all(r.status_code == 200 for r in responses)
     total = sum(r.json()["scored"] for r in responses)
-    assert total == 16 * 12 - 4 * (3 - 1)  # only each host's first W-1 records go unscored
+    assert total == 16 * 12  # every record, each host's first included
 
 
 _value = st.one_of(st.none(), st.booleans(), st.integers(),
@@ -115,7 +125,7 @@ def test_real_server_on_loopback(tiny_model):
                 break
             time.sleep(0.05)
         r = httpx.post(f"http://127.0.0.1:{port}/score", json=records(12), timeout=10)
-        assert r.status_code == 200 and r.json()["scored"] == 4
+        assert r.status_code == 200 and r.json()["scored"] == 12
     finally:
         server.should_exit = True
         thread.join(10)
@@ -193,12 +203,12 @@ def test_unknown_paths_add_at_most_one_series(client):
 
 
 def test_counters_keep_their_names_for_dashboards(client):
-    client.post("/score", json=records(8))
+    alerts = client.post("/score", json=records(8)).json()["alerts"]
     client.post("/score", json=[{"bytes": "lots"}])
     text = client.get("/metrics").text
     value = lambda name: sum(s.value for s in _samples(text, name))  # noqa: E731
     assert value("fedlstm_records_total") == 8 and value("fedlstm_records_rejected_total") == 1
-    assert value("fedlstm_records_scored_total") == 0 and value("fedlstm_alerts_total") == 0
+    assert value("fedlstm_records_scored_total") == 8 and value("fedlstm_alerts_total") == alerts
     assert value("fedlstm_score_seconds_count") == 2
     assert {s.labels["status"] for s in _samples(text, "fedlstm_requests_total")} == {"200", "422"}
 
@@ -243,18 +253,34 @@ def test_other_streams_do_not_change_a_streams_scores(tiny_model, entity):
     assert sum(s is not None for s in got) >= 4 and got == expected
 
 
+def _joined(model) -> dict[str, float]:
+    """The score of records(1) as a history's first record ("new"), and after records(2) or
+    records(1, seed=1): a record's score shows which history it joined."""
+    seen = {"new": _first_scores(model, records(1))[0],
+            "after 2": _first_scores(model, records(2) + records(1))[2],
+            "after other": _first_scores(model, records(1, seed=1) + records(1))[1]}
+    assert len(set(seen.values())) == 3
+    return seen
+
+
+def _score(response) -> float:
+    return response.json()["results"][0]["score"]
+
+
 def test_a_stream_defaults_to_the_client_address(tiny_model):
     model = _without_entity(tiny_model)
+    joined = _joined(model)
+    other = _first_scores(model, records(1, seed=1))[0]
     app = create_app(model)
     with TestClient(app, client=("192.0.2.1", 1)) as one, \
             TestClient(app, client=("192.0.2.2", 1)) as two:
         first = one.post("/score", json=records(2)).json()
         assert first["stream"] == "192.0.2.1"
-        assert two.post("/score", json=records(1)).json()["scored"] == 0  # its own history
-        assert one.post("/score", json=records(1)).json()["scored"] == 1
-        named = one.post("/score", json=records(1), params={"stream": "192.0.2.2"}).json()
+        assert _score(two.post("/score", json=records(1, seed=1))) == other  # its own history
+        assert _score(one.post("/score", json=records(1))) == joined["after 2"]
+        named = one.post("/score", json=records(1), params={"stream": "192.0.2.2"})
         # a name never reaches the history of the address it spells
-        assert named["stream"] == "192.0.2.2" and named["scored"] == 0
+        assert named.json()["stream"] == "192.0.2.2" and _score(named) == joined["new"]
         assert one.post("/score", json=records(1), params={"stream": "x" * 200}).status_code == 422
 
 
@@ -264,5 +290,7 @@ def test_stream_histories_are_bounded(tiny_model):
         for name in ("s1", "s2", "s3"):  # W-1 records each: a history per stream
             c.post("/score", json=records(2), params={"stream": name})
         assert len(c.app.state.scorer._tails) == 2
-        assert c.post("/score", json=records(1), params={"stream": "s1"}).json()["scored"] == 0
-        assert c.post("/score", json=records(1), params={"stream": "s3"}).json()["scored"] == 1
+        joined = _joined(model)
+        assert _score(c.post("/score", json=records(1), params={"stream": "s1"})) == joined["new"]
+        assert _score(c.post("/score", json=records(1), params={"stream": "s3"})) == \
+            joined["after 2"]

@@ -82,7 +82,7 @@ def test_tls_serves_https_with_the_given_certificate(tiny_model, tmp_path):
     with serving(create_app(tiny_model), tls_cert=cert, tls_key=key) as port:
         r = httpx.post(f"https://127.0.0.1:{port}/score", json=records(12), verify=trust,
                        timeout=10)
-        assert r.status_code == 200 and r.json()["scored"] == 4
+        assert r.status_code == 200 and r.json()["scored"] == 12
         with pytest.raises(httpx.HTTPError):  # no plain-text fallback on the TLS port
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
 

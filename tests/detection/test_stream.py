@@ -20,18 +20,18 @@ from fedlstm.detection.stream import AlertWriter, StreamScorer, detect
 
 
 def _reference_scores(model: ModelBundle, frame: pd.DataFrame, entity: np.ndarray) -> np.ndarray:
-    """Per entity, in arrival order: W consecutive records of that entity, scored at once."""
+    """Per entity, in arrival order: W consecutive records of that entity, scored at once; an
+    entity's first W-1 records in windows left-padded with its first record."""
     x = model.preprocessor.transform(frame)
     out = np.full(len(frame), np.nan)
     w = model.window
     for host in pd.unique(entity):
         rows = np.flatnonzero(entity == host)
-        if len(rows) < w:
-            continue
-        windows = np.stack([x[rows[i - w + 1:i + 1]] for i in range(w - 1, len(rows))])
+        padded = np.r_[np.repeat(rows[:1], w - 1), rows]
+        windows = np.stack([x[padded[i:i + w]] for i in range(len(rows))])
         with torch.no_grad():
             p = torch.softmax(model.model(torch.from_numpy(windows)), 1).numpy()
-        out[rows[w - 1:]] = 1 - p[:, 0]
+        out[rows] = 1 - p[:, 0]
     return out
 
 
@@ -44,7 +44,7 @@ def test_scores_do_not_depend_on_chunking_and_follow_entities(tiny, tiny_model):
         got = np.concatenate([scorer.score(c.frame, c.entity).score
                               for c in FlowReader(flows, tiny_model.spec, chunk_bytes=chunk_bytes)])
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, equal_nan=True)
-    assert np.isnan(expected).sum() == 4 * (tiny_model.window - 1)  # warm-up per host
+    assert tiny_model.window > 1 and not np.isnan(expected).any()  # every record scored
 
 
 def test_without_entity_matches_bundle_windows(tiny_model):
@@ -54,7 +54,7 @@ def test_without_entity_matches_bundle_windows(tiny_model):
     frame = frame.astype({"bytes": np.float32, "rate": np.float32})
     scores = StreamScorer(model, explain_top=0).score(frame)
     expected = model.decision_function(model.windows(type("R", (), {"frame": frame, "__len__": lambda s: 50})()))
-    np.testing.assert_allclose(scores.score[model.window - 1:], expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scores.score, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_entity_table_is_bounded(tiny_model):
@@ -82,7 +82,7 @@ def test_alerts_jsonl_and_csv_carry_location_score_and_top_features(tiny, tiny_m
     buf = io.StringIO()
     detect(tiny_model, [flows], AlertWriter(buf, "csv", tiny_model.class_names), all_records=True)
     table = pd.read_csv(io.StringIO(buf.getvalue()))
-    assert len(table) == 800 - 4 * (tiny_model.window - 1)
+    assert len(table) == 800  # every record, the first of each host's included
     assert {"file", "line", "score", "top_features", "p_normal"} <= set(table.columns)
 
 
@@ -165,5 +165,5 @@ def test_follow_reads_across_log_rotation(tiny_model, tmp_path):
     assert summary.files[0]["rotations"] == 1
     out = [json.loads(line) for line in sink.getvalue().splitlines()]
     # Windows run on across the rotation (one stream); line numbers restart in the new file.
-    assert summary.scored == 90 - 4 * (tiny_model.window - 1) == len(out)
+    assert summary.scored == 90 == len(out)
     assert [o["line"] for o in out][-40:] == list(range(2, 42))

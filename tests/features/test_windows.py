@@ -4,7 +4,7 @@ import torch
 
 from fedlstm.config import RunConfig
 from fedlstm.data.splits import build_split
-from fedlstm.features.windows import make_windows, window_ends
+from fedlstm.features.windows import make_windows, segment_starts, window_ends
 from fedlstm.tasks import task_for
 from fedlstm.tasks.base import windows_of
 
@@ -13,10 +13,11 @@ def test_window_holds_consecutive_records_and_last_label():
     x = np.arange(20, dtype=np.float32).reshape(10, 2)
     y = np.arange(10)
     ws = make_windows(x, y, window=3, stride=2)
-    assert ws.ends.tolist() == [2, 4, 6, 8]
+    assert ws.ends.tolist() == [1, 3, 5, 7, 9]  # counted back from the last record
     xb, yb = ws.batch(torch.tensor([0, 3]))
-    np.testing.assert_array_equal(xb[1].numpy(), x[6:9])
-    assert yb.tolist() == [2, 8]
+    np.testing.assert_array_equal(xb[1].numpy(), x[5:8])
+    np.testing.assert_array_equal(xb[0].numpy(), x[[0, 0, 1]])  # padded with record 0
+    assert yb.tolist() == [1, 7]
 
 
 def test_window_of_one_is_a_record():
@@ -26,10 +27,32 @@ def test_window_of_one_is_a_record():
 
 def test_windows_never_cross_segments():
     segments = np.array([0, 0, 0, 1, 1, 1, 1, 0, 0, 0])
-    ends = window_ends(len(segments), 3, segments=segments)
-    for end in ends:
-        assert len(set(segments[end - 2:end + 1])) == 1
-    assert ends.tolist() == [2, 5, 6, 9]
+    assert segment_starts(10, segments).tolist() == [0, 0, 0, 3, 3, 3, 3, 7, 7, 7]
+    ws = make_windows(np.arange(10, dtype=np.float32)[:, None], np.arange(10), 3, segments=segments)
+    assert ws.ends.tolist() == list(range(10))  # every record ends one window
+    x = ws.batch(torch.arange(10))[0][..., 0].long()
+    for end, records in enumerate(x.tolist()):
+        assert len(set(segments[records])) == 1 and records[-1] == end
+    # A segment's first W-1 records are left-padded with its first record.
+    assert x[3].tolist() == [3, 3, 3] and x[4].tolist() == [3, 3, 4] and x[8].tolist() == [7, 7, 8]
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_strided_windows_end_each_segment_and_cover_it(stride):
+    segments = np.array([0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 2])
+    ends = window_ends(len(segments), 3, stride, segments=segments)
+    assert {2, 6, 9, 10} <= set(ends.tolist())  # every segment's last record
+    if stride == 3:  # stride W: each record in exactly one window, short segments included
+        assert ends.tolist() == [2, 3, 6, 9, 10]
+        ws = make_windows(np.zeros((11, 1)), np.zeros(11), 3, stride, segments=segments)
+        assert ws.max_windows_per_record() == 1
+
+
+def test_a_window_of_one_ignores_segments():
+    segments = np.array([0, 1, 1, 2])
+    ws = make_windows(np.arange(4, dtype=np.float32)[:, None], np.arange(4), 1, segments=segments)
+    assert ws.ends.tolist() == [0, 1, 2, 3]
+    assert ws.batch(torch.arange(4))[0][:, :, 0].tolist() == [[0], [1], [2], [3]]
 
 
 def test_invalid_window_is_rejected():
@@ -80,31 +103,32 @@ def test_no_window_mixes_records_of_two_splits(id_dataset, protocol):
 
 def test_a_subset_keeps_the_records_and_picks_windows():
     ws = make_windows(np.arange(20, dtype=np.float32).reshape(10, 2), np.arange(10), window=3)
-    part = ws.subset(np.array([0, 4]))
+    part = ws.subset(np.array([2, 6]))
     assert part.ends.tolist() == [2, 6] and part.window == 3 and part.features is ws.features
     assert part.window_labels.tolist() == [2, 6]
     moved = ws.to("cpu")
     assert torch.equal(moved.features, ws.features) and torch.equal(moved.ends, ws.ends)
-    assert torch.equal(moved.labels, ws.labels) and moved.window == 3 and len(moved) == 8
+    assert torch.equal(moved.labels, ws.labels) and moved.window == 3 and len(moved) == 10
 
 
 def test_windows_per_record_counts_the_deepest_overlap():
     ws = make_windows(np.zeros((10, 1)), np.zeros(10), window=3)
     assert ws.max_windows_per_record() == 3
-    assert ws.subset(np.array([0])).max_windows_per_record() == 1  # records 0..2 once each
-    assert ws.subset(np.array([0, 1])).max_windows_per_record() == 2
-    assert ws.subset(np.array([7])).max_windows_per_record() == 1  # the last window
-    assert ws.subset(np.array([0, 7])).max_windows_per_record() == 1
+    assert ws.subset(np.array([2])).max_windows_per_record() == 1  # records 0..2 once each
+    assert ws.subset(np.array([2, 3])).max_windows_per_record() == 2
+    assert ws.subset(np.array([9])).max_windows_per_record() == 1  # the last window
+    assert ws.subset(np.array([2, 9])).max_windows_per_record() == 1
+    assert ws.subset(np.array([0, 1, 2])).max_windows_per_record() == 3  # record 0, padded
 
 
 def test_windows_of_a_pooled_split_stay_inside_their_segment():
     segments = np.array([0, 0, 0, 1, 1, 1, 1, 0, 0, 0])
     ws = make_windows(np.zeros((10, 1)), np.arange(10), 3, segments=segments)
-    assert ws.ends.tolist() == [2, 5, 6, 9] and ws.window_labels.tolist() == [2, 5, 6, 9]
+    assert ws.ends.tolist() == list(range(10)) and ws.window_labels.tolist() == list(range(10))
     assert ws.features.dtype == torch.float32 and ws.labels.dtype == torch.int64
     with pytest.raises(ValueError, match="features and labels differ in length"):
         make_windows(np.zeros((3, 1)), np.zeros(2), 1)
     with pytest.raises(ValueError, match=r"window and stride must be >= 1 \(got window=2, stride=0\)"):
         window_ends(10, 2, stride=0)
     ws = make_windows(np.zeros((10, 1)), np.zeros(10), window=3)
-    assert ws.subset(np.array([0, 5, 6, 7])).max_windows_per_record() == 3  # deepest after a gap
+    assert ws.subset(np.array([2, 7, 8, 9])).max_windows_per_record() == 3  # deepest after a gap

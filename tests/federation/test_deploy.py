@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 from cryptography import x509
@@ -109,8 +110,9 @@ def federation(tmp_path_factory):
 def test_deployment_with_tls_and_supernode_auth(federation, datasets_dir, tmp_path):
     # No federated evaluation: it costs every SuperNode one more ClientApp process (Flower starts
     # one per message), and its message path is that of fit, which this test covers.
+    # The detector users get by default: the hybrid (its calibration questions go over TLS too).
     cfg = load_config(None, ["data.max_train_rows=3000", "model.hidden_size=16",
-                             "federation.evaluate_clients=false"],
+                             "federation.evaluate_clients=false", "detector=hybrid"],
                       data__dataset="nsl-kdd", data__data_dir=str(datasets_dir),
                       federation__clients=2, federation__rounds=1, federation__local_epochs=1)
     out = tmp_path / "run"
@@ -131,6 +133,7 @@ def test_deployment_with_tls_and_supernode_auth(federation, datasets_dir, tmp_pa
     assert set(metrics["evaluations"]) == {"test", "test-21"}
     bundle = ModelBundle.load(out / "model.fedlstm")
     assert bundle.metadata["mode"] == "federated" and bundle.metadata["rounds"] == 1
+    assert type(bundle).__name__ == "HybridDetector" and np.isfinite(bundle.anomaly_threshold_)
     for name in ("config.json", "round_curves.png", "roc.png", "confusion_test.png",
                  "checkpoints/last.pt"):
         assert (out / name).exists(), name

@@ -60,7 +60,7 @@ def test_dp_training_spends_no_more_than_the_target_and_still_learns():
     assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
 
 
-def _run(datasets_dir, tmp_path, **federation):
+def _run(datasets_dir, tmp_path, detector="supervised", **federation):
     from flwr.simulation import run_simulation
 
     from fedlstm.federation.apps import make_client_app, make_server_app
@@ -69,7 +69,7 @@ def _run(datasets_dir, tmp_path, **federation):
     from fedlstm.federation.sites import federated_data
 
     cfg = RunConfig.model_validate({
-        "data": {"data_dir": str(datasets_dir), "max_train_rows": 1500},
+        "detector": detector, "data": {"data_dir": str(datasets_dir), "max_train_rows": 1500},
         "windows": {"window": 2}, "model": {"hidden_size": 8},
         "federation": {"clients": 3, "rounds": 1, "evaluate_clients": False,
                        "server_test_curves": False, **federation}})
@@ -85,8 +85,11 @@ def _run(datasets_dir, tmp_path, **federation):
 
 @pytest.mark.parametrize("mode", ["plain", "secagg+dp"])
 def test_server_receives_only_aggregates(datasets_dir, tmp_path, mode):
+    # secagg+dp runs the hybrid detector (the default one): its calibration questions, too,
+    # are answered with aggregates only
     federation = {"secagg": True, "client_dp": True, "client_dp_noise": 0.1} if mode != "plain" else {}
-    task, sizes = _run(datasets_dir, tmp_path, **federation)
+    detector = "hybrid" if mode != "plain" else "supervised"
+    task, sizes = _run(datasets_dir, tmp_path, detector, **federation)
     log = task.audit.log
     received = [m for m in log if m.direction == "received"]
     assert received and task.weights is not None
@@ -98,7 +101,8 @@ def test_server_receives_only_aggregates(datasets_dir, tmp_path, mode):
         assert m.nbytes < 2 * model_bytes + 200_000, m  # bounded by model + statistics size
         if m.message_type == "get_properties":
             answer = {k.split("/")[-1] for k in m.config if k.startswith("getpropertiesres.properties")}
-            assert answer == {"statistics", "client"}
+            # preprocessing statistics; the hybrid's sums for μ, Σ and its score histogram
+            assert answer - {"client"} in ({"statistics"}, {"error_stats"}, {"histogram"})
     individual = [a for m in received if m.message_type == "train" for a in m.float_arrays
                   if tuple(a.shape) in model_shapes]
     if mode == "plain":

@@ -36,10 +36,13 @@ def test_federate_one_client_per_site_file_or_folder(tmp_path):
     parts = {p["client"]: p["rows"] for p in metrics["partitions"]}
     assert parts == {"site-0-site-a.csv": 500, "site-1-site-b.csv": 400, "site-2-site-c": 400}
     assert set(metrics["rounds"][-1]["clients_fit"]) == set(parts)
-    # every held-out record that ends a window of its host (4 hosts, W = 3) is scored
-    assert metrics["evaluations"]["test"]["binary"]["n"] == 300 - 4 * (3 - 1)
+    # every held-out record is scored, each host's first W-1 = 2 included
+    assert metrics["evaluations"]["test"]["binary"]["n"] == 300
     bundle = ModelBundle.load(out / "model.fedlstm")
     assert bundle.spec.name == "tiny-flows" and bundle.window == 3
+    # Trained on the sites' files, tested on the held-out one: protocol `files` everywhere.
+    assert metrics["protocol"] == "files" and "/ protocol files /" in result.output
+    assert bundle.metadata["protocol"] == bundle.metadata["split"]["protocol"] == "files"
 
 
 def test_files_partition_needs_several_sites(tmp_path):

@@ -20,7 +20,9 @@ def test_quick_reproduction_writes_the_report_and_resumes(datasets_dir, tmp_path
     for heading in ("Table I", "Table II", "QUICK PROFILE", "Fig. 5", "Fig. 6", "Fig. 7", "Fig. 8",
                     "protocol `official`", "protocol `random-split`", "Wall time",
                     "Non-IID sites", "Privacy–utility", "Unsupervised detection",
-                    "Train/test overlap", "Run-to-run noise is not measured"):
+                    "Train/test overlap", "Run-to-run noise is not measured", "Targets",
+                    "Fed-LSTM: novelty part", "Attack types unseen in training",
+                    "The alert budget's trade-off", "Fig. 9"):
         assert heading in report
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5  # self-contained
@@ -29,8 +31,14 @@ def test_quick_reproduction_writes_the_report_and_resumes(datasets_dir, tmp_path
     assert methods == set(METHODS)
     assert any(s["key"].startswith("networks-ab") for s in steps)
     extras = {s["key"]: s for s in steps if "kind" in s and s["kind"] != "overlap"}
-    assert set(extras) == {"noniid--fedavg--s0", "noniid--fedprox--s0", "privacy--eps1--s0",
-                           "privacy--eps8--s0", "anomaly--nsl-kdd--s0"}
+    assert set(extras) == {"noniid--iid--s0", "noniid--fedavg--s0", "noniid--fedprox--s0",
+                           "privacy--eps1--s0", "privacy--eps8--s0", "privacy--epsinf--s0",
+                           "anomaly--nsl-kdd--s0"}
+    fed = next(s for s in steps if s.get("key") == "nsl-kdd--official--fed-lstm--s0")
+    assert fed["config"]["detector"] == "hybrid" and {"supervised", "anomaly"} <= set(
+        fed["evaluations"]["test"]["parts"])
+    assert fed["evaluations"]["test"]["unseen"]["n"] > 0  # Test+ holds attack types unseen in training
+    assert [p["default"] for p in fed["budget_curve"]].count(True) == 1
     overlap = {s["key"]: s for s in steps if s.get("kind") == "overlap"}
     assert overlap["overlap--kdd99--official"]["tests"]["test"]["overlap"] > 0.3
     assert all(s["fingerprint"]["profile"] == "quick" for s in steps)

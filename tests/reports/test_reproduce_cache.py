@@ -20,7 +20,7 @@ def _profiles(monkeypatch):
 
 
 def _run(out, root, profile="tiny"):
-    rep.reproduce(out, profile, str(root), datasets=["ids"], methods=["logreg"])
+    rep.reproduce(out, profile, str(root), datasets=["ids"], methods=["logreg"], jobs=1)
     return json.loads((out / "steps" / f"{STEP}.json").read_text())
 
 

@@ -27,7 +27,9 @@ def _data(n=600, window=4, stride=1):
 def test_windows_per_record(window, stride, expected):
     data = make_windows(np.zeros((40, 2)), np.zeros(40), window, stride)
     assert data.max_windows_per_record() == expected
-    assert make_windows(np.zeros((2, 2)), np.zeros(2), 3).max_windows_per_record() == 0
+    assert make_windows(np.zeros((0, 2)), np.zeros(0), 3).max_windows_per_record() == 0
+    # Two records, W = 3: both windows hold record 0 (the second as padding).
+    assert make_windows(np.zeros((2, 2)), np.zeros(2), 3).max_windows_per_record() == 2
 
 
 def test_group_privacy_follows_mironov_proposition_11():
@@ -104,7 +106,7 @@ def test_the_site_windows_of_a_dp_task_follow_the_choice():
         pre = task.fit_preprocessor(SYNTHETIC_SPEC, recs)
         site = task.site_windows(recs, recs, pre, task.class_names(SYNTHETIC_SPEC))
         assert site.train.max_windows_per_record() == 4 // expected
-        assert len(site.val) == 200 - 3  # evaluation windows still end at every record
+        assert len(site.val) == 200  # evaluation windows still end at every record
 
 
 def test_noise_and_sampling_do_not_come_from_the_run_seed_unless_asked():

@@ -14,9 +14,12 @@ from fedlstm.training.objectives import Objective, predict_proba
 
 
 def _windows(n, seed, window=4):
+    """Unpadded windows only (ending at record W-1 on): the windows the batch counts and loss
+    trajectories below were chosen on; padding is tested in tests/features."""
     recs = synthetic_records(n, seed)
     pre = FlowPreprocessor(["bytes", "rate"], ["flag", "proto"]).fit(synthetic_records(400, 99).frame)
-    return make_windows(pre.transform(recs.frame), recs.is_attack, window), pre.n_features_out
+    data = make_windows(pre.transform(recs.frame), recs.is_attack, window)
+    return data.subset(np.arange(window - 1, len(data))), pre.n_features_out
 
 
 def test_training_learns_and_records_history():
@@ -242,11 +245,11 @@ def test_the_loop_reports_every_epoch_and_batch_count():
             on_epoch=hooked.append)
         assert starts[-1] == (2, batches)
     assert [r["epoch"] for r in seen[:2]] == [1, 2] and hooked[:2] == seen[:2]
-    one = make_windows(np.zeros((4, d), np.float32), np.zeros(4), 4)
+    one = make_windows(np.zeros((1, d), np.float32), np.zeros(1), 4)  # one padded window
     assert len(fit(build_model("lstm", d, 2, hidden_size=4), one, None, TrainConfig(epochs=1),
                    n_classes=2).epochs) == 1  # a single window trains
     with pytest.raises(ValueError, match="no training windows"):
-        fit(build_model("lstm", d, 2), make_windows(np.zeros((2, d)), np.zeros(2), 4), None,
+        fit(build_model("lstm", d, 2), make_windows(np.zeros((0, d)), np.zeros(0), 4), None,
             TrainConfig(), n_classes=2)
 
 

@@ -78,12 +78,22 @@ def test_degenerate_sets_score_zero_not_one():
     assert quiet["confusion_matrix"] == [[2, 0], [0, 0]] and quiet["accuracy"] == 1.0
 
 
-def test_classes_absent_from_a_test_set_still_count_in_the_macro_average():
+def test_classes_absent_from_a_test_set_do_not_count_in_the_macro_average():
     m = multiclass_metrics(np.array([0, 0, 0]), np.array([0, 0, 0]), ["normal", "dos"])
     assert m["per_class"]["dos"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
-    assert m["macro"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5}
+    assert m["macro"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
     assert m["confusion_matrix"] == [[3, 0], [0, 0]]
     assert m["weighted"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+    # The case: every present class scores >= 0.98, two families have no test rows.
+    y = np.r_[np.zeros(100), np.ones(50), np.full(50, 2)].astype(int)
+    pred = y.copy()
+    pred[0] = 1  # one normal record taken for dos
+    m = multiclass_metrics(y, pred, ["normal", "dos", "probe", "r2l", "u2r"])
+    present = [m["per_class"][c]["f1"] for c in ("normal", "dos", "probe")]
+    assert min(present) > 0.98 and m["macro"]["f1"] == pytest.approx(np.mean(present))
+    # A prediction of an absent class still costs the present class it was taken from.
+    wrong = multiclass_metrics(np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1]), ["n", "a", "b"])
+    assert wrong["macro"]["recall"] == pytest.approx((0.5 + 1) / 2)
 
 
 def test_a_cut_that_flags_no_attack_is_never_the_best():

@@ -235,6 +235,13 @@ def useless_model_warnings(metrics: dict) -> list[str]:
     return out
 
 
+def comparison_warnings(summary: dict) -> list[str]:
+    """`useless_model_warnings` of every model of a `--compare` run, each named."""
+    return [f"{method}: {warning}" for method, scores in summary["methods"].items()
+            for warning in useless_model_warnings(
+                {"evaluations": {t: {"binary": sc} for t, sc in scores.items()}})]
+
+
 def print_summary(metrics: dict) -> None:
     out_console.print(summary_table(metrics))
     for warning in useless_model_warnings(metrics):

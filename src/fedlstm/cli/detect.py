@@ -138,7 +138,7 @@ def _render_summary(s: dict, out: Path | None) -> None:
     rate = f" ({s['records_per_second']:,} records/s)" if s["records_per_second"] else ""
     predicted = f" {s['predicted']}" if s["predicted"] else ""
     console.print(Text.assemble(
-        f"{s['records']:,} records, {s['scored']:,} scored, {s['warming_up']:,} warming up, ",
+        f"{s['records']:,} records, {s['scored']:,} scored, ",
         (f"{s['alerts']:,} alerts", "bold"), f"{predicted} in {s['seconds']:.2f}s{rate}",
         f"; alerts in {out}" if out else ""))
     if s.get("unlabelled"):

@@ -48,6 +48,7 @@ from fedlstm.cli.common import (
     Window,
     byo_overrides,
     command_line,
+    comparison_warnings,
     console,
     data_label,
     fail,
@@ -280,8 +281,8 @@ def federate(
             command = command_line()
             with console.status("federated training (Flower simulation engine)...") as status:
                 if compare:
-                    run_comparison(cfg, out, overwrite=overwrite, command=command,
-                                   progress=lambda text: status.update(Text(text)))
+                    summary = run_comparison(cfg, out, overwrite=overwrite, command=command,
+                                             progress=lambda text: status.update(Text(text)))
                 else:
                     run_federated(cfg, out, overwrite=overwrite, resume=resume, command=command)
             report = (out / "comparison.md").read_text() if compare else None
@@ -294,6 +295,8 @@ def federate(
         fail(exc)
     if compare:
         out_console.print(Text(report))
+        for warning in comparison_warnings(summary):
+            console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
         out_console.print(Text(f"comparison written to {out}"))
         return
     print_rounds(metrics["rounds"])
@@ -330,13 +333,16 @@ def privacy_utility(
 
 @app.command()
 def reproduce(
-    profile: Annotated[str, typer.Option(help="quick (smoke test, <= 3 min) | full (<= 15 min)")] = "full",
+    profile: Annotated[str, typer.Option(help="quick (smoke test, <= 3 min) | full (every row, 3 seeds)")] = "full",
     out: Annotated[Path, typer.Option(help="Report folder (steps are cached there).")] = Path("reports/paper"),
     datasets: Annotated[Optional[list[str]], typer.Option("--dataset", help="Limit to these datasets.")] = None,
     methods: Annotated[Optional[list[str]], typer.Option("--method", help="Limit to these methods.")] = None,
     data_dir: DataDir = None,
+    mirror: Annotated[Optional[str], typer.Option(help="Fetch missing datasets from this base URL or folder (<folder>/<file>) instead of their publishers.")] = None,
+    jobs: Annotated[Optional[int], typer.Option(min=1, help="Centralised steps run side by side (default: one per core, at most 4).")] = None,
 ) -> None:
-    """Reproduce the paper: all datasets x methods x protocols; writes report.md and report.html."""
+    """Reproduce the paper: all datasets x methods x protocols; writes report.md and report.html.
+    Datasets missing from the data folder (default ~/.cache/fedlstm/datasets) are fetched."""
     from fedlstm.reports.reproduce import PROFILES
     from fedlstm.reports.reproduce import reproduce as run
 
@@ -351,7 +357,7 @@ def reproduce(
 
         try:
             path = run(out, profile, data_dir, datasets, methods, progress=report,
-                       command=command_line())
+                       command=command_line(), mirror=mirror, jobs=jobs)
         except (KeyError, OSError, ValueError, RuntimeError) as exc:
             fail(exc)
     out_console.print(Text(f"report written to {path} and {path.with_suffix('.html')}"))

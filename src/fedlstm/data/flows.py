@@ -698,7 +698,8 @@ def read_flow_file(path: str | Path, spec: DatasetSpec, lenient: bool = False,
                  DEFAULT_MAX_BAD_SHARE)
     reader = FlowReader(path, spec, chunk_bytes=chunk_bytes, strict=not lenient,
                         require_label=True, max_bad_share=share,
-                        share_hint=" (a schema file's `max_bad_share` sets the share)")
+                        share_hint=" (`--set data.max_bad_share=...` or a schema file's "
+                                   "`max_bad_share` sets the share)")
     chunks = list(reader)
     if not chunks:
         raise DataFormatError("; ".join(reader.report.errors) or f"{path}: no records")

@@ -21,8 +21,12 @@ class DatasetCorrupt(ValueError):
     pass
 
 
-def data_dir(explicit: str | Path | None = None) -> Path:
-    value = explicit or os.environ.get(DATA_ENV)
+# Where commands that fetch what they miss (`reproduce`) put datasets when no folder is named.
+DEFAULT_DATA = Path("~/.cache/fedlstm/datasets")
+
+
+def data_dir(explicit: str | Path | None = None, default: Path | None = None) -> Path:
+    value = explicit or os.environ.get(DATA_ENV) or default
     if not value:
         raise DatasetNotFound(
             f"no data directory: pass --data-dir or set {DATA_ENV} "

@@ -75,6 +75,15 @@ def carve_validation(records: Records, fraction: float, seed: int) -> tuple[Reco
     return records.take(fit_idx), records.take(val_idx)
 
 
+def run_protocol(cfg: DataConfig) -> str:
+    """The protocol a run's data configuration means, which every output names: `files` (the
+    user's training files, tested on their test file), `random-split` (of the user's files
+    without one, or of a benchmark file), or `official`. `data.protocol` is for benchmarks only."""
+    if cfg.train_files:
+        return "files" if cfg.test_file else "random-split"
+    return cfg.protocol
+
+
 def build_split(cfg: DataConfig, seed: int = 0, carve_val: bool = True) -> Split:
     """`carve_val=False` leaves validation to the caller (federated clients carve their own)."""
     if cfg.train_files:
@@ -94,15 +103,18 @@ def build_split(cfg: DataConfig, seed: int = 0, carve_val: bool = True) -> Split
         present = available_roles(spec, root)
         if "train" not in present:
             tests = [r for r in present if r not in TRAIN_ROLES]
+            wanted = spec.file("train").name
             raise DatasetNotFound(
-                f"{spec.name}: the official protocol needs the training file, found only "
-                f"{tests or 'nothing'} in {root / spec.folder}; fetch it with `fedlstm data fetch "
-                f"{spec.name}` or use --protocol random-split")
+                f"{spec.name}: the official protocol needs the training file {wanted}, found "
+                f"{', '.join(spec.file(r).name for r in tests) or 'no file of this dataset'} in "
+                f"{root / spec.folder}; fetch it with `fedlstm data fetch {spec.name}` or use "
+                "--protocol random-split")
         train = read("train")
         tests = {role: read(role) for role in present if role not in TRAIN_ROLES}
         if not tests:
-            raise DatasetNotFound(f"{spec.name}: the official protocol needs a test file in "
-                                  f"{root / spec.folder}")
+            names = ", ".join(f.name for f in spec.files if f.role not in TRAIN_ROLES)
+            raise DatasetNotFound(f"{spec.name}: the official protocol needs a test file "
+                                  f"({names}) in {root / spec.folder}")
         if cfg.dedup:
             train, removed = drop_duplicates(train)
             notes["duplicates_removed_from_train"] = removed
@@ -158,7 +170,8 @@ def build_split_from_files(spec: DatasetSpec, train_files: str | Path | list,
         raise ValueError("no training file given")
     parts = []
     for f in files:
-        recs, resolved = read_flow_file(f, spec, lenient=cfg.lenient)
+        recs, resolved = read_flow_file(f, spec, lenient=cfg.lenient,
+                                        max_bad_share=cfg.max_bad_share)
         if parts and resolved.feature_columns != parts[0][1].feature_columns:
             raise SchemaError(f"{f}: its columns differ from {files[0]}")
         parts.append((recs, resolved))
@@ -168,8 +181,9 @@ def build_split_from_files(spec: DatasetSpec, train_files: str | Path | list,
     if cfg.dedup:
         whole, notes["duplicates_removed"] = drop_duplicates(whole)
     if test_file is not None:
-        test, _ = read_flow_file(test_file, spec, lenient=cfg.lenient)
-        train, tests, protocol = whole, {"test": test}, "files"
+        test, _ = read_flow_file(test_file, spec, lenient=cfg.lenient,
+                                 max_bad_share=cfg.max_bad_share)
+        train, tests, protocol = whole, {"test": test}, "files"  # = run_protocol's
         notes["test_file"] = str(test_file)
     else:
         rest, test_idx = stratified_indices(whole.family, cfg.test_fraction, seed)

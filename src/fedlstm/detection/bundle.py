@@ -256,7 +256,8 @@ class ModelBundle:
         features = self.preprocessor.transform(records.frame)
         if labels is None:
             labels = np.zeros(len(records), np.int64)
-        return make_windows(features, labels, self.window)
+        return make_windows(features, labels, self.window,
+                            segments=getattr(records, "segment", None))
 
     def predict_proba(self, data: WindowSet) -> np.ndarray:
         return predict_proba(self.model, data)

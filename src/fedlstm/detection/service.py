@@ -5,11 +5,12 @@ Streams. Every request belongs to a stream: the `stream` query parameter, else t
 X-Forwarded-For when the peer is a trusted proxy, 127.0.0.1 by default; behind other proxies,
 name streams). History is kept per (stream, entity), per stream alone when the schema has no
 entity key, so one client's records never enter another's windows. Each record joins its history
-in request order and is scored once W records of that history have arrived; earlier ones come
-back with `scored: false`. At most `max_entities` histories are kept, least recently used evicted
-first, which bounds the number of streams too (a client inventing streams evicts old histories,
-never grows memory). Names are not secrets: any client may write to a stream it can name. A
-request is validated as a whole before it touches any history, so a rejected one changes nothing.
+in request order and is scored at once (a history's first W-1 records in windows left-padded with
+its first record, as in training). At most `max_entities` histories are kept, least recently used
+evicted first, which bounds the number of streams too (a client inventing streams evicts old
+histories, never grows memory). Names are not secrets: any client may write to a stream it can
+name. A request is validated as a whole before it touches any history, so a rejected one changes
+nothing.
 
 Access. With an API key (`create_app(api_key=...)`, `fedlstm serve --api-key-file`), POST /score
 and GET /metrics need `Authorization: Bearer <key>` or `X-API-Key: <key>` (401 otherwise);
@@ -395,7 +396,7 @@ class Metrics:
         self.requests = counter("fedlstm_requests_total", "HTTP requests by route and status.",
                                 ("path", "status"))
         self.records = counter("fedlstm_records_total", "Records received in valid requests.")
-        self.scored = counter("fedlstm_records_scored_total", "Records that ended a full window.")
+        self.scored = counter("fedlstm_records_scored_total", "Records scored.")
         self.alerts = counter("fedlstm_alerts_total", "Records scored at or above the threshold.")
         self.rejected = counter("fedlstm_records_rejected_total", "Records in rejected requests.")
         self.latency = Histogram("fedlstm_score_seconds", "Latency of POST /score.",
@@ -455,7 +456,7 @@ class RequestMetrics:
 class ScoredRecord(BaseModel):
     index: int
     entity: str | None = None
-    scored: bool
+    scored: bool = True  # every record is scored (kept for clients that read it)
     score: float | None = None
     threshold: float
     alert: bool = False
@@ -739,17 +740,10 @@ class _ScoreHandler:
 
     def _respond(self, shown: str, records: list[Record], frame: pd.DataFrame,
                  entity: np.ndarray | None, scores: Scores) -> ScoreResponse:
-        """The response (records still warming up come back with `scored: false`), counted in
-        the metrics."""
-        bundle = self.bundle
-        items = alert_records(bundle, frame, scores, range(len(records)), entity=entity)
-        results = []
-        for i, item in enumerate(items):  # inline, not a call per record: this is the hot path
-            if not scores.scored[i]:
-                results.append(ScoredRecord(index=i, entity=item.get("entity"), scored=False,
-                                            threshold=bundle.threshold_))
-                continue
-            results.append(ScoredRecord(index=i, scored=True, **item))
+        """The response, counted in the metrics."""
+        items = alert_records(self.bundle, frame, scores, range(len(records)), entity=entity)
+        # Inline, not a call per record: this is the hot path.
+        results = [ScoredRecord(index=i, scored=True, **item) for i, item in enumerate(items)]
         n_scored, n_alerts = int(scores.scored.sum()), int(scores.alert.sum())
         self.metrics.records.inc(len(records))
         self.metrics.scored.inc(n_scored)
@@ -822,8 +816,7 @@ def _add_score_route(app: FastAPI, handler: _ScoreHandler, denied: dict) -> None
             records: list[Record] = Body(..., description="Flow records: column -> value",
                                          examples=[[{c: 0 for c in numeric_columns[:3]}]]),
     ) -> ScoreResponse:
-        """Score records; each joins its (stream, entity) history and is scored once W have
-        arrived."""
+        """Score records; each joins its (stream, entity) history and is scored at once."""
         key, shown = _stream_key(request)  # first: a bad stream name is refused before records
         frame, entity, features = handler.validate(records)
         return handler.score(key, shown, records, frame, entity, features)

@@ -2,9 +2,10 @@
 
 `StreamScorer` keeps, per entity (or for the whole stream when the schema has no entity key), the
 last W-1 preprocessed records, so a window is always W consecutive records of one entity in
-arrival order, across chunk boundaries; the first W-1 records of an entity cannot be scored yet
-("warming up"). The entity table is an LRU of at most `max_entities` entries, so memory stays
-bounded; evictions are counted in the summary.
+arrival order, across chunk boundaries. Every record is scored as it arrives: an entity's first
+W-1 records end windows left-padded with its first record, as in training (`features.windows`).
+The entity table is an LRU of at most `max_entities` entries, so memory stays bounded; an evicted
+entity starts again from its next record; evictions are counted in the summary.
 
 Top contributing features of a classifier's alert are integrated gradients (Captum) of the attack
 logit, log(P(attack) / P(normal)), with respect to the alerted (last) record of the window, the
@@ -37,7 +38,7 @@ from captum.attr import IntegratedGradients
 from fedlstm.data.flows import Chunk, FlowReader, label_arrays, unset_labels
 from fedlstm.data.readers import shown
 from fedlstm.detection.bundle import ModelBundle
-from fedlstm.features.windows import WindowSet, window_ends
+from fedlstm.features.windows import WindowSet, segment_starts
 from fedlstm.models.lstm import LSTMClassifier
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 class Scores:
     """Scores of one chunk, aligned with its rows (arrival order)."""
 
-    scored: np.ndarray  # bool: the row ends a full window of its entity
+    scored: np.ndarray  # bool: the row was scored (every row; the service reports it)
     score: np.ndarray  # attack score (NaN where not scored)
     proba: np.ndarray  # class probabilities (NaN rows where not scored)
     alert: np.ndarray  # bool: score >= threshold
@@ -98,24 +99,25 @@ class StreamScorer:
             features = self.bundle.preprocessor.transform(frame)
         codes, keys = _history_keys(n, entity, stream)
         ext, origin, segment = self._join_tails(features, codes, keys)
-        # Segments only matter when there are several: one entity's windows cannot cross any.
-        ends = window_ends(len(ext), self.window, segments=segment if len(keys) > 1 else None)
         self._keep_tails(ext, segment, keys)
+        ends = np.flatnonzero(origin >= 0)  # carried rows were scored with an earlier chunk
         rows = origin[ends]  # the chunk row each window ends on
-        tensor = torch.from_numpy(np.ascontiguousarray(ext, dtype=np.float32))
+        windows = WindowSet(torch.from_numpy(np.ascontiguousarray(ext, dtype=np.float32)),
+                            torch.zeros(len(ext), dtype=torch.int64), torch.from_numpy(ends),
+                            self.window, torch.from_numpy(segment_starts(len(ext), segment)))
         if self.hybrid:
-            result = self._score_hybrid(tensor, ends, rows, n)
+            result = self._score_hybrid(windows, rows, n)
         elif self.unsupervised:
-            result = self._score_distances(tensor, ends, rows, n)
+            result = self._score_distances(windows, rows, n)
         else:
-            result = self._score_classes(tensor, ends, rows, n)
+            result = self._score_classes(windows, rows, n)
         self._mark_unseen(result, features)
         return result
 
     def _join_tails(self, features: np.ndarray, codes: np.ndarray, keys: list
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ext, origin, segment): each entity's carried tail, then its new rows, laid out
-        contiguously, so windows never cross entities (window_ends with segments); `origin` maps
+        contiguously, so windows never cross entities (one segment each); `origin` maps
         rows of `ext` back to chunk rows (-1: carried), `segment` to the entity's index in `keys`.
         The tails are taken out of the table; `_keep_tails` puts the new ones back."""
         n = len(features)
@@ -153,14 +155,11 @@ class StreamScorer:
             self._tails.popitem(last=False)
             self.evicted += 1
 
-    def _score_distances(self, tensor: torch.Tensor, ends: np.ndarray, rows: np.ndarray,
-                         n: int) -> Scores:
+    def _score_distances(self, windows: WindowSet, rows: np.ndarray, n: int) -> Scores:
         """The Mahalanobis detector's scores (larger = more anomalous); it has no classes, so
         the probabilities stay NaN, and it explains its alerts itself."""
-        windows = WindowSet(tensor, torch.zeros(len(tensor), dtype=torch.int64),
-                            torch.from_numpy(ends), self.window)
         score = np.full(n, np.nan)
-        if len(ends):
+        if len(windows):
             score[rows] = self.bundle.decision_function(windows)
         scored = _rows_mask(n, rows)
         alert = scored & (np.nan_to_num(score, nan=-np.inf) >= self.bundle.threshold_)
@@ -171,21 +170,18 @@ class StreamScorer:
             result.top_features = {int(rows[p]): top for p, top in zip(picked, tops)}
         return result
 
-    def _score_hybrid(self, tensor: torch.Tensor, ends: np.ndarray, rows: np.ndarray,
-                      n: int) -> Scores:
+    def _score_hybrid(self, windows: WindowSet, rows: np.ndarray, n: int) -> Scores:
         """The novelty-aware detector: the classifier's P(attack) / t_s and the normal-traffic
         model's Mahalanobis score / ζ; a row is an alert where either reaches 1, and its
         explanation is that part's: the classifier's gradients for a known attack, the score's
         largest terms for an anomaly."""
         bundle = self.bundle
-        proba = self._class_proba(tensor, ends, rows, n)
+        proba = self._class_proba(windows, rows, n)
         known = (1.0 - proba[:, 0]) / max(bundle.supervised_threshold_, 1e-12)
         anomalous = np.full(n, np.nan)
-        windows = WindowSet(tensor, torch.zeros(len(tensor), dtype=torch.int64),
-                            torch.from_numpy(ends), self.window)
-        if len(ends) and np.isfinite(bundle.anomaly_threshold_):
+        if len(windows) and np.isfinite(bundle.anomaly_threshold_):
             anomalous[rows] = bundle.anomaly_score(windows) / max(bundle.anomaly_threshold_, 1e-12)
-        elif len(ends):
+        elif len(windows):
             anomalous[rows] = 0.0
         scored = _rows_mask(n, rows)
         score = np.fmax(known, anomalous)
@@ -203,39 +199,36 @@ class StreamScorer:
                 result.top_features = {int(rows[p]): top for p, top in zip(novel, tops)}
             picked = np.flatnonzero(is_known[rows])
             if len(picked):
-                result.top_features.update(self._explain(tensor, ends[picked], rows[picked]))
+                result.top_features.update(self._explain(windows.subset(picked), rows[picked]))
         return result
 
-    def _score_classes(self, tensor: torch.Tensor, ends: np.ndarray, rows: np.ndarray,
-                       n: int) -> Scores:
+    def _score_classes(self, windows: WindowSet, rows: np.ndarray, n: int) -> Scores:
         """A classifier's scores: the attack score is 1 - P(normal), so it means the same for
         a binary and a family model."""
-        proba = self._class_proba(tensor, ends, rows, n)
+        proba = self._class_proba(windows, rows, n)
         scored = _rows_mask(n, rows)
         score = 1.0 - proba[:, 0]
         alert = scored & (score >= self.bundle.threshold_)
         result = Scores(scored, score, proba, alert)
         if self.explain_top and alert.any():
-            result.top_features = self._explain(tensor, ends[alert[rows]], rows[alert[rows]])
+            picked = np.flatnonzero(alert[rows])
+            result.top_features = self._explain(windows.subset(picked), rows[picked])
         return result
 
-    def _class_proba(self, tensor: torch.Tensor, ends: np.ndarray, rows: np.ndarray,
-                     n: int) -> np.ndarray:
-        """Class probabilities of the windows ending at `ends`, on their chunk `rows` (NaN on
-        the rest); in batches of `batch_size` windows, so memory stays bounded."""
+    def _class_proba(self, windows: WindowSet, rows: np.ndarray, n: int) -> np.ndarray:
+        """Class probabilities of `windows`, on their chunk `rows` (NaN on the rest); in
+        batches of `batch_size` windows, so memory stays bounded."""
         proba = self._unset_proba(n)
-        ends_t, w = torch.from_numpy(ends), self.window
         model = self.bundle.model
         with torch.inference_mode():
             if hasattr(model, "forward_sliding"):  # shares work across overlapping windows
-                logits = model.forward_sliding(tensor, ends_t, w)
+                logits = model.forward_sliding(windows.features, windows.ends, windows.window,
+                                               starts=windows.starts_of(windows.ends))
                 proba[rows] = torch.softmax(logits, 1).numpy()
             else:
-                offsets = torch.arange(w - 1, -1, -1)
-                for s in range(0, len(ends), self.batch_size):
-                    idx = ends_t[s:s + self.batch_size].unsqueeze(1) - offsets
-                    logits = model(tensor[idx])
-                    proba[rows[s:s + self.batch_size]] = torch.softmax(logits, 1).numpy()
+                for s in range(0, len(windows), self.batch_size):
+                    x, _ = windows.batch(torch.arange(s, min(s + self.batch_size, len(windows))))
+                    proba[rows[s:s + self.batch_size]] = torch.softmax(model(x), 1).numpy()
         return proba
 
     def _unset_proba(self, n: int) -> np.ndarray:
@@ -249,18 +242,16 @@ class StreamScorer:
             if new.any():
                 result.unseen[c] = new
 
-    def _explain(self, tensor: torch.Tensor, ends: np.ndarray,
-                 rows: np.ndarray) -> dict[int, list[tuple[str, float]]]:
-        """The top input columns of the alerts at `rows` (windows ending at `ends`): integrated
+    def _explain(self, windows: WindowSet, rows: np.ndarray
+                 ) -> dict[int, list[tuple[str, float]]]:
+        """The top input columns of the alerts at `rows` (their `windows`): integrated
         gradients of the attack logit over the alerted record (see the module's docstring)."""
         out: dict[int, list[tuple[str, float]]] = {}
         ig = IntegratedGradients(_attack_logit)
-        offsets = torch.arange(self.window - 1, -1, -1)
         n_cols = len(self.input_columns)
         batch = max(1, self.batch_size // self.explain_steps)  # windows per pass: batch x steps
-        for s in range(0, len(ends), batch):
-            idx = torch.from_numpy(ends[s:s + batch]).unsqueeze(1) - offsets
-            x = tensor[idx]
+        for s in range(0, len(windows), batch):
+            x, _ = windows.batch(torch.arange(s, min(s + batch, len(windows))))
             last = x[:, -1].clone()
             with torch.enable_grad():
                 attribution = ig.attribute(
@@ -320,7 +311,7 @@ def _history_keys(n: int, entity: np.ndarray | None, stream: Hashable) -> tuple[
 
 
 def _rows_mask(n: int, rows: np.ndarray) -> np.ndarray:
-    """A boolean mask of n rows, set on `rows` (those that end a full window)."""
+    """A boolean mask of n rows, set on `rows` (those scored)."""
     mask = np.zeros(n, bool)
     mask[rows] = True
     return mask
@@ -433,7 +424,6 @@ class DetectSummary:
     files: list[dict] = field(default_factory=list)
     records: int = 0  # parsed records
     scored: int = 0
-    warming_up: int = 0  # records before an entity's first full window
     alerts: int = 0
     predicted: Counter = field(default_factory=Counter)
     unseen_categories: Counter = field(default_factory=Counter)
@@ -449,7 +439,7 @@ class DetectSummary:
 
     def to_dict(self) -> dict:
         d = {"files": self.files, "records": self.records, "bad_lines": self.bad_lines,
-             "scored": self.scored, "warming_up": self.warming_up, "alerts": self.alerts,
+             "scored": self.scored, "alerts": self.alerts,
              "predicted": dict(self.predicted), "unseen_categories": dict(self.unseen_categories),
              "unseen_examples": self.unseen_examples, "evicted_entities": self.evicted_entities,
              "seconds": round(self.seconds, 3),
@@ -501,7 +491,6 @@ def _score_chunk(bundle: ModelBundle, scorer: StreamScorer, chunk: Chunk, source
     n_scored = int(scores.scored.sum())
     summary.records += len(chunk)
     summary.scored += n_scored
-    summary.warming_up += len(chunk) - n_scored
     summary.alerts += int(scores.alert.sum())
     for c, mask in scores.unseen.items():
         summary.unseen_categories[c] += int(mask.sum())

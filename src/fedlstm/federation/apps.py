@@ -56,7 +56,8 @@ def _site(data_path: str, config_json: str, name: str) -> ClientTask:
     """One site per process and data file: Flower builds a new client for every message."""
     cfg = RunConfig.model_validate_json(config_json)
     records, spec = load_client_records(data_path, get_spec(cfg.data.spec_name),
-                                        lenient=cfg.data.lenient)
+                                        lenient=cfg.data.lenient,
+                                        max_bad_share=cfg.data.max_bad_share)
     return ClientTask(task_for(cfg), records, spec, name)
 
 

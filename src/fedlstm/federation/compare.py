@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fedlstm.config import RunConfig  # noqa: E402
 from fedlstm.data.readers import concat_records  # noqa: E402
-from fedlstm.data.splits import Split, carve_validation  # noqa: E402
+from fedlstm.data.splits import Split, carve_validation, run_protocol  # noqa: E402
 from fedlstm.federation.simulation import run_federated  # noqa: E402
 from fedlstm.federation.sites import federated_data  # noqa: E402
 from fedlstm.runs.rundir import staged_dir, write_run  # noqa: E402
@@ -32,7 +32,7 @@ def run_comparison(cfg: RunConfig, out: str | Path, overwrite: bool = False,
                    command: str | None = None, progress=None) -> dict:
     progress = progress or (lambda text: None)
     data = federated_data(cfg)
-    protocol = cfg.data.protocol
+    protocol = run_protocol(cfg.data)
     summary: dict = {"dataset": data.spec.name, "protocol": protocol,
                      "partition": cfg.federation.partition, "clients": data.names, "methods": {}}
     curves: dict[str, list[tuple[float, float]]] = {}

@@ -146,17 +146,18 @@ def save_records(records: Records, path: Path, spec: DatasetSpec | None = None) 
     return path
 
 
-def load_client_records(path: str | Path, spec: DatasetSpec,
-                        lenient: bool = False) -> tuple[Records, DatasetSpec]:
+def load_client_records(path: str | Path, spec: DatasetSpec, lenient: bool = False,
+                        max_bad_share: float | None = None) -> tuple[Records, DatasetSpec]:
     """A client's data and its schema: our parquet share (whose own schema, when it carries one,
-    wins over `spec`), or a raw file in the schema's own format."""
+    wins over `spec`), or a raw file in the schema's own format (`max_bad_share`: as
+    `read_flow_file`)."""
     import pyarrow.parquet as pq
 
     path = Path(path)
     if path.suffix != ".parquet":
         if spec.name in DATASETS:
             return read_records(path, spec, lenient=lenient), spec
-        return read_flow_file(path, spec, lenient=lenient)
+        return read_flow_file(path, spec, lenient=lenient, max_bad_share=max_bad_share)
     table = pq.read_table(path)
     stored = (table.schema.metadata or {}).get(_SPEC_KEY)
     if stored:

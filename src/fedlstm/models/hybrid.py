@@ -24,8 +24,9 @@ class HybridLSTM(nn.Module):
         return self.classifier(x)
 
     def forward_sliding(self, records: torch.Tensor, ends: torch.Tensor, window: int,
-                        batch_size: int = 1024) -> torch.Tensor:
-        return self.classifier.forward_sliding(records, ends, window, batch_size)
+                        batch_size: int = 1024, starts: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+        return self.classifier.forward_sliding(records, ends, window, batch_size, starts)
 
     def prediction_and_target(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The autoencoder's reconstruction of the window, and the window."""

@@ -13,8 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -23,8 +26,17 @@ from sklearn.metrics import roc_curve
 
 import fedlstm
 from fedlstm import __version__
-from fedlstm.config import DataConfig, RunConfig
-from fedlstm.data.registry import DatasetNotFound, available_roles, data_dir, locate, sha256_of
+from fedlstm.config import DataConfig, RunConfig, with_dataset_defaults
+from fedlstm.data.fetch import FetchError, fetch_dataset
+from fedlstm.data.registry import (
+    DEFAULT_DATA,
+    DatasetCorrupt,
+    DatasetNotFound,
+    available_roles,
+    data_dir,
+    locate,
+    sha256_of,
+)
 from fedlstm.data.schemas import get_spec
 from fedlstm.data.splits import build_split
 from fedlstm.detection import ModelBundle
@@ -33,7 +45,7 @@ from fedlstm.federation.simulation import one_ray_runtime, run_federated
 from fedlstm.reports.report import write_report
 from fedlstm.runs.rundir import git_commit
 from fedlstm.tasks import task_for
-from fedlstm.tasks.base import evaluate_detector
+from fedlstm.tasks.base import training_attacks
 from fedlstm.tasks.centralised import train
 
 log = logging.getLogger(__name__)
@@ -45,15 +57,19 @@ NETWORKS = {"nsl-kdd": "A", "kdd99": "B", "unsw-nb15": "C"}
 
 @dataclass(frozen=True)
 class Profile:
+    """How much of the data and training a reproduction uses. A setting left None is the
+    dataset's default (`config.DATASET_DEFAULTS`), what `fedlstm train|federate` use."""
     name: str
     max_train_rows: int | None
     max_test_rows: int | None
-    epochs: int
-    rounds: int
     clients: int
     seeds: tuple[int, ...]
-    hidden_size: int = 64
-    window: int = 8
+    epochs: int | None = None
+    rounds: int | None = None
+    local_epochs: int | None = None
+    hidden_size: int | None = None
+    window: int | None = None
+    detector: str = "hybrid"  # the (Fed-)LSTM rows: the product's detector
     headline_seeds_only: tuple[str, ...] = ()  # methods run with every seed; others with the first
     all_seeds_first_protocol_only: bool = False  # repeat seeds under each dataset's main protocol
     fed_first_protocol_only: bool = False  # Fed-LSTM under one protocol per dataset (quick)
@@ -61,16 +77,18 @@ class Profile:
 
 
 PROFILES = {
-    "quick": Profile("quick", 3_000, 3_000, epochs=1, rounds=2, clients=3, seeds=(0,),
-                     hidden_size=32, fed_first_protocol_only=True,
+    "quick": Profile("quick", 3_000, 3_000, clients=3, seeds=(0,), epochs=1, rounds=2,
+                     local_epochs=1, hidden_size=32, fed_first_protocol_only=True,
                      note="QUICK PROFILE: 3,000 training and 3,000 test rows per dataset, 1 epoch, "
-                          "2 federated rounds over 3 clients, Fed-LSTM under one protocol per "
-                          "dataset. A smoke test of the pipeline, not a result."),
-    "full": Profile("full", 40_000, None, epochs=5, rounds=5, clients=5, seeds=(0, 1, 2),
+                          "2 federated rounds over 3 clients, hidden size 32, Fed-LSTM under one "
+                          "protocol per dataset. A smoke test of the pipeline, not a result."),
+    "full": Profile("full", None, None, clients=5, seeds=(0, 1, 2),
                     headline_seeds_only=("lstm", "fed-lstm"), all_seeds_first_protocol_only=True,
-                    note="Full profile: training data subsampled (stratified) to 40,000 rows per "
-                         "dataset to bound the run time; complete official test sets; "
-                         "LSTM 5 epochs, Fed-LSTM 5 rounds x 1 local epoch over 5 IID clients; "
+                    note="Full profile: every training row and complete test sets; every setting "
+                         "is the dataset's default, as `fedlstm train` and `fedlstm federate` "
+                         "use it (listed with each step's configuration); Fed-LSTM over 5 "
+                         "block-IID sites. The LSTM and Fed-LSTM rows are the hybrid detector "
+                         "(known attacks + novelty), with each of its parts alone beside it; "
                          "LSTM and Fed-LSTM over 3 seeds (mean ± std) under each dataset's main "
                          "protocol (official where both files exist), other cells seed 0."),
 }
@@ -123,15 +141,23 @@ def plan(profile: Profile, root: Path, datasets: list[str] | None = None,
 
 def step_config(step: Step, profile: Profile, root: Path) -> RunConfig:
     model = "lstm" if step.method == "fed-lstm" else step.method
-    return RunConfig.model_validate({
+    data: dict = {
         "seed": step.seed,
         "data": {"dataset": step.dataset, "protocol": step.protocol, "data_dir": str(root),
                  "max_train_rows": profile.max_train_rows, "max_test_rows": profile.max_test_rows},
-        "windows": {"window": profile.window},
-        "model": {"name": model, "hidden_size": profile.hidden_size},
-        "train": {"epochs": profile.epochs, "patience": None},
-        "federation": {"clients": profile.clients, "rounds": profile.rounds, "local_epochs": 1},
-    })
+        "model": {"name": model}, "federation": {"clients": profile.clients}, "train": {}}
+    if model == "lstm":
+        data["detector"] = profile.detector
+    for section, key, value in (("windows", "window", profile.window),
+                                ("model", "hidden_size", profile.hidden_size),
+                                ("train", "epochs", profile.epochs),
+                                ("federation", "rounds", profile.rounds),
+                                ("federation", "local_epochs", profile.local_epochs)):
+        if value is not None:
+            data.setdefault(section, {})[key] = value
+    if profile.epochs is not None:
+        data["train"]["patience"] = None  # a fixed short schedule: no early stopping
+    return RunConfig.model_validate(with_dataset_defaults(data))
 
 
 @lru_cache(maxsize=4)
@@ -148,8 +174,21 @@ def _roc_points(y: np.ndarray, score: np.ndarray, n: int = 200) -> dict | None:
 
 
 def _evaluations(evaluations: dict) -> dict:
-    return {name: {**ev["binary"], "roc": _roc_points(ev["_curve"]["y"], ev["_curve"]["score"])}
-            for name, ev in evaluations.items()}
+    """What a step file keeps of each test set's evaluation: binary scores and ROC points; the
+    share flagged per attack type and the unseen types; for the hybrid, each part's scores."""
+    out = {}
+    for name, ev in evaluations.items():
+        kept = {**ev["binary"], "roc": _roc_points(ev["_curve"]["y"], ev["_curve"]["score"]),
+                "by_attack": ev.get("flagged_by_attack", {})}
+        if "unseen" in ev:
+            kept["unseen"] = {"n": ev["unseen"]["n"], "attacks": ev["unseen"]["attacks"],
+                              "recall": ev["unseen"]["recall_at_threshold"]}
+        if "parts" in ev:
+            kept["parts"] = {part: {k: v for k, v in m.items() if k != "roc"}
+                             for part, m in ev["parts"].items()}
+            kept["parts_by_attack"] = ev.get("parts_by_attack", {})
+        out[name] = kept
+    return out
 
 
 def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
@@ -159,6 +198,7 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
                     "config": json.loads(cfg.model_dump_json())}
     task = task_for(cfg)
     split = _split(cfg.data.model_dump_json(), cfg.seed)
+    seen = training_attacks(split.train, split.val)
     if step.method == "fed-lstm":
         run_dir = out / "runs" / step.key
         # Per-round test curves and federated evaluation feed no table or figure here (Fig. 5/6
@@ -167,7 +207,7 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
         run_federated(cfg, run_dir, overwrite=True)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         bundle = ModelBundle.load(run_dir / "model.fedlstm")
-        result["evaluations"] = _evaluations({n: evaluate_detector(bundle, r)
+        result["evaluations"] = _evaluations({n: task.evaluate(bundle, r, seen)
                                               for n, r in split.tests.items()})
         result["curves"] = [r for r in metrics["rounds"] if r["round"] > 0]
         result["curve_axis"] = "round"
@@ -178,13 +218,17 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
         # Test curves (a test-set pass per epoch) only where Fig. 5/6 draw them.
         curves = step.method == "lstm" and step.seed == profile.seeds[0]
         trained = train(task, split, curves=curves)
+        bundle = trained.bundle
         if step.method in CLASSICAL:
-            result["approximation"] = trained.bundle.approximation
+            result["approximation"] = bundle.approximation
         result["evaluations"] = _evaluations({k: v for k, v in trained.evaluations.items()
                                               if k != "val"})
         result["curves"] = trained.history.epochs
         result["curve_axis"] = "epoch"
         result["train_seconds"] = trained.timings.get("train_seconds")
+    if hasattr(task, "budget_curve") and step.seed == profile.seeds[0]:
+        # The alert budget's trade-off (report only; the detector keeps its own budget).
+        result["budget_curve"] = task.budget_curve(bundle, split)
     result["seconds"] = time.perf_counter() - t0
     return result
 
@@ -209,10 +253,24 @@ def _with_federation(cfg: RunConfig, **update) -> RunConfig:
     return cfg.model_copy(update={"federation": cfg.federation.model_copy(update=update)})
 
 
-# Extra studies on Network A under its main protocol, seed 0: non-IID sites, DP-SGD, unsupervised.
-NONIID = {"fedavg": {}, "fedprox": {"proximal_mu": 0.01}}
+# Extra studies on Network A under its main protocol, seed 0: non-IID sites, DP-SGD, unsupervised,
+# and the A+B networks federation. Each study carries its own reference row under its own
+# settings ("iid" for non-IID, "epsinf" for DP). They train on at most STUDY_ROWS rows with
+# STUDY_ROUNDS x 1 local epoch: DP-SGD's per-sample gradients and 5-site federations over every
+# row would take the full reproduction far past its time budget.
+NONIID = {"iid": {}, "fedavg": {}, "fedprox": {"proximal_mu": 0.01}}
 NONIID_ALPHA = 0.1
-EPSILONS = (1.0, 8.0)
+EPSILONS = (1.0, 8.0, float("inf"))
+STUDY_ROWS = 40_000
+STUDY_ROUNDS = 5
+
+
+def study_profile(profile: Profile) -> Profile:
+    """The profile an extra study runs under: no more rows or rounds than the study limits."""
+    rows = min(profile.max_train_rows or STUDY_ROWS, STUDY_ROWS)
+    return replace(profile, max_train_rows=rows, rounds=min(profile.rounds or STUDY_ROUNDS,
+                                                            STUDY_ROUNDS),
+                   local_epochs=1, epochs=profile.epochs or STUDY_ROUNDS)
 
 
 def extra_keys(the_plan: Plan, datasets: list[str] | None, methods: list[str] | None) -> list[str]:
@@ -223,13 +281,15 @@ def extra_keys(the_plan: Plan, datasets: list[str] | None, methods: list[str] | 
         keys.append("networks-ab--s0")
     if any(s.dataset == "nsl-kdd" for s in the_plan.steps) and methods is None:
         keys += [f"noniid--{name}--s0" for name in NONIID]
-        keys += [f"privacy--eps{eps:g}--s0" for eps in EPSILONS]
+        keys += [f"privacy--eps{eps:g}--s0" for eps in EPSILONS]  # eps inf: no DP
         keys.append("anomaly--nsl-kdd--s0")
     return keys
 
 
 def extra_config(key: str, the_plan: Plan, profile: Profile, root: Path) -> RunConfig:
     """The resolved configuration of an extra step (what its cache key hashes)."""
+    if not key.startswith("overlap--"):
+        profile = study_profile(profile)
     if key.startswith("overlap--"):
         _, ds, protocol = key.split("--")
         return step_config(Step(ds, protocol, "lstm", 0), profile, root)
@@ -241,14 +301,20 @@ def extra_config(key: str, the_plan: Plan, profile: Profile, root: Path) -> RunC
     base = _with_federation(base, server_test_curves=False, evaluate_clients=False)
     kind, name, _ = key.split("--")
     if kind == "noniid":
-        return _with_federation(base, partition=f"dirichlet:{NONIID_ALPHA:g}", strategy=name,
-                                **NONIID[name])
+        if name == "iid":
+            return base
+        return _with_federation(base, partition=f"dirichlet:{NONIID_ALPHA:g}",
+                                strategy=name, **NONIID[name])
     if kind == "privacy":
-        # A simulated federation has no curious server: sampling and noise are seeded so that
-        # the report is reproducible (a real site draws them from the OS, train.dp_seeded_noise).
+        # DP-SGD is implemented for the supervised LSTM: its rows (and the ε = ∞ reference) are
+        # that detector. A simulated federation has no curious server: sampling and noise are
+        # seeded so that the report is reproducible (a real site draws them from the OS).
+        base = base.model_copy(update={"detector": "supervised"})
+        epsilon = float(name.removeprefix("eps"))
+        if epsilon == float("inf"):
+            return base
         return base.model_copy(update={"train": base.train.model_copy(update={
-            "dp": True, "dp_target_epsilon": float(name.removeprefix("eps")),
-            "dp_seeded_noise": True})})
+            "dp": True, "dp_target_epsilon": epsilon, "dp_seeded_noise": True})})
     if kind == "anomaly":
         data = json.loads(step_config(Step("nsl-kdd", protocol, "lstm", 0), profile, root)
                           .model_dump_json())
@@ -274,7 +340,7 @@ def run_extra(key: str, cfg: RunConfig, out: Path) -> dict | None:
                 "alpha": NONIID_ALPHA, **where}
     if kind == "privacy":
         return {**_federated_extra(key, cfg, out), "kind": kind,
-                "target_epsilon": cfg.train.dp_target_epsilon, **where}
+                "target_epsilon": cfg.train.dp_target_epsilon if cfg.train.dp else None, **where}
     return _anomaly_extra(key, cfg)
 
 
@@ -372,44 +438,135 @@ def cached_step(path: Path, expected: dict) -> dict | None:
     return step
 
 
+def ensure_datasets(root: Path, datasets: list[str], mirror: str | None = None,
+                    progress=None) -> None:
+    """Download each dataset absent from `root` (sha256-verified, resumable) from its
+    publishers or `mirror`. A dataset with some of its files is used as it is (the plan notes
+    a protocol it cannot run). Raises DatasetNotFound naming a dataset it cannot get."""
+    for ds in datasets:
+        spec = get_spec(ds)
+        if available_roles(spec, root):
+            continue
+        if progress:
+            progress(0, None, f"fetching {ds} into {root / spec.folder}")
+        try:
+            fetch_dataset(spec, root, mirror=mirror)
+        except (FetchError, DatasetCorrupt, OSError) as exc:
+            raise DatasetNotFound(f"{ds}: not in {root / spec.folder} and could not be "
+                                  f"fetched: {exc}") from exc
+        if not available_roles(spec, root):
+            raise DatasetNotFound(f"{ds}: not in {root / spec.folder} and none of its files "
+                                  "could be fetched (pass --mirror, or place them there)")
+
+
+def default_jobs() -> int:
+    """Centralised steps run side by side, one torch thread each: one per core, at most 4."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None = None,
               datasets: list[str] | None = None, methods: list[str] | None = None,
-              progress=None, command: str | None = None) -> Path:
+              progress=None, command: str | None = None, mirror: str | None = None,
+              jobs: int | None = None) -> Path:
+    """Every step of the profile's plan, then the report. Datasets missing from the data folder
+    (default: `registry.DEFAULT_DATA` when none is named) are fetched first. Centralised steps
+    run `jobs` at a time in worker processes (torch trains on one thread per process); Flower
+    steps then run one at a time, each simulation using every core."""
     profile = PROFILES[profile_name]
-    root = data_dir(data_root)
+    root = data_dir(data_root, default=DEFAULT_DATA).expanduser()
+    progress = progress or (lambda done, total, text: None)
+    ensure_datasets(root, datasets or list(NETWORKS), mirror, progress)
     out = Path(out)
     steps_dir = out / "steps"
     steps_dir.mkdir(parents=True, exist_ok=True)
     the_plan = plan(profile, root, datasets, methods)
     extra = extra_keys(the_plan, datasets, methods)
-    total = len(the_plan.steps) + len(extra)
-    progress = progress or (lambda done, total, text: None)
-    current = []
-    with one_ray_runtime():
-        for i, step in enumerate(the_plan.steps):
-            cfg = step_config(step, profile, root)
-            current.append(_step(steps_dir / f"{step.key}.json", fingerprint(cfg, profile, root),
-                                 partial(run_step, step, profile, root, out), i, total, progress))
-        for i, key in enumerate(extra, start=len(the_plan.steps)):
-            cfg = extra_config(key, the_plan, profile, root)
-            current.append(_step(steps_dir / f"{key}.json", fingerprint(cfg, profile, root),
-                                 partial(run_extra, key, cfg, out), i, total, progress))
+    todo: list[_Job] = []
+    for step in the_plan.steps:
+        cfg = step_config(step, profile, root)
+        todo.append(_Job(steps_dir / f"{step.key}.json", fingerprint(cfg, profile, root),
+                         partial(run_step, step, profile, root, out), step.method == "fed-lstm"))
+    for key in extra:
+        cfg = extra_config(key, the_plan, profile, root)
+        todo.append(_Job(steps_dir / f"{key}.json", fingerprint(cfg, profile, root),
+                         partial(run_extra, key, cfg, out), key.startswith(FLOWER_EXTRAS)))
+    results = {job.path: cached_step(job.path, job.expected) for job in todo}
+    pending = [job for job in todo if results[job.path] is None]
+    done, total = len(todo) - len(pending), len(todo)
+    counter = _Counter(done, total, progress)
+    _run_side_by_side([j for j in pending if not j.flower], jobs or default_jobs(), results,
+                      counter)
+    flower = [j for j in pending if j.flower]
+    if flower:
+        with one_ray_runtime():
+            for job in flower:
+                counter.start(job.path.stem)
+                results[job.path] = _finish(job, job.compute())
+                counter.finished()
     progress(total, total, "writing report")
     return write_report(out, profile, the_plan.skipped, command,
-                        steps=[s for s in current if s is not None])
+                        steps=[r for r in results.values() if r is not None])
 
 
-def _step(path: Path, expected: dict, compute, i: int, total: int, progress) -> dict | None:
-    """A step's result: its cached file when current, else computed now and written."""
-    cached = cached_step(path, expected)
-    if cached is not None:
-        return cached
-    progress(i, total, path.stem)
-    result = compute()
+FLOWER_EXTRAS = ("networks-ab", "noniid--", "privacy--")
+
+
+@dataclass
+class _Job:
+    path: Path
+    expected: dict  # the fingerprint the step file must carry
+    compute: partial
+    flower: bool  # a Flower simulation: runs alone (it uses every core)
+
+
+@dataclass
+class _Counter:
+    done: int
+    total: int
+    progress: object
+    running: list[str] = field(default_factory=list)
+
+    def start(self, name: str) -> None:
+        self.running.append(name)
+        self.progress(self.done, self.total, ", ".join(self.running))
+
+    def finished(self, name: str | None = None) -> None:
+        self.running.remove(name or self.running[0])
+        self.done += 1
+        self.progress(self.done, self.total, ", ".join(self.running) or "...")
+
+
+def _run_side_by_side(jobs: list[_Job], workers: int, results: dict, counter: _Counter) -> None:
+    """Run `jobs` in `workers` processes (spawned: no Ray or torch state is inherited)."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            counter.start(job.path.stem)
+            results[job.path] = _finish(job, job.compute())
+            counter.finished()
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {}
+        for job in jobs:
+            futures[pool.submit(job.compute)] = job
+        for job in jobs[:workers]:
+            counter.start(job.path.stem)
+        started = workers
+        for future in as_completed(futures):
+            job = futures[future]
+            results[job.path] = _finish(job, future.result())
+            counter.finished(job.path.stem if job.path.stem in counter.running else None)
+            if started < len(jobs):
+                counter.start(jobs[started].path.stem)
+                started += 1
+
+
+def _finish(job: _Job, result: dict | None) -> dict | None:
+    """Stamp a computed step with its fingerprint and write it (complete on disk or absent)."""
     if result is None:
         return None
-    result["fingerprint"] = expected
-    _write_json(path, result)
+    result["fingerprint"] = job.expected
+    _write_json(job.path, result)
     return result
 
 

@@ -23,7 +23,7 @@ import torch
 
 from fedlstm.config import RunConfig, raw_config
 from fedlstm.data.readers import Records
-from fedlstm.data.splits import carve_validation
+from fedlstm.data.splits import carve_validation, run_protocol
 from fedlstm.detection.anomaly import (
     ErrorStats,
     MahalanobisDetector,
@@ -175,7 +175,7 @@ class AnomalyTask(Task):
 
     def federated_detector(self, server, ask, mode: str = "federated") -> MahalanobisDetector:
         """μ, Σ from merged error sums, then ζ from merged score histograms."""
-        metadata = {**self.metadata(server.spec, self.cfg.data.protocol, mode),
+        metadata = {**self.metadata(server.spec, run_protocol(self.cfg.data), mode),
                     "rounds": max(server.rounds, default=0)}
         detector = self.detector(server.spec, server.preprocessor, server.model(), CLASSES,
                                  metadata)

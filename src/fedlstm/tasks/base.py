@@ -26,6 +26,7 @@ from fedlstm import __version__
 from fedlstm.config import RunConfig
 from fedlstm.data.readers import Records
 from fedlstm.data.spec import NORMAL_FAMILY, DatasetSpec
+from fedlstm.data.splits import run_protocol
 from fedlstm.features import FlowPreprocessor
 from fedlstm.features.windows import WindowSet, make_windows
 from fedlstm.models import build_model
@@ -81,7 +82,8 @@ def windows_of(records: Records, preprocessor: FlowPreprocessor, cfg: RunConfig,
 
 
 def evaluate_detector(detector, records: Records) -> dict:
-    """Scores every record that ends a full window of the test set (the first W-1 cannot).
+    """Scores every record of the test set: each ends one window (left-padded at the start of
+    its segment, `features.windows`).
 
     `detector` is anything with `preprocessor`, `window`, `task`, `class_names`, `threshold_` and
     `decision_function` (plus `predict_proba` for the family task): LSTM bundles, the anomaly
@@ -147,7 +149,7 @@ def split_metadata(cfg: RunConfig) -> dict:
     """What rebuilds a run's test split (`fedlstm evaluate`): a random split depends on the seed,
     the fractions and dedup, so a bundle records them."""
     d = cfg.data
-    return {"seed": cfg.seed, "protocol": d.protocol, "dedup": d.dedup,
+    return {"seed": cfg.seed, "protocol": run_protocol(d), "dedup": d.dedup,
             "test_fraction": d.test_fraction, "val_fraction": d.val_fraction,
             "split_file": d.split_file}
 

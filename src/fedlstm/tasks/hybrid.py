@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedlstm.data.splits import run_protocol
 from fedlstm.detection.anomaly import ErrorStats, ScoreHistogram
 from fedlstm.detection.hybrid import HybridDetector
 from fedlstm.features.windows import WindowSet
@@ -29,8 +30,8 @@ from fedlstm.tasks.anomaly import (
     normal_only,
     split_validation,
 )
-from fedlstm.tasks.base import SiteWindows, Task, windows_of
-from fedlstm.training.metrics import best_f1_threshold, binary_metrics
+from fedlstm.tasks.base import SiteWindows, Task, training_stride, windows_of
+from fedlstm.training.metrics import best_f1_threshold, binary_metrics, recall_by_group
 from fedlstm.training.objectives import Objective, error_vectors, evaluate_loss
 
 MODEL = "lstm-hybrid"
@@ -76,7 +77,7 @@ class HybridTask(Task):
         sigma, rest = split_validation(val, cfg)
         calibration = windows_of(rest, preprocessor, cfg, classes)
         return HybridWindows(
-            windows_of(train, preprocessor, cfg, classes, stride=cfg.windows.stride),
+            windows_of(train, preprocessor, cfg, classes, stride=training_stride(cfg)),
             windows_of(val, preprocessor, cfg, classes), calibration,
             calibration.window_labels.numpy() > 0,
             normal=windows_of(normal_only(sigma), preprocessor, cfg, classes))
@@ -122,10 +123,13 @@ class HybridTask(Task):
         known, anomalous = detector.parts(data)
         ev["parts"] = {"supervised": binary_metrics(y, known, 1.0),
                        "anomaly": binary_metrics(y, anomalous, 1.0)}
+        attacks = records.attack[data.ends.numpy()]
+        ev["parts_by_attack"] = {"supervised": recall_by_group(known >= 1.0, attacks),
+                                 "anomaly": recall_by_group(anomalous >= 1.0, attacks)}
         return ev
 
     def federated_detector(self, server, ask, mode: str = "federated") -> HybridDetector:
-        metadata = {**self.metadata(server.spec, self.cfg.data.protocol, mode),
+        metadata = {**self.metadata(server.spec, run_protocol(self.cfg.data), mode),
                     "rounds": max(server.rounds, default=0)}
         detector = self.detector(server.spec, server.preprocessor, server.model(), server.classes,
                                  metadata)

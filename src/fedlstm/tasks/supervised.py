@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from fedlstm.data.splits import run_protocol
 from fedlstm.detection.anomaly import ScoreHistogram
 from fedlstm.detection.bundle import ModelBundle
 from fedlstm.features import merge_all
@@ -67,7 +68,7 @@ class SupervisedTask(Task):
             "normal": ((bins,), "iu"), "anomalous": ((bins,), "iu")})}}
 
     def federated_detector(self, server, ask, mode: str = "federated") -> ModelBundle:
-        metadata = {**self.metadata(server.spec, self.cfg.data.protocol, mode),
+        metadata = {**self.metadata(server.spec, run_protocol(self.cfg.data), mode),
                     "rounds": max(server.rounds, default=0), "created": time.time()}
         detector = self.detector(server.spec, server.preprocessor, server.model(),
                                  server.classes, metadata)

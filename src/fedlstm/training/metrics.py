@@ -26,7 +26,11 @@ def binary_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -> d
 
 
 def multiclass_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
+    """Per-class scores of every class (support 0 where a class has no test record), and the
+    macro average over the classes present in the test set only: a class without records has no
+    recall to average, and counting it as 0 would understate every model alike."""
     labels = list(range(len(class_names)))
+    present = [c for c in labels if np.any(np.asarray(y_true) == c)]
     p, r, f, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels,
                                                            zero_division=0)
     out = {"accuracy": float(skm.accuracy_score(y_true, y_pred)),
@@ -34,9 +38,10 @@ def multiclass_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list
            "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]),
                                 "f1": float(f[i]), "support": int(support[i])}
                          for i, name in enumerate(class_names)}}
-    for avg in ("macro", "weighted"):
-        ap, ar, af, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels,
-                                                            average=avg, zero_division=0)
+    for avg in ("macro", "weighted"):  # weighted: absent classes weigh 0 anyway
+        ap, ar, af, _ = skm.precision_recall_fscore_support(
+            y_true, y_pred, labels=present if avg == "macro" else labels, average=avg,
+            zero_division=0)
         out[avg] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
     return out
 

@@ -69,7 +69,8 @@ def predict_logits(model: nn.Module, data: WindowSet, batch_size: int = 2048,
     device = device or next(model.parameters()).device
     model.eval()
     if device.type == "cpu" and hasattr(model, "forward_sliding"):  # shares overlapping windows
-        return model.forward_sliding(data.features, data.ends, data.window)
+        return model.forward_sliding(data.features, data.ends, data.window,
+                                     starts=data.starts_of(data.ends))
     data = data.to(device)
     outs = [model(data.batch(torch.arange(s, min(s + batch_size, len(data)), device=device))[0])
             for s in range(0, len(data), batch_size)]
