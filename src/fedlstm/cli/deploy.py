@@ -185,12 +185,11 @@ def run(
     import subprocess
     import tempfile
 
-    from fedlstm.config import load_config
     from fedlstm.federation.deploy.app import CONFIG_KEY, SIGNATURE_FILE, SIGNATURE_KEY
     from fedlstm.federation.deploy.processes import LocalFederation, write_run_config
 
     try:
-        cfg = load_config(config, set_)
+        cfg = load_run_config(config, set_)  # the hybrid unless the configuration names a kind
         signature = (app.parent / SIGNATURE_FILE).read_text().strip()
         folder = Path(tempfile.mkdtemp(prefix="fedlstm-run-"))
         overrides = write_run_config(folder / "run-config.toml", {

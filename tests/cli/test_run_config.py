@@ -1,0 +1,24 @@
+"""Every command that runs a configuration defaults to the same detector: the hybrid, unless the
+configuration or the command line names a kind (the supervised one with DP-SGD)."""
+
+import json
+
+from fedlstm.cli.common import load_run_config
+
+
+def test_a_configuration_that_names_no_detector_runs_the_hybrid(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"data": {"dataset": "nsl-kdd"}}))
+    cfg = load_run_config(path, [])
+    assert cfg.detector == "hybrid"
+    assert cfg.windows.window == 1  # and the dataset's defaults
+
+
+def test_dp_sgd_falls_back_to_the_supervised_detector_and_a_named_kind_wins(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"train": {"dp": True}}))
+    assert load_run_config(path, []).detector == "supervised"
+    path.write_text(json.dumps({"detector": "supervised"}))
+    assert load_run_config(path, []).detector == "supervised"
+    assert load_run_config(path, ["detector=hybrid"]).detector == "hybrid"
+    assert load_run_config(None, [], detector="anomaly").detector == "anomaly"
