@@ -43,8 +43,12 @@ def test_the_default_allows_half_and_the_key_sets_the_share(mixed):
     assert len(build_split(_data(schema, path), carve_val=False).train) == 48  # 0.4 <= 0.5
     with pytest.raises(TooManyBadLines, match=r"40 of 100 lines malformed.*data.max_bad_share"):
         build_split(_data(schema, path, max_bad_share=0.3))
-    with pytest.raises(TooManyBadLines):  # the test file is read with the same allowance
-        build_split(_data(schema, path, max_bad_share=0.3, test_file=str(path)))
+    clean = path.with_name("clean.csv")
+    clean.write_text("\n".join([HEADER, *flow_lines(60)]) + "\n")
+    held_out = DataConfig(schema=str(schema), train_files=[str(clean)], test_file=str(path),
+                          lenient=True, max_bad_share=0.3)
+    with pytest.raises(TooManyBadLines, match="mixed.csv"):  # the test file: same allowance
+        build_split(held_out)
     with pytest.raises(TooManyBadLines):  # and so is a federated site's own file
         load_client_records(path, load_schema(schema), lenient=True, max_bad_share=0.3)
     with pytest.raises(ValueError):
