@@ -90,3 +90,12 @@ def id_dataset(tmp_path, monkeypatch) -> Path:
     (folder / "test.csv").write_text(_id_lines(np.arange(1, 600, 2), rng))
     monkeypatch.setitem(schemas.DATASETS, "ids", ID_SPEC)
     return tmp_path
+
+
+@pytest.fixture
+def wide_consoles(monkeypatch):
+    """fedlstm's consoles 1000 columns wide, so that tables and messages print unwrapped."""
+    from fedlstm.cli import common
+
+    monkeypatch.setattr(common.console, "_width", 1000)
+    monkeypatch.setattr(common.out_console, "_width", 1000)

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedlstm.cli import common
 from fedlstm.cli.main import app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
@@ -20,10 +19,7 @@ from _flow_corpus import write_corpus  # noqa: E402
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def wide_consoles(monkeypatch):
-    monkeypatch.setattr(common.console, "_width", 1000)
-    monkeypatch.setattr(common.out_console, "_width", 1000)
+pytestmark = pytest.mark.usefixtures("wide_consoles")
 
 
 @pytest.fixture(scope="module")

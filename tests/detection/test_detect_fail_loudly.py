@@ -13,7 +13,6 @@ import pytest
 from _detect_helpers import HEADER, flow_lines, tiny  # noqa: F401
 from typer.testing import CliRunner
 
-from fedlstm.cli import common
 from fedlstm.cli.main import app
 from fedlstm.config import RunConfig
 from fedlstm.data.schemas import get_spec
@@ -27,10 +26,7 @@ import _flow_corpus as corpus_module  # noqa: E402
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def wide_consoles(monkeypatch):
-    monkeypatch.setattr(common.console, "_width", 1000)
-    monkeypatch.setattr(common.out_console, "_width", 1000)
+pytestmark = pytest.mark.usefixtures("wide_consoles")
 
 
 @pytest.fixture(scope="module")

@@ -432,6 +432,10 @@ class FlowReader:
         if frame is None or len(frame) != len(lines):  # find the culprits in text
             raw = [block[a:b] for a, b in zip(starts[good], ends[good])]
             frame, lines = self._read_text(raw, lines)
+        yield from self._checked(frame, lines)
+
+    def _checked(self, frame: pd.DataFrame, lines: np.ndarray) -> Iterator[Chunk]:
+        """The rows of `frame` whose values pass the schema's checks, as one chunk (if any)."""
         keep, values = self._check_values(frame, lines)
         if not keep.all():
             frame, lines, values = frame[keep].reset_index(drop=True), lines[keep], values[keep]
@@ -475,13 +479,7 @@ class FlowReader:
             lines.append(line)
         if not records:
             return
-        frame, lines = self._json_frame(records, np.array(lines, np.int64))
-        keep, values = self._check_values(frame, lines)
-        if not keep.all():
-            frame, lines, values = frame[keep].reset_index(drop=True), lines[keep], values[keep]
-        if len(frame):
-            self.report.rows += len(frame)
-            yield self._chunk(frame, values, lines)
+        yield from self._checked(*self._json_frame(records, np.array(lines, np.int64)))
 
     def _json_frame(self, records: list[dict], lines: np.ndarray
                     ) -> tuple[pd.DataFrame, np.ndarray]:

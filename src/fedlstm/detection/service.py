@@ -506,13 +506,19 @@ def records_to_frame(bundle: ModelBundle, records: list[Record], max_errors: int
     entity_col = spec.entity_column
     entity = [""] * len(records) if entity_col else None
     unset = set(rules.unset_tokens)
+    def field(i: int, record: dict, c: str):
+        """The record's value of `c`, else the schema's default, else _MISSING (reported)."""
+        value = record[c] if c in record else rules.defaults.get(c, _MISSING)
+        if value is _MISSING:
+            left_out[c] = left_out.get(c, 0) + 1
+            fail(i, c, "missing", f"field required: schema {rules.schema_name!r} declares "
+                                  "no default for it")
+        return value
+
     for i, record in enumerate(records):
         for j, c in enumerate(pre.numeric_columns):
-            value = record.get(c, _MISSING) if c in record else rules.defaults.get(c, _MISSING)
+            value = field(i, record, c)
             if value is _MISSING:
-                left_out[c] = left_out.get(c, 0) + 1
-                fail(i, c, "missing", f"field required: schema {rules.schema_name!r} declares "
-                                      "no default for it")
                 continue
             if value is None or (isinstance(value, str) and value in unset):
                 if rules.fill is None:
@@ -525,11 +531,8 @@ def records_to_frame(bundle: ModelBundle, records: list[Record], max_errors: int
                 continue
             numeric[i, j] = number
         for c in pre.categorical_columns:
-            value = record.get(c, _MISSING) if c in record else rules.defaults.get(c, _MISSING)
+            value = field(i, record, c)
             if value is _MISSING:
-                left_out[c] = left_out.get(c, 0) + 1
-                fail(i, c, "missing", f"field required: schema {rules.schema_name!r} declares "
-                                      "no default for it")
                 continue
             if value is None:
                 if rules.fill is None:

@@ -140,10 +140,11 @@ class HybridTask(Task):
         """The trade-off the alert budget sets: for each budget, ζ chosen again on the same
         validation windows as the detector's own, and the test sets scored with it. For the
         report only: the detector keeps the budget it was built with."""
-        windows = self.site_windows(split.train, split.val, detector.preprocessor,
-                                    detector.class_names)
-        hist = ScoreHistogram.of(detector.anomaly_score(windows.calibration),
-                                 windows.calibration_is_attack,
+        # the validation windows that calibrated ζ (not the training ones: nothing else is needed)
+        _, rest = split_validation(split.val, self.cfg)
+        calibration = windows_of(rest, detector.preprocessor, self.cfg, detector.class_names)
+        hist = ScoreHistogram.of(detector.anomaly_score(calibration),
+                                 calibration.window_labels.numpy() > 0,
                                  detector.bin_edges(self.cfg.anomaly.score_bins))
         scored = {}
         for name, records in split.tests.items():
