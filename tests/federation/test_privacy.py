@@ -53,7 +53,9 @@ def test_dp_training_spends_no_more_than_the_target_and_still_learns():
     pre = FlowPreprocessor(["bytes", "rate"], ["flag", "proto"]).fit(recs.frame)
     data = make_windows(pre.transform(recs.frame), recs.is_attack, 3)
     model = LSTMClassifier(pre.n_features_out, 2, hidden_size=16)
-    cfg = TrainConfig(epochs=6, batch_size=64, lr=0.01, dp=True, dp_target_epsilon=4.0)
+    # seeded noise: the OS-drawn default made this check flaky (a run whose noise hid the learning)
+    cfg = TrainConfig(epochs=6, batch_size=64, lr=0.01, dp=True, dp_target_epsilon=4.0,
+                      dp_seeded_noise=True)
     history = fit(model, data, None, cfg, n_classes=2)
     assert history.privacy["epsilon"] <= 4.0 + 0.05
     assert [e["epsilon"] for e in history.epochs] == sorted(e["epsilon"] for e in history.epochs)
