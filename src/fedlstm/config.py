@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -87,6 +88,23 @@ class TrainConfig(_Strict):
     # but whoever knows the seed, e.g. the server that sends it, can remove the noise)
 
 
+COMPRESS_FORMS = re.compile(r"^(none|q8|topk:(?P<ratio>[0-9.e-]+)(\+q8)?)$")
+
+
+def compression_spec(spec: str) -> str:
+    """`--compress` in its normal form (lower case); a ValueError naming the accepted forms."""
+    text = spec.strip().lower()
+    match = COMPRESS_FORMS.match(text)
+    try:
+        ok = match is not None and (match["ratio"] is None or 0 < float(match["ratio"]) <= 1)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"--compress {spec!r}: expected none, q8, topk:RATIO or topk:RATIO+q8 "
+                         "with 0 < RATIO <= 1 (e.g. topk:0.05+q8)")
+    return text
+
+
 class FederationConfig(_Strict):
     clients: int = Field(5, ge=1)
     partition: str = "iid"  # iid | dirichlet:ALPHA | by:COLUMN | networks | files
@@ -120,6 +138,26 @@ class FederationConfig(_Strict):
     # Longest wait for the sites' answers in one round (or one question): a site that hangs is
     # left out of that round, so one stopped site never stalls the federation. None: no limit.
     round_timeout: float | None = Field(600.0, gt=0)
+    # Compression of model updates (fedlstm.federation.codec): none | q8 | topk:RATIO[+q8];
+    # with error feedback on the sites (what was dropped is sent later) and, downlink, the
+    # global model sent as a compressed difference to sites holding the previous one.
+    compress: str = "none"
+    compress_feedback: bool = True
+    compress_downlink: bool = True
+
+    @field_validator("compress")
+    @classmethod
+    def _known_compression(cls, value: str) -> str:
+        return compression_spec(value)
+
+    @model_validator(mode="after")
+    def _compression_composes(self) -> FederationConfig:
+        if self.compress != "none" and self.secagg:
+            raise ValueError(f"compress={self.compress} cannot be combined with SecAgg+: the "
+                             "server only sees the masked sum of what sites send, and packed "
+                             "updates (Top-k positions, per-site q8 scales) cannot be summed. Use "
+                             "compress=none with secagg, or drop secagg")
+        return self
 
 
 class AnomalyConfig(_Strict):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedlstm.reports import communication
 from fedlstm.reports.report import (
     LABELS,
     NETWORKS,
@@ -176,9 +177,35 @@ def _expected(steps: Steps, heading: str, paragraph: str, header, row):
                   if ev.get("unseen_recall") is not None else "- (none)")
         return [row[0], *(_score(ev.get(k)) for k in ("accuracy", "fpr", "precision", "recall",
                                                       "f1", "roc_auc", "recall_at_fpr")), unseen]
+    if heading.startswith("Communication"):
+        return _communication_row(steps, row)
     if heading == "Wall time of every step":
         return [row[0], f"{steps.files[row[0]].get('seconds', 0):.1f}"]
     return None
+
+
+def _communication_row(steps: Steps, row: list[str]) -> list[str]:
+    """A row of the communication table, recomputed from the study's step files."""
+    ds = DATASET_OF.get(row[0], row[0])
+    runs = {k.split("--")[2]: v for k, v in steps.files.items() if k.startswith(f"comm--{ds}--")}
+    mode = next(m for m in runs if communication.label(m) == row[1])
+
+    def bytes_per_round(run):
+        rounds = [r for r in run["curves"] if "bytes_up" in r]
+        return (np.mean([r["bytes_up"] for r in rounds]),
+                np.mean([r["bytes_down"] + r.get("eval_bytes_down", 0) for r in rounds]))
+
+    (up, down), (up0, down0) = bytes_per_round(runs[mode]), bytes_per_round(runs["none"])
+    ev, acc0 = runs[mode]["evaluations"]["test"], runs["none"]["evaluations"]["test"]["accuracy"]
+    val = [r["val_loss"] for r in runs[mode]["curves"] if "val_loss" in r]
+    delta = 100 * (ev["accuracy"] - acc0)
+    target = "-"
+    if mode in communication.TARGETS:
+        cap, pp = communication.TARGETS[mode]
+        target = "met" if up / up0 <= cap and delta >= -pp else "missed"
+    return [row[0], row[1], f"{up / 1e3:,.1f}", f"{up / up0:.3f}x", f"{down / 1e3:,.1f}",
+            f"{down / down0:.3f}x", f"{ev['accuracy']:.4f}", f"{delta:+.2f}", f"{ev['fpr']:.4f}",
+            f"{ev['roc_auc']:.4f}", f"{val[-1]:.4f}" if val else "-", target]
 
 
 def _target_row(steps: Steps, row: list[str]) -> list[str]:

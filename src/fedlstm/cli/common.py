@@ -96,6 +96,9 @@ Partition = Annotated[Optional[str], typer.Option(help="iid | dirichlet:ALPHA | 
 Strategy = Annotated[Optional[str], typer.Option(help="fedavg | fedprox | fedadam")]
 Rounds = Annotated[Optional[int], typer.Option()]
 LocalEpochs = Annotated[Optional[int], typer.Option(help="E: local epochs per round.")]
+Compress = Annotated[Optional[str], typer.Option(
+    help="Compress model updates: none | q8 (8-bit) | topk:RATIO (largest RATIO of each array, "
+         "with error feedback) | topk:RATIO+q8. Bytes per round are always measured.")]
 Window = Annotated[Optional[int], typer.Option(help="Records per window (W).")]
 Seed = Annotated[Optional[int], typer.Option()]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML or JSON run configuration.")]
@@ -143,12 +146,13 @@ def load_run_config(config: Path | None, overrides: list[str] | None, detector: 
 
 
 def federation_options(dataset, protocol, data_dir, clients, partition, strategy, rounds,
-                       local_epochs, window, seed) -> dict:
+                       local_epochs, window, seed, compress=None) -> dict:
     """`load_config` keywords shared by `federate` and `deploy local`."""
     return dict(data__dataset=dataset, data__protocol=protocol, data__data_dir=data_dir,
                 federation__clients=clients, federation__partition=partition,
                 federation__strategy=strategy, federation__rounds=rounds,
-                federation__local_epochs=local_epochs, windows__window=window, seed=seed)
+                federation__local_epochs=local_epochs, windows__window=window, seed=seed,
+                federation__compress=compress)
 
 
 def print_rounds(rounds: list[dict]) -> None:
@@ -158,8 +162,15 @@ def print_rounds(rounds: list[dict]) -> None:
     table.add_column("round", justify="right")
     for k in keys:  # test_accuracy/<site name>: the site may be named after a file
         table.add_column(Text(k), justify="right")
+    traffic = any("bytes_up" in r for r in rounds)
+    if traffic:  # what each round's training sent, as serialised for the wire
+        table.add_column("kB down", justify="right")
+        table.add_column("kB up", justify="right")
     for r in rounds:
-        table.add_row(str(r["round"]), *(f"{r[k]:.4f}" if k in r else "-" for k in keys))
+        row = [f"{r[k]:.4f}" if k in r else "-" for k in keys]
+        if traffic:
+            row += [f"{r[k] / 1e3:,.1f}" if k in r else "-" for k in ("bytes_down", "bytes_up")]
+        table.add_row(str(r["round"]), *row)
     out_console.print(table)
 
 

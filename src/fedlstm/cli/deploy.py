@@ -15,6 +15,7 @@ from rich.text import Text
 from fedlstm.cli.common import (
     AlertBudgetOpt,
     Clients,
+    Compress,
     ConfigFile,
     DataDir,
     Dataset,
@@ -233,6 +234,7 @@ def local(
              "timeout per round).")] = None,
     detector: DetectorOpt = None,
     alert_budget: AlertBudgetOpt = None,
+    compress: Compress = None,
     overwrite: bool = False,
 ) -> None:
     """Run Fed-LSTM as local processes: a SuperLink and one SuperNode per client, via `flwr run`."""
@@ -243,7 +245,7 @@ def local(
     try:
         cfg = load_run_config(config, set_, detector, alert_budget, **federation_options(
             dataset, protocol, data_dir, clients, partition, strategy, rounds, local_epochs,
-            window, seed))
+            window, seed, compress))
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
         f = cfg.federation
@@ -252,7 +254,8 @@ def local(
         console.print(Text(f"Fed-LSTM ({cfg.detector}) deployment on {cfg.data.dataset}: "
                            f"{f.clients} SuperNodes, "
                            f"partition {f.partition}, {f.strategy}, {f.rounds} rounds x "
-                           f"{f.local_epochs} local epochs, {security}"))
+                           f"{f.local_epochs} local epochs, {security}"
+                           + (f", compress {f.compress}" if f.compress != "none" else "")))
         start = time.perf_counter()
         with console.status("starting...") as status:
             def progress(message: str) -> None:

@@ -29,6 +29,7 @@ from fedlstm.cli.common import (
     AlertBudgetOpt,
     AllowUnsignedOpt,
     Clients,
+    Compress,
     ConfigFile,
     DataDir,
     Dataset,
@@ -249,6 +250,7 @@ def federate(
     epsilon: Annotated[Optional[float], typer.Option(help="With --dp: target ε per flow record over all planned rounds (calibrates the noise; δ = 1/(10 n) for n training records).")] = None,
     client_dp: Annotated[bool, typer.Option("--client-dp", help="Client-level DP: clipped updates + server Gaussian noise.")] = False,
     secagg: Annotated[bool, typer.Option("--secagg", help="Flower SecAgg+: the server sees only the sum of updates.")] = False,
+    compress: Compress = None,
 ) -> None:
     """Train Fed-LSTM with Flower's simulation engine (1 CPU and 1 torch thread per client)."""
     from fedlstm.federation.audit import RunInterrupted
@@ -262,7 +264,7 @@ def federate(
         with output_lock(out):  # as in `train`: a second run on --out stops now
             cfg = load_run_config(config, set_, detector, alert_budget, **federation_options(
                                   dataset, protocol, data_dir, clients, partition, strategy, rounds,
-                                  local_epochs, window, seed),
+                                  local_epochs, window, seed, compress),
                               train__dp=dp or None, train__dp_target_epsilon=epsilon,
                               federation__client_dp=client_dp or None,
                               federation__secagg=secagg or None,
@@ -277,7 +279,8 @@ def federate(
                 f", {clients} clients, partition {f.partition}, "
                 f"{f.strategy}, {f.rounds} rounds x {f.local_epochs} local epochs"
                 + (", DP-SGD" if cfg.train.dp else "") + (", client-level DP" if f.client_dp else "")
-                + (", SecAgg+" if f.secagg else "")))
+                + (", SecAgg+" if f.secagg else "")
+                + (f", compress {f.compress}" if f.compress != "none" else "")))
             command = command_line()
             with console.status("federated training (Flower simulation engine)...") as status:
                 if compare:

@@ -37,6 +37,8 @@ from fedlstm.config import RunConfig
 from fedlstm.data.schemas import get_spec
 from fedlstm.federation.audit import GuardedGrid
 from fedlstm.federation.client import ClientTask
+from fedlstm.federation.codec import parse
+from fedlstm.federation.compression import CompressedUpdates, compression_mod
 from fedlstm.federation.deploy.app import CONFIG_KEY
 from fedlstm.federation.deploy.launch import write_deployed_run
 from fedlstm.federation.partitions import load_client_records
@@ -125,8 +127,10 @@ def make_client_app(partition_dir: str | None = None, cfg: RunConfig | None = No
         return FlowerClient(str(path), str(name),
                             config_json or str(context.run_config[CONFIG_KEY])).to_client()
 
-    # SecAgg+ outermost, so updates are clipped before they are masked (Flower's fl-dp-sa order).
-    return ClientApp(client_fn=client_fn, mods=[_when_secagg, _when_clipping, *mods])
+    # SecAgg+ outermost, so updates are clipped before they are masked (Flower's fl-dp-sa order);
+    # compression outside clipping, so it packs the clipped update (and keeps the bound).
+    return ClientApp(client_fn=client_fn,
+                     mods=[_when_secagg, compression_mod, _when_clipping, *mods])
 
 
 # --- server ------------------------------------------------------------------------------------
@@ -211,6 +215,10 @@ def build_strategy(task: ServerTask) -> Strategy:
         strategy = DifferentialPrivacyClientSideFixedClipping(
             strategy, noise_multiplier=fed.client_dp_noise, clipping_norm=fed.client_dp_clip,
             num_sampled_clients=sampled_clients(fed))
+    codec = parse(fed.compress)
+    if codec.active:  # outermost: every strategy above sees plain model weights
+        strategy = CompressedUpdates(strategy, codec, error_feedback=fed.compress_feedback,
+                                     downlink=fed.compress_downlink, seed=task.cfg.seed)
     return strategy
 
 
@@ -246,7 +254,7 @@ def guarded(grid: Grid, task: ServerTask) -> GuardedGrid:
         return grid
     guard = GuardedGrid(grid, task.reply_contract, record=task.audit is not None,
                         keep_arrays=bool(task.audit), stop=task.stop,
-                        timeout=task.cfg.federation.round_timeout)
+                        timeout=task.cfg.federation.round_timeout, traffic=task.traffic)
     if task.audit is not None:
         task.audit = guard
     return guard

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECAGG
+from flwr.common.serde import recorddict_to_proto
 
+from fedlstm.federation.codec import Codec, decode
 from fedlstm.tasks.base import Check
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class ReplyContract:
     answers: Mapping[str, Mapping[str, Check]] = field(default_factory=dict)  # phase -> key -> check
     max_text: int = 200  # site names and status messages
     max_sites: int = 100_000
+    codec: Codec = Codec()  # how updates are packed (`--compress`)
 
 
 def array_of(data: object, shape: tuple[int, ...] | None = None, kind: str = "f",
@@ -125,6 +128,16 @@ class _Checker:
     def model(self, name: str, record: Mapping) -> None:
         shapes = self.contract.model_shapes
         if not record:  # SecAgg+ sends the update masked, in its own record
+            return
+        if self.contract.codec.active:  # a packed update: what unpacks to the model's shapes
+            arrays = [array_of(_record_value(a), kind="fu") for a in record.values()]
+            bad = next((a for a in arrays if isinstance(a, str)), None)
+            if bad:
+                self.fail(name, bad)
+            try:
+                decode(arrays, self.contract.codec, list(shapes))
+            except ValueError as exc:
+                self.fail(name, f"not a {self.contract.codec} update of the model ({exc})")
             return
         if len(record) != len(shapes):
             self.fail(name, f"{len(record)} arrays, the model has {len(shapes)}")
@@ -274,6 +287,35 @@ def _question(message) -> tuple[str, str | None]:
     return kind, str(config.get("phase", "preprocessing"))
 
 
+def wire_bytes(message) -> int:
+    """The message's content as Flower serialises it for the wire (protobuf); gRPC and TLS
+    framing and the metadata (about 100 bytes) are not counted."""
+    return 0 if message.has_error() else recorddict_to_proto(message.content).ByteSize()
+
+
+class Traffic:
+    """Bytes sent to sites ("down") and received from them ("up"), by message type; `take`
+    returns what accumulated for one type since it was last taken (one round's share)."""
+
+    def __init__(self):
+        self.totals: dict[str, int] = {}
+        self._taken: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: str, n: int) -> None:
+        with self._lock:
+            self.totals[key] = self.totals.get(key, 0) + n
+
+    def take(self, kind: str) -> dict[str, int]:
+        with self._lock:
+            out = {}
+            for way in ("down", "up"):
+                key = f"{kind}_{way}"
+                out[way] = self.totals.get(key, 0) - self._taken.get(key, 0)
+                self._taken[key] = self.totals.get(key, 0)
+            return out
+
+
 class GuardedGrid:
     """Delegates to a Flower Grid; checks every reply against the contract, can record every
     message (`record`, `keep_arrays`), stops waiting when `stop` is set, and bounds every wait
@@ -281,8 +323,10 @@ class GuardedGrid:
 
     def __init__(self, grid, contract: Callable[[], ReplyContract], *, record: bool = False,
                  keep_arrays: bool = False, stop: threading.Event | None = None,
-                 timeout: float | None = None, poll_interval: float = 0.2):
+                 timeout: float | None = None, poll_interval: float = 0.2,
+                 traffic: Traffic | None = None):
         self._grid, self._contract = grid, contract
+        self.traffic = traffic if traffic is not None else Traffic()
         # Flower's fit and evaluate steps wait without a timeout: one hung site would hold the
         # round until the SuperLink declares it dead. Their waits get this one.
         self.timeout = timeout
@@ -307,6 +351,8 @@ class GuardedGrid:
         ids = list(self._grid.push_messages(messages))
         with self._lock:
             self._questions.update({i: _question(m) for i, m in zip(ids, messages)})
+        for m in messages:
+            self.traffic.add(f"{m.metadata.message_type}_down", wire_bytes(m))
         return ids
 
     def pull_messages(self, message_ids):
@@ -317,6 +363,7 @@ class GuardedGrid:
                 kind, phase = self._questions.pop(reply.metadata.reply_to_message_id,
                                                   ("unknown", None))
             check_reply(reply, kind, phase, contract)
+            self.traffic.add(f"{kind}_up", wire_bytes(reply))
         self._keep(replies, "received")
         return replies
 

@@ -21,8 +21,9 @@ from fedlstm.data.readers import Records
 from fedlstm.data.spec import DatasetSpec
 from fedlstm.features import FlowPreprocessor, PreprocessingStats, merge_all
 from fedlstm.features.stats import DP_BINS, dp_histogram_from_bytes, read_agreed
-from fedlstm.federation.audit import ReplyContract
+from fedlstm.federation.audit import ReplyContract, Traffic
 from fedlstm.federation.client import PREPROCESSING, REPLY_METRICS
+from fedlstm.federation.codec import parse
 from fedlstm.models import get_weights, set_weights
 from fedlstm.runs.rundir import unseen_attack_recall
 from fedlstm.tasks import Task
@@ -58,6 +59,7 @@ class ServerTask:
         # record of every message here after it.
         self.audit = None
         self.stop = threading.Event()  # set (e.g. on Ctrl-C) to end the run at the next poll
+        self.traffic = Traffic()  # bytes on the wire, counted by the grid every message goes through
         self.weights: list[np.ndarray] | None = None
         self.statistics_received: list[dict] = []
         self.answers_received: list[dict] = []  # phase, client, keys and sizes: the audit trail
@@ -144,7 +146,8 @@ class ServerTask:
     def reply_contract(self) -> ReplyContract:
         shapes = tuple(tuple(np.shape(w)) for w in self.weights) if self.weights is not None else ()
         return ReplyContract(shapes, REPLY_METRICS, self.declared_answers(),
-                             max_sites=max(self.cfg.federation.clients, 2))
+                             max_sites=max(self.cfg.federation.clients, 2),
+                             codec=parse(self.cfg.federation.compress))
 
     def receive(self, phase: str, answers: list[dict]) -> None:
         self.answers_received += [{"phase": phase, "client": str(a.get("client", "?")),
@@ -177,12 +180,19 @@ class ServerTask:
             agg["epsilon"] = max(m["epsilon"] for _, m in results)
         rec = self.round_record(server_round)
         rec.update(agg)
+        fit = self.traffic.take("train")  # this round's training messages, all stages
+        if fit["down"] or fit["up"]:  # (the in-process engine sends no messages)
+            rec["bytes_down"], rec["bytes_up"] = fit["down"], fit["up"]
         keep = ("train_loss", "train_accuracy", "epsilon", "delta")
         rec["clients_fit"] = {m.get("client", str(i)): {"n": k, **{x: m[x] for x in keep if x in m}}
                               for i, (k, m) in enumerate(results)}
         return agg
 
     def record_evaluate(self, server_round: int, results: list[tuple[int, dict]]) -> dict:
+        evaluation = self.traffic.take("evaluate")
+        if evaluation["down"] or evaluation["up"]:
+            rec = self.round_record(server_round)
+            rec["eval_bytes_down"], rec["eval_bytes_up"] = evaluation["down"], evaluation["up"]
         results = [(k, m) for k, m in results if k > 0]
         n = sum(k for k, _ in results)
         if not n:
@@ -268,7 +278,8 @@ class ServerTask:
         extra = {"federation": self.cfg.federation.model_dump(), "partitions": partitions,
                  "data_notes": notes, "rounds": [self.rounds[k] for k in sorted(self.rounds)],
                  "unseen_attacks": unseen_attack_recall(train_attacks, self.spec, evaluations),
-                 "answers_received": self.answers_received, "timings": timings}
+                 "answers_received": self.answers_received, "timings": timings,
+                 "traffic_bytes": dict(sorted(self.traffic.totals.items()))}
         return evaluations, extra
 
     def detector(self, ask: Ask | None = None, mode: str = "federated"):

@@ -108,6 +108,9 @@ def federate(cfg: RunConfig, data: FederatedData, out_dir: Path | None = None,
     cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"clients": n})})
     task = ServerTask(task_for(cfg), data.spec, data.tests, out_dir)
     if engine == "inprocess":
+        if cfg.federation.compress != "none":
+            raise ValueError("the in-process engine sends no messages, so it has nothing to "
+                             f"compress (compress={cfg.federation.compress}); use engine flower")
         return run_inprocess(task, [ClientTask(task.task, recs, data.spec, name)
                                     for recs, name in zip(data.clients, data.names)])
     with private_shares(data, data.spec) as part_dir:

@@ -42,6 +42,7 @@ from fedlstm.data.splits import build_split
 from fedlstm.detection import ModelBundle
 from fedlstm.detection.classical import CLASSICAL
 from fedlstm.federation.simulation import one_ray_runtime, run_federated
+from fedlstm.reports import communication
 from fedlstm.reports.report import write_report
 from fedlstm.runs.rundir import git_commit
 from fedlstm.tasks import task_for
@@ -73,12 +74,14 @@ class Profile:
     headline_seeds_only: tuple[str, ...] = ()  # methods run with every seed; others with the first
     all_seeds_first_protocol_only: bool = False  # repeat seeds under each dataset's main protocol
     fed_first_protocol_only: bool = False  # Fed-LSTM under one protocol per dataset (quick)
+    comm_modes: tuple[str, ...] = tuple(communication.MODES)  # the communication study's modes
     note: str = ""
 
 
 PROFILES = {
     "quick": Profile("quick", 3_000, 3_000, clients=3, seeds=(0,), epochs=1, rounds=2,
                      local_epochs=1, hidden_size=32, fed_first_protocol_only=True,
+                     comm_modes=("none", "topk5"),
                      note="QUICK PROFILE: 3,000 training and 3,000 test rows per dataset, 1 epoch, "
                           "2 federated rounds over 3 clients, hidden size 32, Fed-LSTM under one "
                           "protocol per dataset. A smoke test of the pipeline, not a result."),
@@ -273,12 +276,16 @@ def study_profile(profile: Profile) -> Profile:
                    local_epochs=1, epochs=profile.epochs or STUDY_ROUNDS)
 
 
-def extra_keys(the_plan: Plan, datasets: list[str] | None, methods: list[str] | None) -> list[str]:
+def extra_keys(the_plan: Plan, datasets: list[str] | None, methods: list[str] | None,
+               profile: Profile | None = None) -> list[str]:
     keys = [f"overlap--{ds}--{prot}" for ds, prot in
             dict.fromkeys((s.dataset, s.protocol) for s in the_plan.steps)]
     fed = methods is None or "fed-lstm" in methods
     if fed and (datasets is None or {"nsl-kdd", "kdd99"} <= set(datasets)):
         keys.append("networks-ab--s0")
+    if fed and profile is not None:
+        keys += communication.study_keys(sorted({s.dataset for s in the_plan.steps}),
+                                         profile.comm_modes)
     if any(s.dataset == "nsl-kdd" for s in the_plan.steps) and methods is None:
         keys += [f"noniid--{name}--s0" for name in NONIID]
         keys += [f"privacy--eps{eps:g}--s0" for eps in EPSILONS]  # eps inf: no DP
@@ -288,6 +295,11 @@ def extra_keys(the_plan: Plan, datasets: list[str] | None, methods: list[str] | 
 
 def extra_config(key: str, the_plan: Plan, profile: Profile, root: Path) -> RunConfig:
     """The resolved configuration of an extra step (what its cache key hashes)."""
+    if key.startswith("comm--"):  # the dataset's own Fed-LSTM step, compressed
+        _, ds, _, _ = key.split("--")
+        protocol = next(s.protocol for s in the_plan.steps if s.dataset == ds)
+        cfg = step_config(Step(ds, protocol, "fed-lstm", 0), profile, root)
+        return _with_federation(cfg, **communication.federation_update(key))
     if not key.startswith("overlap--"):
         profile = study_profile(profile)
     if key.startswith("overlap--"):
@@ -327,6 +339,9 @@ def extra_config(key: str, the_plan: Plan, profile: Profile, root: Path) -> RunC
 def run_extra(key: str, cfg: RunConfig, out: Path) -> dict | None:
     if key.startswith("overlap--"):
         return _overlap_extra(key, cfg)
+    if key.startswith("comm--"):
+        return {**_federated_extra(key, cfg, out), "kind": "comm", "mode": key.split("--")[2],
+                "dataset": cfg.data.dataset, "protocol": cfg.data.protocol}
     if key.startswith("networks-ab"):
         try:
             return _federated_extra(key, cfg, out)
@@ -480,7 +495,7 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
     steps_dir = out / "steps"
     steps_dir.mkdir(parents=True, exist_ok=True)
     the_plan = plan(profile, root, datasets, methods)
-    extra = extra_keys(the_plan, datasets, methods)
+    extra = extra_keys(the_plan, datasets, methods, profile)
     todo: list[_Job] = []
     for step in the_plan.steps:
         cfg = step_config(step, profile, root)
@@ -508,7 +523,7 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
                         steps=[r for r in results.values() if r is not None])
 
 
-FLOWER_EXTRAS = ("networks-ab", "noniid--", "privacy--")
+FLOWER_EXTRAS = ("networks-ab", "noniid--", "privacy--", "comm--")
 
 
 @dataclass

@@ -38,6 +38,31 @@ def learning_curves(records: list[dict], path: Path, title: str, x_key: str = "e
     return path
 
 
+def accuracy_vs_traffic(records: list[dict], path: Path, title: str) -> Path:
+    """Each round's test accuracy (reporting only) against the megabytes sent and received so far
+    (training and evaluation messages, as serialised for the wire)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    keys = sorted({k for r in records for k in r if k.startswith("test_accuracy/")})
+    total, xs = 0.0, []
+    for r in records:
+        total += sum(r.get(k, 0) for k in ("bytes_up", "bytes_down", "eval_bytes_up",
+                                            "eval_bytes_down"))
+        xs.append(total / 1e6)
+    for key in keys:
+        points = [(x, r[key]) for x, r in zip(xs, records) if key in r]
+        ax.plot(*zip(*points), marker="o", ms=3, label=key.removeprefix("test_accuracy/"))
+    ax.set_xlabel("cumulative MB (up + down)")
+    ax.set_ylabel("test accuracy")
+    if ax.lines:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, (y, score) in curves.items():

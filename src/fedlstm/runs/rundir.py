@@ -249,6 +249,8 @@ def write_results(stage: Path, cfg: RunConfig, bundle, evaluations: dict, extra:
     if curves is not None:
         name = "learning_curves.png" if curve_axis == "epoch" else "round_curves.png"
         plots.learning_curves(curves, stage / name, title, x_key=curve_axis)
+        if any("bytes_up" in r for r in curves):
+            plots.accuracy_vs_traffic(curves, stage / "accuracy_vs_traffic.png", title)
     for name, ev in evaluations.items():
         if name == "val":
             continue

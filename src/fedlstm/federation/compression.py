@@ -1,0 +1,227 @@
+"""Compressed federation traffic in Flower: a client mod and a strategy wrapper around `codec`.
+
+Uplink: the site's mod turns its trained model into the update from the model it started from,
+adds its error-feedback residual (kept in the node's Flower context state, which persists across
+rounds in simulation and deployment), and sends the packed update; the server's wrapper unpacks
+every update onto that starting model before the wrapped strategy sees it. Any strategy (FedAvg,
+FedProx, FedAdam, client-level DP) therefore works unchanged.
+
+Downlink: the server keeps a reference model that every up-to-date site holds. Each new global
+model is sent as the q8-packed difference from the reference (the reference then moves by exactly
+what was sent, so rounding errors are sent later: server-side error feedback); a site that
+missed the last version (new, returning, or failed) gets the full reference. The downlink is
+never sparsified: sites train from the reference and the next global model is the reference
+plus their updates, so a reference that lags behind would drag the global model back with it.
+
+Order with privacy (docs/privacy.md): record-level DP-SGD noises the training itself, so any
+compression after it is post-processing and costs no ε. With client-level DP the mod runs outside
+Flower's clipping mod and rescales what it sends to the clipping bound, so the bound the server's
+noise is calibrated to holds for the decoded update, error feedback included. SecAgg+ masks
+arrays that are summed by the server; compressed updates cannot be, so that is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
+from flwr.common import (
+    EvaluateIns,
+    FitIns,
+    FitRes,
+    Parameters,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.compat.common import recorddict_compat as compat
+from flwr.server.strategy import Strategy
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+from fedlstm.federation.codec import Codec, ErrorFeedback, decode, encode, parse
+
+log = logging.getLogger(__name__)
+
+# Keys of the fit/evaluate configuration the wrapper adds (the site's mod removes them again).
+KEY_SPEC, KEY_VERSION, KEY_BASE, KEY_FEEDBACK = ("compress", "compress_version", "compress_base",
+                                                 "compress_feedback")
+DOWNLINK = Codec(q8=True)  # how a new global model travels to sites holding the last one
+_STATE_REFERENCE, _STATE_RESIDUAL, _STATE_META = ("compress.reference", "compress.residual",
+                                                  "compress.meta")
+
+
+# --- the site ----------------------------------------------------------------------------------
+def compression_mod(msg: Message, ctxt: Context, call_next) -> Message:
+    """Flower client mod: full models in, packed updates out, for runs whose server compresses."""
+    kind = msg.metadata.message_type
+    if kind not in (MessageType.TRAIN, MessageType.EVALUATE):
+        return call_next(msg, ctxt)
+    train = kind == MessageType.TRAIN
+    ins = compat.recorddict_to_fitins(msg.content, keep_input=True) if train else \
+        compat.recorddict_to_evaluateins(msg.content, keep_input=True)
+    if KEY_SPEC not in ins.config:
+        return call_next(msg, ctxt)
+    codec = parse(str(ins.config[KEY_SPEC]))
+    start = _received_model(ins, ctxt)
+    config = {k: v for k, v in ins.config.items()
+              if k not in (KEY_SPEC, KEY_VERSION, KEY_BASE, KEY_FEEDBACK)}
+    if train:
+        msg.content = compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters(start), config), True)
+    else:
+        msg.content = compat.evaluateins_to_recorddict(
+            EvaluateIns(ndarrays_to_parameters(start), config), True)
+    out = call_next(msg, ctxt)
+    if not train or out.has_error():
+        return out
+    res = compat.recorddict_to_fitres(out.content, keep_input=True)
+    update = [np.asarray(n, np.float32) - s for n, s in zip(parameters_to_ndarrays(res.parameters),
+                                                             start)]
+    feedback = ErrorFeedback(_state_arrays(ctxt, _STATE_RESIDUAL)) \
+        if bool(ins.config.get(KEY_FEEDBACK, True)) else None
+    target = feedback.compensate(update) if feedback else update
+    rng = np.random.default_rng([int(ins.config.get("seed", 0)), int(ctxt.node_id) & 0xFFFFFFFF])
+    bound = float(ins.config[KEY_CLIPPING_NORM]) if KEY_CLIPPING_NORM in ins.config else None
+    packed = encode(target, codec, rng, max_norm=bound)
+    if feedback:
+        feedback.keep(target, decode(packed, codec, [s.shape for s in start]))
+        ctxt.state[_STATE_RESIDUAL] = ArrayRecord(feedback.residual)
+    res.parameters = ndarrays_to_parameters(packed)
+    out.content = compat.fitres_to_recorddict(res, keep_input=True)
+    return out
+
+
+def _state_arrays(ctxt: Context, key: str) -> list[np.ndarray] | None:
+    return ctxt.state[key].to_numpy_ndarrays() if key in ctxt.state else None
+
+
+def _received_model(ins, ctxt: Context) -> list[np.ndarray]:
+    """The model the server sent: in full, or as a packed difference from the version this site
+    holds (stored in its context state for the next message)."""
+    version = int(ins.config[KEY_VERSION])
+    arrays = parameters_to_ndarrays(ins.parameters)
+    meta = ctxt.state[_STATE_META] if _STATE_META in ctxt.state else ConfigRecord({"version": -1})
+    held = int(meta["version"])
+    if KEY_BASE not in ins.config:
+        model = [np.asarray(a, np.float32) for a in arrays]
+    else:
+        base = int(ins.config[KEY_BASE])
+        reference = _state_arrays(ctxt, _STATE_REFERENCE)
+        if reference is None or base != held:
+            raise ValueError(f"the server sent the model as a difference from version {base}, "
+                             f"this site holds version {held}")
+        if base == version:
+            return reference
+        model = [r + d for r, d in zip(reference, decode(arrays, DOWNLINK,
+                                                         [r.shape for r in reference]))]
+    ctxt.state[_STATE_REFERENCE] = ArrayRecord(model)
+    ctxt.state[_STATE_META] = ConfigRecord({"version": version})
+    return model
+
+
+# --- the server --------------------------------------------------------------------------------
+class CompressedUpdates(Strategy):
+    """Wraps any strategy: sends models as packed differences to sites that hold the reference,
+    and unpacks the sites' updates before the wrapped strategy aggregates them."""
+
+    def __init__(self, strategy: Strategy, codec: Codec, error_feedback: bool = True,
+                 downlink: bool = True, seed: int = 0):
+        super().__init__()
+        self.strategy, self.codec = strategy, codec
+        self.error_feedback, self.downlink = error_feedback, downlink
+        self.rng = np.random.default_rng(seed)
+        self.reference: list[np.ndarray] | None = None  # what up-to-date sites hold
+        self.version = 0
+        self.delta: list[np.ndarray] | None = None  # packed reference change version-1 -> version
+        self._source: list[np.ndarray] | None = None  # the global model the reference tracks
+        self.held: dict[str, int] = {}  # site -> version it holds
+        self.sent: dict[str, int] = {}  # site -> version sent in the current exchange
+
+    def __repr__(self) -> str:
+        return f"CompressedUpdates({self.codec}, {self.strategy!r})"
+
+    def initialize_parameters(self, client_manager):
+        return self.strategy.initialize_parameters(client_manager)
+
+    def _track(self, parameters: Parameters) -> None:
+        """Move the reference towards the current global model (once per new global model)."""
+        current = [np.asarray(a, np.float32) for a in parameters_to_ndarrays(parameters)]
+        if self._source is not None and all(np.array_equal(a, b) for a, b in
+                                            zip(current, self._source)):
+            return
+        self._source = current
+        if self.reference is None or not self.downlink:
+            self.reference, self.delta = [a.copy() for a in current], None
+        else:
+            change = [c - r for c, r in zip(current, self.reference)]
+            self.delta = encode(change, DOWNLINK, self.rng)
+            sent = decode(self.delta, DOWNLINK, [r.shape for r in self.reference])
+            self.reference = [r + s for r, s in zip(self.reference, sent)]
+        self.version += 1
+
+    def _instructions(self, instructions, make):
+        out = []
+        for proxy, ins in instructions:
+            held = self.held.get(proxy.cid)
+            config = {**ins.config, KEY_SPEC: str(self.codec), KEY_VERSION: self.version,
+                      KEY_FEEDBACK: self.error_feedback}
+            if held == self.version:
+                payload = []
+                config[KEY_BASE] = self.version
+            elif held == self.version - 1 and self.delta is not None:
+                payload = self.delta
+                config[KEY_BASE] = held
+            else:
+                payload = self.reference
+            self.sent[proxy.cid] = self.version
+            out.append((proxy, make(ndarrays_to_parameters(payload), config)))
+        return out
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
+        self._track(parameters)
+        self.sent = {}
+        return self._instructions(instructions, FitIns)
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        instructions = self.strategy.configure_evaluate(server_round, parameters, client_manager)
+        if not instructions:
+            return instructions
+        self._track(parameters)
+        self.sent = {}
+        return self._instructions(instructions, EvaluateIns)
+
+    def _settle(self, results, failures) -> None:
+        """Which version each site now holds: what it was sent if it replied, else unknown."""
+        for proxy, _ in results:
+            if proxy.cid in self.sent:
+                self.held[proxy.cid] = self.sent[proxy.cid]
+        for failure in failures:
+            if isinstance(failure, tuple):
+                self.held.pop(failure[0].cid, None)
+        for cid in set(self.sent) - {p.cid for p, _ in results}:
+            self.held.pop(cid, None)
+
+    def aggregate_fit(self, server_round, results, failures):
+        shapes = [r.shape for r in self.reference]
+        unpacked, failures = [], list(failures)
+        for proxy, res in results:
+            try:
+                update = decode(parameters_to_ndarrays(res.parameters), self.codec, shapes)
+            except (ValueError, zlib.error) as exc:
+                log.warning("site %s sent an update that does not unpack: %s", proxy.cid, exc)
+                failures.append((proxy, res))
+                continue
+            weights = [r + u for r, u in zip(self.reference, update)]
+            unpacked.append((proxy, FitRes(res.status, ndarrays_to_parameters(weights),
+                                           res.num_examples, res.metrics)))
+        self._settle(unpacked, failures)
+        return self.strategy.aggregate_fit(server_round, unpacked, failures)
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        self._settle(results, failures)
+        return self.strategy.aggregate_evaluate(server_round, results, failures)
+
+    def evaluate(self, server_round, parameters):
+        return self.strategy.evaluate(server_round, parameters)
+
