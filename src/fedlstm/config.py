@@ -109,7 +109,23 @@ class FederationConfig(_Strict):
     clients: int = Field(5, ge=1)
     partition: str = "iid"  # iid | dirichlet:ALPHA | by:COLUMN | networks | files
     networks: list[str] = ["nsl-kdd", "kdd99"]  # datasets of one schema, one client each
-    strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
+    # fedavg | fedprox | fedadam, or a Byzantine-robust rule (fedlstm.federation.robust) that
+    # tolerates `tolerate` x clients malicious sites: krum | multikrum | bulyan | median |
+    # trimmed-mean.
+    strategy: Literal["fedavg", "fedprox", "fedadam", "krum", "multikrum", "bulyan", "median",
+                      "trimmed-mean"] = "fedavg"
+    tolerate: float = Field(0.3, ge=0, lt=0.5)  # share of sites robust rules are sized for
+    # Wrappers around any strategy: norm-bound (clip each update to `norm_bound`, or adaptively
+    # to norm_multiplier x the round's median norm), cap-counts (no site weighs more than 2x the
+    # median count), reputation (sites that keep sending outlying updates lose their weight).
+    defences: list[Literal["norm-bound", "cap-counts", "reputation"]] = []
+    norm_bound: float | None = Field(None, gt=0)
+    norm_multiplier: float = Field(2.0, gt=0)
+    # Simulated attack (fedlstm.federation.attacks): `malicious` x clients sites (seeded) run
+    # label-flip | sign-flip | scale:K | noise[:SIGMA] | backdoor[:SHARE] | free-rider.
+    attack: str | None = None
+    malicious: float = Field(0.0, ge=0, lt=1)
+    attack_seed: int = 0  # which sites are malicious
     rounds: int = Field(10, ge=1)
     local_epochs: int = Field(1, ge=1)
     fraction_fit: float = Field(1.0, gt=0, le=1)  # share of clients sampled per round (S_t)
@@ -149,6 +165,22 @@ class FederationConfig(_Strict):
     @classmethod
     def _known_compression(cls, value: str) -> str:
         return compression_spec(value)
+
+    @model_validator(mode="after")
+    def _defences_compose(self) -> FederationConfig:
+        per_update = [d for d in [self.strategy, *self.defences]
+                      if d not in ("fedavg", "fedprox", "fedadam")]
+        if self.secagg and per_update:
+            raise ValueError(f"{', '.join(per_update)} cannot run with SecAgg+: these defences "
+                             "inspect each site's update (and count), but under SecAgg+ the "
+                             "server only sees the masked sum. What composes with SecAgg+ is "
+                             "bounding on the sites: client_dp (each site clips its update "
+                             "before masking, the server adds noise). Drop secagg or these "
+                             "defences")
+        if self.attack is not None and self.malicious == 0:
+            raise ValueError(f"attack={self.attack} needs a share of malicious sites "
+                             "(--malicious 0.3)")
+        return self
 
     @model_validator(mode="after")
     def _compression_composes(self) -> FederationConfig:

@@ -93,7 +93,18 @@ Dataset = Annotated[Optional[str], typer.Option(help="nsl-kdd | kdd99 | unsw-nb1
 Protocol = Annotated[Optional[str], typer.Option(help="official | random-split")]
 Clients = Annotated[Optional[int], typer.Option(help="Number of sites (simulated clients or SuperNodes).")]
 Partition = Annotated[Optional[str], typer.Option(help="iid | dirichlet:ALPHA | by:COLUMN | networks | files (each --train-file or folder is one client; the default with several --train-file)")]
-Strategy = Annotated[Optional[str], typer.Option(help="fedavg | fedprox | fedadam")]
+Strategy = Annotated[Optional[str], typer.Option(
+    help="fedavg | fedprox | fedadam, or robust to malicious sites: krum | multikrum | bulyan | "
+         "median | trimmed-mean (sized for federation.tolerate, default 30% of the sites)")]
+Defence = Annotated[Optional[list[str]], typer.Option(
+    "--defence", help="Around any strategy (repeatable): norm-bound (clip each update to 2x "
+                      "the round's median norm, or federation.norm_bound) | cap-counts | "
+                      "reputation (down-weight sites that keep sending outlying updates).")]
+Attack = Annotated[Optional[str], typer.Option(
+    help="Simulate malicious sites: label-flip | sign-flip | scale:K | noise[:SIGMA] | "
+         "backdoor[:SHARE] | free-rider (with --malicious).")]
+Malicious = Annotated[Optional[float], typer.Option(
+    help="Share of the sites that run --attack (seeded; recorded in metrics.json).")]
 Rounds = Annotated[Optional[int], typer.Option()]
 LocalEpochs = Annotated[Optional[int], typer.Option(help="E: local epochs per round.")]
 Compress = Annotated[Optional[str], typer.Option(
@@ -166,10 +177,16 @@ def print_rounds(rounds: list[dict]) -> None:
     if traffic:  # what each round's training sent, as serialised for the wire
         table.add_column("kB down", justify="right")
         table.add_column("kB up", justify="right")
+    failures = any("clients_failed" in r for r in rounds)
+    if failures:
+        table.add_column("failed (left out)")
     for r in rounds:
         row = [f"{r[k]:.4f}" if k in r else "-" for k in keys]
-        if traffic:
-            row += [f"{r[k] / 1e3:,.1f}" if k in r else "-" for k in ("bytes_down", "bytes_up")]
+        if traffic:  # training and evaluation messages of the round
+            row += [f"{(r.get(k, 0) + r.get('eval_' + k, 0)) / 1e3:,.1f}" if k in r else "-"
+                    for k in ("bytes_down", "bytes_up")]
+        if failures:
+            row.append(Text(", ".join(r.get("clients_failed", {})) or "-"))
         table.add_row(str(r["round"]), *row)
     out_console.print(table)
 

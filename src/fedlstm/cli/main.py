@@ -28,13 +28,16 @@ from fedlstm.cli import anomaly, deploy, detect, keys
 from fedlstm.cli.common import (
     AlertBudgetOpt,
     AllowUnsignedOpt,
+    Attack,
     Clients,
     Compress,
     ConfigFile,
     DataDir,
     Dataset,
+    Defence,
     DetectorOpt,
     LocalEpochs,
+    Malicious,
     Overrides,
     Partition,
     Protocol,
@@ -251,6 +254,9 @@ def federate(
     client_dp: Annotated[bool, typer.Option("--client-dp", help="Client-level DP: clipped updates + server Gaussian noise.")] = False,
     secagg: Annotated[bool, typer.Option("--secagg", help="Flower SecAgg+: the server sees only the sum of updates.")] = False,
     compress: Compress = None,
+    defence: Defence = None,
+    attack: Attack = None,
+    malicious: Malicious = None,
 ) -> None:
     """Train Fed-LSTM with Flower's simulation engine (1 CPU and 1 torch thread per client)."""
     from fedlstm.federation.audit import RunInterrupted
@@ -268,6 +274,8 @@ def federate(
                               train__dp=dp or None, train__dp_target_epsilon=epsilon,
                               federation__client_dp=client_dp or None,
                               federation__secagg=secagg or None,
+                              federation__defences=defence or None,
+                              federation__attack=attack, federation__malicious=malicious,
                               **byo_overrides(schema, train_file, test_file))
             if out.exists() and not (overwrite or resume):
                 raise FileExistsError(f"{out} already exists; choose another --out or pass "
@@ -280,7 +288,10 @@ def federate(
                 f"{f.strategy}, {f.rounds} rounds x {f.local_epochs} local epochs"
                 + (", DP-SGD" if cfg.train.dp else "") + (", client-level DP" if f.client_dp else "")
                 + (", SecAgg+" if f.secagg else "")
-                + (f", compress {f.compress}" if f.compress != "none" else "")))
+                + (f", compress {f.compress}" if f.compress != "none" else "")
+                + (f", defences {'+'.join(f.defences)}" if f.defences else "")
+                + (f", simulated attack {f.attack} by {f.malicious:.0%} of the sites"
+                   if f.attack else "")))
             command = command_line()
             with console.status("federated training (Flower simulation engine)...") as status:
                 if compare:
@@ -328,6 +339,36 @@ def privacy_utility(
                           federation__clients=clients, federation__rounds=rounds)
         with console.status("privacy-utility sweep...") as status:
             path = sweep(cfg, values, out, command=command_line(),
+                         progress=lambda text: status.update(Text(text)))
+    except (KeyError, OSError, ValueError, RuntimeError) as exc:
+        fail(exc)
+    out_console.print(Text(path.read_text()))
+
+
+@app.command()
+def robustness(
+    dataset: Annotated[Optional[str], typer.Option()] = None,
+    clients: Annotated[int, typer.Option(help="Sites (10: shares of 10%).")] = 10,
+    attacks: Annotated[str, typer.Option(help="Comma-separated attacks.")] = "label-flip,sign-flip,scale:10,noise,backdoor,free-rider",
+    defences: Annotated[str, typer.Option(help="Comma-separated defences: fedavg, median, multikrum, trimmed-mean, robust (trimmed mean + norm bound + reputation).")] = "fedavg,median,robust",
+    shares: Annotated[str, typer.Option(help="Comma-separated shares of malicious sites.")] = "0,0.1,0.2,0.3,0.4",
+    max_train_rows: Annotated[Optional[int], typer.Option(help="Stratified subsample of the training data (every row: 0).")] = 40_000,
+    out: Annotated[Path, typer.Option(help="Output folder (runs are cached there).")] = Path("reports/robust"),
+    config: ConfigFile = None,
+    set_: Overrides = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Fed-LSTM under simulated attacks: attack x defence x share of malicious sites, table and figure."""
+    from fedlstm.reports.robustness import sweep
+
+    try:
+        cfg = load_run_config(config, set_, data__dataset=dataset, data__data_dir=data_dir,
+                              federation__clients=clients,
+                              data__max_train_rows=max_train_rows or None)
+        with console.status("robustness sweep...") as status:
+            path = sweep(cfg, out, attacks=[a.strip() for a in attacks.split(",") if a.strip()],
+                         defences=[d.strip() for d in defences.split(",") if d.strip()],
+                         shares=[float(x) for x in shares.split(",")], command=command_line(),
                          progress=lambda text: status.update(Text(text)))
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         fail(exc)

@@ -35,6 +35,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from fedlstm.config import RunConfig
 from fedlstm.data.schemas import get_spec
+from fedlstm.federation.attacks import site_attack
 from fedlstm.federation.audit import GuardedGrid
 from fedlstm.federation.client import ClientTask
 from fedlstm.federation.codec import parse
@@ -42,6 +43,13 @@ from fedlstm.federation.compression import CompressedUpdates, compression_mod
 from fedlstm.federation.deploy.app import CONFIG_KEY
 from fedlstm.federation.deploy.launch import write_deployed_run
 from fedlstm.federation.partitions import load_client_records
+from fedlstm.federation.robust import (
+    ROBUST_STRATEGIES,
+    CappedCounts,
+    NormBounded,
+    Reputation,
+    robust_strategy,
+)
 from fedlstm.federation.server import ServerTask, sampled_clients
 from fedlstm.federation.sites import load_tests
 from fedlstm.tasks import task_for
@@ -54,21 +62,23 @@ _PROPS_IN, _PROPS_OUT = "getpropertiesins.config", "getpropertiesres.properties"
 
 # --- client ------------------------------------------------------------------------------------
 @lru_cache(maxsize=8)
-def _site(data_path: str, config_json: str, name: str) -> ClientTask:
-    """One site per process and data file: Flower builds a new client for every message."""
+def _site(data_path: str, config_json: str, name: str, index: int = 0) -> ClientTask:
+    """One site per process and data file: Flower builds a new client for every message.
+    `index` is the site's partition id (a simulated attack makes some of them malicious)."""
     cfg = RunConfig.model_validate_json(config_json)
     records, spec = load_client_records(data_path, get_spec(cfg.data.spec_name),
                                         lenient=cfg.data.lenient,
                                         max_bad_share=cfg.data.max_bad_share)
-    return ClientTask(task_for(cfg), records, spec, name)
+    return ClientTask(task_for(cfg), records, spec, name, site_attack(cfg.federation, index))
 
 
 class FlowerClient(NumPyClient):
-    def __init__(self, data_path: str, name: str, config_json: str):
+    def __init__(self, data_path: str, name: str, config_json: str, index: int = 0):
         self.data_path, self.name, self.config_json = data_path, name, config_json
+        self.index = index
 
     def _site(self, config: dict) -> ClientTask:
-        site = _site(self.data_path, self.config_json, self.name)
+        site = _site(self.data_path, self.config_json, self.name, self.index)
         if "preprocessor" in config:
             site.use_preprocessing(json.loads(str(config["preprocessor"])))
         elif site.cfg.federation.preprocessing == "local":  # nothing shared: its own statistics
@@ -76,7 +86,7 @@ class FlowerClient(NumPyClient):
         return site
 
     def get_properties(self, config):
-        return _site(self.data_path, self.config_json, self.name).answer(dict(config))
+        return _site(self.data_path, self.config_json, self.name, self.index).answer(dict(config))
 
     def fit(self, parameters, config):
         return self._site(config).fit(parameters, int(config["local_epochs"]),
@@ -125,7 +135,7 @@ def make_client_app(partition_dir: str | None = None, cfg: RunConfig | None = No
         names = _site_names(partition_dir) if partition_dir else ()
         name = node.get("name") or (names[pid] if pid < len(names) else f"client-{pid}")
         return FlowerClient(str(path), str(name),
-                            config_json or str(context.run_config[CONFIG_KEY])).to_client()
+                            config_json or str(context.run_config[CONFIG_KEY]), pid).to_client()
 
     # SecAgg+ outermost, so updates are clipped before they are masked (Flower's fl-dp-sa order);
     # compression outside clipping, so it packs the clipped update (and keeps the bound).
@@ -209,8 +219,19 @@ def build_strategy(task: ServerTask) -> Strategy:
         strategy = FedProx(proximal_mu=fed.proximal_mu, **common)
     elif fed.strategy == "fedadam":
         strategy = FedAdam(eta=fed.server_lr, eta_l=task.cfg.train.lr, **common)
+    elif fed.strategy in ROBUST_STRATEGIES:
+        strategy = robust_strategy(fed.strategy, num_malicious=int(fed.tolerate * n),
+                                   n_sites=sampled_clients(fed), **common)
     else:
         strategy = FedAvg(**common)
+    # Defences around the aggregation rule, innermost first (`fedlstm.federation.robust`).
+    if "norm-bound" in fed.defences:
+        strategy = NormBounded(strategy, max_norm=fed.norm_bound, multiplier=fed.norm_multiplier)
+    if "reputation" in fed.defences:
+        strategy = Reputation(strategy)
+    if "cap-counts" in fed.defences:
+        strategy = CappedCounts(strategy)
+    task.defences = strategy
     if fed.client_dp:
         strategy = DifferentialPrivacyClientSideFixedClipping(
             strategy, noise_multiplier=fed.client_dp_noise, clipping_norm=fed.client_dp_clip,
@@ -254,7 +275,7 @@ def guarded(grid: Grid, task: ServerTask) -> GuardedGrid:
         return grid
     guard = GuardedGrid(grid, task.reply_contract, record=task.audit is not None,
                         keep_arrays=bool(task.audit), stop=task.stop,
-                        timeout=task.cfg.federation.round_timeout, traffic=task.traffic)
+                        timeout=task.cfg.federation.round_timeout, ledger=task.ledger)
     if task.audit is not None:
         task.audit = guard
     return guard

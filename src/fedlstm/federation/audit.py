@@ -293,18 +293,40 @@ def wire_bytes(message) -> int:
     return 0 if message.has_error() else recorddict_to_proto(message.content).ByteSize()
 
 
-class Traffic:
-    """Bytes sent to sites ("down") and received from them ("up"), by message type; `take`
-    returns what accumulated for one type since it was last taken (one round's share)."""
+class Ledger:
+    """What crossed the wire: bytes sent to sites ("down") and received from them ("up") by
+    message type, each site's name by node id (from its replies), and the replies that were
+    errors. `take` returns what accumulated for one message type since it was last taken (one
+    round's share)."""
 
     def __init__(self):
         self.totals: dict[str, int] = {}
+        self.names: dict[int, str] = {}
+        self.failed: list[tuple[str, int, str]] = []  # (message type, node id, reason)
         self._taken: dict[str, int] = {}
+        self._failed_taken: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def add(self, key: str, n: int) -> None:
         with self._lock:
             self.totals[key] = self.totals.get(key, 0) + n
+
+    def reply(self, kind: str, reply) -> None:
+        """Note a reply: its site's name, or its error."""
+        node = int(reply.metadata.src_node_id)
+        with self._lock:
+            if reply.has_error():  # the reason's last line: the exception, not the traceback
+                lines = [ln.strip() for ln in str(reply.error.reason).splitlines() if ln.strip()]
+                self.failed.append((kind, node, (lines[-1] if lines else "error")[:200]))
+                return
+            content = reply.content
+            for record in (*content.config_records.values(), *content.metric_records.values()):
+                name = record.get("client") if hasattr(record, "get") else None
+                if isinstance(name, str):
+                    self.names[node] = name
+
+    def name(self, node: int | str) -> str:
+        return self.names.get(int(node), f"node {node}")
 
     def take(self, kind: str) -> dict[str, int]:
         with self._lock:
@@ -315,6 +337,14 @@ class Traffic:
                 self._taken[key] = self.totals.get(key, 0)
             return out
 
+    def take_failures(self, kind: str) -> dict[str, str]:
+        """Sites whose `kind` replies were errors since this was last taken: name -> reason."""
+        with self._lock:
+            mine = [(node, why) for k, node, why in self.failed if k == kind]
+            new = mine[self._failed_taken.get(kind, 0):]
+            self._failed_taken[kind] = len(mine)
+        return {self.name(node): why for node, why in new}
+
 
 class GuardedGrid:
     """Delegates to a Flower Grid; checks every reply against the contract, can record every
@@ -324,9 +354,9 @@ class GuardedGrid:
     def __init__(self, grid, contract: Callable[[], ReplyContract], *, record: bool = False,
                  keep_arrays: bool = False, stop: threading.Event | None = None,
                  timeout: float | None = None, poll_interval: float = 0.2,
-                 traffic: Traffic | None = None):
+                 ledger: Ledger | None = None):
         self._grid, self._contract = grid, contract
-        self.traffic = traffic if traffic is not None else Traffic()
+        self.ledger = ledger if ledger is not None else Ledger()
         # Flower's fit and evaluate steps wait without a timeout: one hung site would hold the
         # round until the SuperLink declares it dead. Their waits get this one.
         self.timeout = timeout
@@ -352,7 +382,7 @@ class GuardedGrid:
         with self._lock:
             self._questions.update({i: _question(m) for i, m in zip(ids, messages)})
         for m in messages:
-            self.traffic.add(f"{m.metadata.message_type}_down", wire_bytes(m))
+            self.ledger.add(f"{m.metadata.message_type}_down", wire_bytes(m))
         return ids
 
     def pull_messages(self, message_ids):
@@ -363,7 +393,8 @@ class GuardedGrid:
                 kind, phase = self._questions.pop(reply.metadata.reply_to_message_id,
                                                   ("unknown", None))
             check_reply(reply, kind, phase, contract)
-            self.traffic.add(f"{kind}_up", wire_bytes(reply))
+            self.ledger.add(f"{kind}_up", wire_bytes(reply))
+            self.ledger.reply(kind, reply)
         self._keep(replies, "received")
         return replies
 

@@ -21,6 +21,14 @@ from fedlstm.data.spec import DatasetSpec
 from fedlstm.data.splits import carve_validation
 from fedlstm.features import FlowPreprocessor, PreprocessingStats
 from fedlstm.features.stats import dp_histogram_to_bytes
+from fedlstm.federation.attacks import (
+    Attack,
+    claimed_examples,
+    default_trigger,
+    flip_labels,
+    plant_backdoor,
+    poison_update,
+)
 from fedlstm.models import get_weights, set_weights
 from fedlstm.tasks import Task
 from fedlstm.tasks.base import SiteWindows, make_preprocessor
@@ -37,9 +45,19 @@ PREPROCESSING = "preprocessing"  # the question every kind answers before round 
 
 
 class ClientTask:
-    def __init__(self, task: Task, records: Records, spec: DatasetSpec, name: str = "client"):
+    def __init__(self, task: Task, records: Records, spec: DatasetSpec, name: str = "client",
+                 attack: Attack | None = None):
         self.task, self.cfg, self.spec, self.name = task, task.cfg, spec, name
         self.classes = task.class_names(spec)
+        # A simulated malicious site (robustness experiments): its data poisoned here, its
+        # updates in `fit`.
+        self.attack = attack
+        self.rng = np.random.default_rng([self.cfg.seed, zlib.crc32(name.encode())])
+        if attack is not None and attack.kind == "label-flip":
+            records = flip_labels(records)
+        elif attack is not None and attack.kind == "backdoor":
+            records = plant_backdoor(records, default_trigger(records.frame), attack.share,
+                                     self.rng)
         self.train_records, self.val_records = carve_validation(records, self.cfg.data.val_fraction,
                                                                 self.cfg.seed)
         self.windows: SiteWindows | None = None
@@ -101,6 +119,7 @@ class ClientTask:
 
     def fit(self, weights: list[np.ndarray], epochs: int, proximal_mu: float = 0.0,
             seed: int = 0, server_round: int = 1) -> tuple[list[np.ndarray], int, dict]:
+        weights_in = weights
         model = self.model(weights)
         # One δ for every release of this site (DP preprocessing histogram and DP-SGD).
         train_cfg = self.cfg.train.model_copy(update={"proximal_mu": proximal_mu, "patience": None,
@@ -124,7 +143,11 @@ class ClientTask:
         elif self.released():  # only the DP preprocessing release spent anything
             metrics.update({"epsilon": self.cfg.federation.preprocessing_epsilon,
                             "delta": self.delta})
-        return get_weights(model), len(train), metrics
+        weights, count = get_weights(model), len(train)
+        if self.attack is not None and self.attack.poisons_update:
+            weights = poison_update(weights_in, weights, self.attack, self.rng)
+            count = claimed_examples(self.attack, count)
+        return weights, count, metrics
 
     def evaluate(self, weights: list[np.ndarray]) -> tuple[float, int, dict]:
         val = self.windows.val

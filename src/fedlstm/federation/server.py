@@ -21,9 +21,16 @@ from fedlstm.data.readers import Records
 from fedlstm.data.spec import DatasetSpec
 from fedlstm.features import FlowPreprocessor, PreprocessingStats, merge_all
 from fedlstm.features.stats import DP_BINS, dp_histogram_from_bytes, read_agreed
-from fedlstm.federation.audit import ReplyContract, Traffic
+from fedlstm.federation.attacks import (
+    apply_trigger,
+    default_trigger,
+    malicious_sites,
+    parse_attack,
+)
+from fedlstm.federation.audit import Ledger, ReplyContract
 from fedlstm.federation.client import PREPROCESSING, REPLY_METRICS
 from fedlstm.federation.codec import parse
+from fedlstm.federation.robust import ROBUST_STRATEGIES, check_robust
 from fedlstm.models import get_weights, set_weights
 from fedlstm.runs.rundir import unseen_attack_recall
 from fedlstm.tasks import Task
@@ -59,11 +66,16 @@ class ServerTask:
         # record of every message here after it.
         self.audit = None
         self.stop = threading.Event()  # set (e.g. on Ctrl-C) to end the run at the next poll
-        self.traffic = Traffic()  # bytes on the wire, counted by the grid every message goes through
+        self.ledger = Ledger()  # bytes on the wire, counted by the grid every message goes through
         self.weights: list[np.ndarray] | None = None
         self.statistics_received: list[dict] = []
         self.answers_received: list[dict] = []  # phase, client, keys and sizes: the audit trail
         self.histogram_bins = 0  # set by kinds that ask for score histograms
+        self.defences = None  # the strategy with its defence wrappers (set by the ServerApp)
+        fed = self.cfg.federation
+        self.attack = parse_attack(fed.attack) if fed.attack else None  # simulated, for reports
+        if fed.strategy in ROBUST_STRATEGIES:  # fail before any site is asked anything
+            check_robust(fed.strategy, int(fed.tolerate * fed.clients), sampled_clients(fed))
         self.result = None  # the detector, once the federation has finished
         self._test_windows = None
 
@@ -180,16 +192,37 @@ class ServerTask:
             agg["epsilon"] = max(m["epsilon"] for _, m in results)
         rec = self.round_record(server_round)
         rec.update(agg)
-        fit = self.traffic.take("train")  # this round's training messages, all stages
+        fit = self.ledger.take("train")  # this round's training messages, all stages
         if fit["down"] or fit["up"]:  # (the in-process engine sends no messages)
             rec["bytes_down"], rec["bytes_up"] = fit["down"], fit["up"]
+        failed = self.ledger.take_failures("train")
+        if failed:  # sites whose training failed this round: left out, named
+            rec["clients_failed"] = failed
+        rec.update(self.defence_record())
         keep = ("train_loss", "train_accuracy", "epsilon", "delta")
         rec["clients_fit"] = {m.get("client", str(i)): {"n": k, **{x: m[x] for x in keep if x in m}}
                               for i, (k, m) in enumerate(results)}
         return agg
 
+    def defence_record(self) -> dict:
+        """What the defences around the aggregation did this round, with sites by name."""
+        out, layer = {}, self.defences
+        while layer is not None and hasattr(layer, "strategy"):
+            if isinstance(getattr(layer, "last_round", None), dict) and layer.last_round:
+                last = layer.last_round
+                key = "norm_bound" if "bound" in last else "capped_counts"
+                out[key] = {"bound" if key == "norm_bound" else "cap":
+                            last.get("bound", last.get("cap")),
+                            "sites": sorted(self.ledger.name(c) for c in
+                                            last.get("clipped", last.get("capped", {})))}
+            if hasattr(layer, "reputation"):
+                out["reputation"] = {self.ledger.name(c): round(v, 4)
+                                     for c, v in layer.reputation.items()}
+            layer = layer.strategy
+        return out
+
     def record_evaluate(self, server_round: int, results: list[tuple[int, dict]]) -> dict:
-        evaluation = self.traffic.take("evaluate")
+        evaluation = self.ledger.take("evaluate")
         if evaluation["down"] or evaluation["up"]:
             rec = self.round_record(server_round)
             rec["eval_bytes_down"], rec["eval_bytes_up"] = evaluation["down"], evaluation["up"]
@@ -275,12 +308,39 @@ class ServerTask:
         evaluations = {name: self.task.evaluate(self.result, recs, train_attacks)
                        for name, recs in self.tests.items()}
         timings["evaluate_seconds"] = time.perf_counter() - t
+        attack = self.attack_summary(partitions, train_attacks)
         extra = {"federation": self.cfg.federation.model_dump(), "partitions": partitions,
                  "data_notes": notes, "rounds": [self.rounds[k] for k in sorted(self.rounds)],
                  "unseen_attacks": unseen_attack_recall(train_attacks, self.spec, evaluations),
                  "answers_received": self.answers_received, "timings": timings,
-                 "traffic_bytes": dict(sorted(self.traffic.totals.items()))}
+                 "traffic_bytes": dict(sorted(self.ledger.totals.items())),
+                 **({"attack": attack} if attack else {})}
         return evaluations, extra
+
+    def attack_summary(self, partitions: list | None, train_attacks: np.ndarray) -> dict | None:
+        """A simulated attack: which sites were malicious and, for a backdoor, its success on
+        each test set: the share of attack records carrying the trigger that are let through
+        (beside the share let through without it)."""
+        if self.attack is None:
+            return None
+        fed = self.cfg.federation
+        names = [p["client"] for p in partitions] if partitions else []
+        sites = malicious_sites(fed)
+        out = {"kind": str(self.attack), "malicious_share": fed.malicious,
+               "malicious_sites": [names[i] if i < len(names) else f"client-{i}" for i in sites]}
+        if self.attack.kind == "backdoor":
+            out["backdoor"] = {}
+            for name, recs in self.tests.items():
+                trigger = default_trigger(recs.frame)
+                missed = {}
+                for label, data in (("clean", recs), ("triggered", apply_trigger(recs, trigger))):
+                    matrix = np.asarray(self.task.evaluate(self.result, data, train_attacks)
+                                        ["binary"]["confusion_matrix"])
+                    missed[label] = float(matrix[1, 0] / max(matrix[1].sum(), 1))
+                out["backdoor"][name] = {"trigger": trigger,
+                                         "attack_success_rate": missed["triggered"],
+                                         "missed_without_trigger": missed["clean"]}
+        return out
 
     def detector(self, ask: Ask | None = None, mode: str = "federated"):
         """The finished federation's detector (its kind may ask the sites to calibrate it)."""
