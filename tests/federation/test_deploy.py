@@ -357,6 +357,45 @@ def test_the_anomaly_detector_deploys_like_the_supervised_one(federation, datase
     assert metrics["evaluations"]["test"]["unseen"]["n"] > 0
 
 
+def test_a_killed_site_leaves_the_run_to_the_others(federation, datasets_dir, tmp_path):
+    """SIGKILL on one of three SuperNodes after round 1: round 2 goes on with the two left
+    (min_fit_clients=2), within about a round timeout, and the killed site is named in round 2's
+    record. Before, the launcher stopped the whole run when any SuperNode exited."""
+    import os
+    import signal
+
+    cfg = load_config(None, ["data.max_train_rows=3000", "model.hidden_size=16",
+                             "federation.evaluate_clients=false", "federation.round_timeout=20",
+                             "federation.min_fit_clients=2", "detector=supervised"],
+                      data__dataset="nsl-kdd", data__data_dir=str(datasets_dir),
+                      federation__clients=3, federation__rounds=2, federation__local_epochs=1)
+    checkpoint = federation.work_dir / "run" / "checkpoints" / "last.pt"  # the ServerApp's out-dir
+    killed = []
+
+    def kill_a_site_after_round_1():
+        deadline = time.monotonic() + 240
+        while not checkpoint.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        node = [p for p in federation.processes if p.name == "supernode-client-2"][-1]
+        os.killpg(node.popen.pid, signal.SIGKILL)
+        killed.append(time.monotonic())
+
+    thread = threading.Thread(target=kill_a_site_after_round_1, daemon=True)
+    thread.start()
+    start = time.monotonic()
+    result = deploy_on(federation, cfg, tmp_path / "killed", timeout=300)
+    thread.join(timeout=5)
+    assert killed, "round 1 never finished"
+    print(f"killed-site run: {time.monotonic() - start:.1f} s, killed at {killed[0] - start:.1f} s")
+    assert result.status == FINISHED
+    metrics = json.loads((result.out / "metrics.json").read_text())
+    rounds = {r["round"]: r for r in metrics["rounds"]}
+    assert set(rounds[1]["clients_fit"]) == {"client-0", "client-1", "client-2"}
+    assert set(rounds[2]["clients_fit"]) == {"client-0", "client-1"}
+    assert list(rounds[2]["clients_failed"]) == ["client-2"]
+    assert time.monotonic() - killed[0] < 3 * 20 + 60  # bounded: about a round timeout
+
+
 # Last: the site it stops may stay registered at the shared SuperLink until its heartbeat lapses.
 def test_a_hung_site_costs_one_round_timeout_not_the_run(federation, datasets_dir, tmp_path):
     """SIGSTOP on one SuperNode after round 1: round 2 goes on with the other site after the
@@ -393,3 +432,4 @@ def test_a_hung_site_costs_one_round_timeout_not_the_run(federation, datasets_di
     assert sorted(rounds) == [0, 1, 2]
     assert set(rounds[1]["clients_fit"]) == {"client-0", "client-1"}
     assert set(rounds[2]["clients_fit"]) == {"client-0"}  # the hung site was left out
+    assert "no answer within 20 s" in rounds[2]["clients_failed"]["client-1"]

@@ -179,6 +179,12 @@ def _expected(steps: Steps, heading: str, paragraph: str, header, row):
                                                       "f1", "roc_auc", "recall_at_fpr")), unseen]
     if heading.startswith("Communication"):
         return _communication_row(steps, row)
+    if heading.startswith("Robustness"):
+        run = steps.files[f"robust--{row[0]}--{row[1]}--s0"]
+        clean = steps.files[f"robust--clean--{row[1]}--s0"]
+        ev, acc0 = run["evaluations"]["test"], clean["evaluations"]["test"]["accuracy"]
+        return [row[0], row[1], f"{ev['accuracy']:.4f}", f"{100 * (ev['accuracy'] - acc0):+.2f}",
+                f"{ev['fpr']:.4f}", ", ".join(run["malicious_sites"]) or "-"]
     if heading == "Wall time of every step":
         return [row[0], f"{steps.files[row[0]].get('seconds', 0):.1f}"]
     return None

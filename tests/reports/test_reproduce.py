@@ -22,7 +22,8 @@ def test_quick_reproduction_writes_the_report_and_resumes(datasets_dir, tmp_path
                     "Non-IID sites", "Privacy–utility", "Unsupervised detection",
                     "Train/test overlap", "Run-to-run noise is not measured", "Targets",
                     "Fed-LSTM: novelty part", "Attack types unseen in training",
-                    "The alert budget's trade-off", "Fig. 9", "Communication: compressed updates"):
+                    "The alert budget's trade-off", "Fig. 9", "Communication: compressed updates",
+                    "Robustness: malicious sites"):
         assert heading in report
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5  # self-contained
@@ -30,11 +31,17 @@ def test_quick_reproduction_writes_the_report_and_resumes(datasets_dir, tmp_path
     methods = {s["step"]["method"] for s in steps if "step" in s}
     assert methods == set(METHODS)
     assert any(s["key"].startswith("networks-ab") for s in steps)
-    extras = {s["key"]: s for s in steps if "kind" in s and s["kind"] not in ("overlap", "comm")}
+    extras = {s["key"]: s for s in steps
+              if "kind" in s and s["kind"] not in ("overlap", "comm", "robust")}
+    robust = {s["key"]: s for s in steps if s.get("kind") == "robust"}
+    assert set(robust) == {f"robust--{a}--{d}--s0" for a in ("clean", "scale:-10")
+                           for d in ("fedavg", "robust")}
+    assert len(robust["robust--scale:-10--robust--s0"]["malicious_sites"]) == 1  # 30% of 4
+    assert robust["robust--scale:-10--robust--s0"]["config"]["federation"]["strategy"] == \
+        "trimmed-mean"
     comm = {s["key"]: s for s in steps if s.get("kind") == "comm"}
-    assert set(comm) == {"comm--nsl-kdd--none--s0", "comm--nsl-kdd--topk5--s0",
-                         "comm--kdd99--none--s0", "comm--kdd99--topk5--s0"}
-    for ds in ("nsl-kdd", "kdd99"):  # the same federation, a tenth of the uplink bytes or less
+    assert set(comm) == {"comm--nsl-kdd--none--s0", "comm--nsl-kdd--topk5--s0"}
+    for ds in ("nsl-kdd",):  # the same federation, a tenth of the uplink bytes or less
         plain, packed = comm[f"comm--{ds}--none--s0"], comm[f"comm--{ds}--topk5--s0"]
         assert sum(r["bytes_up"] for r in packed["curves"]) < \
             0.1 * sum(r["bytes_up"] for r in plain["curves"])
@@ -74,7 +81,7 @@ TOLERANCE = 0.004
 def _same_tables_as_the_reference(steps: list[dict]) -> None:
     reference = json.loads((Path(__file__).parent / "quick_reference.json").read_text())["steps"]
     got = {s["key"]: s["evaluations"] for s in steps  # (the communication study came later)
-           if "evaluations" in s and s.get("kind") != "comm"}
+           if "evaluations" in s and s.get("kind") not in ("comm", "robust")}
     assert set(got) == set(reference)
     for key, sets in reference.items():
         assert set(got[key]) == set(sets), key

@@ -310,9 +310,10 @@ def run_server(grid: Grid, context: Context, task: ServerTask) -> ServerTask:
 def finish(grid: Grid, task: ServerTask):
     """After the last round: the detector, asking the sites what its kind needs to calibrate."""
     fed = task.cfg.federation
+    # Every connected site is asked; a site that stopped during training is not waited for.
+    enough = min(fed.min_fit_clients, fed.clients)
     return task.detector(lambda question: query_clients(
-        grid, question, fed.clients, fed.round_timeout,
-        min_answers=min(fed.min_fit_clients, fed.clients)))
+        grid, question, enough, fed.round_timeout, min_answers=enough))
 
 
 def make_server_app(task: ServerTask | None = None) -> ServerApp:

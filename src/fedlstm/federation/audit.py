@@ -325,6 +325,10 @@ class Ledger:
                 if isinstance(name, str):
                     self.names[node] = name
 
+    def no_reply(self, kind: str, node: int, why: str) -> None:
+        with self._lock:
+            self.failed.append((kind, int(node), why))
+
     def name(self, node: int | str) -> str:
         return self.names.get(int(node), f"node {node}")
 
@@ -365,6 +369,7 @@ class GuardedGrid:
         self.poll_interval = poll_interval
         self.log: list[MessageSummary] = []
         self._questions: dict[str, tuple[str, str | None]] = {}
+        self._destinations: dict[str, int] = {}  # message id -> the site it went to
         self._lock = threading.Lock()
 
     def __getattr__(self, name):
@@ -381,6 +386,8 @@ class GuardedGrid:
         ids = list(self._grid.push_messages(messages))
         with self._lock:
             self._questions.update({i: _question(m) for i, m in zip(ids, messages)})
+            self._destinations.update({i: int(m.metadata.dst_node_id)
+                                       for i, m in zip(ids, messages)})
         for m in messages:
             self.ledger.add(f"{m.metadata.message_type}_down", wire_bytes(m))
         return ids
@@ -392,6 +399,7 @@ class GuardedGrid:
             with self._lock:
                 kind, phase = self._questions.pop(reply.metadata.reply_to_message_id,
                                                   ("unknown", None))
+                self._destinations.pop(reply.metadata.reply_to_message_id, None)
             check_reply(reply, kind, phase, contract)
             self.ledger.add(f"{kind}_up", wire_bytes(reply))
             self.ledger.reply(kind, reply)
@@ -415,8 +423,10 @@ class GuardedGrid:
             self.stop.wait(self.poll_interval)
         if pending:
             with self._lock:
-                for message_id in pending:
-                    self._questions.pop(message_id, None)
+                silent = [(self._questions.pop(i, ("unknown", None))[0],
+                           self._destinations.pop(i, -1)) for i in pending]
+            for kind, node in silent:
+                self.ledger.no_reply(kind, node, f"no answer within {timeout or 0:.0f} s")
             log.warning("%d of %d sites did not answer within %.0f s; going on without them",
                         len(pending), len(pending) + len(replies), timeout or 0)
         return replies

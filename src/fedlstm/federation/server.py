@@ -308,7 +308,7 @@ class ServerTask:
         evaluations = {name: self.task.evaluate(self.result, recs, train_attacks)
                        for name, recs in self.tests.items()}
         timings["evaluate_seconds"] = time.perf_counter() - t
-        attack = self.attack_summary(partitions, train_attacks)
+        attack = self.attack_summary(partitions, train_attacks, evaluations)
         extra = {"federation": self.cfg.federation.model_dump(), "partitions": partitions,
                  "data_notes": notes, "rounds": [self.rounds[k] for k in sorted(self.rounds)],
                  "unseen_attacks": unseen_attack_recall(train_attacks, self.spec, evaluations),
@@ -317,10 +317,11 @@ class ServerTask:
                  **({"attack": attack} if attack else {})}
         return evaluations, extra
 
-    def attack_summary(self, partitions: list | None, train_attacks: np.ndarray) -> dict | None:
-        """A simulated attack: which sites were malicious and, for a backdoor, its success on
-        each test set: the share of attack records carrying the trigger that are let through
-        (beside the share let through without it)."""
+    def attack_summary(self, partitions: list | None, train_attacks: np.ndarray,
+                       evaluations: dict) -> dict | None:
+        """A simulated attack: which sites were malicious and, for a backdoor, on each test set
+        its success rate: of the attack records the detector flags, the share that the trigger
+        lets through (and the share of all attack records let through with the trigger)."""
         if self.attack is None:
             return None
         fed = self.cfg.federation
@@ -328,18 +329,24 @@ class ServerTask:
         sites = malicious_sites(fed)
         out = {"kind": str(self.attack), "malicious_share": fed.malicious,
                "malicious_sites": [names[i] if i < len(names) else f"client-{i}" for i in sites]}
-        if self.attack.kind == "backdoor":
-            out["backdoor"] = {}
-            for name, recs in self.tests.items():
-                trigger = default_trigger(recs.frame)
-                missed = {}
-                for label, data in (("clean", recs), ("triggered", apply_trigger(recs, trigger))):
-                    matrix = np.asarray(self.task.evaluate(self.result, data, train_attacks)
-                                        ["binary"]["confusion_matrix"])
-                    missed[label] = float(matrix[1, 0] / max(matrix[1].sum(), 1))
-                out["backdoor"][name] = {"trigger": trigger,
-                                         "attack_success_rate": missed["triggered"],
-                                         "missed_without_trigger": missed["clean"]}
+        if self.attack.kind != "backdoor":
+            return out
+        out["backdoor"] = {}
+        threshold = self.result.threshold_
+        for name, recs in self.tests.items():
+            trigger = default_trigger(recs.frame)
+            clean = evaluations[name]["_curve"]
+            triggered = self.task.evaluate(self.result, apply_trigger(recs, trigger),
+                                           train_attacks)["_curve"]
+            attack = np.asarray(clean["y"]) == 1
+            caught = attack & (np.asarray(clean["score"]) >= threshold)
+            passed = np.asarray(triggered["score"]) < threshold
+            out["backdoor"][name] = {
+                "trigger": trigger,
+                "attack_success_rate": float(passed[caught].mean()) if caught.any() else None,
+                "missed_with_trigger": float(passed[attack].mean()) if attack.any() else None,
+                "missed_without_trigger": float((~caught[attack]).mean()) if attack.any()
+                else None}
         return out
 
     def detector(self, ask: Ask | None = None, mode: str = "federated"):

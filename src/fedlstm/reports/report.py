@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fedlstm import __version__  # noqa: E402
-from fedlstm.reports import communication  # noqa: E402
+from fedlstm.reports import communication, robustness  # noqa: E402
 from fedlstm.runs.rundir import git_commit  # noqa: E402
 
 LABELS = {"lstm": "LSTM (centralised)", "fed-lstm": "Fed-LSTM", "rnn": "RNN", "cnn": "CNN",
@@ -196,6 +196,7 @@ def write_report(folder: Path, profile, skipped: list[str], command: str | None,
     _noniid_section(steps, grouped, doc)
     _privacy_section(steps, grouped, doc)
     communication.section(steps, figs, doc, NETWORKS)
+    robustness.section(steps, doc)
     _anomaly_section(steps, doc)
 
     doc.h(2, "Wall time of every step")

@@ -42,7 +42,7 @@ from fedlstm.data.splits import build_split
 from fedlstm.detection import ModelBundle
 from fedlstm.detection.classical import CLASSICAL
 from fedlstm.federation.simulation import one_ray_runtime, run_federated
-from fedlstm.reports import communication
+from fedlstm.reports import communication, robustness
 from fedlstm.reports.report import write_report
 from fedlstm.runs.rundir import git_commit
 from fedlstm.tasks import task_for
@@ -75,13 +75,18 @@ class Profile:
     all_seeds_first_protocol_only: bool = False  # repeat seeds under each dataset's main protocol
     fed_first_protocol_only: bool = False  # Fed-LSTM under one protocol per dataset (quick)
     comm_modes: tuple[str, ...] = tuple(communication.MODES)  # the communication study's modes
+    comm_datasets: tuple[str, ...] = communication.DATASETS  # ... and datasets
+    robust_attacks: tuple[str, ...] = robustness.STUDY_ATTACKS  # the robustness study's attacks
+    robust_clients: int = 10  # its sites
     note: str = ""
 
 
 PROFILES = {
     "quick": Profile("quick", 3_000, 3_000, clients=3, seeds=(0,), epochs=1, rounds=2,
                      local_epochs=1, hidden_size=32, fed_first_protocol_only=True,
-                     comm_modes=("none", "topk5"),
+                     comm_modes=("none", "topk5"), comm_datasets=("nsl-kdd",),
+                     robust_attacks=("scale:-10",),
+                     robust_clients=4,
                      note="QUICK PROFILE: 3,000 training and 3,000 test rows per dataset, 1 epoch, "
                           "2 federated rounds over 3 clients, hidden size 32, Fed-LSTM under one "
                           "protocol per dataset. A smoke test of the pipeline, not a result."),
@@ -284,8 +289,10 @@ def extra_keys(the_plan: Plan, datasets: list[str] | None, methods: list[str] | 
     if fed and (datasets is None or {"nsl-kdd", "kdd99"} <= set(datasets)):
         keys.append("networks-ab--s0")
     if fed and profile is not None:
-        keys += communication.study_keys(sorted({s.dataset for s in the_plan.steps}),
-                                         profile.comm_modes)
+        keys += communication.study_keys(sorted({s.dataset for s in the_plan.steps}
+                                                & set(profile.comm_datasets)), profile.comm_modes)
+        if any(s.dataset == "nsl-kdd" for s in the_plan.steps):
+            keys += robustness.study_keys(profile.robust_attacks)
     if any(s.dataset == "nsl-kdd" for s in the_plan.steps) and methods is None:
         keys += [f"noniid--{name}--s0" for name in NONIID]
         keys += [f"privacy--eps{eps:g}--s0" for eps in EPSILONS]  # eps inf: no DP
@@ -300,6 +307,12 @@ def extra_config(key: str, the_plan: Plan, profile: Profile, root: Path) -> RunC
         protocol = next(s.protocol for s in the_plan.steps if s.dataset == ds)
         cfg = step_config(Step(ds, protocol, "fed-lstm", 0), profile, root)
         return _with_federation(cfg, **communication.federation_update(key))
+    if key.startswith("robust--"):  # Network A's Fed-LSTM step under the study limits
+        protocol = next(s.protocol for s in the_plan.steps if s.dataset == "nsl-kdd")
+        cfg = step_config(Step("nsl-kdd", protocol, "fed-lstm", 0), study_profile(profile), root)
+        attack, defence, share = robustness.study_cell(key)
+        return robustness.cell_config(_with_federation(cfg, clients=profile.robust_clients),
+                                      defence, attack, share)
     if not key.startswith("overlap--"):
         profile = study_profile(profile)
     if key.startswith("overlap--"):
@@ -342,6 +355,12 @@ def run_extra(key: str, cfg: RunConfig, out: Path) -> dict | None:
     if key.startswith("comm--"):
         return {**_federated_extra(key, cfg, out), "kind": "comm", "mode": key.split("--")[2],
                 "dataset": cfg.data.dataset, "protocol": cfg.data.protocol}
+    if key.startswith("robust--"):
+        result = _federated_extra(key, cfg, out)
+        attack = json.loads((Path(result["run_dir"]) / "metrics.json").read_text()).get("attack")
+        return {**result, "kind": "robust", "attack": key.split("--")[1],
+                "defence": key.split("--")[2], "malicious_sites":
+                (attack or {}).get("malicious_sites", []), "dataset": cfg.data.dataset}
     if key.startswith("networks-ab"):
         try:
             return _federated_extra(key, cfg, out)
@@ -523,7 +542,7 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
                         steps=[r for r in results.values() if r is not None])
 
 
-FLOWER_EXTRAS = ("networks-ab", "noniid--", "privacy--", "comm--")
+FLOWER_EXTRAS = ("networks-ab", "noniid--", "privacy--", "comm--", "robust--")
 
 
 @dataclass

@@ -17,7 +17,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fedlstm.config import RunConfig  # noqa: E402
-from fedlstm.federation.simulation import one_ray_runtime, run_federated  # noqa: E402
 
 ATTACKS = ("label-flip", "sign-flip", "scale:10", "noise", "backdoor", "free-rider")
 SHARES = (0.0, 0.1, 0.2, 0.3, 0.4)
@@ -30,6 +29,55 @@ DEFENCES = {
     "trimmed-mean": {"strategy": "trimmed-mean", "defences": []},
     "robust": {"strategy": "trimmed-mean", "defences": ["norm-bound", "reputation"]},
 }
+
+
+# The small version `reproduce` runs: Network A, each attack by 30% of the sites.
+STUDY_ATTACKS = ("sign-flip", "scale:-10", "label-flip")
+STUDY_DEFENCES = ("fedavg", "robust")
+STUDY_SHARE = 0.3
+
+
+def study_keys(attacks: tuple[str, ...]) -> list[str]:
+    if not attacks:
+        return []
+    return [f"robust--{attack}--{defence}--s0" for attack in ("clean", *attacks)
+            for defence in STUDY_DEFENCES]
+
+
+def study_cell(key: str) -> tuple[str | None, str, float]:
+    """(attack, defence, share) of a study step."""
+    _, attack, defence, _ = key.split("--")
+    return (None, defence, 0.0) if attack == "clean" else (attack, defence, STUDY_SHARE)
+
+
+def section(steps: list[dict], doc) -> None:
+    runs = {(s["attack"], s["defence"]): s for s in steps if s.get("kind") == "robust"}
+    if not runs:
+        return
+    first = next(iter(runs.values()))
+    fed = first["config"]["federation"]
+    rows_n = first["config"]["data"].get("max_train_rows")
+    doc.h(2, "Robustness: malicious sites")
+    doc.p(f"Fed-LSTM ({first['config']['detector']}) on Network A (NSL-KDD), "
+          f"{fed['clients']} IID sites, {'at most ' + format(rows_n, ',') if rows_n else 'all'} "
+          f"training rows, {fed['rounds']} rounds x {fed['local_epochs']} local epoch(s), seed 0 "
+          "(`steps/robust--*--s0.json`, `runs/robust--*--s0/`). Each attack is run by "
+          f"{STUDY_SHARE:.0%} of the sites: `sign-flip` sends the update reversed, `scale:-10` "
+          "reversed and ten times larger, `label-flip` trains on its attacks relabelled benign. "
+          "`robust` = trimmed mean sized for 30% malicious sites + norm bound + reputation "
+          "(`fedlstm robustness` runs the full grid). Δ against the same defence without "
+          "attackers.")
+    rows = []
+    for attack in ("clean", *STUDY_ATTACKS):
+        for defence in STUDY_DEFENCES:
+            r, clean = runs.get((attack, defence)), runs.get(("clean", defence))
+            if r is None or clean is None:
+                continue
+            ev, ev0 = r["evaluations"]["test"], clean["evaluations"]["test"]
+            rows.append([attack, defence, f"{ev['accuracy']:.4f}",
+                         f"{100 * (ev['accuracy'] - ev0['accuracy']):+.2f}", f"{ev['fpr']:.4f}",
+                         ", ".join(r.get("malicious_sites") or []) or "-"])
+    doc.table(["attack", "defence", "accuracy", "Δ pp", "FPR", "malicious sites"], rows)
 
 
 def cell_config(cfg: RunConfig, defence: str, attack: str | None, share: float) -> RunConfig:
@@ -46,6 +94,8 @@ def _cell(cfg: RunConfig, out: Path, command: str | None, progress) -> dict:
     same = config_file.exists() and json.loads(config_file.read_text()) == json.loads(
         cfg.model_dump_json())
     if not (same and (run_dir / "metrics.json").exists()):
+        from fedlstm.federation.simulation import run_federated
+
         progress(f"{fed.attack or 'clean'} by {fed.malicious:.0%} of the sites, {fed.strategy} "
                  f"{' + '.join(fed.defences)}")
         run_federated(cfg, run_dir, overwrite=True, command=command)
@@ -54,6 +104,7 @@ def _cell(cfg: RunConfig, out: Path, command: str | None, progress) -> dict:
     backdoor = m.get("attack", {}).get("backdoor", {}).get("test", {})
     return {"run_dir": str(run_dir), "accuracy": test["accuracy"], "fpr": test["fpr"],
             "attack_success_rate": backdoor.get("attack_success_rate"),
+            "missed_with_trigger": backdoor.get("missed_with_trigger"),
             "missed_without_trigger": backdoor.get("missed_without_trigger"),
             "malicious_sites": m.get("attack", {}).get("malicious_sites", [])}
 
@@ -67,6 +118,8 @@ def sweep(cfg: RunConfig, out: str | Path, attacks=ATTACKS, defences=tuple(DEFEN
     unknown = [d for d in defences if d not in DEFENCES]
     if unknown:
         raise ValueError(f"unknown defence(s) {unknown}; use {', '.join(DEFENCES)}")
+    from fedlstm.federation.simulation import one_ray_runtime
+
     results: dict[str, dict] = {}
     with one_ray_runtime():
         for defence in defences:
@@ -89,9 +142,10 @@ def _table(cfg, results, attacks, defences, shares, out: Path, command) -> None:
              f"{fed.clients} sites ({fed.partition}), {fed.rounds} rounds x {fed.local_epochs} "
              "local epochs, seed "
              f"{cfg.seed}; malicious sites drawn with seed {fed.attack_seed}. Each cell: test "
-             "accuracy (FPR); for `backdoor` also the attack success rate, the share of test "
-             "attacks carrying the trigger that are let through (without the trigger in "
-             "brackets). Share 0% is the clean run of each defence. Defences: "
+             "accuracy (FPR); for `backdoor` also the attack success rate (ASR): of the test "
+             "attacks the detector flags, the share let through once they carry the trigger; "
+             "in brackets the share of all test attacks let through with and without the "
+             "trigger. Share 0% is the clean run of each defence. Defences: "
              + "; ".join(f"`{d}` = {DEFENCES[d]['strategy']}"
                          + (" + " + " + ".join(DEFENCES[d]["defences"]) if DEFENCES[d]["defences"]
                             else "") for d in defences)
@@ -106,7 +160,8 @@ def _table(cfg, results, attacks, defences, shares, out: Path, command) -> None:
                 r = results[f"{attack}|{defence}|{share:g}"]
                 text = f"{r['accuracy']:.4f} ({r['fpr']:.3f})"
                 if attack.startswith("backdoor") and share > 0 and r["attack_success_rate"] is not None:
-                    text += f", ASR {r['attack_success_rate']:.3f} ({r['missed_without_trigger']:.3f})"
+                    text += (f", ASR {r['attack_success_rate']:.3f} "
+                             f"({r['missed_with_trigger']:.3f} / {r['missed_without_trigger']:.3f})")
                 cells.append(text)
             lines.append(f"| {attack} | {defence} | " + " | ".join(cells) + " |")
     (out / "robustness.md").write_text("\n".join(lines) + "\n")

@@ -163,7 +163,8 @@ def _run_on_shares(federation: LocalFederation, cfg: RunConfig, data, paths: lis
                                                 "out-dir": str(run_dir),
                                                 SIGNATURE_KEY: app.signature})
         say(f"run {run_id}: {cfg.federation.rounds} rounds on {n} SuperNodes")
-        info = federation.wait(run_id, timeout=timeout or _default_timeout(cfg), watch=nodes)
+        info = federation.wait(run_id, timeout=timeout or _default_timeout(cfg), watch=nodes,
+                               min_sites=min(cfg.federation.min_fit_clients, len(nodes)))
     finally:  # their shares go away with this run: so do they
         federation.stop_processes(nodes)
     timings["deployment_seconds"] = time.perf_counter() - t

@@ -409,15 +409,20 @@ class LocalFederation:
                                   f"{_ANSI.sub('', result.stdout + result.stderr)[-2000:]}")
 
     def wait(self, run_id: int, timeout: float | None = None,
-             watch: list[ManagedProcess] | None = None) -> dict:
+             watch: list[ManagedProcess] | None = None, min_sites: int | None = None) -> dict:
         """Block until the run finishes; return its `run_info` (status `finished:...`).
 
         `flwr log --stream` ends when the run does, so no polling CLI competes with training for
         the CPUs; its output (the ServerApp's log) goes to logs/serverapp-RUN.log. Fails early
-        when the SuperLink or a watched SuperNode dies.
+        when the SuperLink dies, or when fewer than `min_sites` of the watched SuperNodes are left
+        (default: all of them); a SuperNode that dies while enough are left is logged, and the
+        run goes on without it (the ServerApp leaves it out of the next rounds).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        watch = [self.superlink, *([self.door] if self.door else []), *(watch or [])]
+        sites = list(watch or [])
+        min_sites = len(sites) if min_sites is None else min_sites
+        lost: set[str] = set()
+        watch = [self.superlink, *([self.door] if self.door else [])]
         stream = self.spawn(f"serverapp-{run_id}", [self.executable("flwr"), "log", str(run_id),
                                                     CONNECTION, "--stream"])
         while True:
@@ -431,6 +436,17 @@ class LocalFederation:
                 if not proc.running:
                     raise DeploymentError(f"{proc.name} exited with code {proc.popen.returncode} "
                                           f"during run {run_id}\n{self.report()}")
+            for proc in sites:
+                if not proc.running and proc.name not in lost:
+                    lost.add(proc.name)
+                    left = len(sites) - len(lost)
+                    if left < min_sites:
+                        raise DeploymentError(
+                            f"{proc.name} exited with code {proc.popen.returncode} during run "
+                            f"{run_id}: {left} site(s) left, {min_sites} needed "
+                            f"(federation.min_fit_clients)\n{self.report()}")
+                    log.warning("%s exited with code %s during run %s; going on with the %d "
+                                "site(s) left", proc.name, proc.popen.returncode, run_id, left)
             if deadline is not None and time.monotonic() > deadline:
                 self.flwr("stop", str(run_id), CONNECTION, timeout=60)
                 raise DeploymentError(f"run {run_id} did not finish within {timeout:.0f} s; "
