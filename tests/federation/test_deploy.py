@@ -357,11 +357,31 @@ def test_the_anomaly_detector_deploys_like_the_supervised_one(federation, datase
     assert metrics["evaluations"]["test"]["unseen"]["n"] > 0
 
 
+def _after_round_1(federation, site: str, sig: int) -> tuple[threading.Thread, list[float]]:
+    """Send `sig` to a SuperNode's processes once round 1's checkpoint is written (in the
+    ServerApp's out-dir); returns the watching thread and the time it was sent, once sent."""
+    import os
+
+    checkpoint = federation.work_dir / "run" / "checkpoints" / "last.pt"
+    sent: list[float] = []
+
+    def act():
+        deadline = time.monotonic() + 240
+        while not checkpoint.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        node = [p for p in federation.processes if p.name == f"supernode-{site}"][-1]
+        os.killpg(node.popen.pid, sig)
+        sent.append(time.monotonic())
+
+    thread = threading.Thread(target=act, daemon=True)
+    thread.start()
+    return thread, sent
+
+
 def test_a_killed_site_leaves_the_run_to_the_others(federation, datasets_dir, tmp_path):
     """SIGKILL on one of three SuperNodes after round 1: round 2 goes on with the two left
     (min_fit_clients=2), within about a round timeout, and the killed site is named in round 2's
     record. Before, the launcher stopped the whole run when any SuperNode exited."""
-    import os
     import signal
 
     cfg = load_config(None, ["data.max_train_rows=3000", "model.hidden_size=16",
@@ -369,19 +389,7 @@ def test_a_killed_site_leaves_the_run_to_the_others(federation, datasets_dir, tm
                              "federation.min_fit_clients=2", "detector=supervised"],
                       data__dataset="nsl-kdd", data__data_dir=str(datasets_dir),
                       federation__clients=3, federation__rounds=2, federation__local_epochs=1)
-    checkpoint = federation.work_dir / "run" / "checkpoints" / "last.pt"  # the ServerApp's out-dir
-    killed = []
-
-    def kill_a_site_after_round_1():
-        deadline = time.monotonic() + 240
-        while not checkpoint.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        node = [p for p in federation.processes if p.name == "supernode-client-2"][-1]
-        os.killpg(node.popen.pid, signal.SIGKILL)
-        killed.append(time.monotonic())
-
-    thread = threading.Thread(target=kill_a_site_after_round_1, daemon=True)
-    thread.start()
+    thread, killed = _after_round_1(federation, "client-2", signal.SIGKILL)
     start = time.monotonic()
     result = deploy_on(federation, cfg, tmp_path / "killed", timeout=300)
     thread.join(timeout=5)
@@ -400,7 +408,6 @@ def test_a_killed_site_leaves_the_run_to_the_others(federation, datasets_dir, tm
 def test_a_hung_site_costs_one_round_timeout_not_the_run(federation, datasets_dir, tmp_path):
     """SIGSTOP on one SuperNode after round 1: round 2 goes on with the other site after the
     round timeout. Before, round 2 waited forever."""
-    import os
     import signal
 
     cfg = load_config(None, ["data.max_train_rows=3000", "model.hidden_size=16",
@@ -408,19 +415,7 @@ def test_a_hung_site_costs_one_round_timeout_not_the_run(federation, datasets_di
                              "federation.min_fit_clients=1"],
                       data__dataset="nsl-kdd", data__data_dir=str(datasets_dir),
                       federation__clients=2, federation__rounds=2, federation__local_epochs=1)
-    checkpoint = federation.work_dir / "run" / "checkpoints" / "last.pt"
-    stopped = []
-
-    def stop_a_site_after_round_1():
-        deadline = time.monotonic() + 240
-        while not checkpoint.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        node = [p for p in federation.processes if p.name == "supernode-client-1"][-1]
-        os.killpg(node.popen.pid, signal.SIGSTOP)
-        stopped.append(time.monotonic())
-
-    thread = threading.Thread(target=stop_a_site_after_round_1, daemon=True)
-    thread.start()
+    thread, stopped = _after_round_1(federation, "client-1", signal.SIGSTOP)
     start = time.monotonic()
     result = deploy_on(federation, cfg, tmp_path / "run", timeout=300)
     print(f"hung-site run: {time.monotonic() - start:.1f} s, stopped at "
