@@ -357,25 +357,33 @@ def test_the_anomaly_detector_deploys_like_the_supervised_one(federation, datase
     assert metrics["evaluations"]["test"]["unseen"]["n"] > 0
 
 
-def _after_round_1(federation, site: str, sig: int) -> tuple[threading.Thread, list[float]]:
-    """Send `sig` to a SuperNode's processes once round 1's checkpoint is written (in the
-    ServerApp's out-dir); returns the watching thread and the time it was sent, once sent."""
-    import os
-
+def _after_round_1(federation, *actions) -> tuple[threading.Thread, list[float]]:
+    """Run `actions` once round 1's checkpoint is written (in the ServerApp's out-dir); returns
+    the watching thread and the time they ran, once they have."""
     checkpoint = federation.work_dir / "run" / "checkpoints" / "last.pt"
-    sent: list[float] = []
+    done: list[float] = []
 
     def act():
         deadline = time.monotonic() + 240
         while not checkpoint.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        node = [p for p in federation.processes if p.name == f"supernode-{site}"][-1]
-        os.killpg(node.popen.pid, sig)
-        sent.append(time.monotonic())
+        for action in actions:
+            action()
+        done.append(time.monotonic())
 
     thread = threading.Thread(target=act, daemon=True)
     thread.start()
-    return thread, sent
+    return thread, done
+
+
+def _signal(federation, site: str, sig: int):
+    """An action: `sig` to the processes of a site's SuperNode."""
+    import os
+
+    def send():
+        node = [p for p in federation.processes if p.name == f"supernode-{site}"][-1]
+        os.killpg(node.popen.pid, sig)
+    return send
 
 
 def test_a_killed_site_leaves_the_run_to_the_others(federation, datasets_dir, tmp_path):
@@ -389,7 +397,7 @@ def test_a_killed_site_leaves_the_run_to_the_others(federation, datasets_dir, tm
                              "federation.min_fit_clients=2", "detector=supervised"],
                       data__dataset="nsl-kdd", data__data_dir=str(datasets_dir),
                       federation__clients=3, federation__rounds=2, federation__local_epochs=1)
-    thread, killed = _after_round_1(federation, "client-2", signal.SIGKILL)
+    thread, killed = _after_round_1(federation, _signal(federation, "client-2", signal.SIGKILL))
     start = time.monotonic()
     result = deploy_on(federation, cfg, tmp_path / "killed", timeout=300)
     thread.join(timeout=5)
@@ -406,16 +414,19 @@ def test_a_killed_site_leaves_the_run_to_the_others(federation, datasets_dir, tm
 
 # Last: the site it stops may stay registered at the shared SuperLink until its heartbeat lapses.
 def test_a_hung_site_costs_one_round_timeout_not_the_run(federation, datasets_dir, tmp_path):
-    """SIGSTOP on one SuperNode after round 1: round 2 goes on with the other site after the
-    round timeout. Before, round 2 waited forever."""
+    """After round 1, SIGSTOP on one SuperNode and another's data file removed (its training
+    raises): round 2 goes on with the third site after the round timeout, and names both.
+    Before, round 2 waited forever."""
     import signal
 
     cfg = load_config(None, ["data.max_train_rows=3000", "model.hidden_size=16",
                              "federation.evaluate_clients=false", "federation.round_timeout=20",
                              "federation.min_fit_clients=1"],
                       data__dataset="nsl-kdd", data__data_dir=str(datasets_dir),
-                      federation__clients=2, federation__rounds=2, federation__local_epochs=1)
-    thread, stopped = _after_round_1(federation, "client-1", signal.SIGSTOP)
+                      federation__clients=3, federation__rounds=2, federation__local_epochs=1)
+    share = federation.work_dir / "shares" / "client-2.parquet"
+    thread, stopped = _after_round_1(federation, _signal(federation, "client-1", signal.SIGSTOP),
+                                     share.unlink)
     start = time.monotonic()
     result = deploy_on(federation, cfg, tmp_path / "run", timeout=300)
     print(f"hung-site run: {time.monotonic() - start:.1f} s, stopped at "
@@ -425,6 +436,7 @@ def test_a_hung_site_costs_one_round_timeout_not_the_run(federation, datasets_di
     metrics = json.loads((result.out / "metrics.json").read_text())
     rounds = {r["round"]: r for r in metrics["rounds"]}
     assert sorted(rounds) == [0, 1, 2]
-    assert set(rounds[1]["clients_fit"]) == {"client-0", "client-1"}
-    assert set(rounds[2]["clients_fit"]) == {"client-0"}  # the hung site was left out
+    assert set(rounds[1]["clients_fit"]) == {"client-0", "client-1", "client-2"}
+    assert set(rounds[2]["clients_fit"]) == {"client-0"}  # the hung and failed sites left out
     assert "no answer within 20 s" in rounds[2]["clients_failed"]["client-1"]
+    assert "client-2.parquet" in rounds[2]["clients_failed"]["client-2"]  # what it raised
