@@ -319,11 +319,9 @@ class Ledger:
                 lines = [ln.strip() for ln in str(reply.error.reason).splitlines() if ln.strip()]
                 self.failed.append((kind, node, (lines[-1] if lines else "error")[:200]))
                 return
-            content = reply.content
-            for record in (*content.config_records.values(), *content.metric_records.values()):
-                name = record.get("client") if hasattr(record, "get") else None
-                if isinstance(name, str):
-                    self.names[node] = name
+            for record in reply.content.config_records.values():  # the metrics' "client"
+                if isinstance(record.get("client"), str):
+                    self.names[node] = record["client"]
 
     def no_reply(self, kind: str, node: int, why: str) -> None:
         with self._lock:

@@ -119,7 +119,6 @@ class ClientTask:
 
     def fit(self, weights: list[np.ndarray], epochs: int, proximal_mu: float = 0.0,
             seed: int = 0, server_round: int = 1) -> tuple[list[np.ndarray], int, dict]:
-        weights_in = weights
         model = self.model(weights)
         # One δ for every release of this site (DP preprocessing histogram and DP-SGD).
         train_cfg = self.cfg.train.model_copy(update={"proximal_mu": proximal_mu, "patience": None,
@@ -143,11 +142,11 @@ class ClientTask:
         elif self.released():  # only the DP preprocessing release spent anything
             metrics.update({"epsilon": self.cfg.federation.preprocessing_epsilon,
                             "delta": self.delta})
-        weights, count = get_weights(model), len(train)
+        trained, count = get_weights(model), len(train)
         if self.attack is not None and self.attack.poisons_update:
-            weights = poison_update(weights_in, weights, self.attack, self.rng)
+            trained = poison_update(weights, trained, self.attack, self.rng)
             count = claimed_examples(self.attack, count)
-        return weights, count, metrics
+        return trained, count, metrics
 
     def evaluate(self, weights: list[np.ndarray]) -> tuple[float, int, dict]:
         val = self.windows.val

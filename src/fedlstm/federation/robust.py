@@ -116,6 +116,11 @@ class _Wrapper(Strategy):
     def evaluate(self, server_round, parameters):
         return self.strategy.evaluate(server_round, parameters)
 
+    def summary(self, name) -> dict:
+        """What this defence did in the last round, for the round record; `name` turns a
+        site's cid into its name."""
+        return {}
+
     def _updates(self, results, failures):
         """(results, updates, failures): each site's update as float64 arrays; a site whose
         weights do not fit the model or are not finite is moved to the failures."""
@@ -192,6 +197,12 @@ class NormBounded(_Wrapper):
                            "norms": {p.cid: n for (p, _), n in zip(results, norms)}}
         return self.strategy.aggregate_fit(server_round, out, failures)
 
+    def summary(self, name) -> dict:
+        if not self.last_round:
+            return {}
+        return {"norm_bound": {"bound": self.last_round["bound"],
+                               "sites": sorted(name(c) for c in self.last_round["clipped"])}}
+
 
 class CappedCounts(_Wrapper):
     """Caps the record count each site claims at `max_count` when given, else `max_ratio` x the
@@ -221,6 +232,12 @@ class CappedCounts(_Wrapper):
         out = [(p, _with_count(res, cap) if res.num_examples > cap else res) for p, res in results]
         self.last_round = {"round": server_round, "cap": cap, "capped": capped}
         return self.strategy.aggregate_fit(server_round, out, failures)
+
+    def summary(self, name) -> dict:
+        if not self.last_round:
+            return {}
+        return {"capped_counts": {"cap": self.last_round["cap"],
+                                  "sites": sorted(name(c) for c in self.last_round["capped"])}}
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -258,6 +275,11 @@ class Reputation(_Wrapper):
         self.min_cosine, self.norm_ratio = min_cosine, norm_ratio
         self.reputation: dict[str, float] = {}
         self.history: list[dict] = []
+
+    def summary(self, name) -> dict:
+        if not self.reputation:
+            return {}
+        return {"reputation": {name(c): round(v, 4) for c, v in self.reputation.items()}}
 
     def _score(self, cid: str, flagged: bool) -> float:
         old = self.reputation.get(cid, 1.0)

@@ -207,17 +207,8 @@ class ServerTask:
     def defence_record(self) -> dict:
         """What the defences around the aggregation did this round, with sites by name."""
         out, layer = {}, self.defences
-        while layer is not None and hasattr(layer, "strategy"):
-            if isinstance(getattr(layer, "last_round", None), dict) and layer.last_round:
-                last = layer.last_round
-                key = "norm_bound" if "bound" in last else "capped_counts"
-                out[key] = {"bound" if key == "norm_bound" else "cap":
-                            last.get("bound", last.get("cap")),
-                            "sites": sorted(self.ledger.name(c) for c in
-                                            last.get("clipped", last.get("capped", {})))}
-            if hasattr(layer, "reputation"):
-                out["reputation"] = {self.ledger.name(c): round(v, 4)
-                                     for c, v in layer.reputation.items()}
+        while hasattr(layer, "summary"):
+            out.update(layer.summary(self.ledger.name))
             layer = layer.strategy
         return out
 
