@@ -108,7 +108,13 @@ def compression_spec(spec: str) -> str:
 class FederationConfig(_Strict):
     clients: int = Field(5, ge=1)
     partition: str = "iid"  # iid | dirichlet:ALPHA | by:COLUMN | networks | files
-    networks: list[str] = ["nsl-kdd", "kdd99"]  # datasets of one schema, one client each
+    networks: list[str] = ["nsl-kdd", "kdd99"]  # datasets, one client each (any schemas)
+    # How sites of different schemas share one model (fedlstm.federation.networks): shared (one
+    # schema, one plain model), encoders (a private input encoder per site, a shared LSTM body),
+    # harmonised (the common flow vocabulary through a shared layer, the rest through the
+    # site's encoder); auto: shared when every site has the same columns, else encoders.
+    inputs: Literal["auto", "shared", "encoders", "harmonised"] = "auto"
+    shared_dim: int = Field(32, ge=1)  # width of the shared space the encoders map into
     # fedavg | fedprox | fedadam, or a Byzantine-robust rule (fedlstm.federation.robust) that
     # tolerates `tolerate` x clients malicious sites: krum | multikrum | bulyan | median |
     # trimmed-mean.

@@ -169,6 +169,34 @@ def test_a_compressed_federation_deploys_and_measures_what_the_simulation_measur
     assert deployed[1]["bytes_down"] < 0.5 * full_model
 
 
+def test_networks_of_three_schemas_deploy_with_encoders_kept_on_the_sites(
+        federation, datasets_dir, tmp_path):
+    """NSL-KDD, KDD99 and UNSW-NB15 as three SuperNodes: each keeps its encoder in its node
+    state between ClientApp processes (the same scores as the in-process engine, whose sites
+    are objects) and scores its own test set; the server writes every site's report."""
+    from fedlstm.federation.simulation import federate
+    from fedlstm.federation.sites import federated_data
+
+    cfg = load_config(None, ["data.max_train_rows=1500", "data.max_test_rows=500",
+                             "model.hidden_size=8", "federation.shared_dim=4",
+                             "federation.evaluate_clients=false", "detector=supervised",
+                             "federation.partition=networks",
+                             'federation.networks=["nsl-kdd","kdd99","unsw-nb15"]'],
+                      data__data_dir=str(datasets_dir), federation__rounds=2)
+    result = deploy_on(federation, cfg, tmp_path / "run", timeout=300)
+    assert result.status == FINISHED
+    metrics = json.loads((result.out / "metrics.json").read_text())
+    assert metrics["mode"] == "federated-networks" and metrics["inputs"] == "encoders"
+    assert set(metrics["sites"]) == {"nsl-kdd", "kdd99", "unsw-nb15"}
+    assert {a["phase"] for a in metrics["answers_received"]} == {"site-report"}
+    assert not (result.out / "model.fedlstm").exists()  # no one detector: each site has its own
+    simulated = federate(cfg, federated_data(cfg), engine="inprocess").result
+    for site, report in metrics["sites"].items():
+        for test, ev in report["tests"].items():
+            assert ev["binary"]["accuracy"] == pytest.approx(
+                simulated[site]["tests"][test]["binary"]["accuracy"], abs=1e-9), (site, test)
+
+
 def test_unregistered_supernode_is_rejected(federation, tmp_path):
     (private, _), = generate_supernode_keys(tmp_path, 1, prefix="intruder")  # never registered
     node = federation.start_supernode("intruder", {"name": "intruder"}, private)

@@ -153,7 +153,14 @@ def load_run_config(config: Path | None, overrides: list[str] | None, detector: 
         ("supervised" if data.get("train", {}).get("dp") else "hybrid")
     if kind == "anomaly":
         return anomaly_config(config, overrides, anomaly__alert_budget=alert_budget, **top)
-    return RunConfig.model_validate({**data, "detector": kind})
+    cfg = RunConfig.model_validate({**data, "detector": kind})
+    if not (detector or data.get("detector")) and kind == "hybrid":
+        from fedlstm.federation.networks import needs_encoders
+
+        if needs_encoders(cfg):  # networks of different schemas: private encoders, which the
+            # supervised LSTM has (the hybrid's anomaly part is not built for them yet)
+            cfg = cfg.model_copy(update={"detector": "supervised"})
+    return cfg
 
 
 def federation_options(dataset, protocol, data_dir, clients, partition, strategy, rounds,
@@ -282,4 +289,7 @@ def data_label(cfg) -> Text:
         protocol = "files (held-out test file)" if d.test_file else "random-split"
         return Text.assemble(f"{len(d.train_files)} file(s) of yours, schema "
                              f"{Path(d.spec_name).name}, protocol ", (protocol, "bold"))
+    if cfg.federation.partition == "networks":
+        return Text.assemble(f"networks {' + '.join(cfg.federation.networks)}, protocol ",
+                             (d.protocol, "bold"), " (each network's own test set)")
     return Text.assemble(f"{d.dataset}, protocol ", (d.protocol, "bold"))

@@ -287,6 +287,8 @@ def federate(
                 f", {clients} clients, partition {f.partition}, "
                 f"{f.strategy}, {f.rounds} rounds x {f.local_epochs} local epochs"
                 + (", DP-SGD" if cfg.train.dp else "") + (", client-level DP" if f.client_dp else "")
+                + (f", inputs {f.inputs} (private encoders where schemas differ)"
+                   if f.partition == "networks" else "")
                 + (", SecAgg+" if f.secagg else "")
                 + (f", compress {f.compress}" if f.compress != "none" else "")
                 + (f", defences {'+'.join(f.defences)}" if f.defences else "")
@@ -370,6 +372,39 @@ def robustness(
                          defences=[d.strip() for d in defences.split(",") if d.strip()],
                          shares=[float(x) for x in shares.split(",")], command=command_line(),
                          progress=lambda text: status.update(Text(text)))
+    except (KeyError, OSError, ValueError, RuntimeError) as exc:
+        fail(exc)
+    out_console.print(Text(path.read_text()))
+
+
+@app.command()
+def networks(
+    networks: Annotated[str, typer.Option(help="Comma-separated networks (datasets), any schemas.")] = "nsl-kdd,kdd99,unsw-nb15",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds (the table shows mean ± sd).")] = "0,1,2",
+    inputs: Annotated[str, typer.Option(help="Comma-separated input modes of the cross-schema federation: encoders, harmonised.")] = "encoders,harmonised",
+    starve: Annotated[str, typer.Option(help="Networks starved in turn (empty: none).")] = "nsl-kdd,kdd99,unsw-nb15",
+    starve_fraction: Annotated[float, typer.Option(help="Share of its training rows a starved network keeps.")] = 0.02,
+    max_train_rows: Annotated[Optional[int], typer.Option(help="Stratified subsample of each network's training data (every row: 0).")] = 20_000,
+    out: Annotated[Path, typer.Option(help="Output folder (seeds are cached there).")] = Path("reports/networks"),
+    config: ConfigFile = None,
+    set_: Overrides = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Networks A, B, C in one Fed-LSTM: each network's accuracy local-only, in a same-schema
+    and a cross-schema federation, centralised, and next to gradient boosting; table and figure."""
+    from fedlstm.reports.networks import study
+
+    def items(text: str) -> list[str]:
+        return [x.strip() for x in text.split(",") if x.strip()]
+
+    try:
+        cfg = load_run_config(config, set_, "supervised", data__data_dir=data_dir,
+                              data__max_train_rows=max_train_rows or None)
+        with console.status("networks study...") as status:
+            path = study(cfg, out, networks=items(networks),
+                         seeds=[int(x) for x in items(seeds)], modes=items(inputs),
+                         starved=tuple(items(starve)), starve_fraction=starve_fraction,
+                         command=command_line(), progress=lambda text: status.update(Text(text)))
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         fail(exc)
     out_console.print(Text(path.read_text()))

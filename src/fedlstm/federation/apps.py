@@ -42,6 +42,13 @@ from fedlstm.federation.codec import parse
 from fedlstm.federation.compression import CompressedUpdates, compression_mod
 from fedlstm.federation.deploy.app import CONFIG_KEY
 from fedlstm.federation.deploy.launch import write_deployed_run
+from fedlstm.federation.networks import (
+    NetworkServer,
+    NetworkSite,
+    is_heterogeneous,
+    keep_private,
+    restore_private,
+)
 from fedlstm.federation.partitions import load_client_records
 from fedlstm.federation.robust import (
     ROBUST_STRATEGIES,
@@ -69,16 +76,26 @@ def _site(data_path: str, config_json: str, name: str, index: int = 0) -> Client
     records, spec = load_client_records(data_path, get_spec(cfg.data.spec_name),
                                         lenient=cfg.data.lenient,
                                         max_bad_share=cfg.data.max_bad_share)
-    return ClientTask(task_for(cfg), records, spec, name, site_attack(cfg.federation, index))
+    attack = site_attack(cfg.federation, index)
+    if is_heterogeneous(cfg):  # its own schema; its test sets (if any) beside its data file
+        path = Path(data_path)
+        tests = {p.name[len(path.stem) + 6:-8].replace("~", "/"):
+                 load_client_records(p, spec)[0]
+                 for p in sorted(path.parent.glob(f"{path.stem}.test.*.parquet"))}
+        return NetworkSite(task_for(cfg), records, spec, name, tests, attack)
+    return ClientTask(task_for(cfg), records, spec, name, attack)
 
 
 class FlowerClient(NumPyClient):
-    def __init__(self, data_path: str, name: str, config_json: str, index: int = 0):
+    def __init__(self, data_path: str, name: str, config_json: str, index: int = 0,
+                 state=None):
         self.data_path, self.name, self.config_json = data_path, name, config_json
-        self.index = index
+        self.index, self.state = index, state  # the node's context state (a site's encoder)
 
     def _site(self, config: dict) -> ClientTask:
         site = _site(self.data_path, self.config_json, self.name, self.index)
+        if self.state is not None:
+            restore_private(site, self.state)
         if "preprocessor" in config:
             site.use_preprocessing(json.loads(str(config["preprocessor"])))
         elif site.cfg.federation.preprocessing == "local":  # nothing shared: its own statistics
@@ -86,13 +103,19 @@ class FlowerClient(NumPyClient):
         return site
 
     def get_properties(self, config):
-        return _site(self.data_path, self.config_json, self.name, self.index).answer(dict(config))
+        site = _site(self.data_path, self.config_json, self.name, self.index)
+        if self.state is not None:
+            restore_private(site, self.state)
+        return site.answer(dict(config))
 
     def fit(self, parameters, config):
-        return self._site(config).fit(parameters, int(config["local_epochs"]),
-                                      float(config.get("proximal_mu", 0.0)),
-                                      seed=int(config["seed"]),
-                                      server_round=int(config.get("server_round", 1)))
+        site = self._site(config)
+        result = site.fit(parameters, int(config["local_epochs"]),
+                          float(config.get("proximal_mu", 0.0)), seed=int(config["seed"]),
+                          server_round=int(config.get("server_round", 1)))
+        if self.state is not None:
+            keep_private(site, self.state)
+        return result
 
     def evaluate(self, parameters, config):
         return self._site(config).evaluate(parameters)
@@ -135,7 +158,8 @@ def make_client_app(partition_dir: str | None = None, cfg: RunConfig | None = No
         names = _site_names(partition_dir) if partition_dir else ()
         name = node.get("name") or (names[pid] if pid < len(names) else f"client-{pid}")
         return FlowerClient(str(path), str(name),
-                            config_json or str(context.run_config[CONFIG_KEY]), pid).to_client()
+                            config_json or str(context.run_config[CONFIG_KEY]), pid,
+                            context.state).to_client()
 
     # SecAgg+ outermost, so updates are clipped before they are masked (Flower's fl-dp-sa order);
     # compression outside clipping, so it packs the clipped update (and keeps the bound).
@@ -188,7 +212,7 @@ def build_strategy(task: ServerTask) -> Strategy:
     fed = task.cfg.federation
     # Under `local` every site transforms with its own statistics: the merged ones (the other
     # sites' extremes and categories) are never sent to a site.
-    shared = {} if fed.preprocessing == "local" else \
+    shared = {} if fed.preprocessing == "local" or task.preprocessor is None else \
         {"preprocessor": json.dumps(task.preprocessor.to_dict())}
     n = fed.clients
     min_fit = min(max(fed.min_fit_clients, 1), n)
@@ -336,6 +360,8 @@ def make_server_app(task: ServerTask | None = None) -> ServerApp:
 def _task_from_run_config(context: Context) -> ServerTask:
     """Deployment: the run config holds the configuration and an output folder."""
     cfg = RunConfig.model_validate_json(str(context.run_config[CONFIG_KEY]))
+    if is_heterogeneous(cfg):  # the sites score their own test sets
+        return NetworkServer(task_for(cfg), Path(str(context.run_config["out-dir"])))
     spec, tests = load_tests(cfg)
     return ServerTask(task_for(cfg), spec, tests, Path(str(context.run_config["out-dir"])))
 

@@ -142,11 +142,16 @@ class ClientTask:
         elif self.released():  # only the DP preprocessing release spent anything
             metrics.update({"epsilon": self.cfg.federation.preprocessing_epsilon,
                             "delta": self.delta})
-        trained, count = get_weights(model), len(train)
+        trained, count = self.release(model), len(train)
         if self.attack is not None and self.attack.poisons_update:
             trained = poison_update(weights, trained, self.attack, self.rng)
             count = claimed_examples(self.attack, count)
         return trained, count, metrics
+
+    def release(self, model: torch.nn.Module) -> list[np.ndarray]:
+        """What the site sends of its trained model: all of it (a site with private layers,
+        `federation.networks`, keeps those)."""
+        return get_weights(model)
 
     def evaluate(self, weights: list[np.ndarray]) -> tuple[float, int, dict]:
         val = self.windows.val

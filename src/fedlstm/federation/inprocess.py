@@ -14,7 +14,7 @@ def run_inprocess(server: ServerTask, sites: list[ClientTask]) -> ServerTask:
     cfg = server.cfg
     fed = cfg.federation
     server.prepare_preprocessing(lambda question: [s.answer(question) for s in sites])
-    preprocessor = server.preprocessor.to_dict()
+    preprocessor = server.preprocessor.to_dict() if server.preprocessor else None
     weights = server.initial_weights()
     server.on_global_model(0, weights)
     mu = fed.proximal_mu if fed.strategy == "fedprox" else 0.0

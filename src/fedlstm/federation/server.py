@@ -273,7 +273,7 @@ class ServerTask:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save({"round": done_rounds, "weights": [torch.as_tensor(w) for w in self.weights],
-                    "preprocessor": self.preprocessor.to_dict(),
+                    "preprocessor": self.preprocessor.to_dict() if self.preprocessor else None,
                     "rounds": json.dumps(self.rounds)}, tmp)
         tmp.replace(path)  # a crash mid-write never corrupts the last good checkpoint
 
@@ -282,7 +282,7 @@ class ServerTask:
         if path is None or not path.exists():
             return None
         state = torch.load(path, weights_only=True)
-        if state["preprocessor"] != self.preprocessor.to_dict():
+        if state["preprocessor"] != (self.preprocessor.to_dict() if self.preprocessor else None):
             raise ValueError(f"{path}: checkpoint was trained with other preprocessing statistics; "
                              "start a new run instead of resuming")
         self.round_offset = int(state["round"])

@@ -32,6 +32,13 @@ from fedlstm.federation.apps import make_client_app, make_server_app  # noqa: E4
 from fedlstm.federation.audit import RunInterrupted  # noqa: E402
 from fedlstm.federation.client import ClientTask  # noqa: E402
 from fedlstm.federation.inprocess import run_inprocess  # noqa: E402
+from fedlstm.federation.networks import (  # noqa: E402
+    NetworkServer,
+    NetworkSite,
+    resolve_inputs,
+    save_site_tests,
+    write_networks_run,
+)
 from fedlstm.federation.partitions import describe, save_records  # noqa: E402
 from fedlstm.federation.server import ServerTask  # noqa: E402
 from fedlstm.federation.sites import FederatedData, federated_data  # noqa: E402
@@ -48,7 +55,9 @@ def private_shares(data: FederatedData, spec: DatasetSpec) -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="fedlstm-shares-"))  # mode 0700
     try:
         for i, recs in enumerate(data.clients):
-            save_records(recs, folder / f"client-{i}.parquet", spec)
+            own = data.specs[i] if data.specs else spec
+            save_records(recs, folder / f"client-{i}.parquet", own)
+            save_site_tests(data, i, folder / f"client-{i}.parquet")
         (folder / "names.json").write_text(json.dumps(data.names))
         yield folder
     finally:
@@ -106,6 +115,8 @@ def federate(cfg: RunConfig, data: FederatedData, out_dir: Path | None = None,
     sites and server, FedAvg in this process: `fedlstm.federation.inprocess`)."""
     n = len(data.clients)
     cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"clients": n})})
+    if data.specs is not None:  # sites of different schemas: private encoders
+        return federate_networks(cfg, data, out_dir, engine)
     task = ServerTask(task_for(cfg), data.spec, data.tests, out_dir)
     if engine == "inprocess":
         if cfg.federation.compress != "none":
@@ -119,6 +130,25 @@ def federate(cfg: RunConfig, data: FederatedData, out_dir: Path | None = None,
         raise RuntimeError("the federation finished without producing a detector (did the "
                            "clients fail? rerun with -v); see the log")
     return task
+
+
+def federate_networks(cfg: RunConfig, data: FederatedData, out_dir: Path | None,
+                      engine: str) -> NetworkServer:
+    """`federate` for sites of different schemas (`federation.networks`)."""
+    cfg = resolve_inputs(cfg, data.specs)
+    server = NetworkServer(task_for(cfg), out_dir)
+    if engine == "inprocess":
+        sites = [NetworkSite(server.task, recs, spec, name, tests)
+                 for recs, spec, name, tests in zip(data.clients, data.specs, data.names,
+                                                    data.site_tests)]
+        return run_inprocess(server, sites)
+    with private_shares(data, data.spec) as part_dir:
+        simulate(make_server_app(server), make_client_app(str(part_dir), cfg), len(data.clients),
+                 server.stop)
+    if server.result is None:
+        raise RuntimeError("the federation finished without the sites' reports (did the "
+                           "clients fail? rerun with -v); see the log")
+    return server
 
 
 def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
@@ -169,6 +199,10 @@ def _quiet_flower() -> None:
 
 def finish_run(task: ServerTask, cfg: RunConfig, stage: Path, data: FederatedData, timings: dict,
                command: str | None, engine: str = "flower") -> Path:
+    if isinstance(task, NetworkServer):
+        write_networks_run(stage, task.cfg, task, describe(data.clients, data.names), data.notes,
+                           {**timings, "engine": engine}, command)
+        return stage
     train_attacks = np.concatenate([c.attack for c in data.clients])
     evaluations, extra = task.results(train_attacks, describe(data.clients, data.names),
                                       data.notes, timings)

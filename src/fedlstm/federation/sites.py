@@ -4,15 +4,19 @@ held-out test sets the server reports on. Used alike by simulation and deploymen
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedlstm.config import RunConfig
 from fedlstm.data.readers import Records, concat_records
+from fedlstm.data.registry import DatasetNotFound
 from fedlstm.data.schemas import get_spec
 from fedlstm.data.spec import DatasetSpec
 from fedlstm.data.splits import build_split
 from fedlstm.federation.partitions import PartitionScheme, block_segments, partition_indices
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -22,6 +26,9 @@ class FederatedData:
     names: list[str]
     tests: dict[str, Records]
     notes: dict
+    # Sites of different schemas (`federation.networks`): each site's schema and test sets.
+    specs: list[DatasetSpec] | None = None
+    site_tests: list[dict[str, Records]] | None = None
 
 
 def dataset_cfg(cfg: RunConfig, dataset: str) -> RunConfig:
@@ -70,6 +77,26 @@ def file_sites(cfg: RunConfig) -> FederatedData:
                          {name: s.notes for name, s in zip(names, splits)})
 
 
+def network_split(cfg: RunConfig, dataset: str, carve_val: bool = False):
+    """One network's split: its official test set, or (official asked for, but only one of its
+    files present, as UNSW-NB15 often is) its seeded random split, said in the log and notes."""
+    data = dataset_cfg(cfg, dataset).data
+    try:
+        return build_split(data, seed=cfg.seed, carve_val=carve_val)
+    except DatasetNotFound as exc:
+        if data.protocol != "official":
+            raise
+        try:
+            split = build_split(data.model_copy(update={"protocol": "random-split"}),
+                                seed=cfg.seed, carve_val=carve_val)
+        except DatasetNotFound:
+            raise exc from None
+        log.warning("%s: official split unavailable (%s); scored on its random split", dataset,
+                    exc)
+        split.notes = {**split.notes, "protocol": "random-split (official files missing)"}
+        return split
+
+
 def federated_data(cfg: RunConfig) -> FederatedData:
     fed = cfg.federation
     scheme = PartitionScheme.parse(fed.partition)
@@ -77,13 +104,19 @@ def federated_data(cfg: RunConfig) -> FederatedData:
         return file_sites(cfg)
     if scheme.kind == "networks":
         specs = [get_spec(ds) for ds in fed.networks]
-        if len({tuple(s.feature_columns) for s in specs}) != 1:
-            raise ValueError(f"networks {fed.networks} do not share one feature schema")
-        splits = [build_split(dataset_cfg(cfg, s.name).data, seed=cfg.seed, carve_val=False)
-                  for s in specs]
+        same = len({tuple(s.feature_columns) for s in specs}) == 1
+        if not same and fed.inputs == "shared":
+            raise ValueError(f"networks {fed.networks} do not share one feature schema, so they "
+                             "cannot share one plain model (federation.inputs=shared); use "
+                             "inputs=encoders or harmonised (private input encoders)")
+        splits = [network_split(cfg, s.name) for s in specs]
         tests = {f"{s.spec.name}/{k}": v for s in splits for k, v in s.tests.items()}
+        hetero = not same or fed.inputs in ("encoders", "harmonised")
         return FederatedData(specs[0], [s.train for s in splits], [s.name for s in specs], tests,
-                             {s.spec.name: s.notes for s in splits})
+                             {s.spec.name: s.notes for s in splits},
+                             specs=[s.spec for s in splits] if hetero else None,
+                             site_tests=[{f"{s.spec.name}/{k}": v for k, v in s.tests.items()}
+                                         for s in splits] if hetero else None)
     split = build_split(cfg.data, seed=cfg.seed, carve_val=False)
     shares = partition_indices(split.train, scheme, fed.clients, cfg.seed)
     clients = [split.train.take(idx) for idx in shares]

@@ -21,6 +21,12 @@ from fedlstm.data.registry import DatasetNotFound, data_dir
 from fedlstm.federation.deploy.app import CONFIG_KEY, SIGNATURE_KEY, write_signed_app
 from fedlstm.federation.deploy.credentials import generate_supernode_keys
 from fedlstm.federation.deploy.processes import FINISHED, DeploymentError, LocalFederation
+from fedlstm.federation.networks import (
+    NetworkServer,
+    resolve_inputs,
+    save_site_tests,
+    write_networks_run,
+)
 from fedlstm.federation.partitions import describe, save_records
 from fedlstm.federation.server import CHECKPOINT, ServerTask
 from fedlstm.federation.sites import federated_data
@@ -48,6 +54,15 @@ def write_deployed_run(task: ServerTask, run_config: Mapping) -> Path:
         raise RuntimeError("the federation finished without producing a model; see the log")
     info_file = out / DEPLOYMENT_FILE
     info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    if isinstance(task, NetworkServer):  # every site scored its own detector
+        with staged_dir(out, overwrite=True) as stage:
+            write_networks_run(stage, task.cfg, task, info.get("partitions"),
+                               info.get("data_notes", {}), {"runtime": "deployment"},
+                               info.get("command") or "flwr run")
+            checkpoints = (out / CHECKPOINT).parent
+            if checkpoints.is_dir():
+                shutil.move(str(checkpoints), str(stage / checkpoints.name))
+        return out
     # Which attack types the sites trained on is known to whoever split the data, if anyone.
     train_attacks = np.asarray(info.get("train_attacks", []), dtype=object)
     evaluations, extra = task.results(train_attacks, info.get("partitions"),
@@ -112,8 +127,13 @@ def deploy_on(federation: LocalFederation, cfg: RunConfig, out: str | Path, *,
     shutil.rmtree(shares, ignore_errors=True)
     shares.mkdir(mode=0o700, parents=True)
     try:
-        paths = [save_records(recs, shares / f"{name}.parquet", data.spec)
-                 for name, recs in zip(data.names, data.clients)]
+        paths = [save_records(recs, shares / f"{name}.parquet",
+                              data.specs[i] if data.specs else data.spec)
+                 for i, (name, recs) in enumerate(zip(data.names, data.clients))]
+        if data.specs is not None:  # sites of different schemas: encoders, their own tests
+            cfg = resolve_inputs(cfg, data.specs)
+            for i, path in enumerate(paths):
+                save_site_tests(data, i, path)
         timings["partition_seconds"] = time.perf_counter() - t
         return _run_on_shares(federation, cfg, data, paths, out, overwrite=overwrite,
                               timeout=timeout, command=command, say=say, timings=timings)

@@ -1,0 +1,340 @@
+"""A federation across networks whose logs have different schemas (the paper's Networks A, B, C:
+NSL-KDD, KDD Cup 99 and UNSW-NB15 in one Fed-LSTM).
+
+No two sites need to share a column. Each site preprocesses with its own statistics and keeps a
+private input encoder (`models.encoded.EncodedLSTM`) from its features into a shared space; only
+the LSTM body and the head are averaged, so the server never receives an encoder weight, a
+column name or a statistic (before round 1 a site sends only its record count, the weight
+SecAgg+ needs). Families are mapped to one shared taxonomy (`data.taxonomy`).
+
+With `federation.inputs=harmonised`, the common flow vocabulary (`features.harmonise`: duration,
+bytes and packets each way, protocol, service and state classes) goes through a shared layer,
+and every site's remaining features through its encoder.
+
+After the last round every site builds its own detector (its preprocessing, its encoder, the
+shared body), sets its threshold on its own validation data and scores its own test sets; it
+answers the server's "site-report" question with those scores only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+
+import numpy as np
+import torch
+
+from fedlstm.config import DATASET_DEFAULTS, RunConfig
+from fedlstm.data.readers import Records
+from fedlstm.data.spec import DatasetSpec
+from fedlstm.data.taxonomy import SHARED_FAMILIES, to_shared
+from fedlstm.detection.bundle import ModelBundle
+from fedlstm.federation.client import PREPROCESSING, ClientTask
+from fedlstm.federation.partitions import save_records
+from fedlstm.federation.server import ServerTask
+from fedlstm.models.encoded import EncodedLSTM, load_weights, private_weights, shared_weights
+from fedlstm.tasks import Task
+from fedlstm.tasks.base import Check, arrays_to_bytes, bytes_to_arrays, training_attacks
+
+log = logging.getLogger(__name__)
+SITE_REPORT = "site-report"
+MODEL_NAME = "lstm-encoded"
+_STATE_PRIVATE = "networks.encoder"  # a site's encoder in its Flower context state
+
+
+def inputs_mode(cfg: RunConfig, specs: list[DatasetSpec]) -> str:
+    """shared (one schema: one plain model), or encoders / harmonised (private encoders)."""
+    mode = cfg.federation.inputs
+    if mode != "auto":
+        return mode
+    same = len({tuple(s.feature_columns) for s in specs}) == 1
+    return "shared" if same else "encoders"
+
+
+def resolve_inputs(cfg: RunConfig, specs: list[DatasetSpec]) -> RunConfig:
+    """The configuration with `federation.inputs` decided for these sites' schemas (sites given
+    as networks of their own schemas get encoders even when the schemas happen to agree)."""
+    inputs = inputs_mode(cfg, specs)
+    if inputs == "shared":
+        inputs = "encoders"
+    return cfg.model_copy(update={"federation": cfg.federation.model_copy(
+        update={"inputs": inputs})})
+
+
+def needs_encoders(cfg: RunConfig) -> bool:
+    """Will this configuration federate sites through private encoders?"""
+    from fedlstm.data.schemas import get_spec
+
+    fed = cfg.federation
+    if fed.partition != "networks" or fed.inputs == "shared":
+        return False
+    if fed.inputs != "auto":
+        return True
+    return inputs_mode(cfg, [get_spec(n) for n in fed.networks]) != "shared"
+
+
+def is_heterogeneous(cfg: RunConfig) -> bool:
+    return cfg.federation.inputs in ("encoders", "harmonised")
+
+
+def shared_classes(cfg: RunConfig) -> list[str]:
+    return [SHARED_FAMILIES[0], "attack"] if cfg.model.task == "binary" else list(SHARED_FAMILIES)
+
+
+def with_shared_families(records: Records) -> Records:
+    """The records with their families in the shared taxonomy (attack names kept as they are)."""
+    return Records(records.frame, records.attack, to_shared(records.family), records.is_attack,
+                   records.report, records.segment)
+
+
+def site_window(cfg: RunConfig, spec: DatasetSpec) -> int:
+    """A benchmark network's tuned window length (`config.DATASET_DEFAULTS`), else the run's."""
+    return DATASET_DEFAULTS.get(spec.name, {}).get("windows", {}).get("window",
+                                                                     cfg.windows.window)
+
+
+def check_supported(cfg: RunConfig) -> None:
+    if cfg.detector != "supervised" or cfg.model.name not in ("lstm", MODEL_NAME):
+        raise ValueError("a federation across schemas trains the supervised LSTM (private encoders "
+                         f"and a shared LSTM body); got detector={cfg.detector}, "
+                         f"model={cfg.model.name}")
+    if cfg.train.dp:
+        raise ValueError("record-level DP-SGD is implemented for the plain LSTM, not for private "
+                         "encoders; across schemas use client-level DP (--client-dp) instead")
+
+
+class NetworkSite(ClientTask):
+    """One network of a heterogeneous federation: its own preprocessing and encoder, kept."""
+
+    def __init__(self, task: Task, records: Records, spec: DatasetSpec, name: str = "client",
+                 tests: dict[str, Records] | None = None, attack=None):
+        super().__init__(task, with_shared_families(records), spec, name, attack)
+        # Windows as long as this network's own tuned length (its records' order decides what a
+        # window of neighbours means; the shared LSTM reads sequences of any length).
+        window = site_window(self.cfg, spec)
+        if window != self.cfg.windows.window:
+            self.cfg = self.cfg.model_copy(update={"windows": self.cfg.windows.model_copy(
+                update={"window": window})})
+            self.task = type(task)(self.cfg)
+        self.classes = shared_classes(self.cfg)
+        self.tests = {k: with_shared_families(v) for k, v in (tests or {}).items()}
+        self.private: list[np.ndarray] | None = None
+        self.preprocessor = None
+        self.detector = None
+
+    # Its own statistics, always: no other site shares its columns.
+    def use_preprocessing(self, global_preprocessor: dict | None = None) -> None:
+        if self.windows is not None:
+            return
+        pre = self.task.fit_preprocessor(self.spec, self.train_records)
+        if self.cfg.federation.inputs == "harmonised":
+            from fedlstm.features.harmonise import HarmonisedPreprocessor
+
+            pre = HarmonisedPreprocessor(pre, self.spec)
+        self.preprocessor = pre
+        self.windows = self.task.site_windows(self.train_records, self.val_records, pre,
+                                              self.classes)
+
+    def new_model(self) -> EncodedLSTM:
+        self.use_preprocessing()
+        # The encoder's first weights are the site's own draw; the body's come from the server.
+        torch.manual_seed(self.cfg.seed * 1_000_003 + zlib.crc32(self.name.encode()))
+        return EncodedLSTM(self.windows.train.n_features, len(self.classes),
+                           **self.model_params())
+
+    def model_params(self) -> dict:
+        from fedlstm.features.harmonise import COMMON_FEATURES
+
+        harmonised = self.cfg.federation.inputs == "harmonised"
+        return {**self.task.model_params(), "shared_dim": self.cfg.federation.shared_dim,
+                "n_common": len(COMMON_FEATURES) if harmonised else 0}
+
+    def model(self, weights: list[np.ndarray]) -> EncodedLSTM:
+        model = self.new_model()
+        load_weights(model, weights, self.private)
+        return model
+
+    def evaluate(self, weights: list[np.ndarray]):
+        self.use_preprocessing()
+        return super().evaluate(weights)
+
+    def release(self, model) -> list[np.ndarray]:
+        self.private = private_weights(model)
+        return shared_weights(model)
+
+    def statistics_answer(self) -> dict:
+        return {"records": int(len(self.train_records))}
+
+    def answer(self, config: dict) -> dict:
+        phase = str(config.get("phase", PREPROCESSING))
+        if phase == PREPROCESSING:
+            return {**self.statistics_answer(), "client": self.name}
+        if phase == SITE_REPORT:
+            return {"report": json.dumps(self.report(bytes_to_arrays(config["weights"]))),
+                    "client": self.name}
+        raise ValueError(f"unknown question {phase!r}; a site of a federation across schemas "
+                         f"answers {[PREPROCESSING, SITE_REPORT]}")
+
+    def build_detector(self, weights: list[np.ndarray]) -> ModelBundle:
+        """This site's detector: its preprocessing and encoder, the shared body, and a threshold
+        from its own validation windows."""
+        cfg = self.cfg
+        detector = ModelBundle(spec=self.spec, preprocessor=self.preprocessor,
+                               model=self.model(weights).eval(), model_name=MODEL_NAME,
+                               model_params=self.model_params(), task=cfg.model.task,
+                               class_names=self.classes, window=cfg.windows.window,
+                               threshold_=cfg.train.fixed_threshold,
+                               metadata={"dataset": self.spec.name, "site": self.name,
+                                         "mode": "federated-networks", "created": time.time()})
+        self.task.calibrate(detector, self.windows, self.val_records)
+        return detector
+
+    def report(self, weights: list[np.ndarray]) -> dict:
+        """Scores of this site's detector on its own test sets: aggregates only."""
+        torch.set_num_threads(self.cfg.train.threads)
+        self.use_preprocessing()
+        self.detector = self.build_detector(weights)
+        seen = training_attacks(self.train_records, self.val_records)
+        tests = {}
+        for name, recs in self.tests.items():
+            ev = self.task.evaluate(self.detector, recs, seen)
+            tests[name] = {"binary": ev["binary"],
+                           **({"family": {"accuracy": ev["family"]["accuracy"],
+                                          "macro_f1": ev["family"]["macro"]["f1"]}}
+                              if "family" in ev else {})}
+        return {"site": self.name, "dataset": self.spec.name,
+                "threshold": float(self.detector.threshold_),
+                "train_records": int(len(self.train_records)), "tests": tests}
+
+
+def save_site_tests(data, i: int, share) -> None:
+    """Sites of different schemas score their own test sets: beside a site's share (`NAME.parquet`)
+    as `NAME.test.SET.parquet`, which only that site reads."""
+    if data.site_tests is None:
+        return
+    for name, test in data.site_tests[i].items():
+        save_records(test, share.with_name(f"{share.stem}.test.{name.replace('/', '~')}.parquet"),
+                     data.specs[i])
+
+
+def restore_private(site, state) -> None:
+    """Flower: a site's encoder lives in its node's context state between messages (a simulated
+    site may run in a different worker each round)."""
+    if isinstance(site, NetworkSite) and _STATE_PRIVATE in state:
+        site.private = state[_STATE_PRIVATE].to_numpy_ndarrays()
+
+
+def keep_private(site, state) -> None:
+    from flwr.app import ArrayRecord
+
+    if isinstance(site, NetworkSite) and site.private is not None:
+        state[_STATE_PRIVATE] = ArrayRecord(site.private)
+
+
+def _records_check(value: object) -> str | None:
+    return None if isinstance(value, int) and value >= 0 else "expected a record count"
+
+
+def _report_check(value: object) -> str | None:
+    """A site report is JSON of scores: numbers, names, and nested objects of them, no arrays
+    longer than a confusion matrix."""
+    if not isinstance(value, str) or len(value) > 200_000:
+        return "expected a JSON report"
+    try:
+        report = json.loads(value)
+    except json.JSONDecodeError as exc:
+        return f"not JSON ({exc})"
+    if not isinstance(report, dict) or not isinstance(report.get("tests"), dict):
+        return "a report is an object with `tests`"
+    return None
+
+
+class NetworkServer(ServerTask):
+    """The server of a federation across schemas: it knows the shared body's shape, nothing of
+    any site's columns, and ends with every site's own scores."""
+
+    def __init__(self, task: Task, out_dir=None):
+        check_supported(task.cfg)
+        spec = DatasetSpec(name="networks", folder="", title="networks of several schemas",
+                           columns=[], categorical=[], label="",
+                           family_order=list(SHARED_FAMILIES))
+        super().__init__(task, spec, {}, out_dir)
+        self.classes = shared_classes(self.cfg)
+        self.reports: dict[str, dict] = {}
+
+    def prepare_preprocessing(self, ask):
+        answers = ask({"phase": PREPROCESSING})
+        self.statistics_received = [{"count": int(a["records"])} for a in answers]
+        self.preprocessor = None
+        return None
+
+    def declared_answers(self) -> dict[str, dict[str, Check]]:
+        return {PREPROCESSING: {"records": _records_check}, SITE_REPORT: {"report": _report_check}}
+
+    def initial_weights(self) -> list[np.ndarray]:
+        resumed = self.load_checkpoint()
+        if resumed is not None:
+            return resumed
+        torch.manual_seed(self.cfg.seed)
+        n_common = 0
+        if self.cfg.federation.inputs == "harmonised":
+            from fedlstm.features.harmonise import COMMON_FEATURES
+
+            n_common = len(COMMON_FEATURES)
+        body = EncodedLSTM(n_common + 1, len(self.classes), **self.task.model_params(),
+                           shared_dim=self.cfg.federation.shared_dim, n_common=n_common)
+        self.weights = shared_weights(body)
+        return self.weights
+
+    def detector(self, ask=None, mode: str = "federated"):
+        """Every site's report on its own detector (the federation's result)."""
+        if self.weights is None or not self.rounds:
+            raise RuntimeError("the federation finished without producing a model; see the log")
+        answers = ask({"phase": SITE_REPORT, "weights": arrays_to_bytes(self.weights)})
+        self.receive(SITE_REPORT, answers)
+        self.reports = {str(a["client"]): json.loads(str(a["report"])) for a in answers}
+        return self.reports
+
+
+def write_networks_run(stage, cfg: RunConfig, server: NetworkServer, partitions: list,
+                       notes: dict, timings: dict, command: str | None = None) -> None:
+    """The run directory of a federation across schemas: config.json, metrics.json with every
+    site's scores on its own test sets, the round curves and a confusion matrix per test set.
+    There is no one bundle: each site's detector is its own (its encoder never left it)."""
+    import sys
+
+    from fedlstm import __version__
+    from fedlstm.runs import plots
+    from fedlstm.runs.rundir import git_commit, json_default
+
+    (stage / "config.json").write_text(cfg.model_dump_json(indent=2))
+    rounds = [server.rounds[k] for k in sorted(server.rounds)]
+    # Every site's test sets, by name (each prefixed with its network): the run's evaluations.
+    evaluations = {name: {"binary": ev["binary"], **({"family": ev["family"]} if "family" in ev
+                                                      else {})}
+                   for report in server.reports.values() for name, ev in report["tests"].items()}
+    protocols = {site: (notes.get(site) or {}).get("protocol", cfg.data.protocol)
+                 for site in server.reports}
+    metrics = {"dataset": "+".join(server.reports),
+               "protocol": ", ".join(f"{k}: {v}" for k, v in protocols.items()),
+               "mode": "federated-networks", "inputs": cfg.federation.inputs,
+               "evaluations": evaluations,
+               "model": MODEL_NAME, "task": cfg.model.task, "seed": cfg.seed,
+               "fedlstm_version": __version__, "commit": git_commit(),
+               "command": command or " ".join(sys.argv), "class_names": server.classes,
+               "sites": server.reports, "federation": cfg.federation.model_dump(),
+               "partitions": partitions, "data_notes": notes, "rounds": rounds,
+               "answers_received": server.answers_received, "timings": timings,
+               "traffic_bytes": dict(sorted(server.ledger.totals.items()))}
+    (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, default=json_default))
+    curves = [r for r in rounds if r["round"] > 0]
+    if curves:
+        plots.learning_curves(curves, stage / "round_curves.png", "networks / federated",
+                              x_key="round")
+    for site, report in server.reports.items():
+        for name, ev in report["tests"].items():
+            plots.confusion_matrix(ev["binary"]["confusion_matrix"], ["normal", "attack"],
+                                   stage / f"confusion_{name.replace('/', '_')}.png",
+                                   f"{site} / {name} (own encoder, shared body)")

@@ -1,0 +1,343 @@
+"""Networks A, B and C in one Fed-LSTM (the paper's Table II / Fig. 5d), measured honestly.
+
+For each seed, every network (NSL-KDD, KDD99, UNSW-NB15 by default) is scored on its own test
+set (official, or its random split where only one file exists) by:
+- its local-only model: the same encoder + LSTM, trained on that network alone for the same
+  rounds x local epochs (a federation of one site: the same code path);
+- the same-schema federation (A+B: one plain model, merged preprocessing), where one exists;
+- the cross-schema federation (A+B+C: private encoders, shared body), with each input mode;
+- its centralised model (`fedlstm train` on that network, its tuned defaults) and gradient
+  boosting on the same split (the strongest simple baseline).
+Then one network is starved (a small share of its training rows) and its local-only model is
+compared with the federation that includes it. Zero-shot: each local-only model on the other
+networks of its own schema (another schema's records cannot be read by its encoder).
+Thresholds are every site's own, from its validation data; test sets only score.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fedlstm.config import RunConfig, load_config  # noqa: E402
+from fedlstm.data.readers import Records  # noqa: E402
+from fedlstm.federation.inprocess import run_inprocess  # noqa: E402
+from fedlstm.federation.networks import NetworkServer, NetworkSite, shared_classes  # noqa: E402
+from fedlstm.federation.sites import FederatedData, federated_data, network_split  # noqa: E402
+from fedlstm.tasks import task_for  # noqa: E402
+from fedlstm.tasks.base import training_attacks  # noqa: E402
+
+log = logging.getLogger(__name__)
+NETWORKS = ("nsl-kdd", "kdd99", "unsw-nb15")
+LETTERS = {"nsl-kdd": "A", "kdd99": "B", "unsw-nb15": "C"}
+MODES = ("encoders", "harmonised")
+COLUMNS = ("local", "same-schema", "encoders", "harmonised", "centralised", "hgb")
+HEADINGS = {"local": "local-only", "same-schema": "same-schema fed. (A+B)",
+            "encoders": "cross-schema fed., encoders", "harmonised": "cross-schema fed., harmonised",
+            "centralised": "centralised LSTM", "hgb": "gradient boosting"}
+STUDY_ROWS = 20_000
+STARVE_FRACTION = 0.02
+
+
+def _score(ev: dict) -> dict:
+    b = ev["binary"]
+    return {"accuracy": b["accuracy"], "fpr": b["fpr"], "f1": b["f1"],
+            "confusion_matrix": b["confusion_matrix"]}
+
+
+def _main_test(tests: dict) -> str:
+    return sorted(tests, key=lambda k: (k.count("-21"), k))[0]  # test+ before test-21
+
+
+def _with_inputs(cfg: RunConfig, inputs: str, networks: list[str]) -> RunConfig:
+    return cfg.model_copy(update={"federation": cfg.federation.model_copy(update={
+        "partition": "networks", "networks": networks, "inputs": inputs,
+        "clients": len(networks), "server_test_curves": False})})
+
+
+def _federate_sites(cfg: RunConfig, data: FederatedData, which: list[int]):
+    """The in-process federation of the sites `which` (one site: its local-only model)."""
+    cfg = cfg.model_copy(update={"federation": cfg.federation.model_copy(
+        update={"clients": len(which)})})
+    server = NetworkServer(task_for(cfg))
+    sites = [NetworkSite(server.task, data.clients[i], data.specs[i], data.names[i],
+                         data.site_tests[i]) for i in which]
+    run_inprocess(server, sites)
+    val = server.rounds[max(server.rounds)].get("clients_val", {})
+    return {s.name: {"tests": {k: _score(v) for k, v in _tests(s).items()},
+                     "val_accuracy": val.get(s.name, {}).get("val_accuracy"),
+                     "train_records": len(s.train_records)} for s in sites}, sites
+
+
+def _tests(site: NetworkSite) -> dict:
+    seen = training_attacks(site.train_records, site.val_records)
+    return {name: site.task.evaluate(site.detector, recs, seen) for name, recs in site.tests.items()}
+
+
+def _same_schema(cfg: RunConfig, networks: list[str]) -> dict:
+    from fedlstm.federation.client import ClientTask
+    from fedlstm.federation.server import ServerTask
+
+    cfg = _with_inputs(cfg, "shared", networks)
+    data = federated_data(cfg)
+    server = ServerTask(task_for(cfg), data.spec, data.tests)
+    run_inprocess(server, [ClientTask(server.task, r, data.spec, n)
+                           for r, n in zip(data.clients, data.names)])
+    seen = training_attacks(*data.clients)
+    return {ds: {"tests": {k: _score(server.task.evaluate(server.result, v, seen))
+                           for k, v in data.tests.items() if k.startswith(f"{ds}/")}}
+            for ds in networks}
+
+
+def _centralised(base: RunConfig, dataset: str, model: str) -> dict:
+    """`fedlstm train --dataset DATASET` (its tuned defaults) on the network's own split."""
+    from fedlstm.tasks.centralised import train
+
+    overrides = [f"data.dataset={dataset}", f"seed={base.seed}", f"model.name={model}",
+                 f"data.protocol={base.data.protocol}", f"train.threshold={base.train.threshold}"]
+    if base.data.max_train_rows:
+        overrides.append(f"data.max_train_rows={base.data.max_train_rows}")
+    if base.data.max_test_rows:
+        overrides.append(f"data.max_test_rows={base.data.max_test_rows}")
+    if base.data.data_dir:
+        overrides.append(f"data.data_dir={base.data.data_dir}")
+    cfg = load_config(None, overrides)
+    result = train(task_for(cfg), network_split(cfg, dataset, carve_val=True))
+    return {"tests": {f"{dataset}/{k}": _score(v) for k, v in result.evaluations.items()
+                      if k != "val"}}
+
+
+def starve(data: FederatedData, index: int, fraction: float, seed: int) -> FederatedData:
+    """The same sites with site `index` keeping a seeded random `fraction` of its rows."""
+    recs = data.clients[index]
+    keep = max(int(round(fraction * len(recs))), 50)
+    idx = np.sort(np.random.default_rng(seed).choice(len(recs), min(keep, len(recs)),
+                                                     replace=False))
+    clients = list(data.clients)
+    clients[index] = recs.take(idx)
+    return replace(data, clients=clients)
+
+
+def _zero_shot(sites: list[NetworkSite], data: FederatedData) -> dict:
+    """Each local-only model on the test sets of the other networks of its schema."""
+    out = {}
+    for site in sites:
+        columns = tuple(site.spec.feature_columns)
+        for j, other in enumerate(data.specs):
+            if other.name == site.spec.name:
+                continue
+            if tuple(other.feature_columns) != columns:
+                out[f"{site.name}->{other.name}"] = None  # its encoder cannot read that schema
+                continue
+            name = _main_test(data.site_tests[j])
+            recs = _shared(data.site_tests[j][name])
+            out[f"{site.name}->{other.name}"] = _score(site.task.evaluate(
+                site.detector, recs, training_attacks(site.train_records)))
+    return out
+
+
+def _shared(recs: Records) -> Records:
+    from fedlstm.federation.networks import with_shared_families
+
+    return with_shared_families(recs)
+
+
+def run_seed(cfg: RunConfig, networks: list[str], modes=MODES, starved: tuple[str, ...] = (),
+             starve_fraction: float = STARVE_FRACTION, progress=None) -> dict:
+    progress = progress or (lambda text: None)
+    out: dict = {"seed": cfg.seed, "cells": {}, "val": {}, "starved": {}}
+    cells = out["cells"]
+    base = _with_inputs(cfg, MODES[0], networks)
+    data = federated_data(base)
+    out["protocols"] = {n: data.notes.get(n, {}).get("protocol", cfg.data.protocol)
+                        for n in data.names}
+    for mode in modes:
+        progress(f"seed {cfg.seed}: A+B+C federation ({mode})")
+        fed, _ = _federate_sites(_with_inputs(cfg, mode, networks), data,
+                                 list(range(len(networks))))
+        for name, r in fed.items():
+            cells.setdefault(name, {})[mode] = r["tests"]
+            out["val"].setdefault(name, {})[mode] = r["val_accuracy"]
+    local_sites = []
+    for i, name in enumerate(data.names):
+        progress(f"seed {cfg.seed}: {name} alone")
+        local, sites = _federate_sites(base, data, [i])
+        cells[name]["local"] = local[name]["tests"]
+        local_sites += sites
+    out["zero_shot"] = _zero_shot(local_sites, data)
+    same = [n for n in networks if n in ("nsl-kdd", "kdd99")]
+    if len(same) >= 2:
+        progress(f"seed {cfg.seed}: same-schema federation {'+'.join(same)}")
+        for name, r in _same_schema(cfg, same).items():
+            cells[name]["same-schema"] = r["tests"]
+    for name in data.names:
+        for model, key in (("lstm", "centralised"), ("hgb", "hgb")):
+            progress(f"seed {cfg.seed}: {name} {key}")
+            cells[name][key] = _centralised(cfg, name, model)["tests"]
+    for name in starved:
+        i = data.names.index(name)
+        thin = starve(data, i, starve_fraction, cfg.seed)
+        progress(f"seed {cfg.seed}: {name} starved to {starve_fraction:.0%}")
+        local, _ = _federate_sites(base, thin, [i])
+        fed, _ = _federate_sites(base, thin, list(range(len(networks))))
+        out["starved"][name] = {"fraction": starve_fraction,
+                                "train_records": local[name]["train_records"],
+                                "local": local[name]["tests"], "federated": fed[name]["tests"]}
+    return out
+
+
+def study(cfg: RunConfig, out: str | Path, networks=NETWORKS, seeds=(0, 1, 2), modes=MODES,
+          starved: tuple[str, ...] = NETWORKS, starve_fraction: float = STARVE_FRACTION,
+          command: str | None = None, progress=None) -> Path:
+    """Every seed (cached per seed in `out`), then networks.md, networks.json, networks.png."""
+    out = Path(out)
+    (out / "seeds").mkdir(parents=True, exist_ok=True)
+    networks = list(networks)
+    results = []
+    for seed in seeds:
+        cfg_s = cfg.model_copy(update={"seed": seed})
+        path = out / "seeds" / f"seed{seed}.json"
+        key = json.dumps({"cfg": json.loads(cfg_s.model_dump_json()), "networks": networks,
+                          "modes": list(modes), "starved": list(starved),
+                          "fraction": starve_fraction}, sort_keys=True)
+        if path.exists() and json.loads(path.read_text()).get("key") == key:
+            results.append(json.loads(path.read_text())["result"])
+            continue
+        result = run_seed(cfg_s, networks, modes, tuple(starved), starve_fraction, progress)
+        path.write_text(json.dumps({"key": key, "result": result}, indent=1))
+        results.append(result)
+    summary = summarise(results, networks, modes)
+    (out / "networks.json").write_text(json.dumps({"summary": summary, "seeds": results},
+                                                  indent=1))
+    (out / "networks.md").write_text(table(cfg, summary, networks, modes, command))
+    figure(summary, networks, out / "networks.png")
+    return out / "networks.md"
+
+
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def summarise(results: list[dict], networks: list[str], modes=MODES) -> dict:
+    first = results[0]
+    summary: dict = {"seeds": [r["seed"] for r in results], "protocols": first["protocols"],
+                     "cells": {}, "val": {}, "zero_shot": {}, "starved": {}}
+    for name in networks:
+        test = _main_test(first["cells"][name]["local"])
+        summary["cells"][name] = {"test": test}
+        for col in COLUMNS:
+            runs = [r["cells"][name].get(col, {}).get(test) for r in results]
+            runs = [x for x in runs if x]
+            if runs:
+                summary["cells"][name][col] = {
+                    "accuracy": _mean([x["accuracy"] for x in runs]),
+                    "accuracy_sd": float(np.std([x["accuracy"] for x in runs])),
+                    "fpr": _mean([x["fpr"] for x in runs]), "n_seeds": len(runs),
+                    "confusion_matrix": np.sum([x["confusion_matrix"] for x in runs], 0).tolist()}
+        summary["val"][name] = {m: _mean([r["val"][name].get(m) for r in results]) for m in modes}
+    for key in first.get("zero_shot", {}):
+        runs = [r["zero_shot"][key] for r in results]
+        summary["zero_shot"][key] = None if runs[0] is None else {
+            "accuracy": _mean([x["accuracy"] for x in runs]), "fpr": _mean([x["fpr"] for x in runs])}
+    for name, s in first.get("starved", {}).items():
+        test = _main_test(s["local"])
+        summary["starved"][name] = {
+            "fraction": s["fraction"], "train_records": s["train_records"], "test": test,
+            **{k: {"accuracy": _mean([r["starved"][name][k][test]["accuracy"] for r in results]),
+                   "accuracy_sd": float(np.std([r["starved"][name][k][test]["accuracy"]
+                                                for r in results])),
+                   "fpr": _mean([r["starved"][name][k][test]["fpr"] for r in results]),
+                   "n_seeds": len(results)}
+               for k in ("local", "federated")}}
+    return summary
+
+
+def _cell(c: dict | None) -> str:
+    if not c:
+        return "–"
+    sd = f" ± {c['accuracy_sd']:.3f}" if c.get("n_seeds", 1) > 1 else ""
+    return f"{c['accuracy']:.4f}{sd} ({c['fpr']:.3f})"
+
+
+def table(cfg: RunConfig, summary: dict, networks: list[str], modes, command) -> str:
+    fed = cfg.federation
+    rows = cfg.data.max_train_rows
+    lines = ["# Networks A, B, C: one Fed-LSTM across three schemas", "",
+             f"Seeds {summary['seeds']}; {fed.rounds} rounds x {fed.local_epochs} local epochs; "
+             f"{'at most ' + format(rows, ',') if rows else 'all'} training rows per network; "
+             "each network's own threshold from its own validation data. Cells: test accuracy, "
+             "mean ± sd over seeds (FPR). Local-only is the same encoder + LSTM trained on that "
+             "network alone for the same epochs; centralised is `fedlstm train` on that network "
+             "with its tuned defaults; gradient boosting (`--model hgb`) on the same split.", "",
+             f"Command: `{command}`" if command else "", "",
+             "| network | test set | " + " | ".join(HEADINGS[c] for c in COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for name in networks:
+        c = summary["cells"][name]
+        proto = summary["protocols"].get(name, "")
+        lines.append(f"| {LETTERS.get(name, '')} {name} | {c['test']} ({proto}) | "
+                     + " | ".join(_cell(c.get(col)) for col in COLUMNS) + " |")
+    lines += ["", "No negative transfer (cross-schema federation with encoders ≥ local-only, mean "
+              "over seeds): " + ", ".join(
+                  f"{n}: {'yes' if _ge(summary, n) else 'NO'}" for n in networks), ""]
+    val = summary["val"]
+    lines += ["Input modes compared on validation (mean validation accuracy of the last round, "
+              "per network):", "", "| network | " + " | ".join(modes) + " |",
+              "|---|" + "---|" * len(modes)]
+    for name in networks:
+        lines.append(f"| {name} | " + " | ".join(
+            f"{val[name][m]:.4f}" if val[name].get(m) is not None else "–" for m in modes) + " |")
+    if summary.get("starved"):
+        lines += ["", "## One network starved: it keeps a small share of its training rows, "
+                  "the others keep theirs", "",
+                  "| starved network | its training records | local-only | in the A+B+C "
+                  "federation | gain |", "|---|---|---|---|---|"]
+        for name, s in summary["starved"].items():
+            gain = s["federated"]["accuracy"] - s["local"]["accuracy"]
+            lines.append(f"| {name} ({s['fraction']:.0%}) | {s['train_records']:,} | "
+                         f"{_cell(s['local'])} | {_cell(s['federated'])} | "
+                         f"{100 * gain:+.1f} pp |")
+    if summary["zero_shot"]:
+        lines += ["", "## Zero-shot (for transparency): each local-only model on another network",
+                  "", "| model -> test set of | accuracy (FPR) |", "|---|---|"]
+        for key, v in summary["zero_shot"].items():
+            text = "n/a: another schema, its encoder cannot read it" if v is None else \
+                f"{v['accuracy']:.4f} ({v['fpr']:.3f})"
+            lines.append(f"| {key.replace('->', ' -> ')} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+def _ge(summary: dict, name: str) -> bool:
+    c = summary["cells"][name]
+    return bool(c.get("encoders") and c.get("local")
+                and c["encoders"]["accuracy"] >= c["local"]["accuracy"])
+
+
+def figure(summary: dict, networks: list[str], path: Path) -> None:
+    cols = [c for c in COLUMNS if any(summary["cells"][n].get(c) for n in networks)]
+    fig, ax = plt.subplots(figsize=(1.6 + 2.2 * len(networks), 3.6))
+    width = 0.8 / len(cols)
+    for k, col in enumerate(cols):
+        xs = [i + (k - (len(cols) - 1) / 2) * width for i in range(len(networks))]
+        ys = [(summary["cells"][n].get(col) or {}).get("accuracy") or 0.0 for n in networks]
+        ax.bar(xs, ys, width, label=HEADINGS[col])
+    ax.set_xticks(range(len(networks)), [f"{LETTERS.get(n, '')} {n}" for n in networks])
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0.5, 1.0)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+__all__ = ["study", "run_seed", "starve", "shared_classes"]

@@ -1,0 +1,171 @@
+"""Federation across networks of different schemas (NSL-KDD, KDD99, UNSW-NB15 in one model):
+the shared taxonomy, the encoder/body split, and what the server receives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedlstm.config import RunConfig
+from fedlstm.data.schemas import get_spec
+from fedlstm.data.taxonomy import SHARED_FAMILIES, shared_family, to_shared
+from fedlstm.models.encoded import EncodedLSTM, load_weights, private_weights, shared_weights
+
+NETWORKS = ["nsl-kdd", "kdd99", "unsw-nb15"]
+
+
+@pytest.mark.parametrize("dataset", NETWORKS)
+def test_every_family_of_a_benchmark_maps_into_the_shared_taxonomy(dataset):
+    spec = get_spec(dataset)
+    mapped = {f: shared_family(f) for f in spec.family_order}
+    assert set(mapped.values()) <= set(SHARED_FAMILIES)
+    assert mapped["normal"] == "normal"
+    # Only the families nobody could place fall into `other` (UNSW-NB15's generic and fuzzers).
+    assert {f for f, s in mapped.items() if s == "other"} <= {"generic", "fuzzers"}
+
+
+@pytest.mark.parametrize("family,shared", [
+    ("dos", "dos"), ("DoS", "dos"), ("DoS Hulk", "dos"), ("DDoS", "dos"), ("probe", "probe"),
+    ("Reconnaissance", "probe"), ("PortScan", "probe"), ("r2l", "remote-access"),
+    ("Exploits", "remote-access"), ("Web Attack - Brute Force", "remote-access"),
+    ("u2r", "privilege-escalation"), ("Backdoor", "backdoor"), ("Worms", "backdoor"),
+    ("Bot", "backdoor"), ("BENIGN", "normal"), ("Generic", "other"), ("never-seen", "other")])
+def test_taxonomy_table(family, shared):
+    assert shared_family(family) == shared
+
+
+def test_taxonomy_over_arrays_keeps_order():
+    out = to_shared(np.array(["r2l", "normal", "Exploits", "r2l"], dtype=object))
+    assert out.tolist() == ["remote-access", "normal", "remote-access", "remote-access"]
+
+
+def test_the_shared_body_does_not_depend_on_a_sites_columns():
+    a, b = EncodedLSTM(122, 2, hidden_size=8, shared_dim=4), EncodedLSTM(40, 2, hidden_size=8,
+                                                                         shared_dim=4)
+    assert [w.shape for w in shared_weights(a)] == [w.shape for w in shared_weights(b)]
+    assert [w.shape for w in private_weights(a)] == [(4, 122), (4,)]
+    # b takes a's body and keeps its own encoder
+    own = private_weights(b)
+    load_weights(b, shared_weights(a), own)
+    assert all(np.array_equal(x, y) for x, y in zip(shared_weights(a), shared_weights(b)))
+    assert all(np.array_equal(x, y) for x, y in zip(private_weights(b), own))
+    with pytest.raises(ValueError, match="shared arrays"):
+        load_weights(b, shared_weights(a)[:-1])
+
+
+def test_sliding_windows_match_the_plain_forward_pass():
+    torch.manual_seed(0)
+    model = EncodedLSTM(10, 3, hidden_size=8, shared_dim=4, n_common=3).eval()
+    records = torch.rand(30, 10)
+    ends = torch.arange(3, 30)
+    windows = torch.stack([records[e - 3:e + 1] for e in ends])
+    assert torch.allclose(model.forward_sliding(records, ends, 4), model(windows), atol=1e-5)
+
+
+def _cfg(datasets_dir, **federation) -> RunConfig:
+    return RunConfig.model_validate({
+        "data": {"data_dir": str(datasets_dir), "max_train_rows": 900, "max_test_rows": 300},
+        "model": {"hidden_size": 8}, "train": {"threshold": "val-f1"},
+        "federation": {"partition": "networks", "networks": NETWORKS, "rounds": 2,
+                       "shared_dim": 4, "server_test_curves": False, **federation}})
+
+
+@pytest.fixture(scope="module")
+def three_networks(datasets_dir):
+    from fedlstm.federation.sites import federated_data
+
+    return federated_data(_cfg(datasets_dir))
+
+
+def test_three_schemas_federate_and_every_site_scores_its_own_tests(datasets_dir, three_networks,
+                                                                    tmp_path):
+    """Flower's simulation engine: each site keeps its encoder in its node state between rounds
+    (the same results as the in-process engine, whose sites are objects), and the server never
+    receives an encoder weight, a statistic or anything shaped like a site's features."""
+    from fedlstm.federation.apps import make_client_app, make_server_app
+    from fedlstm.federation.networks import NetworkServer
+    from fedlstm.federation.simulation import federate, private_shares, simulate
+    from fedlstm.tasks import task_for
+
+    data = three_networks
+    assert data.specs is not None and len({tuple(s.feature_columns) for s in data.specs}) == 2
+    cfg = _cfg(datasets_dir, inputs="encoders", clients=3)
+    server = NetworkServer(task_for(cfg))
+    server.audit = True
+    with private_shares(data, data.spec) as folder:
+        simulate(make_server_app(server), make_client_app(str(folder), cfg), 3, server.stop)
+    reports = server.result
+    assert sorted(reports) == sorted(NETWORKS)
+    for name, report in reports.items():
+        assert report["dataset"] == name and report["tests"]
+        assert all(k.startswith(f"{name}/") for k in report["tests"])  # its own tests only
+        for ev in report["tests"].values():
+            assert 0.0 <= ev["binary"]["accuracy"] <= 1.0 and 0.0 <= ev["binary"]["fpr"] <= 1.0
+
+    # The message audit: what reached the server.
+    task = task_for(cfg)
+    widths = {task.fit_preprocessor(spec, recs).n_features_out
+              for spec, recs in zip(data.specs, data.clients)}
+    shared = {tuple(w.shape) for w in server.weights}
+    received = [m for m in server.audit.log if m.direction == "received"]
+    assert any(m.message_type == "train" for m in received)
+    for m in received:
+        for _, shape, _ in m.arrays:
+            assert not set(shape) & widths, m  # nothing shaped like a site's encoder input
+        if m.message_type == "train":
+            assert {tuple(a.shape) for a in m.float_arrays} <= shared
+        if m.message_type == "get_properties":
+            keys = {k.split("/")[-1] for k in m.config
+                    if k.startswith("getpropertiesres.properties")}
+            assert keys - {"client"} in ({"records"}, {"report"}), m
+
+    inprocess = federate(cfg, data, None, engine="inprocess")
+    for name, report in inprocess.result.items():
+        for test, ev in report["tests"].items():
+            assert ev["binary"]["accuracy"] == pytest.approx(
+                reports[name]["tests"][test]["binary"]["accuracy"], abs=1e-9)
+
+
+@pytest.mark.parametrize("inputs", ["harmonised"])
+def test_harmonised_inputs_federate_in_process(datasets_dir, three_networks, inputs):
+    from fedlstm.federation.simulation import federate
+
+    server = federate(_cfg(datasets_dir, inputs=inputs), three_networks, None, engine="inprocess")
+    assert server.cfg.federation.inputs == inputs
+    assert sorted(server.result) == sorted(NETWORKS)
+    assert server.rounds[2]["clients_val"].keys() == set(NETWORKS)
+
+
+def test_sites_of_one_schema_still_share_one_plain_model(datasets_dir):
+    from fedlstm.federation.sites import federated_data
+
+    data = federated_data(_cfg(datasets_dir, networks=["nsl-kdd", "kdd99"]))
+    assert data.specs is None  # the plain federation: merged preprocessing, one model
+
+
+def test_networks_of_different_schemas_are_refused_one_plain_model(datasets_dir):
+    from fedlstm.federation.sites import federated_data
+
+    with pytest.raises(ValueError, match="inputs=encoders"):
+        federated_data(_cfg(datasets_dir, inputs="shared"))
+
+
+def test_record_level_dp_with_encoders_is_refused_with_the_option_that_works(datasets_dir):
+    from fedlstm.federation.networks import NetworkServer
+    from fedlstm.tasks import task_for
+
+    cfg = _cfg(datasets_dir, inputs="encoders")
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"dp": True})})
+    with pytest.raises(ValueError, match="client-level DP"):
+        NetworkServer(task_for(cfg))
+
+
+def test_a_starved_site_keeps_a_seeded_share_of_its_rows(three_networks):
+    from fedlstm.reports.networks import starve
+
+    thin = starve(three_networks, 0, 0.1, seed=3)
+    assert len(thin.clients[0]) == max(round(0.1 * len(three_networks.clients[0])), 50)
+    assert len(thin.clients[1]) == len(three_networks.clients[1])
+    again = starve(three_networks, 0, 0.1, seed=3)
+    assert thin.clients[0].frame.equals(again.clients[0].frame)
