@@ -115,6 +115,9 @@ class FederationConfig(_Strict):
     # site's encoder); auto: shared when every site has the same columns, else encoders.
     inputs: Literal["auto", "shared", "encoders", "harmonised"] = "auto"
     shared_dim: int = Field(32, ge=1)  # width of the shared space the encoders map into
+    # Personalisation: epochs each site trains the final model on its own data before it
+    # calibrates its detector (0: the federated model as it is).
+    finetune_epochs: int = Field(0, ge=0)
     # fedavg | fedprox | fedadam, or a Byzantine-robust rule (fedlstm.federation.robust) that
     # tolerates `tolerate` x clients malicious sites: krum | multikrum | bulyan | median |
     # trimmed-mean.
@@ -282,6 +285,13 @@ def with_dataset_defaults(data: dict) -> dict:
     section = data.get("data", {})
     if section.get("schema") or section.get("train_files"):
         return data  # the user's own flow logs: the general defaults
+    fed = data.get("federation", {})
+    if fed.get("partition") == "networks":  # as many rounds as the slowest network needs
+        networks = fed.get("networks", FederationConfig.model_fields["networks"].default)
+        rounds = [DATASET_DEFAULTS.get(n, {}).get("federation", {}).get("rounds") for n in networks]
+        if any(rounds):
+            fed.setdefault("rounds", max(r for r in rounds if r))
+            data["federation"] = fed
     for name, values in DATASET_DEFAULTS.get(section.get("dataset", "nsl-kdd"), {}).items():
         for key, value in values.items():
             data.setdefault(name, {}).setdefault(key, value)

@@ -185,6 +185,8 @@ def _expected(steps: Steps, heading: str, paragraph: str, header, row):
         ev, acc0 = run["evaluations"]["test"], clean["evaluations"]["test"]["accuracy"]
         return [row[0], row[1], f"{ev['accuracy']:.4f}", f"{100 * (ev['accuracy'] - acc0):+.2f}",
                 f"{ev['fpr']:.4f}", ", ".join(run["malicious_sites"]) or "-"]
+    if heading.startswith("Networks A, B, C"):
+        return _networks_row(steps, header, row)
     if heading == "Wall time of every step":
         return [row[0], f"{steps.files[row[0]].get('seconds', 0):.1f}"]
     return None
@@ -235,3 +237,42 @@ def _target_row(steps: Steps, row: list[str]) -> list[str]:
         target = {"test-21": 0.80}.get(test, 0.90 if ds == "nsl-kdd" else 0.945)
         text = f"≥ {target:.4f}"
     return [what, f"{fed:.4f}", text, "met" if fed >= target - 1e-12 else "**missed**"]
+
+
+def _networks_row(steps: Steps, header: list[str], row: list[str]) -> list[str]:
+    """A row of the Networks A, B, C tables, recomputed from the study's per-seed files."""
+    from fedlstm.reports.networks import HEADINGS
+
+    step = next(s for s in steps.files.values() if s.get("kind") == "networks")
+    seeds = [json.loads(p.read_text())["result"]
+             for p in sorted(Path(step["out"], "seeds").glob("seed*.json"))]
+
+    def cell(runs: list[dict]) -> str:
+        if not runs:
+            return "–"
+        acc = [r["accuracy"] for r in runs]
+        sd = f" ± {np.std(acc, ddof=1):.3f}" if len(acc) > 1 else ""
+        return f"{np.mean(acc):.4f}{sd} ({np.mean([r['fpr'] for r in runs]):.3f})"
+
+    if header[:2] == ["network", "test set"]:
+        name, test = row[0].split()[-1], row[1].split(" (")[0]
+        column = {v: k for k, v in HEADINGS.items()}
+        return row[:2] + [cell([s["cells"][name][column[h]][test] for s in seeds
+                                if column[h] in s["cells"][name]]) for h in header[2:]]
+    if header[0] == "network":  # input modes on validation
+        return [row[0], *(f"{np.mean([s['val'][row[0]][m] for s in seeds]):.4f}"
+                          for m in header[1:])]
+    if header[0] == "starved network":
+        name = row[0].split(" (")[0]
+        runs = [s["starved"][name] for s in seeds]
+        test = sorted(runs[0]["local"], key=lambda k: (k.count("-21"), k))[0]
+        local = [r["local"][test] for r in runs]
+        fed = [r["federated"][test] for r in runs]
+        gain = 100 * (np.mean([r["accuracy"] for r in fed]) - np.mean([r["accuracy"] for r in local]))
+        return [row[0], f"{runs[0]['train_records']:,}", cell(local), cell(fed), f"{gain:+.1f} pp"]
+    key = row[0].replace(" -> ", "->")
+    runs = [s["zero_shot"][key] for s in seeds]
+    if runs[0] is None:
+        return [row[0], "n/a: another schema, its encoder cannot read it"]
+    return [row[0], f"{np.mean([r['accuracy'] for r in runs]):.4f} "
+                    f"({np.mean([r['fpr'] for r in runs]):.3f})"]

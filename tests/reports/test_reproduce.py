@@ -23,16 +23,22 @@ def test_quick_reproduction_writes_the_report_and_resumes(datasets_dir, tmp_path
                     "Train/test overlap", "Run-to-run noise is not measured", "Targets",
                     "Fed-LSTM: novelty part", "Attack types unseen in training",
                     "The alert budget's trade-off", "Fig. 9", "Communication: compressed updates",
-                    "Robustness: malicious sites"):
+                    "Robustness: malicious sites", "Networks A, B, C"):
         assert heading in report
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5  # self-contained
     steps = [json.loads(p.read_text()) for p in (out / "steps").glob("*.json")]
     methods = {s["step"]["method"] for s in steps if "step" in s}
     assert methods == set(METHODS)
-    assert any(s["key"].startswith("networks-ab") for s in steps)
+    networks = next(s for s in steps if s.get("kind") == "networks")
+    assert networks["config"]["data"]["max_train_rows"] == 3000  # the quick profile's rows
+    cells = networks["summary"]["cells"]
+    assert set(cells) == {"nsl-kdd", "kdd99", "unsw-nb15"}
+    assert {"local", "encoders", "centralised", "hgb"} <= set(cells["unsw-nb15"])
+    assert "same-schema" in cells["nsl-kdd"] and "same-schema" not in cells["unsw-nb15"]
+    assert networks["summary"]["starved"]["nsl-kdd"]["train_records"] < 100
     extras = {s["key"]: s for s in steps
-              if "kind" in s and s["kind"] not in ("overlap", "comm", "robust")}
+              if "kind" in s and s["kind"] not in ("overlap", "comm", "robust", "networks")}
     robust = {s["key"]: s for s in steps if s.get("kind") == "robust"}
     assert set(robust) == {f"robust--{a}--{d}--s0" for a in ("clean", "scale:-10")
                            for d in ("fedavg", "robust")}

@@ -399,7 +399,9 @@ def networks(
 
     try:
         cfg = load_run_config(config, set_, "supervised", data__data_dir=data_dir,
-                              data__max_train_rows=max_train_rows or None)
+                              data__max_train_rows=max_train_rows or None,
+                              federation__partition="networks",
+                              federation__networks=items(networks))
         with console.status("networks study...") as status:
             path = study(cfg, out, networks=items(networks),
                          seeds=[int(x) for x in items(seeds)], modes=items(inputs),

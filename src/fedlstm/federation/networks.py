@@ -195,6 +195,10 @@ class NetworkSite(ClientTask):
         """Scores of this site's detector on its own test sets: aggregates only."""
         torch.set_num_threads(self.cfg.train.threads)
         self.use_preprocessing()
+        epochs = self.cfg.federation.finetune_epochs
+        if epochs:  # personalised: the final model, trained further on this site alone
+            weights = self.fit(weights, epochs, seed=self.cfg.seed,
+                               server_round=self.cfg.federation.rounds)[0]
         self.detector = self.build_detector(weights)
         seen = training_attacks(self.train_records, self.val_records)
         tests = {}

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from fedlstm.config import RunConfig, load_config  # noqa: E402
 from fedlstm.data.readers import Records  # noqa: E402
 from fedlstm.federation.inprocess import run_inprocess  # noqa: E402
-from fedlstm.federation.networks import NetworkServer, NetworkSite, shared_classes  # noqa: E402
+from fedlstm.federation.networks import NetworkServer, NetworkSite  # noqa: E402
 from fedlstm.federation.sites import FederatedData, federated_data, network_split  # noqa: E402
 from fedlstm.tasks import task_for  # noqa: E402
 from fedlstm.tasks.base import training_attacks  # noqa: E402
@@ -227,6 +227,11 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _sd(values: list[float]) -> float:
+    """Sample standard deviation over seeds (as every report table), 0 for one seed."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def summarise(results: list[dict], networks: list[str], modes=MODES) -> dict:
     first = results[0]
     summary: dict = {"seeds": [r["seed"] for r in results], "protocols": first["protocols"],
@@ -240,7 +245,7 @@ def summarise(results: list[dict], networks: list[str], modes=MODES) -> dict:
             if runs:
                 summary["cells"][name][col] = {
                     "accuracy": _mean([x["accuracy"] for x in runs]),
-                    "accuracy_sd": float(np.std([x["accuracy"] for x in runs])),
+                    "accuracy_sd": _sd([x["accuracy"] for x in runs]),
                     "fpr": _mean([x["fpr"] for x in runs]), "n_seeds": len(runs),
                     "confusion_matrix": np.sum([x["confusion_matrix"] for x in runs], 0).tolist()}
         summary["val"][name] = {m: _mean([r["val"][name].get(m) for r in results]) for m in modes}
@@ -253,8 +258,8 @@ def summarise(results: list[dict], networks: list[str], modes=MODES) -> dict:
         summary["starved"][name] = {
             "fraction": s["fraction"], "train_records": s["train_records"], "test": test,
             **{k: {"accuracy": _mean([r["starved"][name][k][test]["accuracy"] for r in results]),
-                   "accuracy_sd": float(np.std([r["starved"][name][k][test]["accuracy"]
-                                                for r in results])),
+                   "accuracy_sd": _sd([r["starved"][name][k][test]["accuracy"]
+                                       for r in results]),
                    "fpr": _mean([r["starved"][name][k][test]["fpr"] for r in results]),
                    "n_seeds": len(results)}
                for k in ("local", "federated")}}
@@ -268,52 +273,113 @@ def _cell(c: dict | None) -> str:
     return f"{c['accuracy']:.4f}{sd} ({c['fpr']:.3f})"
 
 
-def table(cfg: RunConfig, summary: dict, networks: list[str], modes, command) -> str:
-    fed = cfg.federation
-    rows = cfg.data.max_train_rows
-    lines = ["# Networks A, B, C: one Fed-LSTM across three schemas", "",
-             f"Seeds {summary['seeds']}; {fed.rounds} rounds x {fed.local_epochs} local epochs; "
-             f"{'at most ' + format(rows, ',') if rows else 'all'} training rows per network; "
-             "each network's own threshold from its own validation data. Cells: test accuracy, "
-             "mean ± sd over seeds (FPR). Local-only is the same encoder + LSTM trained on that "
-             "network alone for the same epochs; centralised is `fedlstm train` on that network "
-             "with its tuned defaults; gradient boosting (`--model hgb`) on the same split.", "",
-             f"Command: `{command}`" if command else "", "",
-             "| network | test set | " + " | ".join(HEADINGS[c] for c in COLUMNS) + " |",
-             "|---|---|" + "---|" * len(COLUMNS)]
+def _md(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def main_rows(summary: dict, networks: list[str]) -> tuple[list[str], list[list[str]]]:
+    header = ["network", "test set", *(HEADINGS[c] for c in COLUMNS)]
+    rows = []
     for name in networks:
         c = summary["cells"][name]
         proto = summary["protocols"].get(name, "")
-        lines.append(f"| {LETTERS.get(name, '')} {name} | {c['test']} ({proto}) | "
-                     + " | ".join(_cell(c.get(col)) for col in COLUMNS) + " |")
-    lines += ["", "No negative transfer (cross-schema federation with encoders ≥ local-only, mean "
-              "over seeds): " + ", ".join(
-                  f"{n}: {'yes' if _ge(summary, n) else 'NO'}" for n in networks), ""]
+        rows.append([f"{LETTERS.get(name, '')} {name}".strip(), f"{c['test']} ({proto})",
+                     *(_cell(c.get(col)) for col in COLUMNS)])
+    return header, rows
+
+
+def transfer_text(summary: dict, networks: list[str]) -> str:
+    parts = []
+    for n in networks:
+        c = summary["cells"][n]
+        if c.get("encoders") and c.get("local"):
+            delta = 100 * (c["encoders"]["accuracy"] - c["local"]["accuracy"])
+            parts.append(f"{n} {delta:+.2f} pp ({'met' if _ge(summary, n) else 'NOT met'})")
+    return ("No negative transfer (cross-schema federation with encoders against local-only, "
+            "mean over seeds): " + ", ".join(parts) + ".")
+
+
+def val_rows(summary: dict, networks: list[str], modes) -> tuple[list[str], list[list[str]]]:
     val = summary["val"]
-    lines += ["Input modes compared on validation (mean validation accuracy of the last round, "
-              "per network):", "", "| network | " + " | ".join(modes) + " |",
-              "|---|" + "---|" * len(modes)]
-    for name in networks:
-        lines.append(f"| {name} | " + " | ".join(
-            f"{val[name][m]:.4f}" if val[name].get(m) is not None else "–" for m in modes) + " |")
+    return ["network", *modes], [[n, *(f"{val[n][m]:.4f}" if val[n].get(m) is not None else "–"
+                                       for m in modes)] for n in networks]
+
+
+def starved_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for name, s in summary.get("starved", {}).items():
+        gain = s["federated"]["accuracy"] - s["local"]["accuracy"]
+        rows.append([f"{name} ({s['fraction']:.0%})", f"{s['train_records']:,}",
+                     _cell(s["local"]), _cell(s["federated"]), f"{100 * gain:+.1f} pp"])
+    return ["starved network", "its training records", "local-only",
+            "in the A+B+C federation", "gain"], rows
+
+
+def zero_shot_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    rows = [[key.replace("->", " -> "),
+             "n/a: another schema, its encoder cannot read it" if v is None
+             else f"{v['accuracy']:.4f} ({v['fpr']:.3f})"]
+            for key, v in summary.get("zero_shot", {}).items()]
+    return ["local-only model -> test set of", "accuracy (FPR)"], rows
+
+
+def description(cfg: RunConfig, summary: dict) -> str:
+    fed = cfg.federation
+    rows = cfg.data.max_train_rows
+    return (f"Seeds {summary['seeds']}; {fed.rounds} rounds x {fed.local_epochs} local epochs; "
+            f"{'at most ' + format(rows, ',') if rows else 'all'} training rows per network; "
+            "every network's own threshold from its own validation data. Cells: test accuracy, "
+            "mean ± sd over seeds (FPR). Local-only is the same encoder + LSTM trained on that "
+            "network alone for the same epochs (a federation of one site); same-schema is the "
+            "plain Fed-LSTM of NSL-KDD and KDD99 (merged preprocessing, one model); "
+            "cross-schema is all three, each site with its private encoder (or, harmonised, "
+            "the common flow vocabulary through a shared layer as well); centralised is "
+            "`fedlstm train` on that network with its tuned defaults; gradient boosting "
+            "(`--model hgb`) on the same split.")
+
+
+def table(cfg: RunConfig, summary: dict, networks: list[str], modes, command) -> str:
+    lines = ["# Networks A, B, C: one Fed-LSTM across three schemas", "",
+             description(cfg, summary), "", f"Command: `{command}`" if command else "", "",
+             *_md(*main_rows(summary, networks)), "", transfer_text(summary, networks), "",
+             "Input modes compared on validation (mean validation accuracy of the last round):",
+             "", *_md(*val_rows(summary, networks, modes))]
     if summary.get("starved"):
         lines += ["", "## One network starved: it keeps a small share of its training rows, "
-                  "the others keep theirs", "",
-                  "| starved network | its training records | local-only | in the A+B+C "
-                  "federation | gain |", "|---|---|---|---|---|"]
-        for name, s in summary["starved"].items():
-            gain = s["federated"]["accuracy"] - s["local"]["accuracy"]
-            lines.append(f"| {name} ({s['fraction']:.0%}) | {s['train_records']:,} | "
-                         f"{_cell(s['local'])} | {_cell(s['federated'])} | "
-                         f"{100 * gain:+.1f} pp |")
-    if summary["zero_shot"]:
-        lines += ["", "## Zero-shot (for transparency): each local-only model on another network",
-                  "", "| model -> test set of | accuracy (FPR) |", "|---|---|"]
-        for key, v in summary["zero_shot"].items():
-            text = "n/a: another schema, its encoder cannot read it" if v is None else \
-                f"{v['accuracy']:.4f} ({v['fpr']:.3f})"
-            lines.append(f"| {key.replace('->', ' -> ')} | {text} |")
+                  "the others keep theirs", "", *_md(*starved_rows(summary))]
+    if summary.get("zero_shot"):
+        lines += ["", "## Zero-shot (for transparency): each local-only model on another "
+                  "network", "", *_md(*zero_shot_rows(summary))]
     return "\n".join(lines) + "\n"
+
+
+def section(steps: list[dict], figs: Path, doc) -> None:
+    """reproduce's "Networks A, B, C" section, from its `networks-abc` step."""
+    step = next((s for s in steps if s.get("kind") == "networks"), None)
+    if step is None:
+        return
+    summary, networks = step["summary"], step["networks"]
+    cfg = RunConfig.model_validate(step["config"])
+    doc.h(2, "Networks A, B, C: one Fed-LSTM across three schemas")
+    doc.p(description(cfg, summary) + f" (`steps/{step['key']}.json`, `{step['out']}`; "
+          "`fedlstm networks` runs the same study.)")
+    doc.table(*main_rows(summary, networks))
+    doc.p(transfer_text(summary, networks))
+    doc.p("Input modes compared on validation (mean validation accuracy of the last round); "
+          "the default, `federation.inputs=auto`, uses encoders:")
+    doc.table(*val_rows(summary, networks, step["modes"]))
+    if summary.get("starved"):
+        doc.p("One network starved: it keeps a small share of its training rows, the others "
+              "keep theirs.")
+        doc.table(*starved_rows(summary))
+    if summary.get("zero_shot"):
+        doc.p("Zero-shot, for transparency: each local-only model on another network.")
+        doc.table(*zero_shot_rows(summary))
+    path = figs / "networks_abc.png"
+    figure(summary, networks, path)
+    doc.image(path, "Per-network test accuracy: local-only, same-schema federation, "
+                    "cross-schema federation, centralised, gradient boosting")
 
 
 def _ge(summary: dict, name: str) -> bool:
@@ -340,4 +406,3 @@ def figure(summary: dict, networks: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["study", "run_seed", "starve", "shared_classes"]

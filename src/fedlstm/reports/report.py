@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fedlstm import __version__  # noqa: E402
-from fedlstm.reports import communication, robustness  # noqa: E402
+from fedlstm.reports import communication, networks, robustness  # noqa: E402
 from fedlstm.runs.rundir import git_commit  # noqa: E402
 
 LABELS = {"lstm": "LSTM (centralised)", "fed-lstm": "Fed-LSTM", "rnn": "RNN", "cnn": "CNN",
@@ -197,6 +197,7 @@ def write_report(folder: Path, profile, skipped: list[str], command: str | None,
     _privacy_section(steps, grouped, doc)
     communication.section(steps, figs, doc, NETWORKS)
     robustness.section(steps, doc)
+    networks.section(steps, figs, doc)
     _anomaly_section(steps, doc)
 
     doc.h(2, "Wall time of every step")
@@ -364,9 +365,10 @@ def _figure_curves(steps: list[dict], figs: Path, doc: Doc) -> None:
             if s:
                 series.append((f"local LSTM, network {NETWORKS[ds]} ({prot})", s))
                 break
-    fed = next((s for s in steps if s.get("key", "").startswith("networks-ab")), None)
+    fed = next((s for s in steps if s.get("step", {}).get("method") == "fed-lstm"
+                and s["step"]["dataset"] == "nsl-kdd" and s["step"]["seed"] == 0), None)
     if fed:
-        series.append(("Fed-LSTM, networks A+B (official)", fed))
+        series.append((f"Fed-LSTM, network A ({fed['step']['protocol']})", fed))
     if not series:
         return
     for metric, fig_no in (("accuracy", 5), ("loss", 6)):

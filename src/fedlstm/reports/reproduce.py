@@ -26,7 +26,7 @@ from sklearn.metrics import roc_curve
 
 import fedlstm
 from fedlstm import __version__
-from fedlstm.config import DataConfig, RunConfig, with_dataset_defaults
+from fedlstm.config import DataConfig, RunConfig, load_config, with_dataset_defaults
 from fedlstm.data.fetch import FetchError, fetch_dataset
 from fedlstm.data.registry import (
     DEFAULT_DATA,
@@ -286,8 +286,8 @@ def extra_keys(the_plan: Plan, datasets: list[str] | None, methods: list[str] | 
     keys = [f"overlap--{ds}--{prot}" for ds, prot in
             dict.fromkeys((s.dataset, s.protocol) for s in the_plan.steps)]
     fed = methods is None or "fed-lstm" in methods
-    if fed and (datasets is None or {"nsl-kdd", "kdd99"} <= set(datasets)):
-        keys.append("networks-ab--s0")
+    if fed and (datasets is None or set(NETWORKS) <= set(datasets)):
+        keys.append("networks-abc")
     if fed and profile is not None:
         keys += communication.study_keys(sorted({s.dataset for s in the_plan.steps}
                                                 & set(profile.comm_datasets)), profile.comm_modes)
@@ -318,9 +318,8 @@ def extra_config(key: str, the_plan: Plan, profile: Profile, root: Path) -> RunC
     if key.startswith("overlap--"):
         _, ds, protocol = key.split("--")
         return step_config(Step(ds, protocol, "lstm", 0), profile, root)
-    if key.startswith("networks-ab"):
-        cfg = step_config(Step("nsl-kdd", "official", "fed-lstm", 0), profile, root)
-        return _with_federation(cfg, partition="networks", networks=["nsl-kdd", "kdd99"])
+    if key == "networks-abc":
+        return networks_config(profile, root)
     protocol = next(s.protocol for s in the_plan.steps if s.dataset == "nsl-kdd")
     base = step_config(Step("nsl-kdd", protocol, "fed-lstm", 0), profile, root)
     base = _with_federation(base, server_test_curves=False, evaluate_clients=False)
@@ -349,6 +348,47 @@ def extra_config(key: str, the_plan: Plan, profile: Profile, root: Path) -> RunC
     raise KeyError(f"unknown extra step {key!r}")
 
 
+# The Networks A, B, C study (`reports.networks`): every network subsampled to NETWORKS_ROWS
+# training rows (it trains about 15 models per seed: local-only, federations, centralised,
+# gradient boosting, starved sites), the supervised LSTM (what private encoders are built for),
+# each network's tuned window, and the federation's settings of Network A's defaults.
+NETWORKS_ROWS = 20_000
+
+
+def networks_config(profile: Profile, root: Path) -> RunConfig:
+    overrides = [f"data.max_train_rows={min(profile.max_train_rows or NETWORKS_ROWS, NETWORKS_ROWS)}",
+                 f"data.data_dir={root}", "federation.partition=networks",
+                 f"federation.networks={json.dumps(list(NETWORKS))}"]
+    if profile.max_test_rows:
+        overrides.append(f"data.max_test_rows={profile.max_test_rows}")
+    for key, value in (("federation.rounds", profile.rounds),
+                       ("federation.local_epochs", profile.local_epochs),
+                       ("model.hidden_size", profile.hidden_size)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_config(None, overrides)
+    return cfg.model_copy(update={"detector": "supervised"})
+
+
+def _networks_extra(key: str, cfg: RunConfig, out: Path) -> dict | None:
+    from fedlstm.reports.networks import MODES, study
+    from fedlstm.reports.networks import NETWORKS as ALL
+
+    folder = out / "runs" / key
+    # Fewer rows than the study's (the quick profile): one seed, encoders, one starved network.
+    quick = cfg.data.max_train_rows is not None and cfg.data.max_train_rows < NETWORKS_ROWS
+    try:
+        study(cfg, folder, networks=ALL, seeds=(0,) if quick else (0, 1, 2),
+              modes=MODES[:1] if quick else MODES, starved=ALL[:1] if quick else ALL)
+    except DatasetNotFound as exc:
+        log.warning("networks study skipped: %s", exc)
+        return None
+    data = json.loads((folder / "networks.json").read_text())
+    return {"key": key, "kind": "networks", "out": str(folder), "networks": list(ALL),
+            "modes": list(MODES[:1] if quick else MODES), "summary": data["summary"],
+            "config": json.loads(cfg.model_dump_json())}
+
+
 def run_extra(key: str, cfg: RunConfig, out: Path) -> dict | None:
     if key.startswith("overlap--"):
         return _overlap_extra(key, cfg)
@@ -361,12 +401,8 @@ def run_extra(key: str, cfg: RunConfig, out: Path) -> dict | None:
         return {**result, "kind": "robust", "attack": key.split("--")[1],
                 "defence": key.split("--")[2], "malicious_sites":
                 (attack or {}).get("malicious_sites", []), "dataset": cfg.data.dataset}
-    if key.startswith("networks-ab"):
-        try:
-            return _federated_extra(key, cfg, out)
-        except DatasetNotFound as exc:
-            log.warning("networks federation skipped: %s", exc)
-            return None
+    if key == "networks-abc":
+        return _networks_extra(key, cfg, out)
     kind, name, _ = key.split("--")
     where = {"dataset": cfg.data.dataset, "protocol": cfg.data.protocol}
     if kind == "noniid":
@@ -542,7 +578,7 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
                         steps=[r for r in results.values() if r is not None])
 
 
-FLOWER_EXTRAS = ("networks-ab", "noniid--", "privacy--", "comm--", "robust--")
+FLOWER_EXTRAS = ("noniid--", "privacy--", "comm--", "robust--")
 
 
 @dataclass
