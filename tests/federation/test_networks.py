@@ -94,7 +94,9 @@ def test_three_schemas_federate_and_every_site_scores_its_own_tests(datasets_dir
     server = NetworkServer(task_for(cfg))
     server.audit = True
     with private_shares(data, data.spec) as folder:
-        simulate(make_server_app(server), make_client_app(str(folder), cfg), 3, server.stop)
+        simulate(make_server_app(server),
+                 make_client_app(str(folder), cfg, sites_out=str(tmp_path / "sites")), 3,
+                 server.stop)
     reports = server.result
     assert sorted(reports) == sorted(NETWORKS)
     for name, report in reports.items():
@@ -119,6 +121,18 @@ def test_three_schemas_federate_and_every_site_scores_its_own_tests(datasets_dir
             keys = {k.split("/")[-1] for k in m.config
                     if k.startswith("getpropertiesres.properties")}
             assert keys - {"client"} in ({"records"}, {"report"}), m
+
+    # Each site kept its own detector: it scores its test set as the site reported.
+    from fedlstm.detection.bundle import ModelBundle
+    from fedlstm.federation.networks import with_shared_families
+    from fedlstm.tasks.base import evaluate_detector
+
+    assert all(r["detector_saved"] for r in reports.values())
+    bundle = ModelBundle.load(tmp_path / "sites" / "unsw-nb15" / "model.fedlstm")
+    assert bundle.model_name == "lstm-encoded" and bundle.window == 8  # UNSW-NB15's own window
+    test = data.site_tests[data.names.index("unsw-nb15")]["unsw-nb15/test"]
+    assert evaluate_detector(bundle, with_shared_families(test))["binary"]["accuracy"] == \
+        pytest.approx(reports["unsw-nb15"]["tests"]["unsw-nb15/test"]["binary"]["accuracy"])
 
     inprocess = federate(cfg, data, None, engine="inprocess")
     for name, report in inprocess.result.items():

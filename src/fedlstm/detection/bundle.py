@@ -80,6 +80,8 @@ class ModelParams(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     horizon: int | None = Field(None, ge=1, le=MAX_WINDOW)  # the forecaster's T'
     kernel_size: int | None = Field(None, ge=1, le=64)  # the CNN baseline's
+    shared_dim: int | None = Field(None, ge=1, le=MAX_HIDDEN)  # a site's encoder (networks)
+    n_common: int | None = Field(None, ge=0, le=MAX_FEATURES)  # harmonised features in front
 
 
 class ModelSection(_Strict):

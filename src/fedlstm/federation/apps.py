@@ -69,7 +69,8 @@ _PROPS_IN, _PROPS_OUT = "getpropertiesins.config", "getpropertiesres.properties"
 
 # --- client ------------------------------------------------------------------------------------
 @lru_cache(maxsize=8)
-def _site(data_path: str, config_json: str, name: str, index: int = 0) -> ClientTask:
+def _site(data_path: str, config_json: str, name: str, index: int = 0,
+          out_dir: str | None = None) -> ClientTask:
     """One site per process and data file: Flower builds a new client for every message.
     `index` is the site's partition id (a simulated attack makes some of them malicious)."""
     cfg = RunConfig.model_validate_json(config_json)
@@ -82,18 +83,22 @@ def _site(data_path: str, config_json: str, name: str, index: int = 0) -> Client
         tests = {p.name[len(path.stem) + 6:-8].replace("~", "/"):
                  load_client_records(p, spec)[0]
                  for p in sorted(path.parent.glob(f"{path.stem}.test.*.parquet"))}
-        return NetworkSite(task_for(cfg), records, spec, name, tests, attack)
+        return NetworkSite(task_for(cfg), records, spec, name, tests, attack, out_dir)
     return ClientTask(task_for(cfg), records, spec, name, attack)
 
 
 class FlowerClient(NumPyClient):
     def __init__(self, data_path: str, name: str, config_json: str, index: int = 0,
-                 state=None):
+                 state=None, out_dir: str | None = None):
         self.data_path, self.name, self.config_json = data_path, name, config_json
         self.index, self.state = index, state  # the node's context state (a site's encoder)
+        self.out_dir = out_dir  # where a site of a networks federation keeps its detector
+
+    def _state(self) -> ClientTask:
+        return _site(self.data_path, self.config_json, self.name, self.index, self.out_dir)
 
     def _site(self, config: dict) -> ClientTask:
-        site = _site(self.data_path, self.config_json, self.name, self.index)
+        site = self._state()
         if self.state is not None:
             restore_private(site, self.state)
         if "preprocessor" in config:
@@ -103,7 +108,7 @@ class FlowerClient(NumPyClient):
         return site
 
     def get_properties(self, config):
-        site = _site(self.data_path, self.config_json, self.name, self.index)
+        site = self._state()
         if self.state is not None:
             restore_private(site, self.state)
         return site.answer(dict(config))
@@ -145,10 +150,12 @@ def _site_names(partition_dir: str) -> tuple[str, ...]:
 
 
 def make_client_app(partition_dir: str | None = None, cfg: RunConfig | None = None,
-                    mods: tuple = ()) -> ClientApp:
+                    mods: tuple = (), sites_out: str | None = None) -> ClientApp:
     """The site's app: simulation passes `partition_dir` and `cfg`; deployment reads its data
     file from the node config and the configuration from the run config. `mods` are further
-    Flower mods, innermost (tests inject faults there)."""
+    Flower mods, innermost (tests inject faults there). `sites_out`: where each site of a
+    networks federation writes its own detector (`SITES_OUT/NAME/`; deployment: the node
+    config's `out-dir`)."""
     config_json = cfg.model_dump_json() if cfg is not None else None
 
     def client_fn(context: Context):
@@ -157,9 +164,10 @@ def make_client_app(partition_dir: str | None = None, cfg: RunConfig | None = No
         path = node.get("data-path") or f"{partition_dir}/client-{pid}.parquet"
         names = _site_names(partition_dir) if partition_dir else ()
         name = node.get("name") or (names[pid] if pid < len(names) else f"client-{pid}")
+        out = node.get("out-dir") or (f"{sites_out}/{name}" if sites_out else None)
         return FlowerClient(str(path), str(name),
                             config_json or str(context.run_config[CONFIG_KEY]), pid,
-                            context.state).to_client()
+                            context.state, str(out) if out else None).to_client()
 
     # SecAgg+ outermost, so updates are clipped before they are masked (Flower's fl-dp-sa order);
     # compression outside clipping, so it packs the clipped update (and keeps the bound).

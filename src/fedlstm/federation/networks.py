@@ -22,6 +22,7 @@ import json
 import logging
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -109,8 +110,9 @@ class NetworkSite(ClientTask):
     """One network of a heterogeneous federation: its own preprocessing and encoder, kept."""
 
     def __init__(self, task: Task, records: Records, spec: DatasetSpec, name: str = "client",
-                 tests: dict[str, Records] | None = None, attack=None):
+                 tests: dict[str, Records] | None = None, attack=None, out_dir=None):
         super().__init__(task, with_shared_families(records), spec, name, attack)
+        self.out_dir = out_dir  # where the site keeps its own detector (None: nowhere)
         # Windows as long as this network's own tuned length (its records' order decides what a
         # window of neighbours means; the shared LSTM reads sequences of any length).
         window = site_window(self.cfg, spec)
@@ -167,6 +169,20 @@ class NetworkSite(ClientTask):
     def statistics_answer(self) -> dict:
         return {"records": int(len(self.train_records))}
 
+    def save_detector(self) -> bool:
+        """The site's detector as a signed bundle in its own folder (`fedlstm detect` reads it).
+        Harmonised inputs have no bundle format yet: nothing is written for them."""
+        from fedlstm.features import FlowPreprocessor
+        from fedlstm.runs.rundir import BUNDLE_NAME, run_signing_key
+
+        if self.out_dir is None or not isinstance(self.preprocessor, FlowPreprocessor):
+            return False
+        folder = Path(self.out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        key = run_signing_key()
+        self.detector.save(folder / BUNDLE_NAME, key, sign=key is not None)
+        return True
+
     def answer(self, config: dict) -> dict:
         phase = str(config.get("phase", PREPROCESSING))
         if phase == PREPROCESSING:
@@ -200,6 +216,7 @@ class NetworkSite(ClientTask):
             weights = self.fit(weights, epochs, seed=self.cfg.seed,
                                server_round=self.cfg.federation.rounds)[0]
         self.detector = self.build_detector(weights)
+        saved = self.save_detector()
         seen = training_attacks(self.train_records, self.val_records)
         tests = {}
         for name, recs in self.tests.items():
@@ -208,7 +225,7 @@ class NetworkSite(ClientTask):
                            **({"family": {"accuracy": ev["family"]["accuracy"],
                                           "macro_f1": ev["family"]["macro"]["f1"]}}
                               if "family" in ev else {})}
-        return {"site": self.name, "dataset": self.spec.name,
+        return {"site": self.name, "dataset": self.spec.name, "detector_saved": saved,
                 "threshold": float(self.detector.threshold_),
                 "train_records": int(len(self.train_records)), "tests": tests}
 

@@ -138,13 +138,16 @@ def federate_networks(cfg: RunConfig, data: FederatedData, out_dir: Path | None,
     cfg = resolve_inputs(cfg, data.specs)
     server = NetworkServer(task_for(cfg), out_dir)
     if engine == "inprocess":
-        sites = [NetworkSite(server.task, recs, spec, name, tests)
+        sites = [NetworkSite(server.task, recs, spec, name, tests,
+                             out_dir=out_dir / "sites" / name if out_dir else None)
                  for recs, spec, name, tests in zip(data.clients, data.specs, data.names,
                                                     data.site_tests)]
         return run_inprocess(server, sites)
+    # Each simulated site keeps its detector in its own folder of the run (a real site: its disk).
+    sites_out = str(out_dir / "sites") if out_dir else None
     with private_shares(data, data.spec) as part_dir:
-        simulate(make_server_app(server), make_client_app(str(part_dir), cfg), len(data.clients),
-                 server.stop)
+        simulate(make_server_app(server), make_client_app(str(part_dir), cfg, sites_out=sites_out),
+                 len(data.clients), server.stop)
     if server.result is None:
         raise RuntimeError("the federation finished without the sites' reports (did the "
                            "clients fail? rerun with -v); see the log")
