@@ -20,6 +20,8 @@ class DataConfig(_Strict):
     # Bring-your-own flow logs: a schema (zeek-conn, cicflowmeter or a .toml file) and files.
     schema_: str | None = Field(None, alias="schema")
     train_files: list[str] = []
+    # Sites of different schemas (federate, partition `files`): one schema per training file.
+    site_schemas: list[str] = []
     test_file: str | None = None  # without it, random-split of the training files
     protocol: Literal["official", "random-split"] = "official"
     data_dir: str | None = None  # falls back to $FEDLSTM_DATA

@@ -3,6 +3,8 @@ the shared taxonomy, the encoder/body split, and what the server receives."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -183,3 +185,32 @@ def test_a_starved_site_keeps_a_seeded_share_of_its_rows(three_networks):
     assert len(thin.clients[1]) == len(three_networks.clients[1])
     again = starve(three_networks, 0, 0.1, seed=3)
     assert thin.clients[0].frame.equals(again.clients[0].frame)
+
+
+def test_sites_given_as_files_of_different_formats_federate(tmp_path):
+    """A Zeek site and a CICFlowMeter site (`--train-file` with one `--schema` each): each is
+    scored on its own random split, through its own encoder; `fedlstm federate` picks the
+    supervised LSTM for them (the default hybrid is not built for encoders)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from _flow_corpus import write_corpus
+
+    from fedlstm.cli.common import byo_overrides, load_run_config
+    from fedlstm.federation.simulation import federate
+    from fedlstm.federation.sites import federated_data
+
+    corpus = write_corpus(tmp_path / "logs", n=400)
+    files = [corpus["zeek-tsv-labelled"].path, corpus["cic-2017"].path]
+    cfg = load_run_config(None, ["model.hidden_size=8", "federation.rounds=1",
+                                 "federation.shared_dim=4", "federation.partition=files"],
+                          **byo_overrides(["zeek-conn", "cicflowmeter"], files, None))
+    assert cfg.detector == "supervised" and cfg.data.site_schemas == ["zeek-conn", "cicflowmeter"]
+    data = federated_data(cfg)
+    assert [s.name for s in data.specs] == ["zeek-conn", "cicflowmeter"]
+    server = federate(cfg, data, None, engine="inprocess")
+    assert [sorted(r["tests"]) for r in server.result.values()] == \
+        [[f"{name}/test"] for name in data.names]
+    with pytest.raises(ValueError, match="test-file"):
+        federated_data(cfg.model_copy(update={"data": cfg.data.model_copy(
+            update={"test_file": str(files[0])})}))

@@ -117,6 +117,9 @@ Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="Override:
 DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Dataset folder (default: $FEDLSTM_DATA).")]
 SchemaOpt = Annotated[Optional[str], typer.Option(
     help="Flow-log schema for your own files: zeek-conn | cicflowmeter | FILE.toml")]
+SchemasOpt = Annotated[Optional[list[str]], typer.Option(
+    "--schema", help="Flow-log schema for your own files: zeek-conn | cicflowmeter | FILE.toml; "
+                     "repeat it, one per --train-file, for sites whose logs differ in format")]
 TrainFiles = Annotated[Optional[list[Path]], typer.Option(
     "--train-file", help="Your own labelled flow file or folder (repeatable; federate: one per "
                         "client); needs --schema.")]
@@ -129,11 +132,18 @@ AllowUnsignedOpt = Annotated[bool, typer.Option(
                              "for bundles whose source you trust.")]
 
 
-def byo_overrides(schema: str | None, train_file: list[Path] | None, test_file: Path | None) -> dict:
-    """Load-config overrides for bring-your-own flow files."""
-    if train_file and not schema:
+def byo_overrides(schema: str | list[str] | None, train_file: list[Path] | None,
+                  test_file: Path | None) -> dict:
+    """Load-config overrides for bring-your-own flow files. Several schemas (federate): one per
+    --train-file, in order: sites whose logs have different formats."""
+    schemas = [schema] if isinstance(schema, str) else list(schema or [])
+    if train_file and not schemas:
         raise typer.BadParameter("--train-file needs --schema (zeek-conn, cicflowmeter or FILE.toml)")
-    return {"data__schema": schema,
+    if len(schemas) > 1 and len(schemas) != len(train_file or []):
+        raise typer.BadParameter(f"{len(schemas)} --schema for {len(train_file or [])} "
+                                 "--train-file: give one schema for all files, or one per file")
+    return {"data__schema": schemas[0] if schemas else None,
+            "data__site_schemas": schemas if len(schemas) > 1 else None,
             "data__train_files": [str(p.resolve()) for p in train_file] if train_file else None,
             "data__test_file": str(test_file.resolve()) if test_file else None}
 
@@ -287,8 +297,11 @@ def data_label(cfg) -> Text:
     d = cfg.data
     if d.train_files:
         protocol = "files (held-out test file)" if d.test_file else "random-split"
-        return Text.assemble(f"{len(d.train_files)} file(s) of yours, schema "
-                             f"{Path(d.spec_name).name}, protocol ", (protocol, "bold"))
+        schemas = ", ".join(Path(x).name for x in d.site_schemas or [d.spec_name])
+        encoders = " (private encoders)" if len(set(d.site_schemas)) > 1 else ""
+        plural = "s" if len(d.site_schemas) > 1 else ""
+        return Text.assemble(f"{len(d.train_files)} file(s) of yours, schema{plural} "
+                             f"{schemas}{encoders}, protocol ", (protocol, "bold"))
     if cfg.federation.partition == "networks":
         return Text.assemble(f"networks {' + '.join(cfg.federation.networks)}, protocol ",
                              (d.protocol, "bold"), " (each network's own test set)")

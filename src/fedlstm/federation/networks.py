@@ -69,7 +69,11 @@ def needs_encoders(cfg: RunConfig) -> bool:
     from fedlstm.data.schemas import get_spec
 
     fed = cfg.federation
-    if fed.partition != "networks" or fed.inputs == "shared":
+    if fed.inputs == "shared":
+        return False
+    if fed.partition == "files" or (fed.partition == "iid" and len(cfg.data.train_files) > 1):
+        return fed.inputs != "auto" or len(set(cfg.data.site_schemas)) > 1
+    if fed.partition != "networks":
         return False
     if fed.inputs != "auto":
         return True

@@ -60,11 +60,29 @@ def file_sites(cfg: RunConfig) -> FederatedData:
     if len(files) < 2:
         raise ValueError("partition `files` makes each --train-file (a file or a folder) one client; "
                          f"give at least two (got {len(files)})")
-    splits = [build_split(cfg.data.model_copy(update={"train_files": [f]}), seed=cfg.seed,
-                          carve_val=False) for f in files]
+    schemas = cfg.data.site_schemas or [cfg.data.schema_] * len(files)
+    if len(schemas) != len(files):
+        raise ValueError(f"{len(schemas)} site schemas for {len(files)} training files: give one "
+                         "schema per file")
+    if cfg.data.test_file and len(set(schemas)) > 1:
+        raise ValueError("sites of different schemas are each scored on their own random split; "
+                         "one --test-file cannot be read in every schema")
+    splits = [build_split(cfg.data.model_copy(update={"train_files": [f], "schema_": schema,
+                                                      "site_schemas": []}),
+                          seed=cfg.seed, carve_val=False) for f, schema in zip(files, schemas)]
+    names = [f"site-{i}-{Path(f).name}" for i, f in enumerate(files)]
     columns = {tuple(s.spec.feature_columns) for s in splits}
-    if len(columns) != 1:
-        raise ValueError(f"the sites' files do not share one set of feature columns: {files}")
+    if len(columns) != 1 or cfg.federation.inputs in ("encoders", "harmonised"):
+        if cfg.federation.inputs == "shared":
+            raise ValueError(f"the sites' files do not share one set of feature columns: {files} "
+                             "(federation.inputs=encoders federates them through private encoders)")
+        return FederatedData(splits[0].spec, [s.train for s in splits], names,
+                             {f"{n}/{k}": v for n, s in zip(names, splits)
+                              for k, v in s.tests.items()},
+                             {name: s.notes for name, s in zip(names, splits)},
+                             specs=[s.spec for s in splits],
+                             site_tests=[{f"{n}/{k}": v for k, v in s.tests.items()}
+                                         for n, s in zip(names, splits)])
     order = list(splits[0].spec.family_order)  # every site must encode families alike
     order += sorted({f for s in splits for f in s.spec.family_order} - set(order))
     spec = splits[0].spec.model_copy(update={"family_order": order})
@@ -72,7 +90,6 @@ def file_sites(cfg: RunConfig) -> FederatedData:
         tests = splits[0].tests
     else:
         tests = {"test": concat_records([s.tests["test"] for s in splits])}
-    names = [f"site-{i}-{Path(f).name}" for i, f in enumerate(files)]
     return FederatedData(spec, [s.train for s in splits], names, tests,
                          {name: s.notes for name, s in zip(names, splits)})
 
