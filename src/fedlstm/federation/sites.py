@@ -110,7 +110,7 @@ def network_split(cfg: RunConfig, dataset: str, carve_val: bool = False):
             raise exc from None
         log.warning("%s: official split unavailable (%s); scored on its random split", dataset,
                     exc)
-        split.notes = {**split.notes, "protocol": "random-split (official files missing)"}
+        split.notes = {**split.notes, "protocol": "random-split, official files missing"}
         return split
 
 

@@ -313,13 +313,13 @@ def extra_config(key: str, the_plan: Plan, profile: Profile, root: Path) -> RunC
         attack, defence, share = robustness.study_cell(key)
         return robustness.cell_config(_with_federation(cfg, clients=profile.robust_clients),
                                       defence, attack, share)
+    if key == "networks-abc":  # its own limits (NETWORKS_ROWS), the networks' own rounds
+        return networks_config(profile, root)
     if not key.startswith("overlap--"):
         profile = study_profile(profile)
     if key.startswith("overlap--"):
         _, ds, protocol = key.split("--")
         return step_config(Step(ds, protocol, "lstm", 0), profile, root)
-    if key == "networks-abc":
-        return networks_config(profile, root)
     protocol = next(s.protocol for s in the_plan.steps if s.dataset == "nsl-kdd")
     base = step_config(Step("nsl-kdd", protocol, "fed-lstm", 0), profile, root)
     base = _with_federation(base, server_test_curves=False, evaluate_clients=False)
@@ -375,6 +375,7 @@ def _networks_extra(key: str, cfg: RunConfig, out: Path) -> dict | None:
     from fedlstm.reports.networks import NETWORKS as ALL
 
     folder = out / "runs" / key
+    t0 = time.perf_counter()
     # Fewer rows than the study's (the quick profile): one seed, encoders, one starved network.
     quick = cfg.data.max_train_rows is not None and cfg.data.max_train_rows < NETWORKS_ROWS
     try:
@@ -385,6 +386,7 @@ def _networks_extra(key: str, cfg: RunConfig, out: Path) -> dict | None:
         return None
     data = json.loads((folder / "networks.json").read_text())
     return {"key": key, "kind": "networks", "out": str(folder), "networks": list(ALL),
+            "seconds": time.perf_counter() - t0,
             "modes": list(MODES[:1] if quick else MODES), "summary": data["summary"],
             "config": json.loads(cfg.model_dump_json())}
 
