@@ -172,17 +172,19 @@ def test_a_compressed_federation_deploys_and_measures_what_the_simulation_measur
 def test_networks_of_three_schemas_deploy_with_encoders_kept_on_the_sites(
         federation, datasets_dir, tmp_path):
     """NSL-KDD, KDD99 and UNSW-NB15 as three SuperNodes: each keeps its encoder in its node
-    state between ClientApp processes (the same scores as the in-process engine, whose sites
-    are objects) and scores its own test set; the server writes every site's report."""
+    state between ClientApp processes (Flower starts one per message: the report's process
+    scores with the encoder the training process left; the same scores as the in-process
+    engine, whose sites are objects) and scores its own test set; the server writes every
+    site's report."""
     from fedlstm.federation.simulation import federate
     from fedlstm.federation.sites import federated_data
 
-    cfg = load_config(None, ["data.max_train_rows=1500", "data.max_test_rows=500",
+    cfg = load_config(None, ["data.max_train_rows=1000", "data.max_test_rows=300",
                              "model.hidden_size=8", "federation.shared_dim=4",
                              "federation.evaluate_clients=false", "detector=supervised",
                              "federation.partition=networks",
                              'federation.networks=["nsl-kdd","kdd99","unsw-nb15"]'],
-                      data__data_dir=str(datasets_dir), federation__rounds=2)
+                      data__data_dir=str(datasets_dir), federation__rounds=1)
     result = deploy_on(federation, cfg, tmp_path / "run", timeout=300)
     assert result.status == FINISHED
     metrics = json.loads((result.out / "metrics.json").read_text())
