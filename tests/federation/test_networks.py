@@ -132,7 +132,7 @@ def test_three_schemas_federate_and_every_site_scores_its_own_tests(datasets_dir
     assert all(r["detector_saved"] for r in reports.values())
     bundle = ModelBundle.load(tmp_path / "sites" / "unsw-nb15" / "model.fedlstm")
     assert bundle.model_name == "lstm-encoded" and bundle.window == 8  # UNSW-NB15's own window
-    test = data.site_tests[data.names.index("unsw-nb15")]["unsw-nb15/test"]
+    test = data.site_tests(data.names.index("unsw-nb15"))["unsw-nb15/test"]
     assert evaluate_detector(bundle, with_shared_families(test))["binary"]["accuracy"] == \
         pytest.approx(reports["unsw-nb15"]["tests"]["unsw-nb15/test"]["binary"]["accuracy"])
 

@@ -132,6 +132,11 @@ AllowUnsignedOpt = Annotated[bool, typer.Option(
                              "for bundles whose source you trust.")]
 
 
+def comma_list(text: str) -> list[str]:
+    """`a, b,,c` -> ["a", "b", "c"]: the comma-separated values of a study option."""
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def byo_overrides(schema: str | list[str] | None, train_file: list[Path] | None,
                   test_file: Path | None) -> dict:
     """Load-config overrides for bring-your-own flow files. Several schemas (federate): one per

@@ -52,6 +52,7 @@ from fedlstm.cli.common import (
     TrustedKeyOpt,
     Window,
     byo_overrides,
+    comma_list,
     command_line,
     comparison_warnings,
     console,
@@ -369,8 +370,7 @@ def robustness(
                               federation__clients=clients,
                               data__max_train_rows=max_train_rows or None)
         with console.status("robustness sweep...") as status:
-            path = sweep(cfg, out, attacks=[a.strip() for a in attacks.split(",") if a.strip()],
-                         defences=[d.strip() for d in defences.split(",") if d.strip()],
+            path = sweep(cfg, out, attacks=comma_list(attacks), defences=comma_list(defences),
                          shares=[float(x) for x in shares.split(",")], command=command_line(),
                          progress=lambda text: status.update(Text(text)))
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
@@ -395,18 +395,15 @@ def networks(
     and a cross-schema federation, centralised, and next to gradient boosting; table and figure."""
     from fedlstm.reports.networks import study
 
-    def items(text: str) -> list[str]:
-        return [x.strip() for x in text.split(",") if x.strip()]
-
     try:
         cfg = load_run_config(config, set_, "supervised", data__data_dir=data_dir,
                               data__max_train_rows=max_train_rows or None,
                               federation__partition="networks",
-                              federation__networks=items(networks))
+                              federation__networks=comma_list(networks))
         with console.status("networks study...") as status:
-            path = study(cfg, out, networks=items(networks),
-                         seeds=[int(x) for x in items(seeds)], modes=items(inputs),
-                         starved=tuple(items(starve)), starve_fraction=starve_fraction,
+            path = study(cfg, out, networks=comma_list(networks),
+                         seeds=[int(x) for x in comma_list(seeds)], modes=comma_list(inputs),
+                         starved=tuple(comma_list(starve)), starve_fraction=starve_fraction,
                          command=command_line(), progress=lambda text: status.update(Text(text)))
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         fail(exc)

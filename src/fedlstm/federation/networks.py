@@ -55,13 +55,9 @@ def inputs_mode(cfg: RunConfig, specs: list[DatasetSpec]) -> str:
 
 
 def resolve_inputs(cfg: RunConfig, specs: list[DatasetSpec]) -> RunConfig:
-    """The configuration with `federation.inputs` decided for these sites' schemas (sites given
-    as networks of their own schemas get encoders even when the schemas happen to agree)."""
-    inputs = inputs_mode(cfg, specs)
-    if inputs == "shared":
-        inputs = "encoders"
+    """The configuration with `federation.inputs` decided for these sites' schemas."""
     return cfg.model_copy(update={"federation": cfg.federation.model_copy(
-        update={"inputs": inputs})})
+        update={"inputs": inputs_mode(cfg, specs)})})
 
 
 def needs_encoders(cfg: RunConfig) -> bool:
@@ -92,6 +88,16 @@ def with_shared_families(records: Records) -> Records:
     """The records with their families in the shared taxonomy (attack names kept as they are)."""
     return Records(records.frame, records.attack, to_shared(records.family), records.is_attack,
                    records.report, records.segment)
+
+
+def encoder_params(task: Task) -> dict:
+    """`EncodedLSTM`'s settings besides its input width: the task's LSTM, the shared space and,
+    with harmonised inputs, the common features in front."""
+    from fedlstm.features.harmonise import COMMON_FEATURES
+
+    fed = task.cfg.federation
+    return {**task.model_params(), "shared_dim": fed.shared_dim,
+            "n_common": len(COMMON_FEATURES) if fed.inputs == "harmonised" else 0}
 
 
 def site_window(cfg: RunConfig, spec: DatasetSpec) -> int:
@@ -151,11 +157,7 @@ class NetworkSite(ClientTask):
                            **self.model_params())
 
     def model_params(self) -> dict:
-        from fedlstm.features.harmonise import COMMON_FEATURES
-
-        harmonised = self.cfg.federation.inputs == "harmonised"
-        return {**self.task.model_params(), "shared_dim": self.cfg.federation.shared_dim,
-                "n_common": len(COMMON_FEATURES) if harmonised else 0}
+        return encoder_params(self.task)
 
     def model(self, weights: list[np.ndarray]) -> EncodedLSTM:
         model = self.new_model()
@@ -237,9 +239,9 @@ class NetworkSite(ClientTask):
 def save_site_tests(data, i: int, share) -> None:
     """Sites of different schemas score their own test sets: beside a site's share (`NAME.parquet`)
     as `NAME.test.SET.parquet`, which only that site reads."""
-    if data.site_tests is None:
+    if data.specs is None:
         return
-    for name, test in data.site_tests[i].items():
+    for name, test in data.site_tests(i).items():
         save_records(test, share.with_name(f"{share.stem}.test.{name.replace('/', '~')}.parquet"),
                      data.specs[i])
 
@@ -263,8 +265,7 @@ def _records_check(value: object) -> str | None:
 
 
 def _report_check(value: object) -> str | None:
-    """A site report is JSON of scores: numbers, names, and nested objects of them, no arrays
-    longer than a confusion matrix."""
+    """A site report is a JSON object (at most 200 kB) with the scores of its `tests`."""
     if not isinstance(value, str) or len(value) > 200_000:
         return "expected a JSON report"
     try:
@@ -292,8 +293,6 @@ class NetworkServer(ServerTask):
     def prepare_preprocessing(self, ask):
         answers = ask({"phase": PREPROCESSING})
         self.statistics_received = [{"count": int(a["records"])} for a in answers]
-        self.preprocessor = None
-        return None
 
     def declared_answers(self) -> dict[str, dict[str, Check]]:
         return {PREPROCESSING: {"records": _records_check}, SITE_REPORT: {"report": _report_check}}
@@ -303,13 +302,8 @@ class NetworkServer(ServerTask):
         if resumed is not None:
             return resumed
         torch.manual_seed(self.cfg.seed)
-        n_common = 0
-        if self.cfg.federation.inputs == "harmonised":
-            from fedlstm.features.harmonise import COMMON_FEATURES
-
-            n_common = len(COMMON_FEATURES)
-        body = EncodedLSTM(n_common + 1, len(self.classes), **self.task.model_params(),
-                           shared_dim=self.cfg.federation.shared_dim, n_common=n_common)
+        params = encoder_params(self.task)  # any input width: only the shared arrays are kept
+        body = EncodedLSTM(params["n_common"] + 1, len(self.classes), **params)
         self.weights = shared_weights(body)
         return self.weights
 
@@ -337,9 +331,8 @@ def write_networks_run(stage, cfg: RunConfig, server: NetworkServer, partitions:
     (stage / "config.json").write_text(cfg.model_dump_json(indent=2))
     rounds = [server.rounds[k] for k in sorted(server.rounds)]
     # Every site's test sets, by name (each prefixed with its network): the run's evaluations.
-    evaluations = {name: {"binary": ev["binary"], **({"family": ev["family"]} if "family" in ev
-                                                      else {})}
-                   for report in server.reports.values() for name, ev in report["tests"].items()}
+    evaluations = {name: ev for report in server.reports.values()
+                   for name, ev in report["tests"].items()}
     protocols = {site: (notes.get(site) or {}).get("protocol", cfg.data.protocol)
                  for site in server.reports}
     metrics = {"dataset": "+".join(server.reports),

@@ -138,10 +138,10 @@ def federate_networks(cfg: RunConfig, data: FederatedData, out_dir: Path | None,
     cfg = resolve_inputs(cfg, data.specs)
     server = NetworkServer(task_for(cfg), out_dir)
     if engine == "inprocess":
-        sites = [NetworkSite(server.task, recs, spec, name, tests,
+        sites = [NetworkSite(server.task, recs, spec, name, data.site_tests(i),
                              out_dir=out_dir / "sites" / name if out_dir else None)
-                 for recs, spec, name, tests in zip(data.clients, data.specs, data.names,
-                                                    data.site_tests)]
+                 for i, (recs, spec, name) in enumerate(zip(data.clients, data.specs,
+                                                            data.names))]
         return run_inprocess(server, sites)
     # Each simulated site keeps its detector in its own folder of the run (a real site: its disk).
     sites_out = str(out_dir / "sites") if out_dir else None

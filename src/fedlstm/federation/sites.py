@@ -26,9 +26,13 @@ class FederatedData:
     names: list[str]
     tests: dict[str, Records]
     notes: dict
-    # Sites of different schemas (`federation.networks`): each site's schema and test sets.
+    # Sites of different schemas (`federation.networks`): each site's schema. Their test sets
+    # are in `tests`, each named after its site (`site_tests`).
     specs: list[DatasetSpec] | None = None
-    site_tests: list[dict[str, Records]] | None = None
+
+    def site_tests(self, i: int) -> dict[str, Records]:
+        """Site `i`'s own test sets: those of `tests` named `SITE/...`."""
+        return {k: v for k, v in self.tests.items() if k.startswith(f"{self.names[i]}/")}
 
 
 def dataset_cfg(cfg: RunConfig, dataset: str) -> RunConfig:
@@ -80,9 +84,7 @@ def file_sites(cfg: RunConfig) -> FederatedData:
                              {f"{n}/{k}": v for n, s in zip(names, splits)
                               for k, v in s.tests.items()},
                              {name: s.notes for name, s in zip(names, splits)},
-                             specs=[s.spec for s in splits],
-                             site_tests=[{f"{n}/{k}": v for k, v in s.tests.items()}
-                                         for n, s in zip(names, splits)])
+                             specs=[s.spec for s in splits])
     order = list(splits[0].spec.family_order)  # every site must encode families alike
     order += sorted({f for s in splits for f in s.spec.family_order} - set(order))
     spec = splits[0].spec.model_copy(update={"family_order": order})
@@ -131,9 +133,7 @@ def federated_data(cfg: RunConfig) -> FederatedData:
         hetero = not same or fed.inputs in ("encoders", "harmonised")
         return FederatedData(specs[0], [s.train for s in splits], [s.name for s in specs], tests,
                              {s.spec.name: s.notes for s in splits},
-                             specs=[s.spec for s in splits] if hetero else None,
-                             site_tests=[{f"{s.spec.name}/{k}": v for k, v in s.tests.items()}
-                                         for s in splits] if hetero else None)
+                             specs=[s.spec for s in splits] if hetero else None)
     split = build_split(cfg.data, seed=cfg.seed, carve_val=False)
     shares = partition_indices(split.train, scheme, fed.clients, cfg.seed)
     clients = [split.train.take(idx) for idx in shares]

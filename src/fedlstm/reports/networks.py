@@ -28,9 +28,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fedlstm.config import RunConfig, load_config  # noqa: E402
-from fedlstm.data.readers import Records  # noqa: E402
 from fedlstm.federation.inprocess import run_inprocess  # noqa: E402
-from fedlstm.federation.networks import NetworkServer, NetworkSite  # noqa: E402
+from fedlstm.federation.networks import (  # noqa: E402
+    NetworkServer,
+    NetworkSite,
+    with_shared_families,
+)
 from fedlstm.federation.sites import FederatedData, federated_data, network_split  # noqa: E402
 from fedlstm.tasks import task_for  # noqa: E402
 from fedlstm.tasks.base import training_attacks  # noqa: E402
@@ -43,7 +46,7 @@ COLUMNS = ("local", "same-schema", "encoders", "harmonised", "centralised", "hgb
 HEADINGS = {"local": "local-only", "same-schema": "same-schema fed. (A+B)",
             "encoders": "cross-schema fed., encoders", "harmonised": "cross-schema fed., harmonised",
             "centralised": "centralised LSTM", "hgb": "gradient boosting"}
-STUDY_ROWS = 20_000
+STUDY_ROWS = 20_000  # training rows per network (`fedlstm networks`, reproduce)
 STARVE_FRACTION = 0.02
 
 
@@ -69,17 +72,12 @@ def _federate_sites(cfg: RunConfig, data: FederatedData, which: list[int]):
         update={"clients": len(which)})})
     server = NetworkServer(task_for(cfg))
     sites = [NetworkSite(server.task, data.clients[i], data.specs[i], data.names[i],
-                         data.site_tests[i]) for i in which]
-    run_inprocess(server, sites)
+                         data.site_tests(i)) for i in which]
+    run_inprocess(server, sites)  # ends with every site's report on its own test sets
     val = server.rounds[max(server.rounds)].get("clients_val", {})
-    return {s.name: {"tests": {k: _score(v) for k, v in _tests(s).items()},
+    return {s.name: {"tests": {k: _score(v) for k, v in server.reports[s.name]["tests"].items()},
                      "val_accuracy": val.get(s.name, {}).get("val_accuracy"),
                      "train_records": len(s.train_records)} for s in sites}, sites
-
-
-def _tests(site: NetworkSite) -> dict:
-    seen = training_attacks(site.train_records, site.val_records)
-    return {name: site.task.evaluate(site.detector, recs, seen) for name, recs in site.tests.items()}
 
 
 def _same_schema(cfg: RunConfig, networks: list[str]) -> dict:
@@ -91,9 +89,9 @@ def _same_schema(cfg: RunConfig, networks: list[str]) -> dict:
     server = ServerTask(task_for(cfg), data.spec, data.tests)
     run_inprocess(server, [ClientTask(server.task, r, data.spec, n)
                            for r, n in zip(data.clients, data.names)])
-    seen = training_attacks(*data.clients)
-    return {ds: {"tests": {k: _score(server.task.evaluate(server.result, v, seen))
-                           for k, v in data.tests.items() if k.startswith(f"{ds}/")}}
+    evaluations, _ = server.results(training_attacks(*data.clients), None, {}, {})
+    return {ds: {"tests": {k: _score(v) for k, v in evaluations.items()
+                           if k.startswith(f"{ds}/")}}
             for ds in networks}
 
 
@@ -137,17 +135,11 @@ def _zero_shot(sites: list[NetworkSite], data: FederatedData) -> dict:
             if tuple(other.feature_columns) != columns:
                 out[f"{site.name}->{other.name}"] = None  # its encoder cannot read that schema
                 continue
-            name = _main_test(data.site_tests[j])
-            recs = _shared(data.site_tests[j][name])
+            tests = data.site_tests(j)
+            recs = with_shared_families(tests[_main_test(tests)])
             out[f"{site.name}->{other.name}"] = _score(site.task.evaluate(
                 site.detector, recs, training_attacks(site.train_records)))
     return out
-
-
-def _shared(recs: Records) -> Records:
-    from fedlstm.federation.networks import with_shared_families
-
-    return with_shared_families(recs)
 
 
 def run_seed(cfg: RunConfig, networks: list[str], modes=MODES, starved: tuple[str, ...] = (),

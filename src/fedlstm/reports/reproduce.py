@@ -42,7 +42,7 @@ from fedlstm.data.splits import build_split
 from fedlstm.detection import ModelBundle
 from fedlstm.detection.classical import CLASSICAL
 from fedlstm.federation.simulation import one_ray_runtime, run_federated
-from fedlstm.reports import communication, robustness
+from fedlstm.reports import communication, networks, robustness
 from fedlstm.reports.report import write_report
 from fedlstm.runs.rundir import git_commit
 from fedlstm.tasks import task_for
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 NEURAL = ("lstm", "rnn", "cnn")
 METHODS = ("lstm", "fed-lstm", "rnn", "cnn", "svm", "ae-ocsvm", "hgb", "rf", "logreg")
-NETWORKS = {"nsl-kdd": "A", "kdd99": "B", "unsw-nb15": "C"}
+NETWORKS = networks.LETTERS
 
 
 @dataclass(frozen=True)
@@ -261,8 +261,8 @@ def _with_federation(cfg: RunConfig, **update) -> RunConfig:
     return cfg.model_copy(update={"federation": cfg.federation.model_copy(update=update)})
 
 
-# Extra studies on Network A under its main protocol, seed 0: non-IID sites, DP-SGD, unsupervised,
-# and the A+B networks federation. Each study carries its own reference row under its own
+# Extra studies on Network A under its main protocol, seed 0: non-IID sites, DP-SGD and
+# unsupervised detection (the Networks A, B, C study has its own limits, below). Each study carries its own reference row under its own
 # settings ("iid" for non-IID, "epsinf" for DP). They train on at most STUDY_ROWS rows with
 # STUDY_ROUNDS x 1 local epoch: DP-SGD's per-sample gradients and 5-site federations over every
 # row would take the full reproduction far past its time budget.
@@ -348,11 +348,11 @@ def extra_config(key: str, the_plan: Plan, profile: Profile, root: Path) -> RunC
     raise KeyError(f"unknown extra step {key!r}")
 
 
-# The Networks A, B, C study (`reports.networks`): every network subsampled to NETWORKS_ROWS
-# training rows (it trains about 15 models per seed: local-only, federations, centralised,
-# gradient boosting, starved sites), the supervised LSTM (what private encoders are built for),
-# each network's tuned window, and the federation's settings of Network A's defaults.
-NETWORKS_ROWS = 20_000
+# The Networks A, B, C study (`reports.networks`): every network subsampled to
+# networks.STUDY_ROWS training rows (it trains about 15 models per seed: local-only,
+# federations, centralised, gradient boosting, starved sites), the supervised LSTM (what private
+# encoders are built for), each network's tuned window, and the networks' rounds.
+NETWORKS_ROWS = networks.STUDY_ROWS
 
 
 def networks_config(profile: Profile, root: Path) -> RunConfig:
@@ -371,9 +371,7 @@ def networks_config(profile: Profile, root: Path) -> RunConfig:
 
 
 def _networks_extra(key: str, cfg: RunConfig, out: Path) -> dict | None:
-    from fedlstm.reports.networks import MODES, study
-    from fedlstm.reports.networks import NETWORKS as ALL
-
+    study, ALL, MODES = networks.study, networks.NETWORKS, networks.MODES
     folder = out / "runs" / key
     t0 = time.perf_counter()
     # Fewer rows than the study's (the quick profile): one seed, encoders, one starved network.

@@ -54,15 +54,21 @@ def write_deployed_run(task: ServerTask, run_config: Mapping) -> Path:
         raise RuntimeError("the federation finished without producing a model; see the log")
     info_file = out / DEPLOYMENT_FILE
     info = json.loads(info_file.read_text()) if info_file.exists() else {}
-    if isinstance(task, NetworkServer):  # every site scored its own detector
-        with staged_dir(out, overwrite=True) as stage:
+    command = info.get("command") or "flwr run"
+    with staged_dir(out, overwrite=True) as stage:
+        if isinstance(task, NetworkServer):  # every site scored its own detector
             write_networks_run(stage, task.cfg, task, info.get("partitions"),
-                               info.get("data_notes", {}), {"runtime": "deployment"},
-                               info.get("command") or "flwr run")
-            checkpoints = (out / CHECKPOINT).parent
-            if checkpoints.is_dir():
-                shutil.move(str(checkpoints), str(stage / checkpoints.name))
-        return out
+                               info.get("data_notes", {}), {"runtime": "deployment"}, command)
+        else:
+            _write_deployed_results(stage, task, info, command)
+        checkpoints = (out / CHECKPOINT).parent
+        if checkpoints.is_dir():
+            shutil.move(str(checkpoints), str(stage / checkpoints.name))
+    log.info("run directory written to %s", out)
+    return out
+
+
+def _write_deployed_results(stage: Path, task: ServerTask, info: dict, command: str) -> None:
     # Which attack types the sites trained on is known to whoever split the data, if anyone.
     train_attacks = np.asarray(info.get("train_attacks", []), dtype=object)
     evaluations, extra = task.results(train_attacks, info.get("partitions"),
@@ -70,15 +76,8 @@ def write_deployed_run(task: ServerTask, run_config: Mapping) -> Path:
     if "train_attacks" not in info:
         extra["unseen_attacks"] = {}
     extra.update(runtime="deployment", deployment=info.get("deployment", {}))
-    with staged_dir(out, overwrite=True) as stage:
-        write_results(stage, task.cfg, task.result, evaluations, extra,
-                      info.get("command") or "flwr run",
-                      curves=[r for r in extra["rounds"] if r["round"] > 0], curve_axis="round")
-        checkpoints = (out / CHECKPOINT).parent
-        if checkpoints.is_dir():
-            shutil.move(str(checkpoints), str(stage / checkpoints.name))
-    log.info("run directory written to %s", out)
-    return out
+    write_results(stage, task.cfg, task.result, evaluations, extra, command,
+                  curves=[r for r in extra["rounds"] if r["round"] > 0], curve_axis="round")
 
 
 
