@@ -416,57 +416,84 @@ def _signal(federation, site: str, sig: int):
     return send
 
 
-def test_a_killed_site_leaves_the_run_to_the_others(federation, datasets_dir, tmp_path):
-    """SIGKILL on one of three SuperNodes after round 1: round 2 goes on with the two left
-    (min_fit_clients=2), within about a round timeout, and the killed site is named in round 2's
-    record. Before, the launcher stopped the whole run when any SuperNode exited."""
+def test_a_superlink_killed_mid_run_resumes_to_the_uninterrupted_model(datasets_dir, tmp_path):
+    """SIGKILL on the SuperLink (and the ServerApp it started) after round 1: the launcher fails
+    at once, naming --resume; `--resume` starts a new SuperLink and SuperNodes in the same work
+    folder, the ServerApp continues from its round-1 checkpoint, and round 2 ends with the model
+    an uninterrupted federation of the same seed trains."""
+    import os
     import signal
 
-    cfg = load_config(None, ["data.max_train_rows=3000", "model.hidden_size=16",
-                             "federation.evaluate_clients=false", "federation.round_timeout=20",
-                             "federation.min_fit_clients=2", "detector=supervised"],
+    import torch
+
+    from fedlstm.federation.deploy.launch import run_local_deployment
+    from fedlstm.federation.deploy.processes import DeploymentError
+    from fedlstm.federation.simulation import federate
+    from fedlstm.federation.sites import federated_data
+
+    cfg = load_config(None, ["data.max_train_rows=2000", "model.hidden_size=16",
+                             "federation.evaluate_clients=false", "detector=supervised"],
                       data__dataset="nsl-kdd", data__data_dir=str(datasets_dir),
-                      federation__clients=3, federation__rounds=2, federation__local_epochs=1)
-    thread, killed = _after_round_1(federation, _signal(federation, "client-2", signal.SIGKILL))
-    start = time.monotonic()
-    result = deploy_on(federation, cfg, tmp_path / "killed", timeout=300)
-    thread.join(timeout=5)
+                      federation__clients=2, federation__rounds=2, federation__local_epochs=1)
+    work, out = tmp_path / "work", tmp_path / "run"
+    first = LocalFederation(work, tls=True, auth=True)
+    with first:
+        thread, killed = _after_round_1(first, lambda: os.killpg(first.superlink.popen.pid,
+                                                                 signal.SIGKILL))
+        start = time.monotonic()
+        with pytest.raises(DeploymentError, match="superlink exited"):
+            deploy_on(first, cfg, out, timeout=240)
+        thread.join(timeout=5)
     assert killed, "round 1 never finished"
-    print(f"killed-site run: {time.monotonic() - start:.1f} s, killed at {killed[0] - start:.1f} s")
+    assert time.monotonic() - killed[0] < 30  # the launcher noticed at once, no hang
+    assert not marked_processes(first.marker) and not out.exists()
+    print(f"\nkilled the SuperLink {killed[0] - start:.1f} s into the run")
+
+    result = run_local_deployment(cfg, out, work, resume=True)
     assert result.status == FINISHED
-    metrics = json.loads((result.out / "metrics.json").read_text())
-    rounds = {r["round"]: r for r in metrics["rounds"]}
-    assert set(rounds[1]["clients_fit"]) == {"client-0", "client-1", "client-2"}
-    assert set(rounds[2]["clients_fit"]) == {"client-0", "client-1"}
-    assert list(rounds[2]["clients_failed"]) == ["client-2"]
-    assert time.monotonic() - killed[0] < 3 * 20 + 60  # bounded: about a round timeout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_after_round"] == 1  # not trained again from scratch
+    assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]  # round 1 from the checkpoint
+    assert all(set(r["clients_fit"]) == {"client-0", "client-1"} for r in metrics["rounds"][1:])
+    resumed = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert resumed["round"] == 2
+    uninterrupted = federate(cfg, federated_data(cfg), engine="inprocess").weights
+    for got, want in zip(resumed["weights"], uninterrupted):
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
 
 
-# Last: the site it stops may stay registered at the shared SuperLink until its heartbeat lapses.
-def test_a_hung_site_costs_one_round_timeout_not_the_run(federation, datasets_dir, tmp_path):
-    """After round 1, SIGSTOP on one SuperNode and another's data file removed (its training
-    raises): round 2 goes on with the third site after the round timeout, and names both.
-    Before, round 2 waited forever."""
+# Last: the sites it stops may stay registered at the shared SuperLink until their heartbeat lapses.
+def test_killed_hung_and_failing_sites_cost_one_round_timeout_not_the_run(
+        federation, datasets_dir, tmp_path):
+    """After round 1 of four sites: SIGKILL on one SuperNode, SIGSTOP on another and a third's
+    data file removed (its training raises). Round 2 goes on with the fourth site within about a
+    round timeout (min_fit_clients=1), and names the three. Before, the launcher stopped the
+    whole run when any SuperNode exited, and round 2 waited forever for a hung one."""
     import signal
 
     cfg = load_config(None, ["data.max_train_rows=3000", "model.hidden_size=16",
                              "federation.evaluate_clients=false", "federation.round_timeout=20",
-                             "federation.min_fit_clients=1"],
+                             "federation.min_fit_clients=1", "detector=supervised"],
                       data__dataset="nsl-kdd", data__data_dir=str(datasets_dir),
-                      federation__clients=3, federation__rounds=2, federation__local_epochs=1)
+                      federation__clients=4, federation__rounds=2, federation__local_epochs=1)
     share = federation.work_dir / "shares" / "client-2.parquet"
     thread, stopped = _after_round_1(federation, _signal(federation, "client-1", signal.SIGSTOP),
-                                     share.unlink)
+                                     share.unlink,
+                                     _signal(federation, "client-3", signal.SIGKILL))
     start = time.monotonic()
     result = deploy_on(federation, cfg, tmp_path / "run", timeout=300)
-    print(f"hung-site run: {time.monotonic() - start:.1f} s, stopped at "
+    print(f"faulty-sites run: {time.monotonic() - start:.1f} s, faults at "
           f"{stopped[0] - start if stopped else None}, timings {result.timings}")
     thread.join(timeout=5)
     assert stopped, "round 1 never finished"
+    assert result.status == FINISHED
+    assert time.monotonic() - stopped[0] < 3 * 20 + 60  # bounded: about a round timeout
     metrics = json.loads((result.out / "metrics.json").read_text())
     rounds = {r["round"]: r for r in metrics["rounds"]}
     assert sorted(rounds) == [0, 1, 2]
-    assert set(rounds[1]["clients_fit"]) == {"client-0", "client-1", "client-2"}
-    assert set(rounds[2]["clients_fit"]) == {"client-0"}  # the hung and failed sites left out
-    assert "no answer within 20 s" in rounds[2]["clients_failed"]["client-1"]
-    assert "client-2.parquet" in rounds[2]["clients_failed"]["client-2"]  # what it raised
+    assert set(rounds[1]["clients_fit"]) == {f"client-{i}" for i in range(4)}
+    assert set(rounds[2]["clients_fit"]) == {"client-0"}  # the three others left out
+    failed = rounds[2]["clients_failed"]
+    assert set(failed) == {"client-1", "client-2", "client-3"}
+    assert "no answer within 20 s" in failed["client-1"]
+    assert "client-2.parquet" in failed["client-2"]  # what it raised

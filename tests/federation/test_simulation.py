@@ -39,3 +39,10 @@ def test_resume_without_checkpoint_is_an_error(datasets_dir, tmp_path):
     result = CliRunner().invoke(app, ["federate", "--out", str(tmp_path / "x"), "--resume",
                                       "--data-dir", str(datasets_dir)])
     assert result.exit_code == 2 and "nothing to resume" in result.output
+
+
+def test_deploy_local_resume_without_checkpoint_is_an_error(datasets_dir, tmp_path):
+    result = CliRunner().invoke(app, ["deploy", "local", "--out", str(tmp_path / "x"), "--resume",
+                                      "--data-dir", str(datasets_dir)])
+    assert result.exit_code == 2 and "nothing to resume" in result.output
+    assert not (tmp_path / ".x.deploy").exists()  # nothing started, nothing written

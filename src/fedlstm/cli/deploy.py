@@ -236,6 +236,9 @@ def local(
     alert_budget: AlertBudgetOpt = None,
     compress: Compress = None,
     overwrite: bool = False,
+    resume: Annotated[bool, typer.Option(
+        help="Continue a deployment that stopped (SuperLink, ServerApp or this command killed) "
+             "from the last round checkpointed in its work folder.")] = False,
 ) -> None:
     """Run Fed-LSTM as local processes: a SuperLink and one SuperNode per client, via `flwr run`."""
     # Partitions exactly as `fedlstm federate` does; each SuperNode gets its share through its
@@ -265,8 +268,8 @@ def local(
 
             result = run_local_deployment(cfg, out, work_dir, tls=tls, auth=auth,
                                           front_door=front_door and tls,
-                                          overwrite=overwrite, timeout=timeout,
-                                          command=command_line(),
+                                          overwrite=overwrite, resume=resume,
+                                          timeout=timeout, command=command_line(),
                                           progress=progress)
     except (KeyError, OSError, ValueError, RuntimeError, TimeoutError,
             subprocess.SubprocessError) as exc:

@@ -305,6 +305,7 @@ class ServerTask:
                  "unseen_attacks": unseen_attack_recall(train_attacks, self.spec, evaluations),
                  "answers_received": self.answers_received, "timings": timings,
                  "traffic_bytes": dict(sorted(self.ledger.totals.items())),
+                 **({"resumed_after_round": self.round_offset} if self.round_offset else {}),
                  **({"attack": attack} if attack else {})}
         return evaluations, extra
 

@@ -27,7 +27,6 @@ from fedlstm.config import RunConfig
 from fedlstm.detection.anomaly import MahalanobisDetector, calibration_summary
 from fedlstm.detection.bundle import ModelBundle
 from fedlstm.detection.signing import KeyFileError, KeyHome, SigningKey
-from fedlstm.runs import plots
 from fedlstm.tasks.base import TrainResult, training_attacks
 
 BUNDLE_NAME = "model.fedlstm"
@@ -242,6 +241,9 @@ def write_results(stage: Path, cfg: RunConfig, bundle, evaluations: dict, extra:
         "evaluations": {k: public(v) for k, v in evaluations.items()}, **extra,
     }
     (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, default=json_default))
+    # matplotlib costs every importer ~0.5 s, ClientApp processes included: load it to plot
+    from fedlstm.runs import plots
+
     roc = {k: (v["_curve"]["y"], v["_curve"]["score"]) for k, v in evaluations.items()}
     plots.roc_curves(roc, stage / "roc.png", title)
     if isinstance(bundle, MahalanobisDetector):

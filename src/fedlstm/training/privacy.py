@@ -16,12 +16,13 @@ import math
 
 import numpy as np
 import torch
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-from opacus.accountants.utils import get_noise_multiplier
 from torch import nn
 
 from fedlstm.models.lstm import LSTMClassifier
 
+# _opacus_lazily: importing Opacus pulls in its privacy engine, scipy and torch.distributed
+# (about 1 s). Flower starts a ClientApp process per message, so its accountant is imported
+# where accounting happens, not by every process that trains without DP.
 _ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
 # Group privacy divides the orders by up to 2^c; higher orders keep the converted curve fine.
 _GROUP_ORDERS = _ORDERS + [64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024]
@@ -45,6 +46,8 @@ def sgd_rdp(sample_rate: float, noise_multiplier: float, steps: int,
     orders = [a for a in _GROUP_ORDERS if a >= 2 ** (c + 1)] if c else _ORDERS
     if steps == 0:
         return np.array(orders) / 2 ** c, np.zeros(len(orders))
+    from opacus.accountants.analysis.rdp import compute_rdp  # see _opacus_lazily
+
     rdp = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=steps,
                       orders=orders)
     return np.array(orders) / 2 ** c, 3 ** c * np.asarray(rdp, np.float64)
@@ -57,6 +60,8 @@ def gaussian_rdp(orders: np.ndarray, noise_multiplier: float) -> np.ndarray:
 
 
 def epsilon_of(orders: np.ndarray, rdp: np.ndarray, delta: float) -> float:
+    from opacus.accountants.analysis.rdp import get_privacy_spent  # see _opacus_lazily
+
     eps, _ = get_privacy_spent(orders=list(orders), rdp=list(rdp), delta=delta)
     return float(eps)
 
@@ -81,6 +86,8 @@ def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, s
     """The noise multiplier that spends `target_epsilon` over `steps` (Opacus's calibration for
     one window per record; else the same bisection over our per-flow accounting)."""
     if windows_per_flow <= 1 and not released:
+        from opacus.accountants.utils import get_noise_multiplier  # see _opacus_lazily
+
         return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
                                           sample_rate=sample_rate, steps=steps, accountant="rdp"))
     if released and epsilon(sample_rate, 1e6, 0, delta, 1, released) >= target_epsilon:

@@ -102,18 +102,23 @@ def _resolved(cfg: RunConfig) -> RunConfig:
 
 
 def deploy_on(federation: LocalFederation, cfg: RunConfig, out: str | Path, *,
-              overwrite: bool = False, timeout: float | None = None, command: str | None = None,
+              overwrite: bool = False, resume: bool = False, timeout: float | None = None,
+              command: str | None = None,
               progress: Callable[[str], None] | None = None) -> DeploymentResult:
     """Partition like the simulation, start one SuperNode per share, run, collect into `out`.
 
     Uses a started `federation` (its TLS/auth settings apply) and leaves it running, so that
     callers (tests) can share one SuperLink; `run_local_deployment` is the one-shot version.
+    `resume`: the ServerApp continues from the checkpoint an interrupted run left in the work
+    folder (the SuperLink, the ServerApp or the launcher died), instead of starting afresh.
     """
     say = progress or (lambda message: None)
     out = Path(out).resolve()
     if out.exists() and not overwrite:
         raise RunExists(f"{out} already exists; choose another --out or pass --overwrite")
     work = federation.work_dir
+    if resume and not resumable(work):
+        raise FileNotFoundError(f"nothing to resume: no checkpoint in {work / 'run'}")
     timings: dict[str, float] = {}
 
     say("partitioning the data")
@@ -135,7 +140,8 @@ def deploy_on(federation: LocalFederation, cfg: RunConfig, out: str | Path, *,
                 save_site_tests(data, i, path)
         timings["partition_seconds"] = time.perf_counter() - t
         return _run_on_shares(federation, cfg, data, paths, out, overwrite=overwrite,
-                              timeout=timeout, command=command, say=say, timings=timings)
+                              resume=resume, timeout=timeout, command=command, say=say,
+                              timings=timings)
     finally:
         shutil.rmtree(shares, ignore_errors=True)
 
@@ -147,13 +153,20 @@ def _default_timeout(cfg: RunConfig) -> float | None:
     return None if per_round is None else 2 * (cfg.federation.rounds + 3) * per_round + 300
 
 
+def resumable(work: Path) -> bool:
+    """Whether an interrupted deployment left a checkpoint in `work` to continue from."""
+    return (Path(work) / "run" / CHECKPOINT).exists()
+
+
 def _run_on_shares(federation: LocalFederation, cfg: RunConfig, data, paths: list[Path],
-                   out: Path, *, overwrite: bool, timeout: float | None, command: str | None,
-                   say: Callable[[str], None], timings: dict) -> DeploymentResult:
+                   out: Path, *, overwrite: bool, resume: bool, timeout: float | None,
+                   command: str | None, say: Callable[[str], None],
+                   timings: dict) -> DeploymentResult:
     work, n = federation.work_dir, len(paths)
     run_dir = work / "run"  # the ServerApp's out-dir; moved to `out` once complete
-    shutil.rmtree(run_dir, ignore_errors=True)  # a stale checkpoint there would be resumed
-    run_dir.mkdir()
+    if not resume:  # a checkpoint left there would be resumed by the ServerApp
+        shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(exist_ok=True)
     (run_dir / DEPLOYMENT_FILE).write_text(json.dumps({
         "partitions": describe(data.clients, data.names), "data_notes": data.notes,
         "train_attacks": sorted(set(np.concatenate([c.attack for c in data.clients]).astype(str))),
@@ -216,31 +229,38 @@ def _flwr_version() -> str:
 
 def run_local_deployment(cfg: RunConfig, out: str | Path, work_dir: str | Path | None = None, *,
                          tls: bool = True, auth: bool = True, front_door: bool = True,
-                         overwrite: bool = False,
+                         overwrite: bool = False, resume: bool = False,
                          timeout: float | None = None, command: str | None = None,
                          progress: Callable[[str], None] | None = None) -> DeploymentResult:
     """A SuperLink and one SuperNode per client on this machine; the run ends up in `out`.
 
     `work_dir` (default: `.NAME.deploy` next to `out`) holds the certificates, keys and logs
     (and, during the run only, the sites' data shares); a default one is removed after success and kept after a failure, to read the
-    logs. Every process started is stopped before this returns or raises.
+    logs. Every process started is stopped before this returns or raises. A failed run's work
+    folder keeps the ServerApp's last checkpoint: `resume` starts a new SuperLink and SuperNodes
+    there, and the federation continues after the last completed round.
     """
     out = Path(out).resolve()
     default_work = work_dir is None
     work = Path(work_dir).resolve() if work_dir else out.parent / f".{out.name}.deploy"
     federation = LocalFederation(work, tls=tls, auth=auth, front_door=front_door)  # checks options
-    if default_work:
+    if resume and not resumable(work):
+        raise FileNotFoundError(f"nothing to resume: no checkpoint in {work / 'run'}")
+    if default_work and not resume:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     say = progress or (lambda message: None)
     say("starting the SuperLink")
     try:
         with federation:
-            result = deploy_on(federation, cfg, out, overwrite=overwrite, timeout=timeout,
-                               command=command, progress=progress)
+            result = deploy_on(federation, cfg, out, overwrite=overwrite, resume=resume,
+                               timeout=timeout, command=command, progress=progress)
             say("stopping the federation")
     except DeploymentError as exc:
-        raise DeploymentError(f"{exc}\n(shares, certificates, keys and logs kept in {work})") from exc
+        again = ("; the last completed round is checkpointed there: continue with the same "
+                 "command and --resume" if resumable(work) else "")
+        raise DeploymentError(f"{exc}\n(certificates, keys and logs kept in {work}{again})"
+                              ) from exc
     if default_work:
         shutil.rmtree(work, ignore_errors=True)
     return result

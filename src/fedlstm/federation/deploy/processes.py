@@ -426,16 +426,16 @@ class LocalFederation:
         stream = self.spawn(f"serverapp-{run_id}", [self.executable("flwr"), "log", str(run_id),
                                                     CONNECTION, "--stream"])
         while True:
+            for proc in watch:  # first: a dead SuperLink also ends the stream
+                if not proc.running:
+                    raise DeploymentError(f"{proc.name} exited with code {proc.popen.returncode} "
+                                          f"during run {run_id}\n{self.report()}")
             if not stream.running:
                 info = self.run_info(run_id)
                 if str(info.get("status", "")).startswith("finished"):
                     return info
                 # the stream ended early (a dropped connection): poll instead, gently
                 time.sleep(3.0)
-            for proc in watch:
-                if not proc.running:
-                    raise DeploymentError(f"{proc.name} exited with code {proc.popen.returncode} "
-                                          f"during run {run_id}\n{self.report()}")
             for proc in sites:
                 if not proc.running and proc.name not in lost:
                     lost.add(proc.name)
