@@ -128,8 +128,10 @@ class FederationConfig(_Strict):
     tolerate: float = Field(0.3, ge=0, lt=0.5)  # share of sites robust rules are sized for
     # Wrappers around any strategy: norm-bound (clip each update to `norm_bound`, or adaptively
     # to norm_multiplier x the round's median norm), cap-counts (no site weighs more than 2x the
-    # median count), reputation (sites that keep sending outlying updates lose their weight).
-    defences: list[Literal["norm-bound", "cap-counts", "reputation"]] = []
+    # median count), reputation (sites that keep sending outlying updates lose their weight),
+    # robust-calibration (the detector's normal-traffic statistics leave out sites whose
+    # statistics disagree with the majority's: label flippers).
+    defences: list[Literal["norm-bound", "cap-counts", "reputation", "robust-calibration"]] = []
     norm_bound: float | None = Field(None, gt=0)
     norm_multiplier: float = Field(2.0, gt=0)
     # Simulated attack (fedlstm.federation.attacks): `malicious` x clients sites (seeded) run
@@ -183,7 +185,8 @@ class FederationConfig(_Strict):
                       if d not in ("fedavg", "fedprox", "fedadam")]
         if self.secagg and per_update:
             raise ValueError(f"{', '.join(per_update)} cannot run with SecAgg+: these defences "
-                             "inspect each site's update (and count), but under SecAgg+ the "
+                             "inspect what each site sends (its update, count or calibration "
+                             "answers), but under SecAgg+ the "
                              "server only sees the masked sum. What composes with SecAgg+ is "
                              "bounding on the sites: client_dp (each site clips its update "
                              "before masking, the server adds noise). Drop secagg or these "

@@ -9,6 +9,7 @@ from scipy.spatial.distance import mahalanobis
 from sklearn.covariance import LedoitWolf
 
 from fedlstm.detection.anomaly import ErrorStats, ScoreHistogram, score_bin_edges
+from fedlstm.detection.robust_calibration import outlying_sites, outlying_tails
 from fedlstm.features import merge_all
 
 errors = st.integers(1, 40).flatmap(lambda n: arrays(
@@ -101,3 +102,49 @@ def _f_beta(scores, labels, t, beta):
     flagged = scores >= t
     tp, fp, fn = (flagged & labels).sum(), (flagged & ~labels).sum(), (~flagged & labels).sum()
     return (1 + beta**2) * tp / ((1 + beta**2) * tp + beta**2 * fn + fp)
+
+
+def _site_stats(rng, n_sites, poisoned=(), n=400, d=6, attack_share=0.45):
+    """Error vectors of normal traffic per site; a poisoned site's "normal" traffic also holds
+    attacks (its labels flipped), whose errors sit elsewhere."""
+    normal_mean, attack_mean = np.full(d, 0.2), np.full(d, 0.6)
+    parts = []
+    for i in range(n_sites):
+        x = normal_mean + 0.1 * rng.standard_normal((n, d))
+        if i in poisoned:
+            k = int(attack_share * n)
+            x[:k] = attack_mean + 0.1 * rng.standard_normal((k, d))
+        parts.append(ErrorStats.of(x))
+    return parts
+
+
+def test_outlying_sites_finds_sites_whose_normal_traffic_holds_attacks():
+    rng = np.random.default_rng(0)
+    assert outlying_sites(_site_stats(rng, 10, poisoned={2, 5, 9})) == [2, 5, 9]
+    assert outlying_sites(_site_stats(rng, 10)) == []  # honest sites: no one left out
+    assert outlying_sites(_site_stats(rng, 2, poisoned={1})) == []  # no majority to compare with
+    # never more than a minority, the most outlying first
+    assert len(outlying_sites(_site_stats(rng, 5, poisoned={0, 1, 2}))) <= 2
+    with_empty = _site_stats(rng, 6, poisoned={4}) + [ErrorStats.empty(6)]
+    assert outlying_sites(with_empty) == [4]  # a site without normal windows is not judged
+
+
+def test_outlying_sites_rarely_leaves_out_an_honest_site_and_catches_small_poisoning():
+    rng = np.random.default_rng(1)
+    honest = [len(outlying_sites(_site_stats(rng, 10))) for _ in range(100)]
+    assert np.mean(honest) < 0.2  # sampling noise alone: one honest site in some runs
+    caught = [outlying_sites(_site_stats(rng, 10, poisoned={1, 4, 7}, attack_share=0.2))
+              for _ in range(30)]
+    assert all(c == [1, 4, 7] for c in caught)
+
+
+def test_outlying_tails_needs_a_significant_excess_of_normal_windows_above_the_threshold():
+    edges = np.array([0.0, 1.0, 2.0])  # one bin at or above the threshold 2.0
+
+    def site(normal: int, above: int) -> ScoreHistogram:
+        return ScoreHistogram(edges, np.array([normal - above, 0, above]), np.zeros(3, np.int64))
+
+    honest = [site(1000, 30), site(1000, 25), site(1000, 35), site(1000, 28)]
+    assert outlying_tails([*honest, site(1000, 400)], 2.0) == [4]  # attacks labelled normal
+    assert outlying_tails(honest, 2.0) == []
+    assert outlying_tails([*honest, site(10, 1)], 2.0) == []  # 10% of 10 windows: chance

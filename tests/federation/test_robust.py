@@ -413,6 +413,7 @@ def test_per_update_defences_are_refused_with_secagg():
     FederationConfig(strategy="fedprox", secagg=True)
     FederationConfig(strategy="krum", defences=["reputation"])
     for strategy, defences in (("krum", []), ("trimmed-mean", []), ("fedavg", ["norm-bound"]),
-                               ("fedavg", ["reputation"]), ("fedavg", ["cap-counts"])):
+                               ("fedavg", ["reputation"]), ("fedavg", ["cap-counts"]),
+                               ("fedavg", ["robust-calibration"])):
         with pytest.raises(ValidationError, match="cannot run with SecAgg.*client_dp"):
             FederationConfig(strategy=strategy, defences=defences, secagg=True)

@@ -107,3 +107,40 @@ def test_attack_and_defence_mistakes_are_clear_errors(datasets_dir, tmp_path, fl
                                       "--out", str(tmp_path / "x"),
                                       "--set", "data.max_train_rows=2000"])
     assert result.exit_code != 0 and message in result.output, result.output
+
+
+def test_robust_calibration_leaves_the_label_flippers_out_of_the_detector(datasets_dir):
+    """A site that trains on its attacks relabelled benign also describes attacks as normal
+    traffic when the hybrid's novelty part is calibrated: the robust calibration finds it by
+    its answers alone (many of its "normal" windows above the others' ζ) and fits μ, Σ and ζ
+    on the other sites' answers. Without attackers no site is left out."""
+    from fedlstm.federation.attacks import malicious_sites
+    from fedlstm.federation.simulation import federate
+
+    def run(**attack):
+        cfg = RunConfig.model_validate({
+            "detector": "hybrid", "data": {"data_dir": str(datasets_dir), "max_train_rows": 12000,
+                                           "max_test_rows": 500},
+            "model": {"hidden_size": 16},
+            "federation": {"clients": 4, "rounds": 2, "local_epochs": 2,
+                           "defences": ["robust-calibration"], "server_test_curves": False,
+                           "evaluate_clients": False, **attack}})
+        return cfg, federate(cfg, federated_data(cfg), engine="inprocess")
+
+    cfg, attacked = run(attack="label-flip", malicious=0.25)
+    check = attacked.calibration_check
+    bad = [f"client-{i}" for i in malicious_sites(cfg.federation)]
+    assert len(bad) == 1 and check["left_out"] == bad
+    shares = check["tail_shares"]
+    assert shares[bad[0]] > 3 * max(v for site, v in shares.items() if site != bad[0])
+    _, clean = run()
+    assert clean.calibration_check["left_out"] == []
+    assert set(clean.calibration_check["distances"]) == {f"client-{i}" for i in range(4)}
+
+
+def test_the_in_process_engine_refuses_what_it_cannot_do(datasets_dir):
+    from fedlstm.federation.simulation import federate
+
+    cfg = _config(datasets_dir, strategy="trimmed-mean")
+    with pytest.raises(ValueError, match="FedAvg .* only.*engine flower"):
+        federate(cfg, federated_data(cfg), engine="inprocess")

@@ -99,7 +99,9 @@ Strategy = Annotated[Optional[str], typer.Option(
 Defence = Annotated[Optional[list[str]], typer.Option(
     "--defence", help="Around any strategy (repeatable): norm-bound (clip each update to 2x "
                       "the round's median norm, or federation.norm_bound) | cap-counts | "
-                      "reputation (down-weight sites that keep sending outlying updates).")]
+                      "reputation (down-weight sites that keep sending outlying updates) | "
+                      "robust-calibration (the detector's normal-traffic statistics leave out "
+                      "sites that disagree with the majority: label flippers).")]
 Attack = Annotated[Optional[str], typer.Option(
     help="Simulate malicious sites: label-flip | sign-flip | scale:K | noise[:SIGMA] | "
          "backdoor[:SHARE] | free-rider (with --malicious).")]

@@ -354,7 +354,7 @@ def robustness(
     dataset: Annotated[Optional[str], typer.Option()] = None,
     clients: Annotated[int, typer.Option(help="Sites (10: shares of 10%).")] = 10,
     attacks: Annotated[str, typer.Option(help="Comma-separated attacks.")] = "label-flip,sign-flip,scale:10,noise,backdoor,free-rider",
-    defences: Annotated[str, typer.Option(help="Comma-separated defences: fedavg, median, multikrum, trimmed-mean, robust (trimmed mean + norm bound + reputation).")] = "fedavg,median,robust",
+    defences: Annotated[str, typer.Option(help="Comma-separated defences: fedavg, median, multikrum, trimmed-mean, robust (trimmed mean + norm bound + reputation + robust calibration).")] = "fedavg,median,robust",
     shares: Annotated[str, typer.Option(help="Comma-separated shares of malicious sites.")] = "0,0.1,0.2,0.3,0.4",
     max_train_rows: Annotated[Optional[int], typer.Option(help="Stratified subsample of the training data (every row: 0).")] = 40_000,
     out: Annotated[Path, typer.Option(help="Output folder (runs are cached there).")] = Path("reports/robust"),

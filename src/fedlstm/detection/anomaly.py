@@ -235,6 +235,11 @@ class MahalanobisDetector(ModelBundle, kind="mahalanobis"):
         self.calibration_["normal_windows_for_mu_sigma"] = stats.count
         return self
 
+    @property
+    def score_threshold(self) -> float:
+        """ζ, on the scale of the Mahalanobis scores (the sites' histograms)."""
+        return self.threshold_
+
     def fit_threshold(self, hist: ScoreHistogram) -> MahalanobisDetector:
         self.threshold_ = hist.threshold(self.threshold_policy, self.beta, self.target_fpr)
         self.calibration_["threshold_windows"] = {"normal": int(hist.normal.sum()),

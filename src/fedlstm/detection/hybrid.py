@@ -39,6 +39,10 @@ class HybridDetector(MahalanobisDetector, kind="hybrid"):
                                                   "anomalous": int(hist.anomalous.sum())}
         return self
 
+    @property
+    def score_threshold(self) -> float:
+        return self.anomaly_threshold_
+
     # -- scoring --------------------------------------------------------------------------------
     def attack_probability(self, data: WindowSet) -> np.ndarray:
         return ModelBundle.decision_function(self, data)

@@ -71,6 +71,7 @@ class ServerTask:
         self.statistics_received: list[dict] = []
         self.answers_received: list[dict] = []  # phase, client, keys and sizes: the audit trail
         self.histogram_bins = 0  # set by kinds that ask for score histograms
+        self.calibration_check: dict | None = None  # what robust calibration did, if it ran
         self.defences = None  # the strategy with its defence wrappers (set by the ServerApp)
         fed = self.cfg.federation
         self.attack = parse_attack(fed.attack) if fed.attack else None  # simulated, for reports
@@ -306,6 +307,8 @@ class ServerTask:
                  "answers_received": self.answers_received, "timings": timings,
                  "traffic_bytes": dict(sorted(self.ledger.totals.items())),
                  **({"resumed_after_round": self.round_offset} if self.round_offset else {}),
+                 **({"calibration_check": self.calibration_check}
+                    if self.calibration_check is not None else {}),
                  **({"attack": attack} if attack else {})}
         return evaluations, extra
 

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from fedlstm.config import RunConfig  # noqa: E402
 from fedlstm.data.spec import DatasetSpec  # noqa: E402
 from fedlstm.federation.apps import make_client_app, make_server_app  # noqa: E402
+from fedlstm.federation.attacks import site_attack  # noqa: E402
 from fedlstm.federation.audit import RunInterrupted  # noqa: E402
 from fedlstm.federation.client import ClientTask  # noqa: E402
 from fedlstm.federation.inprocess import run_inprocess  # noqa: E402
@@ -119,11 +120,11 @@ def federate(cfg: RunConfig, data: FederatedData, out_dir: Path | None = None,
         return federate_networks(cfg, data, out_dir, engine)
     task = ServerTask(task_for(cfg), data.spec, data.tests, out_dir)
     if engine == "inprocess":
-        if cfg.federation.compress != "none":
-            raise ValueError("the in-process engine sends no messages, so it has nothing to "
-                             f"compress (compress={cfg.federation.compress}); use engine flower")
-        return run_inprocess(task, [ClientTask(task.task, recs, data.spec, name)
-                                    for recs, name in zip(data.clients, data.names)])
+        _check_inprocess(cfg)
+        return run_inprocess(task, [ClientTask(task.task, recs, data.spec, name,
+                                               site_attack(cfg.federation, i))
+                                    for i, (recs, name) in enumerate(zip(data.clients,
+                                                                         data.names))])
     with private_shares(data, data.spec) as part_dir:
         simulate(make_server_app(task), make_client_app(str(part_dir), cfg), n, task.stop)
     if task.result is None:
@@ -132,13 +133,27 @@ def federate(cfg: RunConfig, data: FederatedData, out_dir: Path | None = None,
     return task
 
 
+def _check_inprocess(cfg: RunConfig) -> None:
+    """What the in-process engine cannot do is refused, never silently skipped."""
+    fed = cfg.federation
+    if fed.compress != "none":
+        raise ValueError("the in-process engine sends no messages, so it has nothing to "
+                         f"compress (compress={fed.compress}); use engine flower")
+    if fed.strategy not in ("fedavg", "fedprox") or set(fed.defences) - {"robust-calibration"}:
+        raise ValueError("the in-process engine averages with FedAvg (or FedProx) only; "
+                         f"strategy {fed.strategy} with defences {fed.defences} needs engine "
+                         "flower")
+
+
 def federate_networks(cfg: RunConfig, data: FederatedData, out_dir: Path | None,
                       engine: str) -> NetworkServer:
     """`federate` for sites of different schemas (`federation.networks`)."""
     cfg = resolve_inputs(cfg, data.specs)
     server = NetworkServer(task_for(cfg), out_dir)
     if engine == "inprocess":
+        _check_inprocess(cfg)
         sites = [NetworkSite(server.task, recs, spec, name, data.site_tests(i),
+                             site_attack(cfg.federation, i),
                              out_dir=out_dir / "sites" / name if out_dir else None)
                  for i, (recs, spec, name) in enumerate(zip(data.clients, data.specs,
                                                             data.names))]

@@ -21,13 +21,15 @@ from fedlstm.config import RunConfig  # noqa: E402
 ATTACKS = ("label-flip", "sign-flip", "scale:10", "noise", "backdoor", "free-rider")
 SHARES = (0.0, 0.1, 0.2, 0.3, 0.4)
 # Defences by name -> federation settings. `robust` is the recommended setting: trimmed mean
-# sized for 30% malicious sites, updates clipped to 2x the round's median norm, and reputation.
+# sized for 30% malicious sites, updates clipped to 2x the round's median norm, reputation, and
+# a calibration that leaves out sites whose normal-traffic statistics are outliers.
 DEFENCES = {
     "fedavg": {"strategy": "fedavg", "defences": []},
     "median": {"strategy": "median", "defences": []},
     "multikrum": {"strategy": "multikrum", "defences": []},
     "trimmed-mean": {"strategy": "trimmed-mean", "defences": []},
-    "robust": {"strategy": "trimmed-mean", "defences": ["norm-bound", "reputation"]},
+    "robust": {"strategy": "trimmed-mean",
+               "defences": ["norm-bound", "reputation", "robust-calibration"]},
 }
 
 
@@ -64,7 +66,8 @@ def section(steps: list[dict], doc) -> None:
           "(`steps/robust--*--s0.json`, `runs/robust--*--s0/`). Each attack is run by "
           f"{STUDY_SHARE:.0%} of the sites: `sign-flip` sends the update reversed, `scale:-10` "
           "reversed and ten times larger, `label-flip` trains on its attacks relabelled benign. "
-          "`robust` = trimmed mean sized for 30% malicious sites + norm bound + reputation "
+          "`robust` = trimmed mean sized for 30% malicious sites + norm bound + reputation + "
+          "robust calibration "
           "(`fedlstm robustness` runs the full grid). Δ against the same defence without "
           "attackers.")
     rows = []

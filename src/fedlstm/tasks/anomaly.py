@@ -15,6 +15,7 @@ the server broadcasts). No per-record error, score or row leaves a site.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,12 @@ from fedlstm.detection.anomaly import (
     ScoreHistogram,
     score_bin_edges,
 )
+from fedlstm.detection.robust_calibration import (
+    outlying_sites,
+    outlying_tails,
+    site_distances,
+    tail_shares,
+)
 from fedlstm.features import merge_all
 from fedlstm.features.windows import window_ends
 from fedlstm.models import build_model
@@ -44,6 +51,8 @@ from fedlstm.tasks.base import (
     windows_of,
 )
 from fedlstm.training.objectives import SequenceObjective, error_vectors
+
+log = logging.getLogger(__name__)
 
 CLASSES = ["normal", "attack"]
 
@@ -183,23 +192,62 @@ class AnomalyTask(Task):
 
 
 def calibrate_by_asking(detector: MahalanobisDetector, server, ask, score_bins: int):
-    """Fit μ, Σ and ζ of `detector` from the sites' merged aggregate answers."""
+    """Fit μ, Σ and ζ of `detector` from the sites' merged aggregate answers.
+
+    With the `robust-calibration` defence, sites whose answers disagree with the majority's
+    (`fedlstm.detection.robust_calibration`) are left out: first by their error statistics,
+    then by the share of their normal windows above the majority's ζ; a site found only by the
+    second check costs one more round of histograms, with μ, Σ fitted again without it.
+    """
     if ask is None:
         raise ValueError("a Mahalanobis detector is calibrated by asking the sites")
+    robust = "robust-calibration" in server.cfg.federation.defences
     base = {"preprocessor": json.dumps(server.preprocessor.to_dict()),
             "weights": arrays_to_bytes(server.weights)}
     answers = ask({**base, "phase": "error-stats"})
     server.receive("error-stats", answers)
-    detector.fit_error_stats(merge_all([ErrorStats.from_bytes(bytes(a["error_stats"]))
-                                        for a in answers]))
-    edges = detector.bin_edges(score_bins)
-    server.histogram_bins = len(edges)
-    answers = ask({**base, "phase": "score-histogram", "n_features": len(detector.mean_),
-                   "bins": len(edges), "bin_low": float(edges[1]), "bin_high": float(edges[-1]),
-                   "mean_cov": arrays_to_bytes([detector.mean_, detector.covariance_])})
-    server.receive("score-histogram", answers)
-    return detector.fit_threshold(merge_all([ScoreHistogram.from_bytes(bytes(a["histogram"]),
-                                                                       edges) for a in answers]))
+    stats = {_site(a, i): ErrorStats.from_bytes(bytes(a["error_stats"]))
+             for i, a in enumerate(answers)}
+    left_out: set[str] = set()
+    if robust:
+        names = list(stats)
+        left_out = {names[i] for i in outlying_sites(list(stats.values()))}
+        check = {"distances": dict(zip(names, _rounded(site_distances(list(stats.values()))))),
+                 "left_out_by_statistics": sorted(left_out)}
+    for attempt in range(2):
+        detector.fit_error_stats(merge_all([v for k, v in stats.items() if k not in left_out]))
+        edges = detector.bin_edges(score_bins)
+        server.histogram_bins = len(edges)
+        answers = ask({**base, "phase": "score-histogram", "n_features": len(detector.mean_),
+                       "bins": len(edges), "bin_low": float(edges[1]),
+                       "bin_high": float(edges[-1]),
+                       "mean_cov": arrays_to_bytes([detector.mean_, detector.covariance_])})
+        server.receive("score-histogram", answers)
+        hists = {_site(a, i): ScoreHistogram.from_bytes(bytes(a["histogram"]), edges)
+                 for i, a in enumerate(answers)}
+        detector.fit_threshold(merge_all([h for k, h in hists.items() if k not in left_out]))
+        if not robust:
+            return detector
+        names = list(hists)
+        more = {names[i] for i in outlying_tails(list(hists.values()), detector.score_threshold)}
+        check["tail_shares"] = dict(zip(names, _rounded(
+            tail_shares(list(hists.values()), detector.score_threshold)[0])))
+        if not more - left_out or attempt == 1:
+            break
+        left_out |= more
+        check["left_out_by_tails"] = sorted(more)
+    check["left_out"] = sorted(left_out)
+    server.calibration_check = check
+    log.info("robust calibration: %s", check)
+    return detector
+
+
+def _rounded(values) -> list[float | None]:
+    return [None if np.isnan(v) else round(float(v), 6) for v in values]
+
+
+def _site(answer: dict, i: int) -> str:
+    return str(answer.get("client", f"site-{i}"))
 
 
 # --- evaluation ------------------------------------------------------------------------------------
