@@ -9,7 +9,7 @@ from scipy.spatial.distance import mahalanobis
 from sklearn.covariance import LedoitWolf
 
 from fedlstm.detection.anomaly import ErrorStats, ScoreHistogram, score_bin_edges
-from fedlstm.detection.robust_calibration import outlying_sites, outlying_tails
+from fedlstm.detection.site_checks import outlying_sites, outlying_tails
 from fedlstm.features import merge_all
 
 errors = st.integers(1, 40).flatmap(lambda n: arrays(

@@ -31,7 +31,7 @@ from fedlstm.detection.anomaly import (
     ScoreHistogram,
     score_bin_edges,
 )
-from fedlstm.detection.robust_calibration import (
+from fedlstm.detection.site_checks import (
     outlying_sites,
     outlying_tails,
     site_distances,
@@ -195,7 +195,7 @@ def calibrate_by_asking(detector: MahalanobisDetector, server, ask, score_bins: 
     """Fit μ, Σ and ζ of `detector` from the sites' merged aggregate answers.
 
     With the `robust-calibration` defence, sites whose answers disagree with the majority's
-    (`fedlstm.detection.robust_calibration`) are left out: first by their error statistics,
+    (`fedlstm.detection.site_checks`) are left out: first by their error statistics,
     then by the share of their normal windows above the majority's ζ; a site found only by the
     second check costs one more round of histograms, with μ, Σ fitted again without it.
     """

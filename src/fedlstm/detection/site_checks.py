@@ -1,14 +1,14 @@
 """Robust calibration: which sites' answers to leave out of the novelty part's μ, Σ and ζ.
 
-A site that trains on its attacks relabelled benign (label flipping) also describes attacks as
-normal traffic when the detector is calibrated: merged with the others, its answers widen Σ and
-raise ζ, and the novelty part stops firing for everyone (measured: recall 0.83 -> 0.15 on
-NSL-KDD with 30% such sites). Its model update looks like everyone else's, but its answers do
-not: its normal traffic sits away from the majority's (`site_distances`), and many more of its
-"normal" windows score above the majority's threshold (`tail_shares`).
+A site that trains on its attacks relabelled benign (label flipping) sends a model update that
+looks like everyone else's, but its calibration answers do not: it describes attacks as normal
+traffic, so its mean error vector sits away from the majority's (`site_distances`) and many
+more of its "normal" windows score above the majority's threshold (`tail_shares`). Merged with
+the others, those answers widen Σ and raise ζ, and the novelty part stops firing for everyone
+(measured: recall 0.83 -> 0.15 on NSL-KDD with 30% such sites).
 
-Written here, not taken from a library, because the checks work on the merged-sums statistics
-(`ErrorStats`, `ScoreHistogram`) that the sites send instead of records.
+Written here, not taken from a library, because the checks work on the aggregates the sites
+send (`ErrorStats`, `ScoreHistogram`) instead of records.
 """
 
 from __future__ import annotations
@@ -73,12 +73,19 @@ def tail_shares(hists: list[ScoreHistogram], threshold: float) -> tuple[np.ndarr
     return shares, counts
 
 
-def outlying_tails(hists: list[ScoreHistogram], threshold: float, z: float = 3.5,
-                   min_ratio: float = 1.5, significance: float = 3.0) -> list[int]:
-    """Sites where far more "normal" windows score above the majority's `threshold` than at the
-    others: attacks labelled normal. Significant means `significance` binomial standard errors
-    above the median share, so a site with few windows is not flagged by chance."""
-    shares, counts = tail_shares(hists, threshold)
-    p = float(np.nanmedian(shares)) if np.any(~np.isnan(shares)) else 0.0
+def outlying_rates(rates, counts, z: float = 3.5, min_ratio: float = 1.5,
+                   significance: float = 3.0) -> list[int]:
+    """Sites whose rate (a share of their windows: an error rate, a tail share) is far above
+    the others' (`upper_outliers`) and `significance` binomial standard errors above the median
+    rate, so that a site with few windows is not flagged by chance. NaN: not judged."""
+    rates = np.asarray(rates, np.float64)
+    counts = np.asarray(counts, np.float64)
+    p = float(np.nanmedian(rates)) if np.any(~np.isnan(rates)) else 0.0
     error = np.sqrt(max(p * (1 - p), 1e-6) / np.maximum(counts, 1))
-    return upper_outliers(shares, z, min_ratio, significant=shares > p + significance * error)
+    return upper_outliers(rates, z, min_ratio, significant=rates > p + significance * error)
+
+
+def outlying_tails(hists: list[ScoreHistogram], threshold: float) -> list[int]:
+    """Sites where far more "normal" windows score above the majority's `threshold` than at the
+    others: attacks labelled normal."""
+    return outlying_rates(*tail_shares(hists, threshold))
