@@ -107,56 +107,47 @@ def federation(tmp_path_factory):
         assert not left, f"processes left behind: {left}"
 
 
-def test_deployment_with_tls_and_supernode_auth(federation, datasets_dir, tmp_path):
+def test_deployment_with_tls_supernode_auth_and_q8_measures_what_the_simulation_measures(
+        federation, datasets_dir, tmp_path):
+    """The detector users get by default (the hybrid: its calibration questions go over TLS
+    too), with `--compress q8`, as real processes: round 2 reaches the sites as a difference
+    from the version they hold (kept in Flower's node state between ClientApp processes), and
+    the bytes per round equal those of the same federation simulated."""
+    from fedlstm.federation.simulation import federate
+    from fedlstm.federation.sites import federated_data
+
     # No federated evaluation: it costs every SuperNode one more ClientApp process (Flower starts
     # one per message), and its message path is that of fit, which this test covers.
-    # The detector users get by default: the hybrid (its calibration questions go over TLS too).
     cfg = load_config(None, ["data.max_train_rows=3000", "model.hidden_size=16",
-                             "federation.evaluate_clients=false", "detector=hybrid"],
+                             "federation.evaluate_clients=false", "detector=hybrid",
+                             "federation.compress=q8"],
                       data__dataset="nsl-kdd", data__data_dir=str(datasets_dir),
-                      federation__clients=2, federation__rounds=1, federation__local_epochs=1)
+                      federation__clients=2, federation__rounds=2, federation__local_epochs=1)
     out = tmp_path / "run"
     start = time.perf_counter()
     result = deploy_on(federation, cfg, out, timeout=240)
     wall = time.perf_counter() - start
-    print(f"\ndeployment wall time: {wall:.1f} s for 1 round on 2 SuperNodes "
+    print(f"\ndeployment wall time: {wall:.1f} s for 2 rounds on 2 SuperNodes "
           f"(timings {json.dumps({k: round(v, 1) for k, v in result.timings.items()})})")
 
     assert result.status == FINISHED
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["deployment"]["status"] == FINISHED
     assert metrics["deployment"]["tls"] and metrics["deployment"]["supernode_auth"]
-    assert [r["round"] for r in metrics["rounds"]] == [0, 1]
+    assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
     # both sites trained, each on the share its node config pointed at
-    assert set(metrics["rounds"][1]["clients_fit"]) == {"client-0", "client-1"}
+    deployed = metrics["rounds"][1:]
+    assert [set(r["clients_fit"]) for r in deployed] == [{"client-0", "client-1"}] * 2
     assert [p["client"] for p in metrics["partitions"]] == ["client-0", "client-1"]
     assert set(metrics["evaluations"]) == {"test", "test-21"}
     bundle = ModelBundle.load(out / "model.fedlstm")
-    assert bundle.metadata["mode"] == "federated" and bundle.metadata["rounds"] == 1
+    assert bundle.metadata["mode"] == "federated" and bundle.metadata["rounds"] == 2
     assert type(bundle).__name__ == "HybridDetector" and np.isfinite(bundle.anomaly_threshold_)
     for name in ("config.json", "round_curves.png", "roc.png", "confusion_test.png",
                  "checkpoints/last.pt"):
         assert (out / name).exists(), name
     assert not (out / "deployment.json").exists()
 
-
-def test_a_compressed_federation_deploys_and_measures_what_the_simulation_measures(
-        federation, datasets_dir, tmp_path):
-    """`--compress q8` with real processes: round 2 reaches the sites as a difference from the
-    version they hold (kept in Flower's node state between ClientApp processes), and the bytes
-    per round equal those of the same federation simulated."""
-    from fedlstm.federation.simulation import federate
-    from fedlstm.federation.sites import federated_data
-
-    cfg = load_config(None, ["data.max_train_rows=2000", "model.hidden_size=16",
-                             "federation.evaluate_clients=false", "detector=supervised",
-                             "federation.compress=q8"],
-                      data__dataset="nsl-kdd", data__data_dir=str(datasets_dir),
-                      federation__clients=2, federation__rounds=2, federation__local_epochs=1)
-    result = deploy_on(federation, cfg, tmp_path / "run", timeout=240)
-    assert result.status == FINISHED
-    deployed = json.loads((result.out / "metrics.json").read_text())["rounds"][1:]
-    assert [set(r["clients_fit"]) for r in deployed] == [{"client-0", "client-1"}] * 2
     simulated = federate(cfg, federated_data(cfg)).rounds
     for r in deployed:
         sim = simulated[r["round"]]
