@@ -239,6 +239,14 @@ class RunConfig(_Strict):
     federation: FederationConfig = FederationConfig()
     anomaly: AnomalyConfig = AnomalyConfig()
 
+    @model_validator(mode="after")
+    def _calibration_to_check(self) -> RunConfig:
+        if "robust-calibration" in self.federation.defences and self.detector == "supervised":
+            raise ValueError("robust-calibration checks the sites' answers when the novelty part "
+                             "is calibrated; the supervised detector has none: use detector "
+                             "hybrid (the default of the CLI) or anomaly, or drop the defence")
+        return self
+
 
 def _parse_value(text: str) -> Any:
     try:

@@ -417,3 +417,15 @@ def test_per_update_defences_are_refused_with_secagg():
                                ("fedavg", ["robust-calibration"])):
         with pytest.raises(ValidationError, match="cannot run with SecAgg.*client_dp"):
             FederationConfig(strategy=strategy, defences=defences, secagg=True)
+
+
+def test_robust_calibration_needs_a_detector_that_is_calibrated():
+    from pydantic import ValidationError
+
+    from fedlstm.config import RunConfig
+
+    RunConfig.model_validate({"detector": "hybrid",
+                              "federation": {"defences": ["robust-calibration"]}})
+    with pytest.raises(ValidationError, match="supervised detector has none"):
+        RunConfig.model_validate({"detector": "supervised",
+                                  "federation": {"defences": ["robust-calibration"]}})

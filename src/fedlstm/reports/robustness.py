@@ -86,6 +86,8 @@ def section(steps: list[dict], doc) -> None:
 def cell_config(cfg: RunConfig, defence: str, attack: str | None, share: float) -> RunConfig:
     fed = {**DEFENCES[defence], "attack": attack if share > 0 else None,
            "malicious": share if share > 0 else 0.0}
+    if cfg.detector == "supervised":  # no novelty part to calibrate
+        fed["defences"] = [d for d in fed["defences"] if d != "robust-calibration"]
     return cfg.model_copy(update={"federation": cfg.federation.model_copy(update=fed)})
 
 
