@@ -206,16 +206,15 @@ def calibrate_by_asking(detector: MahalanobisDetector, server, ask, score_bins: 
             "weights": arrays_to_bytes(server.weights)}
     answers = ask({**base, "phase": "error-stats"})
     server.receive("error-stats", answers)
-    stats = {_site(a, i): ErrorStats.from_bytes(bytes(a["error_stats"]))
-             for i, a in enumerate(answers)}
-    left_out: set[str] = set()
+    stats = [ErrorStats.from_bytes(bytes(a["error_stats"])) for a in answers]
+    names = [_site(a, i) for i, a in enumerate(answers)]
+    left_out: set[str] = set()  # by site name (the two questions' answers come in any order)
     if robust:
-        names = list(stats)
-        left_out = {names[i] for i in outlying_sites(list(stats.values()))}
-        check = {"distances": dict(zip(names, _rounded(site_distances(list(stats.values()))))),
+        left_out = {names[i] for i in outlying_sites(stats)}
+        check = {"distances": dict(zip(names, _rounded(site_distances(stats)))),
                  "left_out_by_statistics": sorted(left_out)}
     for attempt in range(2):
-        detector.fit_error_stats(merge_all([v for k, v in stats.items() if k not in left_out]))
+        detector.fit_error_stats(merge_all([s for s, n in zip(stats, names) if n not in left_out]))
         edges = detector.bin_edges(score_bins)
         server.histogram_bins = len(edges)
         answers = ask({**base, "phase": "score-histogram", "n_features": len(detector.mean_),
@@ -223,15 +222,15 @@ def calibrate_by_asking(detector: MahalanobisDetector, server, ask, score_bins: 
                        "bin_high": float(edges[-1]),
                        "mean_cov": arrays_to_bytes([detector.mean_, detector.covariance_])})
         server.receive("score-histogram", answers)
-        hists = {_site(a, i): ScoreHistogram.from_bytes(bytes(a["histogram"]), edges)
-                 for i, a in enumerate(answers)}
-        detector.fit_threshold(merge_all([h for k, h in hists.items() if k not in left_out]))
+        hists = [ScoreHistogram.from_bytes(bytes(a["histogram"]), edges) for a in answers]
+        hist_names = [_site(a, i) for i, a in enumerate(answers)]
+        detector.fit_threshold(merge_all([h for h, n in zip(hists, hist_names)
+                                          if n not in left_out]))
         if not robust:
             return detector
-        names = list(hists)
-        more = {names[i] for i in outlying_tails(list(hists.values()), detector.score_threshold)}
-        check["tail_shares"] = dict(zip(names, _rounded(
-            tail_shares(list(hists.values()), detector.score_threshold)[0])))
+        zeta = detector.score_threshold
+        more = {hist_names[i] for i in outlying_tails(hists, zeta)}
+        check["tail_shares"] = dict(zip(hist_names, _rounded(tail_shares(hists, zeta)[0])))
         if not more - left_out or attempt == 1:
             break
         left_out |= more
