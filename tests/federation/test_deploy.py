@@ -381,7 +381,10 @@ def test_the_anomaly_detector_deploys_like_the_supervised_one(federation, datase
 def _after_round_1(federation, *actions) -> tuple[threading.Thread, list[float]]:
     """Run `actions` once round 1's checkpoint is written (in the ServerApp's out-dir); returns
     the watching thread and the time they ran, once they have."""
-    checkpoint = federation.work_dir / "run" / "checkpoints" / "last.pt"
+    from fedlstm.federation.deploy.launch import server_dir
+    from fedlstm.federation.server import CHECKPOINT
+
+    checkpoint = server_dir(federation.work_dir) / CHECKPOINT
     done: list[float] = []
 
     def act():

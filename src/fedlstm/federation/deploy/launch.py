@@ -117,8 +117,8 @@ def deploy_on(federation: LocalFederation, cfg: RunConfig, out: str | Path, *,
     if out.exists() and not overwrite:
         raise RunExists(f"{out} already exists; choose another --out or pass --overwrite")
     work = federation.work_dir
-    if resume and not resumable(work):
-        raise FileNotFoundError(f"nothing to resume: no checkpoint in {work / 'run'}")
+    if resume:
+        require_checkpoint(work)
     timings: dict[str, float] = {}
 
     say("partitioning the data")
@@ -153,9 +153,20 @@ def _default_timeout(cfg: RunConfig) -> float | None:
     return None if per_round is None else 2 * (cfg.federation.rounds + 3) * per_round + 300
 
 
+def server_dir(work: Path) -> Path:
+    """The ServerApp's out-dir in a work folder: its checkpoints, then the run directory that
+    moves to `out` once complete."""
+    return Path(work) / "run"
+
+
 def resumable(work: Path) -> bool:
     """Whether an interrupted deployment left a checkpoint in `work` to continue from."""
-    return (Path(work) / "run" / CHECKPOINT).exists()
+    return (server_dir(work) / CHECKPOINT).exists()
+
+
+def require_checkpoint(work: Path) -> None:
+    if not resumable(work):
+        raise FileNotFoundError(f"nothing to resume: no checkpoint in {server_dir(work)}")
 
 
 def _run_on_shares(federation: LocalFederation, cfg: RunConfig, data, paths: list[Path],
@@ -163,7 +174,7 @@ def _run_on_shares(federation: LocalFederation, cfg: RunConfig, data, paths: lis
                    command: str | None, say: Callable[[str], None],
                    timings: dict) -> DeploymentResult:
     work, n = federation.work_dir, len(paths)
-    run_dir = work / "run"  # the ServerApp's out-dir; moved to `out` once complete
+    run_dir = server_dir(work)
     if not resume:  # a checkpoint left there would be resumed by the ServerApp
         shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(exist_ok=True)
@@ -244,8 +255,8 @@ def run_local_deployment(cfg: RunConfig, out: str | Path, work_dir: str | Path |
     default_work = work_dir is None
     work = Path(work_dir).resolve() if work_dir else out.parent / f".{out.name}.deploy"
     federation = LocalFederation(work, tls=tls, auth=auth, front_door=front_door)  # checks options
-    if resume and not resumable(work):
-        raise FileNotFoundError(f"nothing to resume: no checkpoint in {work / 'run'}")
+    if resume:  # before any process starts
+        require_checkpoint(work)
     if default_work and not resume:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
