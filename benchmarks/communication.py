@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/communication.py --out /tmp/comm            # NSL-KDD and KDD99, seeds 0-2
     .venv/bin/python benchmarks/communication.py --datasets nsl-kdd --seeds 0 --out /tmp/comm
+    .venv/bin/python benchmarks/communication.py --modes "none,q8,none + SecAgg+,q8 + SecAgg+"
 
 Every cell is `fedlstm federate --dataset D --clients 5 --compress MODE --seed S` with the
 product's defaults (the hybrid detector, the dataset's rounds x local epochs, every training row),
@@ -9,7 +10,8 @@ its run directory kept in --out (a run already there is reused). Prints, per dat
 the mean over seeds of: uplink and downlink bytes per round (as serialised for the wire; ratio
 to `none`), test accuracy and its change against `none` (per seed, then averaged), FPR,
 ROC-AUC, and the sites' validation loss after the last round. About 35 s per NSL-KDD run and
-70 s per KDD99 run on 2 cores.
+70 s per KDD99 run on 2 cores. The SecAgg+ rows run the same with `--secagg`: their bytes
+include the key exchange, and their `none` is Flower's 22-bit quantisation of the update.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from pathlib import Path
 
 MODES = {"none": [], "q8": [], "topk:0.05": [],
          "topk:0.05 (no error feedback)": ["--set", "federation.compress_feedback=false"],
-         "topk:0.01+q8": []}
+         "topk:0.01+q8": [],
+         "none + SecAgg+": ["--secagg"], "q8 + SecAgg+": ["--secagg"]}
 
 
 def run(dataset: str, mode: str, seed: int, out: Path) -> dict:
@@ -48,14 +51,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="nsl-kdd,kdd99")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated; none first")
     parser.add_argument("--out", type=Path, default=Path("runs/communication"))
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    modes = args.modes.split(",")
+    if modes[0] != "none" or set(modes) - set(MODES):
+        parser.error(f"--modes: 'none' first, then any of {', '.join(MODES)}")
     print("| dataset | mode | uplink kB/round | vs none | downlink kB/round | vs none | accuracy "
           "| Δ pp vs none | FPR | ROC-AUC | val loss |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for dataset in args.datasets.split(","):
-        cells = {mode: [run(dataset, mode, s, args.out) for s in seeds] for mode in MODES}
+        cells = {mode: [run(dataset, mode, s, args.out) for s in seeds] for mode in modes}
         base = cells["none"]
         up0 = statistics.mean(c["up"] for c in base)
         down0 = statistics.mean(c["down"] for c in base)

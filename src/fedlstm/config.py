@@ -198,11 +198,13 @@ class FederationConfig(_Strict):
 
     @model_validator(mode="after")
     def _compression_composes(self) -> FederationConfig:
-        if self.compress != "none" and self.secagg:
+        if self.compress not in ("none", "q8") and self.secagg:
             raise ValueError(f"compress={self.compress} cannot be combined with SecAgg+: the "
-                             "server only sees the masked sum of what sites send, and packed "
-                             "updates (Top-k positions, per-site q8 scales) cannot be summed. Use "
-                             "compress=none with secagg, or drop secagg")
+                             "server only sees the masked sum of what sites send, and Top-k "
+                             "keeps different entries on each site, which masked sums cannot "
+                             "carry. q8 composes with SecAgg+ (one shared scale per array, "
+                             "quantised, then masked): use compress=q8 or none with secagg, or "
+                             "drop secagg")
         return self
 
 

@@ -1,6 +1,7 @@
 """Compressed updates: the codecs' error bounds and unbiasedness, error feedback across rounds,
-the site's mod with the server's wrapper (uplink and downlink versions), the refusal with
-SecAgg+, and one simulated federation whose bytes per round are measured."""
+the site's mod with the server's wrapper (uplink and downlink versions), q8 under SecAgg+ (shared
+scales, Flower's quantisation, narrowed masked sums) and the refusal of Top-k with it, and
+simulated federations whose bytes per round are measured."""
 
 from __future__ import annotations
 
@@ -9,15 +10,19 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from flwr.app import Context, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, MessageType, RecordDict
 from flwr.common import (
     Code,
     FitIns,
     FitRes,
     Status,
+    bytes_to_ndarray,
+    ndarray_to_bytes,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
+from flwr.common.secure_aggregation.quantization import dequantize, quantize
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE
 from flwr.compat.common.recorddict_compat import (
     fitins_to_recorddict,
     fitres_to_recorddict,
@@ -32,8 +37,22 @@ from fedlstm.cli.main import app
 from fedlstm.config import FederationConfig
 from fedlstm.federation.audit import ContractViolation, ReplyContract, check_reply
 from fedlstm.federation.client import REPLY_METRICS
-from fedlstm.federation.codec import DENSE_UP_TO, ErrorFeedback, decode, encode, parse
-from fedlstm.federation.compression import CompressedUpdates, compression_mod
+from fedlstm.federation.codec import (
+    DENSE_UP_TO,
+    SECAGG_LEVELS,
+    ErrorFeedback,
+    decode,
+    encode,
+    parse,
+    to_shared_scale,
+)
+from fedlstm.federation.compression import (
+    KEY_SCALES,
+    CompressedUpdates,
+    compression_mod,
+    narrow_masked,
+    secagg_ranges,
+)
 
 SHAPES = [(40, 12), (40,), (3, 40)]
 LARGER = [(200, 64), (200,), (3, 200)]  # where Flower's per-array headers no longer dominate
@@ -247,11 +266,91 @@ def test_a_packed_update_is_checked_against_the_model_by_the_contract():
         check_reply(reply([good[0], good[1].astype(np.int64), good[2]]), "train", None, contract)
 
 
-def test_compression_with_secagg_is_refused_with_a_reason(datasets_dir, tmp_path):
-    for spec in ("topk:0.05", "q8"):
+# --- q8 under SecAgg+ ----------------------------------------------------------------------------
+def test_q8_under_secagg_is_unbiased_and_what_the_scale_clips_is_fed_back():
+    update = _arrays(3, scale=0.01, shapes=LARGER)
+    scales = [2 * float(np.abs(u).max()) for u in update[:2]] + [0.005]  # the last: partly beyond
+    values, stands_for = to_shared_scale(update, scales)
+    assert all(np.abs(v).max() <= 1 for v in values)
+    assert np.allclose(stands_for[0], update[0], atol=1e-7)  # within its scale: whole
+    assert np.abs(stands_for[2]).max() <= 0.005 + 1e-9 < np.abs(update[2]).max()
+    feedback = ErrorFeedback()
+    feedback.keep(update, stands_for)  # what the scale clipped waits for the next round
+    assert np.allclose(feedback.residual[2], update[2] - np.clip(update[2], -0.005, 0.005))
+    # Flower's SecAgg+ quantisation with our ranges: stochastic, unbiased, at most one level off.
+    ranges = secagg_ranges(parse("q8"), n_sites=5)
+    c, levels = ranges["clipping_range"], ranges["quantization_range"]
+    np.random.seed(0)
+    draws = [dequantize(quantize(values, c, levels), c, levels) for _ in range(400)]
+    step = 2 * c / levels
+    for i, v in enumerate(values):
+        assert np.abs(draws[0][i] - v).max() <= step + 1e-9
+        mean = np.mean([d[i] for d in draws], axis=0)
+        assert np.abs(mean - v).max() < 0.25 * step  # ~4.5 standard errors of 400 draws
+    # The masked sums of 5 sites' codes (and their weights) fit the modulus.
+    assert ranges["modulus_range"] == 2048 > 5 * levels
+    # Client-level DP's bound holds for what the values stand for.
+    _, bounded = to_shared_scale(update, scales, max_norm=0.05)
+    assert np.sqrt(sum(np.sum(b.astype(np.float64) ** 2) for b in bounded)) <= 0.05
+
+
+def test_secagg_scales_follow_the_mean_update_and_it_lands_on_the_reference():
+    server = CompressedUpdates(FedAvg(), parse("q8"), seed=0, secagg=True)
+    model = _arrays(5, shapes=LARGER)
+    global_model = ndarrays_to_parameters(model)
+    ctxt = [Context(run_id=1, node_id=i + 1, node_config={}, state=RecordDict(), run_config={})
+            for i in range(2)]
+    for rnd, step in ((1, 0.01), (2, 0.004)):
+        plan = server.configure_fit(rnd, global_model, SimpleNamespace(
+            sample=lambda **_: [_proxy("a"), _proxy("b")], num_available=lambda: 2))
+        scales = np.frombuffer(plan[0][1].config[KEY_SCALES], np.float64)
+        if rnd == 1:  # no update seen yet: the weights' range
+            assert np.allclose(scales, [np.abs(w).max() for w in model])
+        else:  # SCALE_MARGIN x the largest entry of the last mean update
+            assert np.allclose(scales, [2 * 0.01] * len(model), rtol=1e-4)
+        sent = [parameters_to_ndarrays(_site_round(c, ins, step, []).parameters)
+                for c, (_, ins) in zip(ctxt, plan)]
+        # What Flower's SecAgg+ hands the strategy: every result holds the unmasked mean.
+        mean = ndarrays_to_parameters([(a + b) / 2 for a, b in zip(*sent)])
+        results = [(_proxy(c), FitRes(Status(Code.OK, ""), mean, 10, {})) for c in "ab"]
+        global_model, _ = server.aggregate_fit(rnd, results, [])
+        for new, ref in zip(parameters_to_ndarrays(global_model), server.reference):
+            assert np.allclose(new, ref + step, atol=1e-6)
+    with pytest.raises(ValueError, match="only q8 composes with SecAgg"):
+        CompressedUpdates(FedAvg(), parse("topk:0.05+q8"), secagg=True)
+
+
+def test_masked_vectors_travel_narrowed_and_unmask_to_the_same_sum():
+    rng = np.random.default_rng(0)
+    modulus, shape = 2048, (300,)
+    codes = [rng.integers(0, SECAGG_LEVELS + 1, shape) for _ in range(5)]
+    masks = [rng.integers(0, 2**40, shape) for _ in range(5)]  # cancel out over the sites
+    masks[-1] = -sum(masks[:-1])
+    masked = [(c + m) % modulus for c, m in zip(codes, masks)]  # as Flower sends them: int64
+    narrowed = []
+    for vector in masked:
+        reply = SimpleNamespace(has_error=lambda: False, content=RecordDict(
+            {RECORD_KEY_CONFIGS: ConfigRecord({"masked_params": [ndarray_to_bytes(vector)]})}))
+        ctxt = Context(run_id=1, node_id=1, node_config={}, run_config={}, state=RecordDict(
+            {RECORD_KEY_STATE: ConfigRecord({"mod_range": modulus})}))
+        out = narrow_masked(reply, ctxt).content.config_records[RECORD_KEY_CONFIGS]
+        narrowed.append(bytes_to_ndarray(out["masked_params"][0]))
+    assert all(v.dtype == np.uint16 for v in narrowed)
+    assert sum(len(ndarray_to_bytes(v)) for v in narrowed) < 0.3 * sum(
+        len(ndarray_to_bytes(v)) for v in masked)
+    total = narrowed[0]
+    for v in narrowed[1:]:  # the server's sum, in the narrow type (wraps modulo 2^16)
+        total = total + v
+    assert np.array_equal(total % modulus, sum(codes) % modulus)
+    assert np.array_equal(sum(codes) % modulus, sum(codes))  # no wrap: the modulus holds the sum
+
+
+def test_topk_with_secagg_is_refused_with_a_reason(datasets_dir, tmp_path):
+    for spec in ("topk:0.05", "topk:0.01+q8"):
         with pytest.raises(ValidationError, match="cannot be combined with SecAgg"):
             FederationConfig(compress=spec, secagg=True)
     FederationConfig(compress="none", secagg=True)
+    FederationConfig(compress="q8", secagg=True)
     result = CliRunner().invoke(app, ["federate", "--secagg", "--compress", "topk:0.05",
                                       "--data-dir", str(datasets_dir),
                                       "--out", str(tmp_path / "x")])
@@ -286,5 +385,27 @@ def test_a_compressed_federation_measures_its_bytes_and_still_learns(datasets_di
     assert m["traffic_bytes"]["train_up"] == sum(r["bytes_up"] for r in rounds)
     # Two short rounds of a small model: compressed training still learns (Test+ is 57%
     # attacks; the supervised detector flagging everything scores 0.57).
+    assert rounds[1]["val_loss"] < rounds[0]["val_loss"]
+    assert m["evaluations"]["test"]["binary"]["accuracy"] > 0.6
+
+
+def test_q8_under_secagg_sends_16_bit_masked_sums_and_still_learns(datasets_dir, tmp_path):
+    import torch
+
+    out = tmp_path / "secagg-q8"
+    result = CliRunner().invoke(app, [
+        "federate", "--dataset", "nsl-kdd", "--clients", "3", "--rounds", "2",
+        "--detector", "supervised", "--secagg", "--compress", "q8", "--out", str(out),
+        "--data-dir", str(datasets_dir), "--set", "data.max_train_rows=3000",
+        "--set", "data.max_test_rows=1000", "--set", "model.hidden_size=32"])
+    assert result.exit_code == 0, result.output
+    m = json.loads((out / "metrics.json").read_text())
+    weights = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["weights"]
+    as_float32 = 3 * 4 * sum(w.numel() for w in weights)  # every site's update, float32
+    rounds = [r for r in m["rounds"] if r["round"] > 0]
+    # 2 bytes per value (Flower's SecAgg+ sends int64: 8) plus the key exchange.
+    for r in rounds:
+        assert 0.5 * as_float32 < r["bytes_up"] < 0.6 * as_float32
+    assert m["federation"]["compress"] == "q8" and m["federation"]["secagg"]
     assert rounds[1]["val_loss"] < rounds[0]["val_loss"]
     assert m["evaluations"]["test"]["binary"]["accuracy"] > 0.6

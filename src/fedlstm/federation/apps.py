@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -39,7 +40,12 @@ from fedlstm.federation.attacks import site_attack
 from fedlstm.federation.audit import GuardedGrid
 from fedlstm.federation.client import ClientTask
 from fedlstm.federation.codec import parse
-from fedlstm.federation.compression import CompressedUpdates, compression_mod
+from fedlstm.federation.compression import (
+    CompressedUpdates,
+    compression_mod,
+    narrow_masked,
+    secagg_ranges,
+)
 from fedlstm.federation.deploy.app import CONFIG_KEY
 from fedlstm.federation.deploy.launch import write_deployed_run
 from fedlstm.federation.networks import (
@@ -130,7 +136,13 @@ def _when_secagg(msg: Message, ctxt: Context, call_next) -> Message:
     """Flower's SecAgg+ mod, for runs whose server asked for it (one app serves every mode)."""
     if msg.metadata.message_type == MessageType.TRAIN and \
             SECAGG_CONFIGS in msg.content.config_records:
-        return secaggplus_mod(msg, ctxt, call_next)
+        # Flower's quantisation rounds with numpy's global generator: seeded by the site's
+        # configuration, the run's seed and the round, so that a rerun sends the same sums.
+        fit = msg.content.config_records.get("fitins.config", {})
+        group = str(msg.metadata.group_id)
+        np.random.seed([zlib.crc32(repr(sorted(ctxt.node_config.items())).encode()),
+                        int(fit.get("seed", 0)) & 0xFFFFFFFF, int(group) if group.isdigit() else 0])
+        return narrow_masked(secaggplus_mod(msg, ctxt, call_next), ctxt)
     return call_next(msg, ctxt)
 
 
@@ -271,7 +283,8 @@ def build_strategy(task: ServerTask) -> Strategy:
     codec = parse(fed.compress)
     if codec.active:  # outermost: every strategy above sees plain model weights
         strategy = CompressedUpdates(strategy, codec, error_feedback=fed.compress_feedback,
-                                     downlink=fed.compress_downlink, seed=task.cfg.seed)
+                                     downlink=fed.compress_downlink, seed=task.cfg.seed,
+                                     secagg=fed.secagg)
     return strategy
 
 
@@ -334,7 +347,8 @@ def run_server(grid: Grid, context: Context, task: ServerTask) -> ServerTask:
         fit_workflow = SecAggPlusWorkflow(num_shares=fed.secagg_shares,
                                           reconstruction_threshold=fed.secagg_threshold,
                                           max_weight=float(largest + 1),
-                                          timeout=fed.round_timeout)
+                                          timeout=fed.round_timeout,
+                                          **secagg_ranges(parse(fed.compress), fed.clients))
     DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
     return task
 

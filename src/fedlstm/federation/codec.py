@@ -164,6 +164,39 @@ def decode(packed: list[np.ndarray], codec: Codec, shapes: list[tuple[int, ...]]
     return [f.reshape(s) for f, s in zip(np.split(flat, np.cumsum(sizes)[:-1]), shapes)]
 
 
+# --- q8 under SecAgg+ ------------------------------------------------------------------------
+# SecAgg+ sums what the sites send, so every site must quantise to the same grid: Flower's
+# secaggplus_mod quantises [-1, 1] to codes 0..SECAGG_LEVELS (stochastic rounding), and each
+# array is first divided by a scale the server sets for the round and sends to every site.
+SECAGG_LEVELS = _LEVELS
+SCALE_MARGIN = 2.0  # scale = this x the largest entry of the last mean update, per array
+
+
+def shared_scales(model: list[np.ndarray], last_update: list[np.ndarray] | None) -> list[float]:
+    """One scale per array for the round. The server sees only the mean update, so the scale is
+    SCALE_MARGIN x the largest entry of the last mean update of that array (before the first
+    round: the largest weight). What a site's update holds beyond the scale is clipped and kept
+    as its error feedback, so a scale that is too small delays part of an update, and the next
+    scale, taken from a mean that then sits at the bound, grows by SCALE_MARGIN."""
+    source = model if last_update is None else last_update
+    scales = [float(np.max(np.abs(a))) * (1.0 if last_update is None else SCALE_MARGIN)
+              if np.size(a) else 0.0 for a in source]
+    return [s if s > 0 else 1e-8 for s in scales]
+
+
+def to_shared_scale(arrays: list[np.ndarray], scales: list[float],
+                    max_norm: float | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """What a site hands SecAgg+ (each array divided by its scale, clipped to [-1, 1]) and the
+    update that stands for; `max_norm` bounds that update's L2 norm, as `encode` does."""
+    sent = [np.clip(np.asarray(a, np.float64) / s, -1.0, 1.0) for a, s in zip(arrays, scales)]
+    if max_norm is not None:
+        norm = float(np.sqrt(sum(float(np.sum(np.square(x * s))) for x, s in zip(sent, scales))))
+        if norm > max_norm:
+            sent = [x * (max_norm / norm * (1 - 1e-6)) for x in sent]
+    return ([x.astype(np.float32) for x in sent],
+            [(x * s).astype(np.float32) for x, s in zip(sent, scales)])
+
+
 class ErrorFeedback:
     """What compression dropped from earlier updates, added back to the next one."""
 

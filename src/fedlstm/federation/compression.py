@@ -16,8 +16,13 @@ plus their updates, so a reference that lags behind would drag the global model 
 Order with privacy (docs/privacy.md): record-level DP-SGD noises the training itself, so any
 compression after it is post-processing and costs no ε. With client-level DP the mod runs outside
 Flower's clipping mod and rescales what it sends to the clipping bound, so the bound the server's
-noise is calibrated to holds for the decoded update, error feedback included. SecAgg+ masks
-arrays that are summed by the server; compressed updates cannot be, so that is refused.
+noise is calibrated to holds for the decoded update, error feedback included.
+
+SecAgg+ sums masked arrays, so packed updates (per-site Top-k positions and q8 scales) cannot
+travel under it. q8 can: the server sets one scale per array for the round (`shared_scales`), each
+site sends its update divided by it, and Flower's SecAgg+ quantises that to 8-bit codes before
+masking (`secagg_ranges`); the masked sums need 8 + log2(sites) bits, which travel as 16-bit
+integers (`narrow_masked`). Top-k is refused with SecAgg+ (the configuration says why).
 """
 
 from __future__ import annotations
@@ -32,20 +37,37 @@ from flwr.common import (
     FitIns,
     FitRes,
     Parameters,
+    bytes_to_ndarray,
+    ndarray_to_bytes,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
+from flwr.common.secure_aggregation.secaggplus_constants import (
+    RECORD_KEY_CONFIGS as SECAGG_CONFIGS,
+)
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE as SECAGG_STATE
+from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server.strategy import Strategy
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from fedlstm.federation.codec import Codec, ErrorFeedback, decode, encode, parse
+from fedlstm.federation.codec import (
+    SECAGG_LEVELS,
+    Codec,
+    ErrorFeedback,
+    decode,
+    encode,
+    parse,
+    shared_scales,
+    to_shared_scale,
+)
 
 log = logging.getLogger(__name__)
 
 # Keys of the fit/evaluate configuration the wrapper adds (the site's mod removes them again).
 KEY_SPEC, KEY_VERSION, KEY_BASE, KEY_FEEDBACK = ("compress", "compress_version", "compress_base",
                                                  "compress_feedback")
+KEY_SCALES = "compress_scales"  # q8 under SecAgg+: the round's shared scale of each array
 DOWNLINK = Codec(q8=True)  # how a new global model travels to sites holding the last one
 _STATE_REFERENCE, _STATE_RESIDUAL, _STATE_META = ("compress.reference", "compress.residual",
                                                   "compress.meta")
@@ -65,7 +87,7 @@ def compression_mod(msg: Message, ctxt: Context, call_next) -> Message:
     codec = parse(str(ins.config[KEY_SPEC]))
     start = _received_model(ins, ctxt)
     config = {k: v for k, v in ins.config.items()
-              if k not in (KEY_SPEC, KEY_VERSION, KEY_BASE, KEY_FEEDBACK)}
+              if k not in (KEY_SPEC, KEY_VERSION, KEY_BASE, KEY_FEEDBACK, KEY_SCALES)}
     if train:
         msg.content = compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters(start), config), True)
     else:
@@ -82,12 +104,45 @@ def compression_mod(msg: Message, ctxt: Context, call_next) -> Message:
     target = feedback.compensate(update) if feedback else update
     rng = np.random.default_rng([int(ins.config.get("seed", 0)), int(ctxt.node_id) & 0xFFFFFFFF])
     bound = float(ins.config[KEY_CLIPPING_NORM]) if KEY_CLIPPING_NORM in ins.config else None
-    packed = encode(target, codec, rng, max_norm=bound)
+    if KEY_SCALES in ins.config:  # SecAgg+ quantises and masks what this hands it
+        scales = np.frombuffer(ins.config[KEY_SCALES], np.float64).tolist()
+        packed, sent = to_shared_scale(target, scales, max_norm=bound)
+    else:
+        packed = encode(target, codec, rng, max_norm=bound)
+        sent = decode(packed, codec, [s.shape for s in start]) if feedback else None
     if feedback:
-        feedback.keep(target, decode(packed, codec, [s.shape for s in start]))
+        feedback.keep(target, sent)
         ctxt.state[_STATE_RESIDUAL] = ArrayRecord(feedback.residual)
     res.parameters = ndarrays_to_parameters(packed)
     out.content = compat.fitres_to_recorddict(res, keep_input=True)
+    return out
+
+
+def secagg_ranges(codec: Codec, n_sites: int) -> dict:
+    """Flower SecAggPlusWorkflow's quantisation for q8 updates (its defaults otherwise): [-1, 1]
+    to codes 0..254, and the smallest power-of-two modulus that holds the sum of `n_sites` codes
+    (and of their weights, which Flower quantises to the same range)."""
+    if not codec.q8:
+        return {}
+    bits = int(np.ceil(np.log2(SECAGG_LEVELS * max(n_sites, 1) + 1)))
+    return {"clipping_range": 1.0, "quantization_range": SECAGG_LEVELS, "modulus_range": 1 << bits}
+
+
+def narrow_masked(out: Message, ctxt: Context) -> Message:
+    """Flower's SecAgg+ reply with its masked vectors in the smallest unsigned integer type that
+    holds the modulus, instead of int64. Every masked value is below the modulus, and the server's
+    sum wraps modulo the type's range, a multiple of the (power-of-two) modulus, so the unmasked
+    result is unchanged: q8 sums (modulus 2^11 for 5 sites) travel in 16 bits, Flower's default
+    modulus (2^32) in 32."""
+    record = None if out.has_error() else out.content.config_records.get(SECAGG_CONFIGS)
+    if record is None or SecAggKey.MASKED_PARAMETERS not in record:
+        return out
+    modulus = int(ctxt.state.config_records[SECAGG_STATE]["mod_range"])
+    dtype = next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64)
+                 if modulus - 1 <= np.iinfo(t).max)
+    record[SecAggKey.MASKED_PARAMETERS] = [
+        ndarray_to_bytes(bytes_to_ndarray(b).astype(dtype))
+        for b in record[SecAggKey.MASKED_PARAMETERS]]
     return out
 
 
@@ -125,9 +180,13 @@ class CompressedUpdates(Strategy):
     and unpacks the sites' updates before the wrapped strategy aggregates them."""
 
     def __init__(self, strategy: Strategy, codec: Codec, error_feedback: bool = True,
-                 downlink: bool = True, seed: int = 0):
+                 downlink: bool = True, seed: int = 0, secagg: bool = False):
         super().__init__()
-        self.strategy, self.codec = strategy, codec
+        if secagg and (codec.topk is not None or not codec.q8):
+            raise ValueError(f"only q8 composes with SecAgg+, not {codec}")
+        self.strategy, self.codec, self.secagg = strategy, codec, secagg
+        self.scales: list[float] = []  # SecAgg+: this round's shared scale of each array
+        self.last_update: list[np.ndarray] | None = None  # SecAgg+: the last mean update
         self.error_feedback, self.downlink = error_feedback, downlink
         self.rng = np.random.default_rng(seed)
         self.reference: list[np.ndarray] | None = None  # what up-to-date sites hold
@@ -159,12 +218,12 @@ class CompressedUpdates(Strategy):
             self.reference = [r + s for r, s in zip(self.reference, sent)]
         self.version += 1
 
-    def _instructions(self, instructions, make):
+    def _instructions(self, instructions, make, extra: dict | None = None):
         out = []
         for proxy, ins in instructions:
             held = self.held.get(proxy.cid)
             config = {**ins.config, KEY_SPEC: str(self.codec), KEY_VERSION: self.version,
-                      KEY_FEEDBACK: self.error_feedback}
+                      KEY_FEEDBACK: self.error_feedback, **(extra or {})}
             if held == self.version:
                 payload = []
                 config[KEY_BASE] = self.version
@@ -181,7 +240,12 @@ class CompressedUpdates(Strategy):
         instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
         self._track(parameters)
         self.sent = {}
-        return self._instructions(instructions, FitIns)
+        if not self.secagg:
+            return self._instructions(instructions, FitIns)
+        self.scales = shared_scales(self.reference, self.last_update)
+        # As bytes: Flower's legacy configuration holds scalars only.
+        return self._instructions(instructions, FitIns,
+                                  {KEY_SCALES: np.asarray(self.scales, np.float64).tobytes()})
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         instructions = self.strategy.configure_evaluate(server_round, parameters, client_manager)
@@ -207,7 +271,7 @@ class CompressedUpdates(Strategy):
         unpacked, failures = [], list(failures)
         for proxy, res in results:
             try:
-                update = decode(parameters_to_ndarrays(res.parameters), self.codec, shapes)
+                update = self._unpack(parameters_to_ndarrays(res.parameters), shapes)
             except (ValueError, zlib.error) as exc:
                 log.warning("site %s sent an update that does not unpack: %s", proxy.cid, exc)
                 failures.append((proxy, res))
@@ -217,6 +281,16 @@ class CompressedUpdates(Strategy):
                                            res.num_examples, res.metrics)))
         self._settle(unpacked, failures)
         return self.strategy.aggregate_fit(server_round, unpacked, failures)
+
+    def _unpack(self, arrays: list[np.ndarray], shapes) -> list[np.ndarray]:
+        if not self.secagg:
+            return decode(arrays, self.codec, shapes)
+        # SecAgg+ hands every result the same unmasked mean of what the sites sent.
+        if [tuple(np.shape(a)) for a in arrays] != [tuple(s) for s in shapes]:
+            raise ValueError("the SecAgg+ sum does not have the model's array shapes")
+        self.last_update = [(np.asarray(a, np.float64) * s).astype(np.float32)
+                            for a, s in zip(arrays, self.scales)]
+        return self.last_update
 
     def aggregate_evaluate(self, server_round, results, failures):
         self._settle(results, failures)
