@@ -34,7 +34,7 @@ def run(dataset: str, mode: str, seed: int, out: Path) -> dict:
     name = f"{dataset}--{mode.replace(' ', '').replace(':', '').replace('+', '-')}--s{seed}"
     run_dir = out / name
     if not (run_dir / "metrics.json").exists():
-        subprocess.run([sys.executable, "-m", "fedlstm", "federate", "--dataset", dataset,
+        subprocess.run([sys.executable, "-m", "fedlstm.cli", "federate", "--dataset", dataset,
                         "--clients", "5", "--compress", spec, "--seed", str(seed), "--out",
                         str(run_dir), "--overwrite", *MODES[mode]], check=True,
                        stdout=subprocess.DEVNULL)

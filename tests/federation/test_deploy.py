@@ -107,12 +107,13 @@ def federation(tmp_path_factory):
         assert not left, f"processes left behind: {left}"
 
 
-def test_deployment_with_tls_supernode_auth_and_q8_measures_what_the_simulation_measures(
+def test_deployment_with_tls_supernode_auth_secagg_and_q8_measures_what_the_simulation_measures(
         federation, datasets_dir, tmp_path):
     """The detector users get by default (the hybrid: its calibration questions go over TLS
-    too), with `--compress q8`, as real processes: round 2 reaches the sites as a difference
-    from the version they hold (kept in Flower's node state between ClientApp processes), and
-    the bytes per round equal those of the same federation simulated."""
+    too), with `--secagg --compress q8`, as real processes: SecAgg+'s four stages keep their
+    keys in Flower's node state between ClientApp processes, the masked q8 sums travel in 16
+    bits, round 2 reaches the sites as a difference from the version they hold, and the bytes
+    per round equal those of the same federation simulated."""
     from fedlstm.federation.simulation import federate
     from fedlstm.federation.sites import federated_data
 
@@ -120,7 +121,7 @@ def test_deployment_with_tls_supernode_auth_and_q8_measures_what_the_simulation_
     # one per message), and its message path is that of fit, which this test covers.
     cfg = load_config(None, ["data.max_train_rows=3000", "model.hidden_size=16",
                              "federation.evaluate_clients=false", "detector=hybrid",
-                             "federation.compress=q8"],
+                             "federation.compress=q8", "federation.secagg=true"],
                       data__dataset="nsl-kdd", data__data_dir=str(datasets_dir),
                       federation__clients=2, federation__rounds=2, federation__local_epochs=1)
     out = tmp_path / "run"
@@ -154,7 +155,8 @@ def test_deployment_with_tls_supernode_auth_and_q8_measures_what_the_simulation_
         assert r["bytes_up"] == pytest.approx(sim["bytes_up"], rel=0.01)
         assert r["bytes_down"] == pytest.approx(sim["bytes_down"], rel=0.01)
     full_model = deployed[0]["bytes_down"]
-    assert deployed[0]["bytes_up"] < 0.3 * full_model  # q8 updates from the start
+    # 16-bit masked sums from the start (and SecAgg+'s keys and shares, a few kB).
+    assert deployed[0]["bytes_up"] < 0.6 * full_model
     # Round 2: the packed difference (plus the merged preprocessing every instruction carries,
     # about 3 kB, a third of this tiny model's q8 size).
     assert deployed[1]["bytes_down"] < 0.5 * full_model

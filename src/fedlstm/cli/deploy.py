@@ -235,6 +235,8 @@ def local(
     detector: DetectorOpt = None,
     alert_budget: AlertBudgetOpt = None,
     compress: Compress = None,
+    secagg: Annotated[bool, typer.Option(
+        "--secagg", help="Flower SecAgg+: the server sees only the sum of updates.")] = False,
     overwrite: bool = False,
     resume: Annotated[bool, typer.Option(
         help="Continue a deployment that stopped (SuperLink, ServerApp or this command killed) "
@@ -248,7 +250,7 @@ def local(
     try:
         cfg = load_run_config(config, set_, detector, alert_budget, **federation_options(
             dataset, protocol, data_dir, clients, partition, strategy, rounds, local_epochs,
-            window, seed, compress))
+            window, seed, compress), federation__secagg=secagg or None)
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
         f = cfg.federation
@@ -258,6 +260,7 @@ def local(
                            f"{f.clients} SuperNodes, "
                            f"partition {f.partition}, {f.strategy}, {f.rounds} rounds x "
                            f"{f.local_epochs} local epochs, {security}"
+                           + (", SecAgg+" if f.secagg else "")
                            + (f", compress {f.compress}" if f.compress != "none" else "")))
         start = time.perf_counter()
         with console.status("starting...") as status:
