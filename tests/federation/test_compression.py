@@ -409,3 +409,17 @@ def test_q8_under_secagg_sends_16_bit_masked_sums_and_still_learns(datasets_dir,
     assert m["federation"]["compress"] == "q8" and m["federation"]["secagg"]
     assert rounds[1]["val_loss"] < rounds[0]["val_loss"]
     assert m["evaluations"]["test"]["binary"]["accuracy"] > 0.6
+
+
+def test_the_global_model_stays_float32_after_float64_sums():
+    """SecAgg+'s unmasked sums (and client-level DP's noise) are float64: a float64 global model
+    would travel to every site at twice its size."""
+    from fedlstm.federation.compression import Float32Model
+
+    sums = [a.astype(np.float64) for a in _arrays(1)]
+    results = [(_proxy(c), FitRes(Status(Code.OK, ""), ndarrays_to_parameters(sums), 10, {}))
+               for c in "ab"]
+    parameters, _ = Float32Model(FedAvg()).aggregate_fit(1, results, [])
+    model = parameters_to_ndarrays(parameters)
+    assert all(a.dtype == np.float32 for a in model)
+    assert all(np.allclose(a, s) for a, s in zip(model, sums))

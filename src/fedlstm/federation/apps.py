@@ -42,6 +42,7 @@ from fedlstm.federation.client import ClientTask
 from fedlstm.federation.codec import parse
 from fedlstm.federation.compression import (
     CompressedUpdates,
+    Float32Model,
     compression_mod,
     narrow_masked,
     secagg_ranges,
@@ -285,7 +286,7 @@ def build_strategy(task: ServerTask) -> Strategy:
         strategy = CompressedUpdates(strategy, codec, error_feedback=fed.compress_feedback,
                                      downlink=fed.compress_downlink, seed=task.cfg.seed,
                                      secagg=fed.secagg)
-    return strategy
+    return Float32Model(strategy) if fed.secagg or fed.client_dp else strategy
 
 
 def _evaluate_fn(task: ServerTask):

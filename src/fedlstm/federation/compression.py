@@ -61,6 +61,7 @@ from fedlstm.federation.codec import (
     shared_scales,
     to_shared_scale,
 )
+from fedlstm.federation.robust import StrategyWrapper
 
 log = logging.getLogger(__name__)
 
@@ -299,3 +300,15 @@ class CompressedUpdates(Strategy):
     def evaluate(self, server_round, parameters):
         return self.strategy.evaluate(server_round, parameters)
 
+
+class Float32Model(StrategyWrapper):
+    """Keeps the global model float32. SecAgg+'s unmasked sums and client-level DP's noise come
+    back as float64, and a float64 model would travel to every site at twice its size."""
+
+    def aggregate_fit(self, server_round, results, failures):
+        parameters, metrics = self.strategy.aggregate_fit(server_round, results, failures)
+        if parameters is not None:
+            parameters = ndarrays_to_parameters(
+                [np.asarray(a, np.float32) if np.asarray(a).dtype == np.float64 else a
+                 for a in parameters_to_ndarrays(parameters)])
+        return parameters, metrics

@@ -85,7 +85,7 @@ def robust_strategy(name: str, *, num_malicious: int, n_sites: int, **common) ->
 
 
 # --- wrappers ------------------------------------------------------------------------------------
-class _Wrapper(Strategy):
+class StrategyWrapper(Strategy):
     """Delegates everything to `strategy`; remembers the global model each fit round starts
     from, so that subclasses can look at the sites' updates."""
 
@@ -154,7 +154,7 @@ def _with_count(res: FitRes, count: int) -> FitRes:
     return FitRes(res.status, res.parameters, count, res.metrics)
 
 
-class NormBounded(_Wrapper):
+class NormBounded(StrategyWrapper):
     """Clips each site's update to an L2 bound before the wrapped strategy aggregates.
 
     The bound is `max_norm` when given, else `multiplier` x the median of this round's update
@@ -204,7 +204,7 @@ class NormBounded(_Wrapper):
                                "sites": sorted(name(c) for c in self.last_round["clipped"])}}
 
 
-class CappedCounts(_Wrapper):
+class CappedCounts(StrategyWrapper):
     """Caps the record count each site claims at `max_count` when given, else `max_ratio` x the
     median claim of the round (at least 1), so a free-rider cannot outweigh the others in a
     weighted average. Only weighted rules care (FedAvg, FedProx, FedAdam, MultiKrum's average,
@@ -246,7 +246,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b) / denominator if denominator > 0 else 0.0
 
 
-class Reputation(_Wrapper):
+class Reputation(StrategyWrapper):
     """Per-site reputation across rounds, from how each update compares with the round's
     coordinate-wise median update (robust to a malicious minority).
 
