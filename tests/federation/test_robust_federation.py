@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from flwr.simulation import run_simulation
 from typer.testing import CliRunner
 
@@ -14,7 +15,7 @@ from fedlstm.cli.main import app
 from fedlstm.config import RunConfig
 from fedlstm.federation.apps import make_client_app, make_server_app
 from fedlstm.federation.partitions import save_records
-from fedlstm.federation.server import ServerTask
+from fedlstm.federation.server import CHECKPOINT, ServerTask
 from fedlstm.federation.sites import federated_data
 from fedlstm.tasks import task_for
 
@@ -47,6 +48,35 @@ def test_a_site_that_fails_during_fit_is_left_out_and_named(datasets_dir, tmp_pa
     assert list(task.rounds[2]["clients_failed"]) == ["client-2"]  # named, not a node id
     assert "disk full" in task.rounds[2]["clients_failed"]["client-2"]
     assert task.result is not None
+
+
+def test_a_round_in_which_every_site_fails_stops_the_run_naming_why(datasets_dir, tmp_path):
+    """Going on would release the previous model as if it had been trained: a run whose every
+    round failed used to end with an untrained detector and exit 0."""
+    cfg = _config(datasets_dir, evaluate_clients=False, server_test_curves=False)
+    data = federated_data(cfg)
+    for i, recs in enumerate(data.clients):
+        save_records(recs, tmp_path / f"client-{i}.parquet", data.spec)
+
+    def crash_every_site_in_round_2(msg, ctxt, call_next):
+        config = msg.content.config_records.get("fitins.config", {})
+        if config.get("server_round") == 2:
+            raise RuntimeError("disk full")
+        return call_next(msg, ctxt)
+
+    task = ServerTask(task_for(cfg), data.spec, data.tests, tmp_path / "run")
+    try:
+        run_simulation(server_app=make_server_app(task), client_app=make_client_app(
+            str(tmp_path), cfg, mods=(crash_every_site_in_round_2,)),
+            num_supernodes=3, backend_config={"client_resources": {"num_cpus": 1}})
+    except Exception:  # Flower may re-raise the ServerApp's error; what it says is in the task
+        pass
+    assert task.result is None
+    assert task.failure.startswith("round 2: every site asked to train failed")
+    assert "disk full" in task.failure and "client-1" in task.failure
+    assert set(task.rounds[2]["clients_failed"]) == {"client-0", "client-1", "client-2"}
+    checkpoint = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    assert checkpoint["round"] == 1  # the last trained round is kept
 
 
 def test_a_simulated_attack_is_recorded_and_the_defences_log_what_they_did(datasets_dir,

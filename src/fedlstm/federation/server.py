@@ -47,6 +47,10 @@ def sampled_clients(fed) -> int:
     return max(min(fed.min_fit_clients, fed.clients), int(fed.fraction_fit * fed.clients))
 
 
+class NoSiteTrained(RuntimeError):
+    """Every site that answered a round's training failed."""
+
+
 class ServerTask:
     def __init__(self, task: Task, spec: DatasetSpec, tests: dict[str, Records] | None = None,
                  out_dir: str | Path | None = None):
@@ -78,6 +82,7 @@ class ServerTask:
         if fed.strategy in ROBUST_STRATEGIES:  # fail before any site is asked anything
             check_robust(fed.strategy, int(fed.tolerate * fed.clients), sampled_clients(fed))
         self.result = None  # the detector, once the federation has finished
+        self.failure: str | None = None  # why the run stopped, when it did
         self._test_windows = None
 
     # -- before round 1 -------------------------------------------------------------------------
@@ -205,6 +210,24 @@ class ServerTask:
                               for i, (k, m) in enumerate(results)}
         return agg
 
+    def _require_training(self, server_round: int) -> None:
+        """A round in which every site that answered failed to train stops the run: going on
+        would release the previous model as if it had been trained (and a run whose every round
+        failed would end with an untrained detector and exit 0)."""
+        rec = self.round_record(server_round)
+        if "clients_fit" in rec:
+            return
+        failed = self.ledger.take_failures("train")
+        if not failed:
+            return
+        rec["clients_failed"] = failed
+        reasons = "; ".join(f"{name}: {' '.join(why.split())[-300:]}"
+                            for name, why in failed.items())
+        self.failure = (f"round {rec['round']}: every site asked to train failed or did not "
+                        f"answer, so nothing was aggregated and the run stops (earlier rounds "
+                        f"are in the checkpoint). {reasons}")
+        raise NoSiteTrained(self.failure)
+
     def defence_record(self) -> dict:
         """What the defences around the aggregation did this round, with sites by name."""
         out, layer = {}, self.defences
@@ -235,6 +258,7 @@ class ServerTask:
         self.weights = [np.asarray(w) for w in weights]
         self.round_times[server_round + self.round_offset] = time.perf_counter()
         if server_round > 0:
+            self._require_training(server_round)
             fed = self.cfg.federation
             if fed.client_dp:
                 done = server_round + self.round_offset

@@ -128,8 +128,8 @@ def federate(cfg: RunConfig, data: FederatedData, out_dir: Path | None = None,
     with private_shares(data, data.spec) as part_dir:
         simulate(make_server_app(task), make_client_app(str(part_dir), cfg), n, task.stop)
     if task.result is None:
-        raise RuntimeError("the federation finished without producing a detector (did the "
-                           "clients fail? rerun with -v); see the log")
+        raise RuntimeError(task.failure or "the federation finished without producing a "
+                           "detector (did the clients fail? rerun with -v); see the log")
     return task
 
 
