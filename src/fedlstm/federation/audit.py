@@ -317,7 +317,9 @@ class Ledger:
         with self._lock:
             if reply.has_error():  # the reason's last line: the exception, not the traceback
                 lines = [ln.strip() for ln in str(reply.error.reason).splitlines() if ln.strip()]
-                self.failed.append((kind, node, (lines[-1] if lines else "error")[:200]))
+                # (Flower's simulation ends it with the "'>" of an exception's repr)
+                why = (lines[-1] if lines else "error").removesuffix("'>")
+                self.failed.append((kind, node, why[:200]))
                 return
             for record in reply.content.config_records.values():  # the metrics' "client"
                 if isinstance(record.get("client"), str):

@@ -221,8 +221,7 @@ class ServerTask:
         if not failed:
             return
         rec["clients_failed"] = failed
-        reasons = "; ".join(f"{name}: {' '.join(why.split())[-300:]}"
-                            for name, why in failed.items())
+        reasons = "; ".join(f"{name}: {why}" for name, why in failed.items())
         self.failure = (f"round {rec['round']}: every site asked to train failed or did not "
                         f"answer, so nothing was aggregated and the run stops (earlier rounds "
                         f"are in the checkpoint). {reasons}")
