@@ -124,18 +124,18 @@ def _npy(array) -> bytes:
 
 def test_secagg_stage_messages_hold_keys_ids_shares_and_masked_vectors_only():
     n = sum(int(np.prod(s)) for s in SHAPES)
+    packed = 1 + 8 * (n + 1)  # the most a bit-packed masked update can take: 64 bits a value
     check_reply(_secagg(pk1=b"k" * 1024, pk2=b"k", dsts=[1, 2], ctxts=[b"s" * 4096], nids=[3],
-                        shares=[b"s"], masked_params=[_npy(np.zeros(n, np.int64))]),
+                        shares=[b"s"], masked_params=[_npy(np.zeros(packed, np.uint8))]),
                 "train", None, _contract())
     cases = {"pk1": b"k" * 1025, "pk2": "text", "dsts": ["1"], "ctxts": [b"s" * 4097],
              "nids": 3,
-             "shares": b"s", "masked_params": [_npy(np.zeros(n + 1, np.int64))]}
+             "shares": b"s", "masked_params": [_npy(np.zeros(packed + 1, np.uint8))]}
     for key, bad in cases.items():
         assert f"{SECAGG}/{key}" in _violation(_secagg(**{key: bad}), "train"), key
-    too_many = [_npy(np.zeros(1, np.int64))] * (len(SHAPES) + 2)
-    assert "one masked vector per model array" in _violation(_secagg(masked_params=too_many),
-                                                             "train")
-    assert "expected kind 'iu'" in _violation(_secagg(masked_params=[_npy(np.zeros(3))]), "train")
+    two = [_npy(np.zeros(1, np.uint8))] * 2
+    assert "bit-packed in one array" in _violation(_secagg(masked_params=two), "train")
+    assert "expected kind 'u'" in _violation(_secagg(masked_params=[_npy(np.zeros(3))]), "train")
     assert "undeclared key(s) ['rows']" in _violation(_secagg(rows=b"x"), "train")
     limited = _contract(max_sites=2)
     assert "list of site ids" in _violation(_secagg(dsts=[1, 2, 3]), "train", contract=limited)
@@ -335,8 +335,9 @@ def test_zero_counts_and_full_lists_are_allowed():
     limited = _contract(max_sites=2)
     check_reply(_secagg(ctxts=[b"a", b"b"], nids=[1, 2]), "train", None, limited)
     assert "ctxts" in _violation(_secagg(ctxts=[b"a"] * 3), "train", contract=limited)
-    for n in (len(SHAPES) - 1, len(SHAPES), len(SHAPES) + 1):
-        check_reply(_secagg(masked_params=[_npy(np.zeros(2, np.int64))] * n), "train", None,
+    n = sum(int(np.prod(s)) for s in SHAPES)
+    for size in (1, n, 1 + 8 * (n + 1)):  # bit-packed masked vectors, up to 64 bits a value
+        check_reply(_secagg(masked_params=[_npy(np.zeros(size, np.uint8))]), "train", None,
                     _contract())
     assert _violation(_secagg(pk1=b"k" * 2000), "train").endswith(
         f"{SECAGG}/pk1: expected a public key")
@@ -345,7 +346,7 @@ def test_zero_counts_and_full_lists_are_allowed():
     assert _violation(_secagg(nids=["a"]), "train").endswith(
         f"{SECAGG}/nids: expected a list of site ids")
     assert _violation(_secagg(masked_params=b"x"), "train").endswith(
-        f"{SECAGG}/masked_params: expected one masked vector per model array")
+        f"{SECAGG}/masked_params: expected the masked vectors bit-packed in one array")
     assert f"{SECAGG}: undeclared key(s) ['x']" in _violation(_secagg(x=b""), "train")
 
 

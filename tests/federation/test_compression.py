@@ -49,8 +49,9 @@ from fedlstm.federation.codec import (
 from fedlstm.federation.compression import (
     KEY_SCALES,
     CompressedUpdates,
+    UnpackedMasks,
     compression_mod,
-    narrow_masked,
+    pack_masked,
     secagg_ranges,
 )
 
@@ -320,29 +321,43 @@ def test_secagg_scales_follow_the_mean_update_and_it_lands_on_the_reference():
         CompressedUpdates(FedAvg(), parse("topk:0.05+q8"), secagg=True)
 
 
-def test_masked_vectors_travel_narrowed_and_unmask_to_the_same_sum():
+def _secagg_reply(vectors: list[np.ndarray]):
+    return SimpleNamespace(has_error=lambda: False, metadata=SimpleNamespace(src_node_id=7),
+                           content=RecordDict({RECORD_KEY_CONFIGS: ConfigRecord(
+                               {"masked_params": [ndarray_to_bytes(v) for v in vectors]})}))
+
+
+def test_masked_vectors_travel_bit_packed_and_unmask_to_the_same_sum():
     rng = np.random.default_rng(0)
-    modulus, shape = 2048, (300,)
-    codes = [rng.integers(0, SECAGG_LEVELS + 1, shape) for _ in range(5)]
-    masks = [rng.integers(0, 2**40, shape) for _ in range(5)]  # cancel out over the sites
-    masks[-1] = -sum(masks[:-1])
-    masked = [(c + m) % modulus for c, m in zip(codes, masks)]  # as Flower sends them: int64
-    narrowed = []
-    for vector in masked:
-        reply = SimpleNamespace(has_error=lambda: False, content=RecordDict(
-            {RECORD_KEY_CONFIGS: ConfigRecord({"masked_params": [ndarray_to_bytes(vector)]})}))
-        ctxt = Context(run_id=1, node_id=1, node_config={}, run_config={}, state=RecordDict(
-            {RECORD_KEY_STATE: ConfigRecord({"mod_range": modulus})}))
-        out = narrow_masked(reply, ctxt).content.config_records[RECORD_KEY_CONFIGS]
-        narrowed.append(bytes_to_ndarray(out["masked_params"][0]))
-    assert all(v.dtype == np.uint16 for v in narrowed)
-    assert sum(len(ndarray_to_bytes(v)) for v in narrowed) < 0.3 * sum(
-        len(ndarray_to_bytes(v)) for v in masked)
-    total = narrowed[0]
-    for v in narrowed[1:]:  # the server's sum, in the narrow type (wraps modulo 2^16)
-        total = total + v
-    assert np.array_equal(total % modulus, sum(codes) % modulus)
-    assert np.array_equal(sum(codes) % modulus, sum(codes))  # no wrap: the modulus holds the sum
+    modulus, shapes = 2048, [(1,), (40, 12), (40,)]  # Flower's weight factor, then the model
+    codes = [[rng.integers(0, SECAGG_LEVELS + 1, s) for s in shapes] for _ in range(5)]
+    masks = [[rng.integers(0, 2**40, s) for s in shapes] for _ in range(5)]
+    masks[-1] = [-sum(m[i] for m in masks[:-1]) for i in range(len(shapes))]  # they cancel
+    ctxt = Context(run_id=1, node_id=1, node_config={}, run_config={}, state=RecordDict(
+        {RECORD_KEY_STATE: ConfigRecord({"mod_range": modulus})}))
+    sums = [np.zeros(s, np.int64) for s in shapes]
+    for site_codes, site_masks in zip(codes, masks):
+        masked = [(c + m) % modulus for c, m in zip(site_codes, site_masks)]  # Flower's: int64
+        out = pack_masked(_secagg_reply(masked), ctxt).content.config_records[RECORD_KEY_CONFIGS]
+        wire = out["masked_params"]
+        assert len(wire) == 1 and len(wire[0]) < 0.2 * sum(len(ndarray_to_bytes(v)) for v in masked)
+        arrival = _secagg_reply([])  # what the server's grid hands Flower
+        arrival.content.config_records[RECORD_KEY_CONFIGS]["masked_params"] = wire
+        grid = SimpleNamespace(send_and_receive=lambda messages, timeout=None: [arrival])
+        UnpackedMasks(grid, lambda: shapes[1:]).send_and_receive([])
+        unpacked = [bytes_to_ndarray(b) for b in
+                    arrival.content.config_records[RECORD_KEY_CONFIGS]["masked_params"]]
+        assert [u.shape for u in unpacked] == [tuple(s) for s in shapes]
+        assert all(np.array_equal(u, m) for u, m in zip(unpacked, masked))
+        sums = [t + u for t, u in zip(sums, unpacked)]
+    for total, i in zip(sums, range(len(shapes))):  # the masks cancel: the sum of the codes
+        assert np.array_equal(total % modulus, sum(c[i] for c in codes))
+    # A blob that does not hold the model's values stops the run, naming the site.
+    bad = _secagg_reply([np.array([11, 1, 2, 3], np.uint8)])
+    grid = SimpleNamespace(send_and_receive=lambda messages, timeout=None: [bad],
+                           ledger=SimpleNamespace(name=lambda node: f"site-{node}"))
+    with pytest.raises(ContractViolation, match="site-7: .*do not hold 521 values of 11 bits"):
+        UnpackedMasks(grid, lambda: shapes[1:]).send_and_receive([])
 
 
 def test_topk_with_secagg_is_refused_with_a_reason(datasets_dir, tmp_path):
@@ -389,7 +404,7 @@ def test_a_compressed_federation_measures_its_bytes_and_still_learns(datasets_di
     assert m["evaluations"]["test"]["binary"]["accuracy"] > 0.6
 
 
-def test_q8_under_secagg_sends_16_bit_masked_sums_and_still_learns(datasets_dir, tmp_path):
+def test_q8_under_secagg_sends_10_bit_masked_sums_and_still_learns(datasets_dir, tmp_path):
     import torch
 
     out = tmp_path / "secagg-q8"
@@ -403,9 +418,10 @@ def test_q8_under_secagg_sends_16_bit_masked_sums_and_still_learns(datasets_dir,
     weights = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["weights"]
     as_float32 = 3 * 4 * sum(w.numel() for w in weights)  # every site's update, float32
     rounds = [r for r in m["rounds"] if r["round"] > 0]
-    # 2 bytes per value (Flower's SecAgg+ sends int64: 8) plus the key exchange.
+    # 3 sites' sums of 8-bit codes need 10 bits (Flower's SecAgg+ sends int64: 64), plus the
+    # key exchange.
     for r in rounds:
-        assert 0.5 * as_float32 < r["bytes_up"] < 0.6 * as_float32
+        assert 10 / 32 * as_float32 < r["bytes_up"] < 0.4 * as_float32
     assert m["federation"]["compress"] == "q8" and m["federation"]["secagg"]
     assert rounds[1]["val_loss"] < rounds[0]["val_loss"]
     assert m["evaluations"]["test"]["binary"]["accuracy"] > 0.6

@@ -111,9 +111,9 @@ def test_deployment_with_tls_supernode_auth_secagg_and_q8_measures_what_the_simu
         federation, datasets_dir, tmp_path):
     """The detector users get by default (the hybrid: its calibration questions go over TLS
     too), with `--secagg --compress q8`, as real processes: SecAgg+'s four stages keep their
-    keys in Flower's node state between ClientApp processes, the masked q8 sums travel in 16
-    bits, round 2 reaches the sites as a difference from the version they hold, and the bytes
-    per round equal those of the same federation simulated."""
+    keys in Flower's node state between ClientApp processes, the masked q8 sums of 2 sites
+    travel bit-packed in 9 bits, round 2 reaches the sites as a difference from the version they
+    hold, and the bytes per round equal those of the same federation simulated."""
     from fedlstm.federation.simulation import federate
     from fedlstm.federation.sites import federated_data
 
@@ -155,8 +155,8 @@ def test_deployment_with_tls_supernode_auth_secagg_and_q8_measures_what_the_simu
         assert r["bytes_up"] == pytest.approx(sim["bytes_up"], rel=0.01)
         assert r["bytes_down"] == pytest.approx(sim["bytes_down"], rel=0.01)
     full_model = deployed[0]["bytes_down"]
-    # 16-bit masked sums from the start (and SecAgg+'s keys and shares, a few kB).
-    assert deployed[0]["bytes_up"] < 0.6 * full_model
+    # 9-bit masked sums from the start (and SecAgg+'s keys and shares, a few kB).
+    assert deployed[0]["bytes_up"] < 0.4 * full_model
     # Round 2: the packed difference (plus the merged preprocessing every instruction carries,
     # about 3 kB, a third of this tiny model's q8 size).
     assert deployed[1]["bytes_down"] < 0.5 * full_model

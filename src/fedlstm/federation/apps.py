@@ -43,8 +43,9 @@ from fedlstm.federation.codec import parse
 from fedlstm.federation.compression import (
     CompressedUpdates,
     Float32Model,
+    UnpackedMasks,
     compression_mod,
-    narrow_masked,
+    pack_masked,
     secagg_ranges,
 )
 from fedlstm.federation.deploy.app import CONFIG_KEY
@@ -143,7 +144,7 @@ def _when_secagg(msg: Message, ctxt: Context, call_next) -> Message:
         group = str(msg.metadata.group_id)
         np.random.seed([zlib.crc32(repr(sorted(ctxt.node_config.items())).encode()),
                         int(fit.get("seed", 0)) & 0xFFFFFFFF, int(group) if group.isdigit() else 0])
-        return narrow_masked(secaggplus_mod(msg, ctxt, call_next), ctxt)
+        return pack_masked(secaggplus_mod(msg, ctxt, call_next), ctxt)
     return call_next(msg, ctxt)
 
 
@@ -350,6 +351,8 @@ def run_server(grid: Grid, context: Context, task: ServerTask) -> ServerTask:
                                           max_weight=float(largest + 1),
                                           timeout=fed.round_timeout,
                                           **secagg_ranges(parse(fed.compress), fed.clients))
+    if fed.secagg:  # the sites bit-pack their masked vectors; Flower reads them as it sent them
+        grid = UnpackedMasks(grid, lambda: tuple(np.shape(w) for w in task.weights))
     DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
     return task
 

@@ -163,13 +163,14 @@ class _Checker:
                 if not isinstance(value, list) or len(value) > limit or \
                         not all(isinstance(v, bytes) and len(v) <= _MAX_BLOB_BYTES for v in value):
                     self.fail(where, "expected a list of encrypted key shares")
-            else:  # the masked update: integer vectors, no more values than the model has
-                if not isinstance(value, list) or len(value) > len(self.contract.model_shapes) + 1:
-                    self.fail(where, "expected one masked vector per model array")
-                for i, part in enumerate(value):
-                    decoded = array_of(part, kind="iu", max_items=max(n_params, 1))
-                    if isinstance(decoded, str):
-                        self.fail(f"{where}[{i}]", decoded)
+            else:  # the masked update, bit-packed by the site (compression.pack_masked): one
+                # uint8 array, at most 8 bytes per value (the model's and Flower's weight factor)
+                # and the bit count; `UnpackedMasks` checks that it holds exactly the model
+                if not isinstance(value, list) or len(value) != 1:
+                    self.fail(where, "expected the masked vectors bit-packed in one array")
+                decoded = array_of(value[0], kind="u", max_items=8 * (n_params + 1) + 1)
+                if isinstance(decoded, str):
+                    self.fail(f"{where}[0]", decoded)
 
     def answer(self, name: str, record: Mapping, phase: str) -> None:
         declared = self.contract.answers.get(phase)

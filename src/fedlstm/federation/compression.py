@@ -21,14 +21,15 @@ noise is calibrated to holds for the decoded update, error feedback included.
 SecAgg+ sums masked arrays, so packed updates (per-site Top-k positions and q8 scales) cannot
 travel under it. q8 can: the server sets one scale per array for the round (`shared_scales`), each
 site sends its update divided by it, and Flower's SecAgg+ quantises that to 8-bit codes before
-masking (`secagg_ranges`); the masked sums need 8 + log2(sites) bits, which travel as 16-bit
-integers (`narrow_masked`). Top-k is refused with SecAgg+ (the configuration says why).
+masking (`secagg_ranges`); the masked sums need 8 + log2(sites) bits, and travel in exactly
+those (`pack_masked`, `UnpackedMasks`). Top-k is refused with SecAgg+ (the configuration says why).
 """
 
 from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
@@ -51,6 +52,7 @@ from flwr.compat.common import recorddict_compat as compat
 from flwr.server.strategy import Strategy
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
+from fedlstm.federation.audit import ContractViolation
 from fedlstm.federation.codec import (
     SECAGG_LEVELS,
     Codec,
@@ -129,22 +131,69 @@ def secagg_ranges(codec: Codec, n_sites: int) -> dict:
     return {"clipping_range": 1.0, "quantization_range": SECAGG_LEVELS, "modulus_range": 1 << bits}
 
 
-def narrow_masked(out: Message, ctxt: Context) -> Message:
-    """Flower's SecAgg+ reply with its masked vectors in the smallest unsigned integer type that
-    holds the modulus, instead of int64. Every masked value is below the modulus, and the server's
-    sum wraps modulo the type's range, a multiple of the (power-of-two) modulus, so the unmasked
-    result is unchanged: q8 sums (modulus 2^11 for 5 sites) travel in 16 bits, Flower's default
-    modulus (2^32) in 32."""
+def pack_masked(out: Message, ctxt: Context) -> Message:
+    """Flower's SecAgg+ reply with its masked vectors bit-packed: every masked value is below the
+    power-of-two modulus, so log2(modulus) bits carry it, where Flower sends int64. q8 sums of 5
+    sites (modulus 2^11) travel in 11 bits, Flower's default modulus (2^32) in 32. One uint8
+    array: the bit count, then the values of every vector in order (`unpack_masked`)."""
     record = None if out.has_error() else out.content.config_records.get(SECAGG_CONFIGS)
     if record is None or SecAggKey.MASKED_PARAMETERS not in record:
         return out
-    modulus = int(ctxt.state.config_records[SECAGG_STATE]["mod_range"])
-    dtype = next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64)
-                 if modulus - 1 <= np.iinfo(t).max)
-    record[SecAggKey.MASKED_PARAMETERS] = [
-        ndarray_to_bytes(bytes_to_ndarray(b).astype(dtype))
-        for b in record[SecAggKey.MASKED_PARAMETERS]]
+    bits = int(ctxt.state.config_records[SECAGG_STATE]["mod_range"]).bit_length() - 1
+    values = np.concatenate([bytes_to_ndarray(b).ravel().astype("<u8")
+                             for b in record[SecAggKey.MASKED_PARAMETERS]])
+    planes = np.unpackbits(values.view(np.uint8).reshape(-1, 8), axis=1,
+                           bitorder="little")[:, :bits]
+    packed = np.concatenate([np.array([bits], np.uint8),
+                             np.packbits(planes.ravel(), bitorder="little")])
+    record[SecAggKey.MASKED_PARAMETERS] = [ndarray_to_bytes(packed)]
     return out
+
+
+def unpack_masked(blob: bytes, sizes: list[int]) -> list[np.ndarray]:
+    """The masked vectors `pack_masked` packed, as int64 arrays of `sizes` values (Flower's
+    weight factor first, then one per model array); a ValueError when they do not fit."""
+    data = bytes_to_ndarray(blob)
+    if data.dtype != np.uint8 or data.ndim != 1 or data.size < 1:
+        raise ValueError("masked vectors are one bit-packed uint8 array")
+    bits, total = int(data[0]), sum(sizes)
+    if not 1 <= bits <= 63 or data.size != 1 + -(-total * bits // 8):
+        raise ValueError(f"{data.size - 1} bytes do not hold {total} values of {bits} bits")
+    planes = np.unpackbits(data[1:], count=total * bits, bitorder="little").reshape(total, bits)
+    wide = np.zeros((total, 64), np.uint8)
+    wide[:, :bits] = planes
+    values = np.packbits(wide, axis=1, bitorder="little").view("<u8").ravel().astype(np.int64)
+    return np.split(values, np.cumsum(sizes)[:-1])
+
+
+class UnpackedMasks:
+    """The grid Flower's SecAgg+ workflow talks to: bit-packed masked vectors (`pack_masked`)
+    are handed on as the arrays Flower's sites produced. It wraps the guarded grid, so bytes
+    are counted and the message contract checked as they travelled. `shapes`: the model's."""
+
+    def __init__(self, grid, shapes: Callable[[], tuple]):
+        self._grid, self._shapes = grid, shapes
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages, *, timeout: float | None = None):
+        replies = self._grid.send_and_receive(messages, timeout=timeout)
+        for reply in replies:
+            record = None if reply.has_error() else reply.content.config_records.get(SECAGG_CONFIGS)
+            if record is None or SecAggKey.MASKED_PARAMETERS not in record:
+                continue
+            shapes = [(1,), *self._shapes()]  # Flower's weight factor, then the model
+            try:
+                arrays = unpack_masked(record[SecAggKey.MASKED_PARAMETERS][0],
+                                       [int(np.prod(s)) for s in shapes])
+            except (ValueError, IndexError) as exc:
+                raise ContractViolation(f"site {self._grid.ledger.name(reply.metadata.src_node_id)}"
+                                        f": {SECAGG_CONFIGS}/{SecAggKey.MASKED_PARAMETERS}: "
+                                        f"{exc}") from None
+            record[SecAggKey.MASKED_PARAMETERS] = [
+                ndarray_to_bytes(a.reshape(s)) for a, s in zip(arrays, shapes)]
+        return replies
 
 
 def _state_arrays(ctxt: Context, key: str) -> list[np.ndarray] | None:
