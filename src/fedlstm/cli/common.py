@@ -112,6 +112,8 @@ LocalEpochs = Annotated[Optional[int], typer.Option(help="E: local epochs per ro
 Compress = Annotated[Optional[str], typer.Option(
     help="Compress model updates: none | q8 (8-bit) | topk:RATIO (largest RATIO of each array, "
          "with error feedback) | topk:RATIO+q8. Bytes per round are always measured.")]
+SecAgg = Annotated[bool, typer.Option(
+    "--secagg", help="Flower SecAgg+: the server sees only the sum of updates.")]
 Window = Annotated[Optional[int], typer.Option(help="Records per window (W).")]
 Seed = Annotated[Optional[int], typer.Option()]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML or JSON run configuration.")]
@@ -178,6 +180,12 @@ def load_run_config(config: Path | None, overrides: list[str] | None, detector: 
             # supervised LSTM has (the hybrid's anomaly part is not built for them yet)
             cfg = cfg.model_copy(update={"detector": "supervised"})
     return cfg
+
+
+def traffic_label(fed) -> str:
+    """The banner's note of how updates travel: `, SecAgg+, compress q8`."""
+    return ((", SecAgg+" if fed.secagg else "")
+            + (f", compress {fed.compress}" if fed.compress != "none" else ""))
 
 
 def federation_options(dataset, protocol, data_dir, clients, partition, strategy, rounds,

@@ -25,6 +25,7 @@ from fedlstm.cli.common import (
     Partition,
     Protocol,
     Rounds,
+    SecAgg,
     Seed,
     Strategy,
     Window,
@@ -36,6 +37,7 @@ from fedlstm.cli.common import (
     out_console,
     print_rounds,
     print_summary,
+    traffic_label,
 )
 
 deploy_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -235,8 +237,7 @@ def local(
     detector: DetectorOpt = None,
     alert_budget: AlertBudgetOpt = None,
     compress: Compress = None,
-    secagg: Annotated[bool, typer.Option(
-        "--secagg", help="Flower SecAgg+: the server sees only the sum of updates.")] = False,
+    secagg: SecAgg = False,
     overwrite: bool = False,
     resume: Annotated[bool, typer.Option(
         help="Continue a deployment that stopped (SuperLink, ServerApp or this command killed) "
@@ -260,8 +261,7 @@ def local(
                            f"{f.clients} SuperNodes, "
                            f"partition {f.partition}, {f.strategy}, {f.rounds} rounds x "
                            f"{f.local_epochs} local epochs, {security}"
-                           + (", SecAgg+" if f.secagg else "")
-                           + (f", compress {f.compress}" if f.compress != "none" else "")))
+                           + traffic_label(f)))
         start = time.perf_counter()
         with console.status("starting...") as status:
             def progress(message: str) -> None:

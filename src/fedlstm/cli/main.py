@@ -45,6 +45,7 @@ from fedlstm.cli.common import (
     Rounds,
     SchemaOpt,
     SchemasOpt,
+    SecAgg,
     Seed,
     Strategy,
     TestFile,
@@ -64,6 +65,7 @@ from fedlstm.cli.common import (
     out_console,
     print_rounds,
     print_summary,
+    traffic_label,
 )
 
 
@@ -254,7 +256,7 @@ def federate(
     dp: Annotated[bool, typer.Option("--dp", help="Record-level DP-SGD on every client.")] = False,
     epsilon: Annotated[Optional[float], typer.Option(help="With --dp: target ε per flow record over all planned rounds (calibrates the noise; δ = 1/(10 n) for n training records).")] = None,
     client_dp: Annotated[bool, typer.Option("--client-dp", help="Client-level DP: clipped updates + server Gaussian noise.")] = False,
-    secagg: Annotated[bool, typer.Option("--secagg", help="Flower SecAgg+: the server sees only the sum of updates.")] = False,
+    secagg: SecAgg = False,
     compress: Compress = None,
     defence: Defence = None,
     attack: Attack = None,
@@ -291,8 +293,7 @@ def federate(
                 + (", DP-SGD" if cfg.train.dp else "") + (", client-level DP" if f.client_dp else "")
                 + (f", inputs {f.inputs} (private encoders where schemas differ)"
                    if f.partition == "networks" else "")
-                + (", SecAgg+" if f.secagg else "")
-                + (f", compress {f.compress}" if f.compress != "none" else "")
+                + traffic_label(f)
                 + (f", defences {'+'.join(f.defences)}" if f.defences else "")
                 + (f", simulated attack {f.attack} by {f.malicious:.0%} of the sites"
                    if f.attack else "")))

@@ -105,12 +105,13 @@ def compression_mod(msg: Message, ctxt: Context, call_next) -> Message:
     feedback = ErrorFeedback(_state_arrays(ctxt, _STATE_RESIDUAL)) \
         if bool(ins.config.get(KEY_FEEDBACK, True)) else None
     target = feedback.compensate(update) if feedback else update
-    rng = np.random.default_rng([int(ins.config.get("seed", 0)), int(ctxt.node_id) & 0xFFFFFFFF])
     bound = float(ins.config[KEY_CLIPPING_NORM]) if KEY_CLIPPING_NORM in ins.config else None
     if KEY_SCALES in ins.config:  # SecAgg+ quantises and masks what this hands it
         scales = np.frombuffer(ins.config[KEY_SCALES], np.float64).tolist()
         packed, sent = to_shared_scale(target, scales, max_norm=bound)
     else:
+        rng = np.random.default_rng([int(ins.config.get("seed", 0)),
+                                     int(ctxt.node_id) & 0xFFFFFFFF])
         packed = encode(target, codec, rng, max_norm=bound)
         sent = decode(packed, codec, [s.shape for s in start]) if feedback else None
     if feedback:
@@ -329,18 +330,19 @@ class CompressedUpdates(Strategy):
             weights = [r + u for r, u in zip(self.reference, update)]
             unpacked.append((proxy, FitRes(res.status, ndarrays_to_parameters(weights),
                                            res.num_examples, res.metrics)))
+            if self.secagg:  # every result holds the same mean: the next round's scales
+                self.last_update = update
         self._settle(unpacked, failures)
         return self.strategy.aggregate_fit(server_round, unpacked, failures)
 
     def _unpack(self, arrays: list[np.ndarray], shapes) -> list[np.ndarray]:
         if not self.secagg:
             return decode(arrays, self.codec, shapes)
-        # SecAgg+ hands every result the same unmasked mean of what the sites sent.
+        # SecAgg+ hands every result the unmasked mean of what the sites sent: scaled values.
         if [tuple(np.shape(a)) for a in arrays] != [tuple(s) for s in shapes]:
             raise ValueError("the SecAgg+ sum does not have the model's array shapes")
-        self.last_update = [(np.asarray(a, np.float64) * s).astype(np.float32)
-                            for a, s in zip(arrays, self.scales)]
-        return self.last_update
+        return [(np.asarray(a, np.float64) * s).astype(np.float32)
+                for a, s in zip(arrays, self.scales)]
 
     def aggregate_evaluate(self, server_round, results, failures):
         self._settle(results, failures)

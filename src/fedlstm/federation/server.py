@@ -48,7 +48,7 @@ def sampled_clients(fed) -> int:
 
 
 class NoSiteTrained(RuntimeError):
-    """Every site that answered a round's training failed."""
+    """Every site asked to train in a round failed or did not answer."""
 
 
 class ServerTask:
@@ -211,9 +211,10 @@ class ServerTask:
         return agg
 
     def _require_training(self, server_round: int) -> None:
-        """A round in which every site that answered failed to train stops the run: going on
-        would release the previous model as if it had been trained (and a run whose every round
-        failed would end with an untrained detector and exit 0)."""
+        """A round in which no update was aggregated because every site asked to train failed
+        or did not answer stops the run: going on would release the previous model as if it had
+        been trained (and a run whose every round failed would end with an untrained detector
+        and exit 0)."""
         rec = self.round_record(server_round)
         if "clients_fit" in rec:
             return
