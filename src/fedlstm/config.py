@@ -120,6 +120,11 @@ class FederationConfig(_Strict):
     # Personalisation: epochs each site trains the final model on its own data before it
     # calibrates its detector (0: the federated model as it is).
     finetune_epochs: int = Field(0, ge=0)
+    # Federations across schemas: epochs and learning rate of each site's private head of its
+    # own attack families, trained on the frozen final model (0 epochs: no site head; alerts
+    # name shared families). Chosen on the sites' validation macro-F1 (docs/networks.md).
+    site_head_epochs: int = Field(40, ge=0)
+    site_head_lr: float = Field(0.03, gt=0)
     # fedavg | fedprox | fedadam, or a Byzantine-robust rule (fedlstm.federation.robust) that
     # tolerates `tolerate` x clients malicious sites: krum | multikrum | bulyan | median |
     # trimmed-mean.

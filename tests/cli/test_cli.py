@@ -22,6 +22,24 @@ def run_dir(datasets_dir, tmp_path_factory):
     return out
 
 
+def test_gradient_boosting_trains_from_the_cli_with_scores_and_no_bundle(datasets_dir, tmp_path):
+    """The baseline a user compares with: scores per family, no pickle for a bundle."""
+    out = tmp_path / "hgb"
+    result = runner.invoke(app, ["train", "--dataset", "nsl-kdd", "--detector", "supervised",
+                                 "--set", "model.name=hgb", "--task", "family", "--out", str(out),
+                                 "--data-dir", str(datasets_dir), *QUICK])
+    assert result.exit_code == 0, result.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["model"], m["task"]) == ("hgb", "family") and m["bundle_signed_by"] is None
+    assert set(m["evaluations"]["test"]["family"]["per_class"]) == {"normal", "dos", "probe",
+                                                                     "r2l", "u2r"}
+    assert not (out / "model.fedlstm").exists() and (out / "confusion_family_test.png").exists()
+    # without --detector supervised it is refused, never quietly replaced by the hybrid LSTM
+    result = runner.invoke(app, ["train", "--dataset", "nsl-kdd", "--set", "model.name=hgb",
+                                 "--out", str(tmp_path / "x"), "--data-dir", str(datasets_dir)])
+    assert result.exit_code == 2 and "--detector supervised" in result.output
+
+
 def test_train_writes_a_complete_run(run_dir):
     names = {p.name for p in run_dir.iterdir()}
     assert {"config.json", "metrics.json", "model.fedlstm", "learning_curves.png", "roc.png",

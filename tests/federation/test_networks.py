@@ -124,17 +124,24 @@ def test_three_schemas_federate_and_every_site_scores_its_own_tests(datasets_dir
                     if k.startswith("getpropertiesres.properties")}
             assert keys - {"client"} in ({"records"}, {"report"}), m
 
-    # Each site kept its own detector: it scores its test set as the site reported.
+    # Each site kept its own detector: it scores its test set as the site reported, and names
+    # the site's own attack families (its private head, trained after the last round).
     from fedlstm.detection.bundle import ModelBundle
-    from fedlstm.federation.networks import with_shared_families
     from fedlstm.tasks.base import evaluate_detector
 
     assert all(r["detector_saved"] for r in reports.values())
     bundle = ModelBundle.load(tmp_path / "sites" / "unsw-nb15" / "model.fedlstm")
-    assert bundle.model_name == "lstm-encoded" and bundle.window == 8  # UNSW-NB15's own window
+    assert bundle.model_name == "lstm-encoded-families" and bundle.window == 8  # its own W
+    assert bundle.task == "family" and bundle.class_names == get_spec("unsw-nb15").family_order
+    assert "exploits" in bundle.class_names and "remote-access" not in bundle.class_names
     test = data.site_tests(data.names.index("unsw-nb15"))["unsw-nb15/test"]
-    assert evaluate_detector(bundle, with_shared_families(test))["binary"]["accuracy"] == \
-        pytest.approx(reports["unsw-nb15"]["tests"]["unsw-nb15/test"]["binary"]["accuracy"])
+    ev = evaluate_detector(bundle, test)
+    reported = reports["unsw-nb15"]["tests"]["unsw-nb15/test"]
+    assert ev["binary"]["accuracy"] == pytest.approx(reported["binary"]["accuracy"])
+    assert ev["family"]["macro"]["f1"] == pytest.approx(reported["family"]["macro_f1"])
+    assert len(bundle.model.site_head.weight) == len(bundle.class_names) - 1
+    assert not {tuple(bundle.model.site_head.weight.shape)} & {
+        tuple(a.shape) for m in received for a in m.float_arrays}  # it never travelled
 
     inprocess = federate(cfg, data, None, engine="inprocess")
     for name, report in inprocess.result.items():

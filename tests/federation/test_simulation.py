@@ -35,6 +35,18 @@ def test_compare_local_centralised_and_fed_lstm(datasets_dir, tmp_path):
     assert (out / "comparison_curves.png").stat().st_size > 0
 
 
+def test_a_new_run_never_continues_what_a_failed_run_left(datasets_dir, tmp_path):
+    """A failed run keeps its checkpoint for --resume; a new run to the same --out stops rather
+    than silently continuing it, and --overwrite clears it."""
+    left = tmp_path / ".x.partial" / "checkpoints" / "last.pt"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"a failed run's checkpoint")
+    result = CliRunner().invoke(app, ["federate", "--out", str(tmp_path / "x"),
+                                      "--data-dir", str(datasets_dir)])
+    assert result.exit_code == 2 and "--resume" in result.output and "--overwrite" in result.output
+    assert left.read_bytes() == b"a failed run's checkpoint"  # kept, for --resume
+
+
 def test_resume_without_checkpoint_is_an_error(datasets_dir, tmp_path):
     result = CliRunner().invoke(app, ["federate", "--out", str(tmp_path / "x"), "--resume",
                                       "--data-dir", str(datasets_dir)])

@@ -90,3 +90,78 @@ def test_sliding_window_inference_pads_like_the_window_set(ends):
     got = model.forward_sliding(data.features, data.ends, 5, batch_size=64,
                                 starts=data.starts_of(data.ends))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_site_head_names_its_own_families_and_leaves_the_attack_score_alone():
+    """A site's private head of its own families trains on the frozen encoder and body with the
+    one loop: P(attack) stays the shared model's, the shared weights do not move, and the head
+    learns the families (here: dos is the attacks over ICMP)."""
+    from fedlstm.models.encoded import SiteFamiliesLSTM
+
+    def family_windows(seed):
+        recs = synthetic_records(600, seed)
+        family = np.where(recs.is_attack == 0, 0, np.where(recs.frame["proto"] == "icmp", 1, 2))
+        pre = FlowPreprocessor(["bytes", "rate"], ["flag", "proto"]).fit(
+            synthetic_records(400, 99).frame)
+        return pre, make_windows(pre.transform(recs.frame), family, 3)
+
+    pre, train = family_windows(0)
+    _, test = family_windows(1)
+    torch.manual_seed(0)
+    model = SiteFamiliesLSTM(pre.n_features_out, 3, n_shared_classes=2, hidden_size=8,
+                             shared_dim=4)
+    shared = {k: v.clone() for k, v in model.net.state_dict().items()}
+    shared_score = 1.0 - predict_proba(model.net, test)[:, 0]
+    model.freeze_shared()
+    fit(model, train, None, TrainConfig(epochs=15, batch_size=64, lr=2e-2), n_classes=3)
+    assert all(torch.equal(v, model.net.state_dict()[k]) for k, v in shared.items())
+    proba = predict_proba(model, test)  # the sliding pass
+    assert proba.sum(1) == pytest.approx(1.0, abs=1e-5)
+    assert 1.0 - proba[:, 0] == pytest.approx(shared_score, abs=1e-5)
+    model.eval()
+    with torch.no_grad():
+        plain = torch.softmax(model(test.batch(torch.arange(len(test)))[0]), 1).numpy()
+    assert plain == pytest.approx(proba, abs=1e-5)
+    y = test.window_labels.numpy()
+    attacks = y > 0
+    assert (1 + proba[attacks, 1:].argmax(1) == y[attacks]).mean() > 0.8  # chance: 0.5
+
+
+def test_probabilistic_baselines_name_families_and_the_others_stay_binary():
+    from fedlstm.config import RunConfig
+    from fedlstm.data.schemas import get_spec
+    from fedlstm.tasks import task_for
+
+    pre, train = _data(0)
+    _, test = _data(1)
+    labels = np.where(train.labels.numpy() == 0, 0, 1 + (train.features[:, 0] > 0.001).numpy())
+    train.labels = torch.as_tensor(labels)
+    det = ClassicalDetector("hgb", pre, 3, task="family",
+                            class_names=["normal", "dos", "probe", "u2r"]).fit(train, train)
+    proba = det.predict_proba(test)
+    assert proba.shape == (len(test), 4) and (proba[:, 3] == 0).all()  # u2r: no training row
+    assert det.decision_function(test) == pytest.approx(1.0 - proba[:, 0])
+    spec = get_spec("nsl-kdd")
+    for name, classes in (("hgb", spec.family_order), ("svm", ["normal", "attack"])):
+        cfg = RunConfig.model_validate({"model": {"name": name, "task": "family"}})
+        assert task_for(cfg).class_names(spec) == list(classes)
+
+
+def test_family_scores_name_a_record_as_detect_does():
+    """A flagged record is named by its most likely attack family even where P(normal) is the
+    largest single class (0.4 against 0.35 + 0.25); an unflagged one by its most likely class."""
+    from types import SimpleNamespace
+
+    from fedlstm.tasks.base import evaluate_detector
+
+    recs = synthetic_records(2, 0)
+    recs.family[:] = ["dos", "normal"]
+    recs.is_attack[:] = [1, 0]
+    pre = FlowPreprocessor(["bytes", "rate"], ["flag", "proto"]).fit(recs.frame)
+    proba = np.array([[0.4, 0.35, 0.25], [0.9, 0.05, 0.05]])
+    detector = SimpleNamespace(preprocessor=pre, window=1, task="family", threshold_=0.5,
+                               class_names=["normal", "dos", "probe"],
+                               decision_function=lambda data: 1.0 - proba[:, 0],
+                               predict_proba=lambda data: proba)
+    family = evaluate_detector(detector, recs)["family"]
+    assert family["accuracy"] == 1.0 and family["confusion_matrix"][1][1] == 1

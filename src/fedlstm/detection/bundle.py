@@ -82,6 +82,8 @@ class ModelParams(_Strict):
     kernel_size: int | None = Field(None, ge=1, le=64)  # the CNN baseline's
     shared_dim: int | None = Field(None, ge=1, le=MAX_HIDDEN)  # a site's encoder (networks)
     n_common: int | None = Field(None, ge=0, le=MAX_FEATURES)  # harmonised features in front
+    # a site's detector with its own head of families: the shared head's classes
+    n_shared_classes: int | None = Field(None, ge=2, le=MAX_CLASSES)
 
 
 class ModelSection(_Strict):

@@ -32,6 +32,7 @@ from fedlstm.features.windows import WindowSet
 from fedlstm.training.metrics import best_f1_threshold
 
 CLASSICAL = ("svm", "logreg", "rf", "hgb", "ae-ocsvm")
+FAMILY_METHODS = ("logreg", "rf", "hgb")  # probabilistic classifiers: they name attack families
 _LIMITS = {"svm": 20_000, "ae-ocsvm": 5_000}
 _AUTOENCODER_ROWS = 10_000
 _HGB_CELLS = 60_000_000
@@ -60,6 +61,10 @@ class ClassicalDetector:
     metadata: dict = field(default_factory=dict)
 
     @property
+    def model_name(self) -> str:
+        return self.name
+
+    @property
     def approximation(self) -> str | None:
         rows = getattr(self, "fit_rows_", None)
         if self.name == "hgb":
@@ -78,7 +83,11 @@ class ClassicalDetector:
         if self.name not in CLASSICAL:
             raise KeyError(f"unknown classical method {self.name!r}; known: {', '.join(CLASSICAL)}")
         rng = np.random.default_rng(self.seed)
-        x, y = flatten(train), (train.window_labels.numpy() > 0).astype(int)
+        labels = train.window_labels.numpy()
+        x, y = flatten(train), labels if self.task == "family" else (labels > 0).astype(int)
+        if self.task == "family" and self.name not in FAMILY_METHODS:
+            raise ValueError(f"{self.name} scores attack or normal only; attack families: "
+                             f"{', '.join(FAMILY_METHODS)}")
         keep = _subsample(len(x), self._row_limit(x), rng)
         self.fit_rows_ = (len(keep), len(x))
         if self.name == "ae-ocsvm":
@@ -122,7 +131,15 @@ class ClassicalDetector:
             return -self.estimator_.decision_function(self._encode(x))
         if self.name == "svm":
             return self.estimator_.decision_function(x)
+        if self.task == "family":  # class 0 is normal: the attack score is everything else
+            return 1.0 - self.predict_proba(data)[:, 0]
         return self.estimator_.predict_proba(x)[:, 1]
+
+    def predict_proba(self, data: WindowSet) -> np.ndarray:
+        """(n, classes): every class of `class_names`, 0 for one the training data lacked."""
+        proba = np.zeros((len(data), len(self.class_names)))
+        proba[:, self.estimator_.classes_] = self.estimator_.predict_proba(flatten(data))
+        return proba
 
     def predict(self, data: WindowSet) -> np.ndarray:
         return (self.decision_function(data) >= self.threshold_).astype(np.int64)

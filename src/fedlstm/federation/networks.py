@@ -25,23 +25,39 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from fedlstm.config import DATASET_DEFAULTS, RunConfig
 from fedlstm.data.readers import Records
-from fedlstm.data.spec import DatasetSpec
+from fedlstm.data.spec import NORMAL_FAMILY, DatasetSpec
 from fedlstm.data.taxonomy import SHARED_FAMILIES, to_shared
 from fedlstm.detection.bundle import ModelBundle
+from fedlstm.features.windows import WindowSet
 from fedlstm.federation.client import PREPROCESSING, ClientTask
 from fedlstm.federation.partitions import save_records
 from fedlstm.federation.server import ServerTask
-from fedlstm.models.encoded import EncodedLSTM, load_weights, private_weights, shared_weights
+from fedlstm.models.encoded import (
+    EncodedLSTM,
+    SiteFamiliesLSTM,
+    load_weights,
+    private_weights,
+    shared_weights,
+)
 from fedlstm.tasks import Task
-from fedlstm.tasks.base import Check, arrays_to_bytes, bytes_to_arrays, training_attacks
+from fedlstm.tasks.base import (
+    Check,
+    arrays_to_bytes,
+    bytes_to_arrays,
+    encode_labels,
+    training_attacks,
+)
+from fedlstm.training.loop import fit
 
 log = logging.getLogger(__name__)
 SITE_REPORT = "site-report"
 MODEL_NAME = "lstm-encoded"
+SITE_MODEL_NAME = "lstm-encoded-families"  # a site's detector: with its own head of families
 _STATE_PRIVATE = "networks.encoder"  # a site's encoder in its Flower context state
 
 
@@ -121,7 +137,12 @@ class NetworkSite(ClientTask):
 
     def __init__(self, task: Task, records: Records, spec: DatasetSpec, name: str = "client",
                  tests: dict[str, Records] | None = None, attack=None, out_dir=None):
-        super().__init__(task, with_shared_families(records), spec, name, attack)
+        super().__init__(task, records, spec, name, attack)
+        # The site's own families name its alerts (its private head); training and the server
+        # see the shared taxonomy.
+        self.own_train, self.own_val = self.train_records, self.val_records
+        self.train_records = with_shared_families(self.own_train)
+        self.val_records = with_shared_families(self.own_val)
         self.out_dir = out_dir  # where the site keeps its own detector (None: nowhere)
         # Windows as long as this network's own tuned length (its records' order decides what a
         # window of neighbours means; the shared LSTM reads sequences of any length).
@@ -131,7 +152,8 @@ class NetworkSite(ClientTask):
                 update={"window": window})})
             self.task = type(task)(self.cfg)
         self.classes = shared_classes(self.cfg)
-        self.tests = {k: with_shared_families(v) for k, v in (tests or {}).items()}
+        self.own_tests = tests or {}
+        self.tests = {k: with_shared_families(v) for k, v in self.own_tests.items()}
         self.private: list[np.ndarray] | None = None
         self.preprocessor = None
         self.detector = None
@@ -199,17 +221,49 @@ class NetworkSite(ClientTask):
         raise ValueError(f"unknown question {phase!r}; a site of a federation across schemas "
                          f"answers {[PREPROCESSING, SITE_REPORT]}")
 
+    def site_classes(self) -> list[str]:
+        """Normal, then the site's own attack families (its schema's order, then any other its
+        records name)."""
+        order = [f for f in self.spec.family_order if f != NORMAL_FAMILY]
+        seen = {f for r in (self.own_train, self.own_val, *self.own_tests.values())
+                for f in pd.unique(r.family)} - {NORMAL_FAMILY}
+        return [NORMAL_FAMILY, *order, *sorted(seen - set(order))]
+
+    def own_windows(self, windows: WindowSet, records: Records, classes: list[str]) -> WindowSet:
+        """The same windows labelled with the site's own families."""
+        labels = torch.as_tensor(encode_labels(records, "family", classes))
+        return WindowSet(windows.features, labels, windows.ends, windows.window, windows.starts)
+
+    def site_head(self, model: EncodedLSTM, classes: list[str]) -> SiteFamiliesLSTM:
+        """The trained model with a private head of the site's own families, trained by the one
+        loop on the frozen encoder and body, so P(attack) stays the federation's."""
+        params = {**self.model_params(), "n_shared_classes": len(self.classes)}
+        torch.manual_seed(self.cfg.seed * 1_000_003 + zlib.crc32(self.name.encode()) + 1)
+        net = SiteFamiliesLSTM(self.windows.train.n_features, len(classes), **params)
+        net.net.load_state_dict(model.state_dict())
+        net.freeze_shared()
+        train_cfg = self.cfg.train.model_copy(update={"lr": self.cfg.federation.site_head_lr})
+        fit(net, self.own_windows(self.windows.train, self.own_train, classes),
+            self.own_windows(self.windows.val, self.own_val, classes), train_cfg,
+            len(classes), seed=self.cfg.seed, epochs=self.cfg.federation.site_head_epochs)
+        return net
+
     def build_detector(self, weights: list[np.ndarray]) -> ModelBundle:
-        """This site's detector: its preprocessing and encoder, the shared body, and a threshold
-        from its own validation windows."""
+        """This site's detector: its preprocessing and encoder, the shared body, its own head of
+        attack families, and a threshold from its own validation windows."""
         cfg = self.cfg
+        model, name, params = self.model(weights), MODEL_NAME, self.model_params()
+        task, classes = cfg.model.task, self.classes
+        if cfg.federation.site_head_epochs and len(own := self.site_classes()) > 2:
+            model, name, task, classes = self.site_head(model, own), SITE_MODEL_NAME, "family", own
+            params = {**params, "n_shared_classes": len(self.classes)}
         detector = ModelBundle(spec=self.spec, preprocessor=self.preprocessor,
-                               model=self.model(weights).eval(), model_name=MODEL_NAME,
-                               model_params=self.model_params(), task=cfg.model.task,
-                               class_names=self.classes, window=cfg.windows.window,
+                               model=model.cpu().eval(), model_name=name, model_params=params,
+                               task=task, class_names=classes, window=cfg.windows.window,
                                threshold_=cfg.train.fixed_threshold,
                                metadata={"dataset": self.spec.name, "site": self.name,
-                                         "mode": "federated-networks", "created": time.time()})
+                                         "mode": "federated-networks",
+                                         "shared_classes": self.classes, "created": time.time()})
         self.task.calibrate(detector, self.windows, self.val_records)
         return detector
 
@@ -225,7 +279,9 @@ class NetworkSite(ClientTask):
         saved = self.save_detector()
         seen = training_attacks(self.train_records, self.val_records)
         tests = {}
-        for name, recs in self.tests.items():
+        # A detector with the site's head is scored on the site's own families.
+        own = self.detector.model_name == SITE_MODEL_NAME
+        for name, recs in (self.own_tests if own else self.tests).items():
             ev = self.task.evaluate(self.detector, recs, seen)
             tests[name] = {"binary": ev["binary"],
                            **({"family": {"accuracy": ev["family"]["accuracy"],

@@ -175,7 +175,7 @@ def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resu
     out = Path(out)
     if resume and not (partial_dir(out) / "checkpoints" / "last.pt").exists():
         raise FileNotFoundError(f"nothing to resume: no checkpoint in {partial_dir(out)}")
-    with staged_dir(out, overwrite=overwrite or resume, keep_on_failure=True) as stage:
+    with staged_dir(out, overwrite=overwrite, keep_on_failure=True, resume=resume) as stage:
         t = time.perf_counter()
         data = federated_data(cfg)
         timings = {"partition_seconds": time.perf_counter() - t}

@@ -7,14 +7,15 @@ from collections.abc import Callable
 from torch import nn
 
 from fedlstm.models.baselines import CNNClassifier, RNNClassifier
-from fedlstm.models.encoded import EncodedLSTM
+from fedlstm.models.encoded import EncodedLSTM, SiteFamiliesLSTM
 from fedlstm.models.hybrid import HybridLSTM
 from fedlstm.models.lstm import LSTMClassifier
 from fedlstm.models.sequence import LSTMAutoencoder, LSTMForecaster
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"lstm": LSTMClassifier, "rnn": RNNClassifier,
                                                  "cnn": CNNClassifier, "lstm-hybrid": HybridLSTM,
-                                                 "lstm-encoded": EncodedLSTM}
+                                                 "lstm-encoded": EncodedLSTM,
+                                                 "lstm-encoded-families": SiteFamiliesLSTM}
 # Models of normal traffic (reconstruct or forecast windows; no classes): the anomaly detector's.
 SEQUENCE_MODELS: dict[str, Callable[..., nn.Module]] = {"lstm-ae": LSTMAutoencoder,
                                                           "lstm-forecast": LSTMForecaster}

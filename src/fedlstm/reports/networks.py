@@ -8,6 +8,8 @@ set (official, or its random split where only one file exists) by:
 - the cross-schema federation (A+B+C: private encoders, shared body), with each input mode;
 - its centralised model (`fedlstm train` on that network, its tuned defaults) and gradient
   boosting on the same split (the strongest simple baseline).
+Each site's detector also names the site's own attack families (its private head); those are
+scored next to gradient boosting trained on the same families.
 Then one network is starved (a small share of its training rows) and its local-only model is
 compared with the federation that includes it. Zero-shot: each local-only model on the other
 networks of its own schema (another schema's records cannot be read by its encoder).
@@ -30,6 +32,7 @@ import numpy as np  # noqa: E402
 from fedlstm.config import RunConfig, load_config  # noqa: E402
 from fedlstm.federation.inprocess import run_inprocess  # noqa: E402
 from fedlstm.federation.networks import (  # noqa: E402
+    SITE_MODEL_NAME,
     NetworkServer,
     NetworkSite,
     with_shared_families,
@@ -43,7 +46,8 @@ NETWORKS = ("nsl-kdd", "kdd99", "unsw-nb15")
 LETTERS = {"nsl-kdd": "A", "kdd99": "B", "unsw-nb15": "C"}
 MODES = ("encoders", "harmonised")
 COLUMNS = ("local", "same-schema", "encoders", "harmonised", "centralised", "hgb")
-HEADINGS = {"local": "local-only", "same-schema": "same-schema fed. (A+B)",
+FAMILY_COLUMNS = ("local", "encoders", "harmonised", "hgb-family")
+HEADINGS = {"local": "local-only", "hgb-family": "gradient boosting", "same-schema": "same-schema fed. (A+B)",
             "encoders": "cross-schema fed., encoders", "harmonised": "cross-schema fed., harmonised",
             "centralised": "centralised LSTM", "hgb": "gradient boosting"}
 STUDY_ROWS = 20_000  # training rows per network (`fedlstm networks`, reproduce)
@@ -52,8 +56,13 @@ STARVE_FRACTION = 0.02
 
 def _score(ev: dict) -> dict:
     b = ev["binary"]
-    return {"accuracy": b["accuracy"], "fpr": b["fpr"], "f1": b["f1"],
-            "confusion_matrix": b["confusion_matrix"]}
+    out = {"accuracy": b["accuracy"], "fpr": b["fpr"], "f1": b["f1"],
+           "confusion_matrix": b["confusion_matrix"]}
+    if "family" in ev:  # a site report's, or a whole evaluation's
+        fam = ev["family"]
+        out["family"] = {"accuracy": fam["accuracy"],
+                         "macro_f1": fam["macro_f1"] if "macro_f1" in fam else fam["macro"]["f1"]}
+    return out
 
 
 def _main_test(tests: dict) -> str:
@@ -95,11 +104,12 @@ def _same_schema(cfg: RunConfig, networks: list[str]) -> dict:
             for ds in networks}
 
 
-def _centralised(base: RunConfig, dataset: str, model: str) -> dict:
+def _centralised(base: RunConfig, dataset: str, model: str, task: str = "binary") -> dict:
     """`fedlstm train --dataset DATASET` (its tuned defaults) on the network's own split."""
     from fedlstm.tasks.centralised import train
 
     overrides = [f"data.dataset={dataset}", f"seed={base.seed}", f"model.name={model}",
+                 f"model.task={task}",
                  f"data.protocol={base.data.protocol}", f"train.threshold={base.train.threshold}"]
     if base.data.max_train_rows:
         overrides.append(f"data.max_train_rows={base.data.max_train_rows}")
@@ -136,7 +146,9 @@ def _zero_shot(sites: list[NetworkSite], data: FederatedData) -> dict:
                 out[f"{site.name}->{other.name}"] = None  # its encoder cannot read that schema
                 continue
             tests = data.site_tests(j)
-            recs = with_shared_families(tests[_main_test(tests)])
+            recs = tests[_main_test(tests)]  # one schema: one family vocabulary
+            if site.detector.model_name != SITE_MODEL_NAME:
+                recs = with_shared_families(recs)
             out[f"{site.name}->{other.name}"] = _score(site.task.evaluate(
                 site.detector, recs, training_attacks(site.train_records)))
     return out
@@ -171,9 +183,10 @@ def run_seed(cfg: RunConfig, networks: list[str], modes=MODES, starved: tuple[st
         for name, r in _same_schema(cfg, same).items():
             cells[name]["same-schema"] = r["tests"]
     for name in data.names:
-        for model, key in (("lstm", "centralised"), ("hgb", "hgb")):
+        for model, key, task in (("lstm", "centralised", "binary"), ("hgb", "hgb", "binary"),
+                                 ("hgb", "hgb-family", "family")):
             progress(f"seed {cfg.seed}: {name} {key}")
-            cells[name][key] = _centralised(cfg, name, model)["tests"]
+            cells[name][key] = _centralised(cfg, name, model, task)["tests"]
     for name in starved:
         i = data.names.index(name)
         thin = starve(data, i, starve_fraction, cfg.seed)
@@ -227,7 +240,7 @@ def _sd(values: list[float]) -> float:
 def summarise(results: list[dict], networks: list[str], modes=MODES) -> dict:
     first = results[0]
     summary: dict = {"seeds": [r["seed"] for r in results], "protocols": first["protocols"],
-                     "cells": {}, "val": {}, "zero_shot": {}, "starved": {}}
+                     "cells": {}, "val": {}, "zero_shot": {}, "starved": {}, "families": {}}
     for name in networks:
         test = _main_test(first["cells"][name]["local"])
         summary["cells"][name] = {"test": test}
@@ -241,6 +254,17 @@ def summarise(results: list[dict], networks: list[str], modes=MODES) -> dict:
                     "fpr": _mean([x["fpr"] for x in runs]), "n_seeds": len(runs),
                     "confusion_matrix": np.sum([x["confusion_matrix"] for x in runs], 0).tolist()}
         summary["val"][name] = {m: _mean([r["val"][name].get(m) for r in results]) for m in modes}
+        families = {}
+        for col in FAMILY_COLUMNS:
+            runs = [(r["cells"][name].get(col, {}).get(test) or {}).get("family") for r in results]
+            runs = [x for x in runs if x]
+            if runs:
+                families[col] = {"macro_f1": _mean([x["macro_f1"] for x in runs]),
+                                 "macro_f1_sd": _sd([x["macro_f1"] for x in runs]),
+                                 "accuracy": _mean([x["accuracy"] for x in runs]),
+                                 "n_seeds": len(runs)}
+        if families:
+            summary["families"][name] = families
     for key in first.get("zero_shot", {}):
         runs = [r["zero_shot"][key] for r in results]
         summary["zero_shot"][key] = None if runs[0] is None else {
@@ -308,6 +332,24 @@ def starved_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
             "in the A+B+C federation", "gain"], rows
 
 
+def family_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    def cell(c):
+        if not c:
+            return "–"
+        sd = f" ± {c['macro_f1_sd']:.3f}" if c["n_seeds"] > 1 else ""
+        return f"{c['macro_f1']:.4f}{sd} ({c['accuracy']:.4f})"
+
+    names = list(summary.get("families", {}))
+    return (["network", *(HEADINGS[c] for c in FAMILY_COLUMNS)],
+            [[n, *(cell(summary["families"][n].get(c)) for c in FAMILY_COLUMNS)] for n in names])
+
+
+FAMILY_TEXT = ("Each site's own attack families (its private head on the final model; the "
+               "server never sees it): macro-F1 over the families present in the test set, "
+               "mean ± sd over seeds (accuracy over all classes, normal included); gradient "
+               "boosting is trained on the same families of the same split.")
+
+
 def zero_shot_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     rows = [[key.replace("->", " -> "),
              "n/a: another schema, its encoder cannot read it" if v is None
@@ -328,7 +370,7 @@ def description(cfg: RunConfig, summary: dict) -> str:
             "cross-schema is all three, each site with its private encoder (or, harmonised, "
             "the common flow vocabulary through a shared layer as well); centralised is "
             "`fedlstm train` on that network with its tuned defaults; gradient boosting "
-            "(`--model hgb`) on the same split.")
+            "(`--detector supervised --set model.name=hgb`) on the same split.")
 
 
 def table(cfg: RunConfig, summary: dict, networks: list[str], modes, command) -> str:
@@ -337,6 +379,9 @@ def table(cfg: RunConfig, summary: dict, networks: list[str], modes, command) ->
              *_md(*main_rows(summary, networks)), "", transfer_text(summary, networks), "",
              "Input modes compared on validation (mean validation accuracy of the last round):",
              "", *_md(*val_rows(summary, networks, modes))]
+    if summary.get("families"):
+        lines += ["", "## Each network's own attack families", "", FAMILY_TEXT, "",
+                  *_md(*family_rows(summary))]
     if summary.get("starved"):
         lines += ["", "## One network starved: it keeps a small share of its training rows, "
                   "the others keep theirs", "", *_md(*starved_rows(summary))]
@@ -361,6 +406,9 @@ def section(steps: list[dict], figs: Path, doc) -> None:
     doc.p("Input modes compared on validation (mean validation accuracy of the last round); "
           "the default, `federation.inputs=auto`, uses encoders:")
     doc.table(*val_rows(summary, networks, step["modes"]))
+    if summary.get("families"):
+        doc.p(FAMILY_TEXT)
+        doc.table(*family_rows(summary))
     if summary.get("starved"):
         doc.p("One network starved: it keeps a small share of its training rows, the others "
               "keep theirs.")

@@ -139,19 +139,25 @@ def _umask() -> int:
 
 
 @contextmanager
-def staged_dir(out: str | Path, overwrite: bool = False, keep_on_failure: bool = False):
+def staged_dir(out: str | Path, overwrite: bool = False, keep_on_failure: bool = False,
+               resume: bool = False):
     """Yield a staging folder that becomes `out` only on success, under `output_lock(out)`.
 
     `keep_on_failure` keeps the staging folder (and its checkpoints) after an error, so that a
-    resumed run continues from it; otherwise a failed run leaves nothing behind.
+    run with `resume` continues from it; otherwise a failed run leaves nothing behind. A new run
+    never continues a failed one's leftovers: it stops unless `overwrite` lets it clear them.
     """
     out = Path(out)
     with output_lock(out):
-        if out.exists() and not overwrite:
+        if out.exists() and not (overwrite or resume):
             raise RunExists(f"{out} already exists; choose another --out or pass --overwrite")
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = partial_dir(out)
-        if not keep_on_failure:
+        left = stage.is_dir() and any(stage.iterdir())
+        if left and keep_on_failure and not resume and not overwrite:
+            raise RunExists(f"{stage} holds what a failed run left (its checkpoints); pass "
+                            "--resume to continue it, or --overwrite to start a new run")
+        if not resume:
             shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(exist_ok=True)
         try:
@@ -227,8 +233,13 @@ def write_results(stage: Path, cfg: RunConfig, bundle, evaluations: dict, extra:
     the anomaly detector its calibration and a precision-recall figure."""
     title = run_title(bundle)
     (stage / "config.json").write_text(cfg.model_dump_json(indent=2))
-    key = run_signing_key()
-    bundle.save(stage / BUNDLE_NAME, key, sign=key is not None)
+    key = None
+    if hasattr(bundle, "save"):
+        key = run_signing_key()
+        bundle.save(stage / BUNDLE_NAME, key, sign=key is not None)
+    else:  # a scikit-learn baseline: a bundle would be a pickle, which runs code when loaded
+        log.warning("%s is a baseline for comparison: its run has scores and plots, no %s",
+                    bundle.model_name, BUNDLE_NAME)
     if isinstance(bundle, MahalanobisDetector):
         extra = {"anomaly": calibration_summary(bundle), **extra}
     metrics = {

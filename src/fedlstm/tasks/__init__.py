@@ -23,7 +23,10 @@ def task_for(cfg: RunConfig) -> Task:
     """The detector kind a configuration asks for: `detector`, where a supervised detector with a
     classical model name (svm, hgb, ...) is that scikit-learn baseline."""
     kind = cfg.detector
-    if kind == "supervised" and cfg.model.name in CLASSICAL:
+    if cfg.model.name in CLASSICAL:
+        if kind != "supervised":  # never train another detector than the one asked for
+            raise ValueError(f"model {cfg.model.name} is a supervised baseline, not a {kind} "
+                             "detector: pass --detector supervised")
         kind = "classical"
     return TASKS[kind](cfg)
 

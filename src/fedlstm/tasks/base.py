@@ -100,8 +100,10 @@ def evaluate_detector(detector, records: Records) -> dict:
     result["flagged_by_family"] = recall_by_group(flagged, records.family[ends])
     result["flagged_by_attack"] = recall_by_group(flagged, records.attack[ends])
     if detector.task == "family":
+        # What `detect` names: an alert's most likely attack family, else the most likely class.
         proba = detector.predict_proba(data)
-        result["family"] = multiclass_metrics(labels[ends], proba.argmax(1), detector.class_names)
+        named = np.where(flagged == 1, 1 + proba[:, 1:].argmax(1), proba.argmax(1))
+        result["family"] = multiclass_metrics(labels[ends], named, detector.class_names)
     result["_curve"] = {"y": is_attack, "score": score}
     return result
 
