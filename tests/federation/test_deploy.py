@@ -190,6 +190,9 @@ def test_networks_of_three_schemas_deploy_with_encoders_kept_on_the_sites(
         for test, ev in report["tests"].items():
             assert ev["binary"]["accuracy"] == pytest.approx(
                 simulated[site]["tests"][test]["binary"]["accuracy"], abs=1e-9), (site, test)
+            # each site's private head of its own families, trained in the report's process
+            assert ev["family"]["macro_f1"] == pytest.approx(
+                simulated[site]["tests"][test]["family"]["macro_f1"], abs=1e-6), (site, test)
 
 
 def test_unregistered_supernode_is_rejected(federation, tmp_path):

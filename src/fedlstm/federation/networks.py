@@ -234,12 +234,15 @@ class NetworkSite(ClientTask):
         labels = torch.as_tensor(encode_labels(records, "family", classes))
         return WindowSet(windows.features, labels, windows.ends, windows.window, windows.starts)
 
+    def site_model_params(self) -> dict:
+        return {**self.model_params(), "n_shared_classes": len(self.classes)}
+
     def site_head(self, model: EncodedLSTM, classes: list[str]) -> SiteFamiliesLSTM:
         """The trained model with a private head of the site's own families, trained by the one
         loop on the frozen encoder and body, so P(attack) stays the federation's."""
-        params = {**self.model_params(), "n_shared_classes": len(self.classes)}
         torch.manual_seed(self.cfg.seed * 1_000_003 + zlib.crc32(self.name.encode()) + 1)
-        net = SiteFamiliesLSTM(self.windows.train.n_features, len(classes), **params)
+        net = SiteFamiliesLSTM(self.windows.train.n_features, len(classes),
+                               **self.site_model_params())
         net.net.load_state_dict(model.state_dict())
         net.freeze_shared()
         train_cfg = self.cfg.train.model_copy(update={"lr": self.cfg.federation.site_head_lr})
@@ -256,7 +259,7 @@ class NetworkSite(ClientTask):
         task, classes = cfg.model.task, self.classes
         if cfg.federation.site_head_epochs and len(own := self.site_classes()) > 2:
             model, name, task, classes = self.site_head(model, own), SITE_MODEL_NAME, "family", own
-            params = {**params, "n_shared_classes": len(self.classes)}
+            params = self.site_model_params()
         detector = ModelBundle(spec=self.spec, preprocessor=self.preprocessor,
                                model=model.cpu().eval(), model_name=name, model_params=params,
                                task=task, class_names=classes, window=cfg.windows.window,
