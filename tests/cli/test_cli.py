@@ -34,10 +34,14 @@ def test_gradient_boosting_trains_from_the_cli_with_scores_and_no_bundle(dataset
     assert set(m["evaluations"]["test"]["family"]["per_class"]) == {"normal", "dos", "probe",
                                                                      "r2l", "u2r"}
     assert not (out / "model.fedlstm").exists() and (out / "confusion_family_test.png").exists()
-    # without --detector supervised it is refused, never quietly replaced by the hybrid LSTM
+    # without --detector supervised a baseline (or the RNN) is refused, never quietly replaced
+    # by the hybrid LSTM
     result = runner.invoke(app, ["train", "--dataset", "nsl-kdd", "--set", "model.name=hgb",
                                  "--out", str(tmp_path / "x"), "--data-dir", str(datasets_dir)])
     assert result.exit_code == 2 and "--detector supervised" in result.output
+    result = runner.invoke(app, ["train", "--dataset", "nsl-kdd", "--set", "model.name=rnn",
+                                 "--out", str(tmp_path / "x"), "--data-dir", str(datasets_dir)])
+    assert result.exit_code == 2 and "model rnn is not the hybrid" in result.output
 
 
 def test_train_writes_a_complete_run(run_dir):

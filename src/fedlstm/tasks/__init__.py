@@ -22,11 +22,12 @@ TASKS: dict[str, type[Task]] = {t.kind: t for t in (SupervisedTask, AnomalyTask,
 def task_for(cfg: RunConfig) -> Task:
     """The detector kind a configuration asks for: `detector`, where a supervised detector with a
     classical model name (svm, hgb, ...) is that scikit-learn baseline."""
-    kind = cfg.detector
-    if cfg.model.name in CLASSICAL:
-        if kind != "supervised":  # never train another detector than the one asked for
-            raise ValueError(f"model {cfg.model.name} is a supervised baseline, not a {kind} "
-                             "detector: pass --detector supervised")
+    kind, name = cfg.detector, cfg.model.name
+    # Never train another model than the one asked for: the hybrid is an LSTM.
+    if kind == "hybrid" and name != "lstm" or name in CLASSICAL and kind != "supervised":
+        raise ValueError(f"model {name} is not the {kind} detector's: pass --detector supervised "
+                         f"to train {name}")
+    if name in CLASSICAL:
         kind = "classical"
     return TASKS[kind](cfg)
 
