@@ -47,9 +47,10 @@ LETTERS = {"nsl-kdd": "A", "kdd99": "B", "unsw-nb15": "C"}
 MODES = ("encoders", "harmonised")
 COLUMNS = ("local", "same-schema", "encoders", "harmonised", "centralised", "hgb")
 FAMILY_COLUMNS = ("local", "encoders", "harmonised", "hgb-family")
-HEADINGS = {"local": "local-only", "hgb-family": "gradient boosting, same families", "same-schema": "same-schema fed. (A+B)",
+HEADINGS = {"local": "local-only", "same-schema": "same-schema fed. (A+B)",
             "encoders": "cross-schema fed., encoders", "harmonised": "cross-schema fed., harmonised",
-            "centralised": "centralised LSTM", "hgb": "gradient boosting"}
+            "centralised": "centralised LSTM", "hgb": "gradient boosting",
+            "hgb-family": "gradient boosting, same families"}
 STUDY_ROWS = 20_000  # training rows per network (`fedlstm networks`, reproduce)
 STARVE_FRACTION = 0.02
 
