@@ -247,32 +247,25 @@ def _networks_row(steps: Steps, header: list[str], row: list[str]) -> list[str]:
     seeds = [json.loads(p.read_text())["result"]
              for p in sorted(Path(step["out"], "seeds").glob("seed*.json"))]
 
-    def cell(runs: list[dict]) -> str:
+    def cell(runs: list[dict], value: str = "accuracy", bracket: str = "fpr",
+             places: int = 3) -> str:
         if not runs:
             return "–"
-        acc = [r["accuracy"] for r in runs]
-        sd = f" ± {np.std(acc, ddof=1):.3f}" if len(acc) > 1 else ""
-        return f"{np.mean(acc):.4f}{sd} ({np.mean([r['fpr'] for r in runs]):.3f})"
+        values = [r[value] for r in runs]
+        sd = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
+        return f"{np.mean(values):.4f}{sd} ({np.mean([r[bracket] for r in runs]):.{places}f})"
 
+    column = {v: k for k, v in HEADINGS.items()}
     if header[:2] == ["network", "test set"]:
         name, test = row[0].split()[-1], row[1].split(" (")[0]
-        column = {v: k for k, v in HEADINGS.items()}
         return row[:2] + [cell([s["cells"][name][column[h]][test] for s in seeds
                                 if column[h] in s["cells"][name]]) for h in header[2:]]
     if header[:2] == ["network", HEADINGS["local"]]:  # each network's own families
         name = row[0]
         test = sorted(seeds[0]["cells"][name]["local"], key=lambda k: (k.count("-21"), k))[0]
-        column = {v: k for k, v in HEADINGS.items()}
-
-        def family(runs: list[dict]) -> str:
-            if not runs:
-                return "–"
-            f1 = [r["macro_f1"] for r in runs]
-            sd = f" ± {np.std(f1, ddof=1):.3f}" if len(f1) > 1 else ""
-            return f"{np.mean(f1):.4f}{sd} ({np.mean([r['accuracy'] for r in runs]):.4f})"
-
-        return [name, *(family([s["cells"][name][column[h]][test]["family"] for s in seeds
-                                if column[h] in s["cells"][name]]) for h in header[1:])]
+        return [name, *(cell([s["cells"][name][column[h]][test]["family"] for s in seeds
+                              if column[h] in s["cells"][name]], "macro_f1", "accuracy", 4)
+                        for h in header[1:])]
     if header[0] == "network":  # input modes on validation
         return [row[0], *(f"{np.mean([s['val'][row[0]][m] for s in seeds]):.4f}"
                           for m in header[1:])]
