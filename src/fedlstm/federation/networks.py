@@ -152,8 +152,7 @@ class NetworkSite(ClientTask):
                 update={"window": window})})
             self.task = type(task)(self.cfg)
         self.classes = shared_classes(self.cfg)
-        self.own_tests = tests or {}
-        self.tests = {k: with_shared_families(v) for k, v in self.own_tests.items()}
+        self.tests = tests or {}  # with the site's own families (`scored_records`)
         self.private: list[np.ndarray] | None = None
         self.preprocessor = None
         self.detector = None
@@ -225,7 +224,7 @@ class NetworkSite(ClientTask):
         """Normal, then the site's own attack families (its schema's order, then any other its
         records name)."""
         order = [f for f in self.spec.family_order if f != NORMAL_FAMILY]
-        seen = {f for r in (self.own_train, self.own_val, *self.own_tests.values())
+        seen = {f for r in (self.own_train, self.own_val, *self.tests.values())
                 for f in pd.unique(r.family)} - {NORMAL_FAMILY}
         return [NORMAL_FAMILY, *order, *sorted(seen - set(order))]
 
@@ -233,6 +232,12 @@ class NetworkSite(ClientTask):
         """The same windows labelled with the site's own families."""
         labels = torch.as_tensor(encode_labels(records, "family", classes))
         return WindowSet(windows.features, labels, windows.ends, windows.window, windows.starts)
+
+    def scored_records(self, records: Records) -> Records:
+        """Records labelled in the vocabulary of this site's detector: its own families with its
+        own head, else the shared taxonomy."""
+        own = self.detector is not None and self.detector.model_name == SITE_MODEL_NAME
+        return records if own else with_shared_families(records)
 
     def site_model_params(self) -> dict:
         return {**self.model_params(), "n_shared_classes": len(self.classes)}
@@ -282,10 +287,8 @@ class NetworkSite(ClientTask):
         saved = self.save_detector()
         seen = training_attacks(self.train_records, self.val_records)
         tests = {}
-        # A detector with the site's head is scored on the site's own families.
-        own = self.detector.model_name == SITE_MODEL_NAME
-        for name, recs in (self.own_tests if own else self.tests).items():
-            ev = self.task.evaluate(self.detector, recs, seen)
+        for name, recs in self.tests.items():
+            ev = self.task.evaluate(self.detector, self.scored_records(recs), seen)
             tests[name] = {"binary": ev["binary"],
                            **({"family": {"accuracy": ev["family"]["accuracy"],
                                           "macro_f1": ev["family"]["macro"]["f1"]}}

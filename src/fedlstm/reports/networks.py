@@ -32,10 +32,8 @@ import numpy as np  # noqa: E402
 from fedlstm.config import RunConfig, load_config  # noqa: E402
 from fedlstm.federation.inprocess import run_inprocess  # noqa: E402
 from fedlstm.federation.networks import (  # noqa: E402
-    SITE_MODEL_NAME,
     NetworkServer,
     NetworkSite,
-    with_shared_families,
 )
 from fedlstm.federation.sites import FederatedData, federated_data, network_split  # noqa: E402
 from fedlstm.tasks import task_for  # noqa: E402
@@ -147,9 +145,7 @@ def _zero_shot(sites: list[NetworkSite], data: FederatedData) -> dict:
                 out[f"{site.name}->{other.name}"] = None  # its encoder cannot read that schema
                 continue
             tests = data.site_tests(j)
-            recs = tests[_main_test(tests)]  # one schema: one family vocabulary
-            if site.detector.model_name != SITE_MODEL_NAME:
-                recs = with_shared_families(recs)
+            recs = site.scored_records(tests[_main_test(tests)])  # one schema: one vocabulary
             out[f"{site.name}->{other.name}"] = _score(site.task.evaluate(
                 site.detector, recs, training_attacks(site.train_records)))
     return out

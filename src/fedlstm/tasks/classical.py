@@ -25,7 +25,7 @@ class ClassicalTask(Task):
         return class_names_for(spec, self.cfg.model.task)
 
     def site_windows(self, train, val, preprocessor, classes) -> SiteWindows:
-        cfg = self.cfg
+        cfg = self.cfg  # binary unless its model names families (`__init__`)
         return SiteWindows(windows_of(train, preprocessor, cfg, classes, stride=cfg.windows.stride),
                            windows_of(val, preprocessor, cfg, classes))
 
