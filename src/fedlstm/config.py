@@ -120,6 +120,11 @@ class FederationConfig(_Strict):
     # Personalisation: epochs each site trains the final model on its own data before it
     # calibrates its detector (0: the federated model as it is).
     finetune_epochs: int = Field(0, ge=0)
+    # Federations across schemas: epochs each site trains its private encoder, the shared body
+    # frozen, against the final model before it calibrates its detector (0: none; early stopping
+    # on its validation windows). Its encoder was last trained beside the body it sent, not the
+    # average it got back. 15 had the best validation accuracy of 0, 5, 15 (docs/networks.md).
+    align_epochs: int = Field(15, ge=0)
     # Federations across schemas: epochs and learning rate of each site's private head of its
     # own attack families, trained on the frozen final model (0 epochs: no site head; alerts
     # name shared families). Chosen on the sites' validation macro-F1 (docs/networks.md).

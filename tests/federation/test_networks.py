@@ -184,6 +184,38 @@ def test_record_level_dp_with_encoders_is_refused_with_the_option_that_works(dat
         NetworkServer(task_for(cfg))
 
 
+def test_a_site_aligns_its_encoder_to_the_final_body_and_the_shared_weights_stay(datasets_dir,
+                                                                                 three_networks):
+    """After the last round a site trains its encoder alone against the final body: the shared
+    arrays are exactly the federation's, the encoder moves, and its validation loss falls."""
+    from fedlstm.federation.networks import NetworkSite
+    from fedlstm.tasks import task_for
+
+    data, i = three_networks, NETWORKS.index("unsw-nb15")
+    cfg = _cfg(datasets_dir, inputs="encoders", clients=3, align_epochs=3)
+    site = NetworkSite(task_for(cfg), data.clients[i], data.specs[i], data.names[i],
+                       data.site_tests(i))
+    site.use_preprocessing()
+    final = shared_weights(site.new_model())  # any final model: here the site's first draw
+    val = site.windows.val
+
+    def val_loss(model) -> float:
+        logits = model.forward_sliding(val.features, val.ends, val.window, starts=val.starts)
+        return float(torch.nn.functional.cross_entropy(logits, val.window_labels))
+
+    before = site.model(final)
+    site.align_encoder(final)
+    after = site.model(final)
+    assert all(np.array_equal(a, b) for a, b in zip(shared_weights(after), final))
+    assert not all(np.array_equal(a, b) for a, b in
+                   zip(private_weights(after), private_weights(before)))
+    assert val_loss(after.eval()) < val_loss(before.eval())
+
+    report = site.report(final)  # the site's report adds its detector's validation scores
+    assert 0.5 <= report["validation"]["accuracy"] <= 1.0
+    assert set(report["validation"]) == {"accuracy", "fpr", "roc_auc"}
+
+
 def test_a_starved_site_keeps_a_seeded_share_of_its_rows(three_networks):
     from fedlstm.reports.networks import starve
 

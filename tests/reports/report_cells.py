@@ -241,7 +241,7 @@ def _target_row(steps: Steps, row: list[str]) -> list[str]:
 
 def _networks_row(steps: Steps, header: list[str], row: list[str]) -> list[str]:
     """A row of the Networks A, B, C tables, recomputed from the study's per-seed files."""
-    from fedlstm.reports.networks import HEADINGS
+    from fedlstm.reports.networks import HEADINGS, VALIDATION_HEADING
 
     step = next(s for s in steps.files.values() if s.get("kind") == "networks")
     seeds = [json.loads(p.read_text())["result"]
@@ -266,6 +266,13 @@ def _networks_row(steps: Steps, header: list[str], row: list[str]) -> list[str]:
         return [name, *(cell([s["cells"][name][column[h]][test]["family"] for s in seeds
                               if column[h] in s["cells"][name]], "macro_f1", "accuracy", 4)
                         for h in header[1:])]
+    if header[0] == VALIDATION_HEADING:  # each site's detector on its validation data
+        def val_cell(runs: list[dict]) -> str:
+            auc = [r["roc_auc"] for r in runs if r["roc_auc"] is not None]
+            return f"{np.mean([r['accuracy'] for r in runs]):.4f}" + (
+                f" ({np.mean(auc):.4f})" if auc else "")
+        return [row[0], *(val_cell([s["detector_val"][row[0]][column[h]] for s in seeds])
+                          for h in header[1:])]
     if header[0] == "network":  # input modes on validation
         return [row[0], *(f"{np.mean([s['val'][row[0]][m] for s in seeds]):.4f}"
                           for m in header[1:])]

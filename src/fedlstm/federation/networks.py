@@ -38,6 +38,7 @@ from fedlstm.federation.client import PREPROCESSING, ClientTask
 from fedlstm.federation.partitions import save_records
 from fedlstm.federation.server import ServerTask
 from fedlstm.models.encoded import (
+    PRIVATE,
     EncodedLSTM,
     SiteFamiliesLSTM,
     load_weights,
@@ -256,6 +257,18 @@ class NetworkSite(ClientTask):
             len(classes), seed=self.cfg.seed, epochs=self.cfg.federation.site_head_epochs)
         return net
 
+    def align_encoder(self, weights: list[np.ndarray]) -> None:
+        """Train the site's encoder, the shared body and head frozen, against the final model by
+        the one training loop (early stopping on its validation windows). The encoder was last
+        trained beside the body this site sent; the average it got back was made mostly by the
+        other sites (a small site's most of all). The shared weights do not move."""
+        model = self.model(weights)
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith(PRIVATE))
+        fit(model, self.windows.train, self.windows.val, self.cfg.train, len(self.classes),
+            seed=self.cfg.seed, epochs=self.cfg.federation.align_epochs)
+        self.private = private_weights(model)
+
     def build_detector(self, weights: list[np.ndarray]) -> ModelBundle:
         """This site's detector: its preprocessing and encoder, the shared body, its own head of
         attack families, and a threshold from its own validation windows."""
@@ -283,6 +296,8 @@ class NetworkSite(ClientTask):
         if epochs:  # personalised: the final model, trained further on this site alone
             weights = self.fit(weights, epochs, seed=self.cfg.seed,
                                server_round=self.cfg.federation.rounds)[0]
+        if self.cfg.federation.align_epochs:
+            self.align_encoder(weights)
         self.detector = self.build_detector(weights)
         saved = self.save_detector()
         seen = training_attacks(self.train_records, self.val_records)
@@ -293,7 +308,9 @@ class NetworkSite(ClientTask):
                            **({"family": {"accuracy": ev["family"]["accuracy"],
                                           "macro_f1": ev["family"]["macro"]["f1"]}}
                               if "family" in ev else {})}
+        val = self.task.evaluate(self.detector, self.scored_records(self.own_val), seen)["binary"]
         return {"site": self.name, "dataset": self.spec.name, "detector_saved": saved,
+                "validation": {k: val[k] for k in ("accuracy", "fpr", "roc_auc")},
                 "threshold": float(self.detector.threshold_),
                 "train_records": int(len(self.train_records)), "tests": tests}
 

@@ -45,12 +45,17 @@ LETTERS = {"nsl-kdd": "A", "kdd99": "B", "unsw-nb15": "C"}
 MODES = ("encoders", "harmonised")
 COLUMNS = ("local", "same-schema", "encoders", "harmonised", "centralised", "hgb")
 FAMILY_COLUMNS = ("local", "encoders", "harmonised", "hgb-family")
+VALIDATION_HEADING = "network (its validation data)"
 HEADINGS = {"local": "local-only", "same-schema": "same-schema fed. (A+B)",
             "encoders": "cross-schema fed., encoders", "harmonised": "cross-schema fed., harmonised",
             "centralised": "centralised LSTM", "hgb": "gradient boosting",
             "hgb-family": "gradient boosting, same families"}
 STUDY_ROWS = 20_000  # training rows per network (`fedlstm networks`, reproduce)
 STARVE_FRACTION = 0.02
+
+
+DETECTOR_VAL_TEXT = ("Each site's final detector on its own validation data (mean accuracy over "
+                     "seeds, ROC-AUC in brackets):")
 
 
 def _score(ev: dict) -> dict:
@@ -85,6 +90,7 @@ def _federate_sites(cfg: RunConfig, data: FederatedData, which: list[int]):
     val = server.rounds[max(server.rounds)].get("clients_val", {})
     return {s.name: {"tests": {k: _score(v) for k, v in server.reports[s.name]["tests"].items()},
                      "val_accuracy": val.get(s.name, {}).get("val_accuracy"),
+                     "validation": server.reports[s.name]["validation"],
                      "train_records": len(s.train_records)} for s in sites}, sites
 
 
@@ -154,7 +160,7 @@ def _zero_shot(sites: list[NetworkSite], data: FederatedData) -> dict:
 def run_seed(cfg: RunConfig, networks: list[str], modes=MODES, starved: tuple[str, ...] = (),
              starve_fraction: float = STARVE_FRACTION, progress=None) -> dict:
     progress = progress or (lambda text: None)
-    out: dict = {"seed": cfg.seed, "cells": {}, "val": {}, "starved": {}}
+    out: dict = {"seed": cfg.seed, "cells": {}, "val": {}, "detector_val": {}, "starved": {}}
     cells = out["cells"]
     base = _with_inputs(cfg, MODES[0], networks)
     data = federated_data(base)
@@ -167,11 +173,13 @@ def run_seed(cfg: RunConfig, networks: list[str], modes=MODES, starved: tuple[st
         for name, r in fed.items():
             cells.setdefault(name, {})[mode] = r["tests"]
             out["val"].setdefault(name, {})[mode] = r["val_accuracy"]
+            out["detector_val"].setdefault(name, {})[mode] = r["validation"]
     local_sites = []
     for i, name in enumerate(data.names):
         progress(f"seed {cfg.seed}: {name} alone")
         local, sites = _federate_sites(base, data, [i])
         cells[name]["local"] = local[name]["tests"]
+        out["detector_val"][name]["local"] = local[name]["validation"]
         local_sites += sites
     out["zero_shot"] = _zero_shot(local_sites, data)
     same = [n for n in networks if n in ("nsl-kdd", "kdd99")]
@@ -192,7 +200,9 @@ def run_seed(cfg: RunConfig, networks: list[str], modes=MODES, starved: tuple[st
         fed, _ = _federate_sites(base, thin, list(range(len(networks))))
         out["starved"][name] = {"fraction": starve_fraction,
                                 "train_records": local[name]["train_records"],
-                                "local": local[name]["tests"], "federated": fed[name]["tests"]}
+                                "local": local[name]["tests"], "federated": fed[name]["tests"],
+                                "validation": {"local": local[name]["validation"],
+                                               "federated": fed[name]["validation"]}}
     return out
 
 
@@ -237,7 +247,8 @@ def _sd(values: list[float]) -> float:
 def summarise(results: list[dict], networks: list[str], modes=MODES) -> dict:
     first = results[0]
     summary: dict = {"seeds": [r["seed"] for r in results], "protocols": first["protocols"],
-                     "cells": {}, "val": {}, "zero_shot": {}, "starved": {}, "families": {}}
+                     "cells": {}, "val": {}, "detector_val": {}, "zero_shot": {}, "starved": {},
+                     "families": {}}
     for name in networks:
         test = _main_test(first["cells"][name]["local"])
         summary["cells"][name] = {"test": test}
@@ -251,6 +262,10 @@ def summarise(results: list[dict], networks: list[str], modes=MODES) -> dict:
                     "fpr": _mean([x["fpr"] for x in runs]), "n_seeds": len(runs),
                     "confusion_matrix": np.sum([x["confusion_matrix"] for x in runs], 0).tolist()}
         summary["val"][name] = {m: _mean([r["val"][name].get(m) for r in results]) for m in modes}
+        summary["detector_val"][name] = {
+            col: {k: _mean([(r.get("detector_val", {}).get(name, {}).get(col) or {}).get(k)
+                            for r in results]) for k in ("accuracy", "roc_auc")}
+            for col in ("local", *modes)}
         families = {}
         for col in FAMILY_COLUMNS:
             runs = [(r["cells"][name].get(col, {}).get(test) or {}).get("family") for r in results]
@@ -319,6 +334,23 @@ def val_rows(summary: dict, networks: list[str], modes) -> tuple[list[str], list
                                        for m in modes)] for n in networks]
 
 
+def detector_val_rows(summary: dict, networks: list[str], modes
+                      ) -> tuple[list[str], list[list[str]]]:
+    """Each site's final detector (after its encoder is aligned and its threshold set) on its own
+    validation data: what settings of the study are chosen on."""
+    cols = ("local", *modes)
+
+    def cell(c: dict) -> str:
+        if c.get("accuracy") is None:
+            return "–"
+        auc = f" ({c['roc_auc']:.4f})" if c.get("roc_auc") is not None else ""
+        return f"{c['accuracy']:.4f}{auc}"
+
+    val = summary.get("detector_val", {})
+    return ([VALIDATION_HEADING, *(HEADINGS[c] for c in cols)],
+            [[n, *(cell(val.get(n, {}).get(c, {})) for c in cols)] for n in networks])
+
+
 def starved_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for name, s in summary.get("starved", {}).items():
@@ -375,7 +407,8 @@ def table(cfg: RunConfig, summary: dict, networks: list[str], modes, command) ->
              description(cfg, summary), "", f"Command: `{command}`" if command else "", "",
              *_md(*main_rows(summary, networks)), "", transfer_text(summary, networks), "",
              "Input modes compared on validation (mean validation accuracy of the last round):",
-             "", *_md(*val_rows(summary, networks, modes))]
+             "", *_md(*val_rows(summary, networks, modes)), "", DETECTOR_VAL_TEXT, "",
+             *_md(*detector_val_rows(summary, networks, modes))]
     if summary.get("families"):
         lines += ["", "## Each network's own attack families", "", FAMILY_TEXT, "",
                   *_md(*family_rows(summary))]
@@ -403,6 +436,8 @@ def section(steps: list[dict], figs: Path, doc) -> None:
     doc.p("Input modes compared on validation (mean validation accuracy of the last round); "
           "the default, `federation.inputs=auto`, uses encoders:")
     doc.table(*val_rows(summary, networks, step["modes"]))
+    doc.p(DETECTOR_VAL_TEXT)
+    doc.table(*detector_val_rows(summary, networks, step["modes"]))
     if summary.get("families"):
         doc.p(FAMILY_TEXT)
         doc.table(*family_rows(summary))
