@@ -11,8 +11,9 @@ With `federation.inputs=harmonised`, the common flow vocabulary (`features.harmo
 bytes and packets each way, protocol, service and state classes) goes through a shared layer,
 and every site's remaining features through its encoder.
 
-After the last round every site builds its own detector (its preprocessing, its encoder, the
-shared body), sets its threshold on its own validation data and scores its own test sets; it
+After the last round every site aligns its encoder to the final body (the encoder alone trains
+against it), builds its own detector (its preprocessing, its encoder, the shared body), sets its
+threshold on its own validation data and scores its own test sets; it
 answers the server's "site-report" question with those scores only.
 """
 
