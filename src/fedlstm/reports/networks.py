@@ -263,9 +263,8 @@ def summarise(results: list[dict], networks: list[str], modes=MODES) -> dict:
                     "confusion_matrix": np.sum([x["confusion_matrix"] for x in runs], 0).tolist()}
         summary["val"][name] = {m: _mean([r["val"][name].get(m) for r in results]) for m in modes}
         summary["detector_val"][name] = {
-            col: {k: _mean([(r.get("detector_val", {}).get(name, {}).get(col) or {}).get(k)
-                            for r in results]) for k in ("accuracy", "roc_auc")}
-            for col in ("local", *modes)}
+            col: {k: _mean([r["detector_val"][name][col][k] for r in results])
+                  for k in ("accuracy", "roc_auc")} for col in ("local", *modes)}
         families = {}
         for col in FAMILY_COLUMNS:
             runs = [(r["cells"][name].get(col, {}).get(test) or {}).get("family") for r in results]
@@ -340,15 +339,13 @@ def detector_val_rows(summary: dict, networks: list[str], modes
     validation data: what settings of the study are chosen on."""
     cols = ("local", *modes)
 
-    def cell(c: dict) -> str:
-        if c.get("accuracy") is None:
-            return "–"
-        auc = f" ({c['roc_auc']:.4f})" if c.get("roc_auc") is not None else ""
+    def cell(c: dict) -> str:  # ROC-AUC is None where a validation set has one class only
+        auc = f" ({c['roc_auc']:.4f})" if c["roc_auc"] is not None else ""
         return f"{c['accuracy']:.4f}{auc}"
 
-    val = summary.get("detector_val", {})
+    val = summary["detector_val"]
     return ([VALIDATION_HEADING, *(HEADINGS[c] for c in cols)],
-            [[n, *(cell(val.get(n, {}).get(c, {})) for c in cols)] for n in networks])
+            [[n, *(cell(val[n][c]) for c in cols)] for n in networks])
 
 
 def starved_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
