@@ -22,3 +22,13 @@ def test_dp_sgd_falls_back_to_the_supervised_detector_and_a_named_kind_wins(tmp_
     assert load_run_config(path, []).detector == "supervised"
     assert load_run_config(path, ["detector=hybrid"]).detector == "hybrid"
     assert load_run_config(None, [], detector="anomaly").detector == "anomaly"
+
+
+def test_a_federation_across_schemas_runs_the_hybrid_with_one_site_per_network():
+    from fedlstm.cli.common import n_sites
+
+    cfg = load_run_config(None, ["federation.partition=networks",
+                                 'federation.networks=["nsl-kdd","kdd99","unsw-nb15"]'])
+    assert cfg.detector == "hybrid" and n_sites(cfg) == 3  # not federation.clients (5)
+    assert load_run_config(None, ["federation.partition=networks", "train.dp=true"]
+                           ).detector == "supervised"

@@ -167,14 +167,15 @@ def test_networks_of_three_schemas_deploy_with_encoders_kept_on_the_sites(
     """NSL-KDD, KDD99 and UNSW-NB15 as three SuperNodes: each keeps its encoder in its node
     state between ClientApp processes (Flower starts one per message: the report's process
     scores with the encoder the training process left; the same scores as the in-process
-    engine, whose sites are objects) and scores its own test set; the server writes every
-    site's report."""
+    engine, whose sites are objects) and scores its own test set with the default detector,
+    the hybrid (its model of normal traffic trained in the report's process too); the server
+    writes every site's report."""
     from fedlstm.federation.simulation import federate
     from fedlstm.federation.sites import federated_data
 
     cfg = load_config(None, ["data.max_train_rows=1000", "data.max_test_rows=300",
                              "model.hidden_size=8", "federation.shared_dim=4",
-                             "federation.evaluate_clients=false", "detector=supervised",
+                             "federation.evaluate_clients=false", "detector=hybrid",
                              "federation.partition=networks",
                              'federation.networks=["nsl-kdd","kdd99","unsw-nb15"]'],
                       data__data_dir=str(datasets_dir), federation__rounds=1)
@@ -193,6 +194,8 @@ def test_networks_of_three_schemas_deploy_with_encoders_kept_on_the_sites(
             # each site's private head of its own families, trained in the report's process
             assert ev["family"]["macro_f1"] == pytest.approx(
                 simulated[site]["tests"][test]["family"]["macro_f1"], abs=1e-6), (site, test)
+            for part, scores in ev["parts"].items():  # the hybrid's known-attack and novelty parts
+                assert scores == pytest.approx(simulated[site]["tests"][test]["parts"][part])
 
 
 def test_unregistered_supernode_is_rejected(federation, tmp_path):

@@ -150,14 +150,38 @@ def test_three_schemas_federate_and_every_site_scores_its_own_tests(datasets_dir
                 reports[name]["tests"][test]["binary"]["accuracy"], abs=1e-9)
 
 
-@pytest.mark.parametrize("inputs", ["harmonised"])
-def test_harmonised_inputs_federate_in_process(datasets_dir, three_networks, inputs):
-    from fedlstm.federation.simulation import federate
+def test_harmonised_inputs_federate_and_each_site_keeps_a_bundle(datasets_dir, three_networks,
+                                                                  tmp_path):
+    """Harmonised inputs: the common flow vocabulary in front of each site's own features. A
+    site's bundle records that vocabulary and scores its test set as the site reported."""
+    import json
+    import zipfile
 
-    server = federate(_cfg(datasets_dir, inputs=inputs), three_networks, None, engine="inprocess")
-    assert server.cfg.federation.inputs == inputs
+    from fedlstm.detection.bundle import BundleError, ModelBundle, _validated
+    from fedlstm.features.harmonise import COMMON_FEATURES, HarmonisedPreprocessor
+    from fedlstm.federation.simulation import federate
+    from fedlstm.tasks.base import evaluate_detector
+
+    data = three_networks
+    server = federate(_cfg(datasets_dir, inputs="harmonised"), data, tmp_path, engine="inprocess")
+    assert server.cfg.federation.inputs == "harmonised"
     assert sorted(server.result) == sorted(NETWORKS)
     assert server.rounds[2]["clients_val"].keys() == set(NETWORKS)
+    assert all(r["detector_saved"] for r in server.result.values())
+    path = tmp_path / "sites" / "kdd99" / "model.fedlstm"
+    bundle = ModelBundle.load(path)
+    assert isinstance(bundle.preprocessor, HarmonisedPreprocessor)
+    assert bundle.model_params["n_common"] == len(COMMON_FEATURES)
+    test = data.site_tests(data.names.index("kdd99"))["kdd99/test"]
+    assert evaluate_detector(bundle, test)["binary"]["accuracy"] == pytest.approx(
+        server.result["kdd99"]["tests"]["kdd99/test"]["binary"]["accuracy"])
+
+    # a bundle made under another common vocabulary is refused, naming it
+    with zipfile.ZipFile(path) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+    manifest["common_features"] = ["another", *COMMON_FEATURES[1:]]
+    with pytest.raises(BundleError, match="common flow vocabulary"):
+        _validated(path, manifest)  # what `ModelBundle.load` checks a manifest with
 
 
 def test_sites_of_one_schema_still_share_one_plain_model(datasets_dir):
@@ -174,14 +198,55 @@ def test_networks_of_different_schemas_are_refused_one_plain_model(datasets_dir)
         federated_data(_cfg(datasets_dir, inputs="shared"))
 
 
-def test_record_level_dp_with_encoders_is_refused_with_the_option_that_works(datasets_dir):
-    from fedlstm.federation.networks import NetworkServer
+def test_record_level_dp_trains_across_schemas_within_its_budget(datasets_dir, three_networks):
+    """DP-SGD through each site's private encoder and the shared body: every round's updates
+    spend no more than the target ε per flow, and each site still builds and scores its
+    detector (its alignment and head, which never leave it, train without DP)."""
+    from fedlstm.federation.simulation import federate
+
+    cfg = _cfg(datasets_dir, inputs="encoders", align_epochs=2, site_head_epochs=2)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={
+        "dp": True, "dp_target_epsilon": 3.0, "dp_seeded_noise": True})})
+    server = federate(cfg, three_networks, None, engine="inprocess")
+    spent = [server.rounds[r]["epsilon"] for r in (1, 2)]
+    assert 0 < spent[0] < spent[1] <= 3.0 + 0.05  # one budget over the planned rounds
+    assert sorted(server.result) == sorted(NETWORKS)
+    for report in server.result.values():
+        assert report["tests"] and all(0 <= t["binary"]["accuracy"] <= 1
+                                       for t in report["tests"].values())
+
+
+def test_hybrid_sites_add_their_own_normal_model_and_flag_what_either_part_flags(
+        datasets_dir, three_networks, tmp_path):
+    """--detector hybrid across schemas: the federation trains the supervised LSTM; each site
+    adds its own autoencoder of normal traffic after the last round. A record is an alert when
+    either part fires, and the site's bundle (a hybrid) scores its test set as reported."""
+    from fedlstm.detection.bundle import ModelBundle
+    from fedlstm.detection.hybrid import HybridDetector
+    from fedlstm.federation.inprocess import run_inprocess
+    from fedlstm.federation.networks import NetworkServer, NetworkSite
     from fedlstm.tasks import task_for
 
-    cfg = _cfg(datasets_dir, inputs="encoders")
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"dp": True})})
-    with pytest.raises(ValueError, match="client-level DP"):
-        NetworkServer(task_for(cfg))
+    data = three_networks
+    cfg = _cfg(datasets_dir, inputs="encoders", clients=3, align_epochs=2, site_head_epochs=2)
+    server = NetworkServer(task_for(cfg.model_copy(update={"detector": "hybrid"})))
+    sites = [NetworkSite(server.task, data.clients[i], data.specs[i], name, data.site_tests(i),
+                         out_dir=tmp_path / name) for i, name in enumerate(data.names)]
+    run_inprocess(server, sites)
+    for name, report in server.reports.items():
+        for ev in report["tests"].values():
+            known, novel, both = ev["parts"]["supervised"], ev["parts"]["anomaly"], ev["binary"]
+            assert both["recall"] >= max(known["recall"], novel["recall"]) - 1e-12
+            assert both["fpr"] >= max(known["fpr"], novel["fpr"]) - 1e-12
+            assert both["fpr"] <= known["fpr"] + novel["fpr"] + 1e-12
+    site = sites[data.names.index("unsw-nb15")]
+    bundle = ModelBundle.load(tmp_path / "unsw-nb15" / "model.fedlstm")
+    assert isinstance(bundle, HybridDetector) and bundle.model_name == "lstm-encoded-hybrid"
+    assert bundle.class_names == get_spec("unsw-nb15").family_order  # its own head, kept
+    test = data.site_tests(data.names.index("unsw-nb15"))["unsw-nb15/test"]
+    ev = site.novelty.evaluate(bundle, test, set())
+    reported = server.reports["unsw-nb15"]["tests"]["unsw-nb15/test"]
+    assert ev["binary"]["accuracy"] == pytest.approx(reported["binary"]["accuracy"])
 
 
 def test_a_site_aligns_its_encoder_to_the_final_body_and_the_shared_weights_stay(datasets_dir,
@@ -228,8 +293,8 @@ def test_a_starved_site_keeps_a_seeded_share_of_its_rows(three_networks):
 
 def test_sites_given_as_files_of_different_formats_federate(tmp_path):
     """A Zeek site and a CICFlowMeter site (`--train-file` with one `--schema` each): each is
-    scored on its own random split, through its own encoder; `fedlstm federate` picks the
-    supervised LSTM for them (the default hybrid is not built for encoders)."""
+    scored on its own random split, through its own encoder, by the default detector (the
+    hybrid: each site adds its own model of normal traffic)."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
@@ -244,12 +309,13 @@ def test_sites_given_as_files_of_different_formats_federate(tmp_path):
     cfg = load_run_config(None, ["model.hidden_size=8", "federation.rounds=1",
                                  "federation.shared_dim=4", "federation.partition=files"],
                           **byo_overrides(["zeek-conn", "cicflowmeter"], files, None))
-    assert cfg.detector == "supervised" and cfg.data.site_schemas == ["zeek-conn", "cicflowmeter"]
+    assert cfg.detector == "hybrid" and cfg.data.site_schemas == ["zeek-conn", "cicflowmeter"]
     data = federated_data(cfg)
     assert [s.name for s in data.specs] == ["zeek-conn", "cicflowmeter"]
     server = federate(cfg, data, None, engine="inprocess")
     assert [sorted(r["tests"]) for r in server.result.values()] == \
         [[f"{name}/test"] for name in data.names]
+    assert all("parts" in ev for r in server.result.values() for ev in r["tests"].values())
     with pytest.raises(ValueError, match="test-file"):
         federated_data(cfg.model_copy(update={"data": cfg.data.model_copy(
             update={"test_file": str(files[0])})}))

@@ -11,15 +11,21 @@ from conftest import synthetic_records
 from fedlstm.config import RunConfig, TrainConfig
 from fedlstm.features import FlowPreprocessor
 from fedlstm.features.windows import make_windows
+from fedlstm.models.encoded import EncodedLSTM
 from fedlstm.models.lstm import LSTMClassifier
 from fedlstm.tasks import task_for
 from fedlstm.training.loop import fit
 from fedlstm.training.privacy import epsilon, noise_for_epsilon, per_sample_clipped_gradients
 
 
-def test_per_sample_clipping_matches_autograd_per_sample_gradients():
+@pytest.mark.parametrize("model", ["lstm", "encoded", "harmonised"])
+def test_per_sample_clipping_matches_autograd_per_sample_gradients(model):
     torch.manual_seed(0)
-    model = LSTMClassifier(7, 3, hidden_size=5, dropout=0.0).eval()
+    # a plain LSTM, and one behind a site's private encoder (with common features in front)
+    model = {"lstm": lambda: LSTMClassifier(7, 3, hidden_size=5, dropout=0.0),
+             "encoded": lambda: EncodedLSTM(7, 3, hidden_size=5, dropout=0.0, shared_dim=4),
+             "harmonised": lambda: EncodedLSTM(7, 3, hidden_size=5, dropout=0.0, shared_dim=4,
+                                               n_common=3)}[model]().eval()
     x, y = torch.randn(6, 4, 7), torch.randint(0, 3, (6,))
     params = {k: v.detach() for k, v in model.named_parameters()}
 
@@ -29,6 +35,7 @@ def test_per_sample_clipping_matches_autograd_per_sample_gradients():
     reference = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
     ref_norm = torch.sqrt(sum((g.reshape(6, -1) ** 2).sum(1) for g in reference.values()))
     summed, norms, _ = per_sample_clipped_gradients(model, x, y, nn.CrossEntropyLoss(), 0.5)
+    assert summed.keys() == reference.keys()
     torch.testing.assert_close(norms, ref_norm, atol=1e-5, rtol=1e-5)
     scale = (0.5 / (ref_norm + 1e-6)).clamp(max=1)
     for name, g in reference.items():

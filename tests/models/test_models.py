@@ -56,6 +56,21 @@ def test_classical_baselines_share_the_detector_interface(name):
     assert (det.predict(test) == (score >= det.threshold_)).all()
 
 
+def test_the_kernel_svm_draws_its_landmarks_from_distinct_rows():
+    """Repeated rows (most of KDD99's) would make Nystroem's kernel matrix singular and the
+    SVM's scores depend on floating-point rounding: its landmarks are distinct rows."""
+    from fedlstm.features.windows import WindowSet
+
+    pre, train = _data(0, window=1, n=60)
+    _, val = _data(2, window=1)
+    repeat = torch.arange(len(train)).repeat(20)  # every window 20 times
+    repeated = WindowSet(train.features, train.labels, train.ends[repeat], 1)
+    det = ClassicalDetector("svm", pre, window=1).fit(repeated, val)
+    landmarks = det.estimator_[0].components_
+    assert len(np.unique(landmarks, axis=0)) == len(landmarks) <= len(train)
+    assert det.fit_rows_ == (len(repeated), len(repeated))  # the SVM itself sees every row
+
+
 def test_unknown_classical_method():
     pre, train = _data(0)
     with pytest.raises(KeyError):

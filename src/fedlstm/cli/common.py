@@ -172,14 +172,7 @@ def load_run_config(config: Path | None, overrides: list[str] | None, detector: 
         ("supervised" if data.get("train", {}).get("dp") else "hybrid")
     if kind == "anomaly":
         return anomaly_config(config, overrides, anomaly__alert_budget=alert_budget, **top)
-    cfg = RunConfig.model_validate({**data, "detector": kind})
-    if not (detector or data.get("detector")) and kind == "hybrid":
-        from fedlstm.federation.networks import needs_encoders
-
-        if needs_encoders(cfg):  # networks of different schemas: private encoders, which the
-            # supervised LSTM has (the hybrid's anomaly part is not built for them yet)
-            cfg = cfg.model_copy(update={"detector": "supervised"})
-    return cfg
+    return RunConfig.model_validate({**data, "detector": kind})
 
 
 def traffic_label(fed) -> str:
@@ -306,6 +299,13 @@ def print_summary(metrics: dict) -> None:
     out_console.print(summary_table(metrics))
     for warning in useless_model_warnings(metrics):
         console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
+
+
+def n_sites(cfg) -> int:
+    """How many sites a federated run has: one per file or network, else `federation.clients`."""
+    f = cfg.federation
+    return len(cfg.data.train_files) if f.partition == "files" else \
+        len(f.networks) if f.partition == "networks" else f.clients
 
 
 def data_label(cfg) -> Text:

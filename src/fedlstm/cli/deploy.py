@@ -31,9 +31,11 @@ from fedlstm.cli.common import (
     Window,
     command_line,
     console,
+    data_label,
     fail,
     federation_options,
     load_run_config,
+    n_sites,
     out_console,
     print_rounds,
     print_summary,
@@ -257,8 +259,8 @@ def local(
         f = cfg.federation
         security = ("TLS + SuperNode authentication" if tls and auth else "TLS" if tls
                     else "insecure (no TLS)") + (", front door" if front_door and tls else "")
-        console.print(Text(f"Fed-LSTM ({cfg.detector}) deployment on {cfg.data.dataset}: "
-                           f"{f.clients} SuperNodes, "
+        console.print(Text.assemble(f"Fed-LSTM ({cfg.detector}) deployment on ", data_label(cfg),
+                                    f": {n_sites(cfg)} SuperNodes, "
                            f"partition {f.partition}, {f.strategy}, {f.rounds} rounds x "
                            f"{f.local_epochs} local epochs, {security}"
                            + traffic_label(f)))

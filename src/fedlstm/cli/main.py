@@ -62,6 +62,7 @@ from fedlstm.cli.common import (
     federation_options,
     load_bundle,
     load_run_config,
+    n_sites,
     out_console,
     print_rounds,
     print_summary,
@@ -285,10 +286,9 @@ def federate(
                 raise FileExistsError(f"{out} already exists; choose another --out or pass "
                                       "--overwrite")
             f = cfg.federation
-            clients = len(cfg.data.train_files) if f.partition == "files" else f.clients
             console.print(Text.assemble(
                 f"fedlstm {__version__}: Fed-LSTM ({cfg.detector}) on ", data_label(cfg),
-                f", {clients} clients, partition {f.partition}, "
+                f", {n_sites(cfg)} clients, partition {f.partition}, "
                 f"{f.strategy}, {f.rounds} rounds x {f.local_epochs} local epochs"
                 + (", DP-SGD" if cfg.train.dp else "") + (", client-level DP" if f.client_dp else "")
                 + (f", inputs {f.inputs} (private encoders where schemas differ)"
@@ -386,6 +386,7 @@ def networks(
     inputs: Annotated[str, typer.Option(help="Comma-separated input modes of the cross-schema federation: encoders, harmonised.")] = "encoders,harmonised",
     starve: Annotated[str, typer.Option(help="Networks starved in turn (empty: none).")] = "nsl-kdd,kdd99,unsw-nb15",
     starve_fraction: Annotated[float, typer.Option(help="Share of its training rows a starved network keeps.")] = 0.02,
+    detector: Annotated[str, typer.Option(help="supervised (the study's LSTM) or hybrid (each site adds its own model of normal traffic; centralised: the hybrid too).")] = "supervised",
     max_train_rows: Annotated[Optional[int], typer.Option(help="Stratified subsample of each network's training data (every row: 0).")] = 20_000,
     out: Annotated[Path, typer.Option(help="Output folder (seeds are cached there).")] = Path("reports/networks"),
     config: ConfigFile = None,
@@ -397,7 +398,10 @@ def networks(
     from fedlstm.reports.networks import study
 
     try:
-        cfg = load_run_config(config, set_, "supervised", data__data_dir=data_dir,
+        if detector not in ("supervised", "hybrid"):
+            raise ValueError(f"--detector {detector!r}: the study compares supervised or hybrid "
+                             "detectors")
+        cfg = load_run_config(config, set_, detector, data__data_dir=data_dir,
                               data__max_train_rows=max_train_rows or None,
                               federation__partition="networks",
                               federation__networks=comma_list(networks))

@@ -44,6 +44,7 @@ from fedlstm.detection.signing import (
     verify_bundle,
 )
 from fedlstm.features import FlowPreprocessor
+from fedlstm.features.harmonise import COMMON_FEATURES, HarmonisedPreprocessor
 from fedlstm.features.windows import WindowSet, make_windows
 from fedlstm.models import MODELS, SEQUENCE_MODELS, build_model
 from fedlstm.training.objectives import predict_proba
@@ -167,6 +168,9 @@ class Manifest(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     sha256: dict[str, str]
     detector: Literal["mahalanobis", "hybrid"] | None = None
+    # harmonised inputs (a federation across schemas): the common flow vocabulary in front of
+    # the preprocessor's features, by name, so a bundle made under another one is refused
+    common_features: list[str] | None = Field(None, max_length=256)
     anomaly: AnomalySection | None = None
     hybrid: HybridSection | None = None
 
@@ -179,9 +183,13 @@ class Manifest(BaseModel):
                 else "classifier"
             raise ValueError(f"model.name {m.name!r} is not a known {kind}; known: "
                              f"{', '.join(registry)}")
-        if m.input_size != self.preprocessor.n_features_out:
+        if self.common_features is not None and self.common_features != COMMON_FEATURES:
+            raise ValueError(f"common_features {self.common_features[:5]}... are not this "
+                             f"version's common flow vocabulary {COMMON_FEATURES[:5]}...")
+        width = self.preprocessor.n_features_out + len(self.common_features or [])
+        if m.input_size != width:
             raise ValueError(f"model.input_size is {m.input_size} but the preprocessing gives "
-                             f"{self.preprocessor.n_features_out} features")
+                             f"{width} features")
         if m.n_classes != len(self.class_names):
             raise ValueError(f"model.n_classes is {m.n_classes} but there are "
                              f"{len(self.class_names)} class_names")
@@ -288,7 +296,7 @@ class ModelBundle:
         weights = buffer.getvalue()
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "fedlstm_version": __version__,
-            "spec": self.spec.model_dump(), "preprocessor": self.preprocessor.to_dict(),
+            "spec": self.spec.model_dump(), **_preprocessor_entries(self.preprocessor),
             "model": {"name": self.model_name, "params": self.model_params,
                       "input_size": self.preprocessor.n_features_out,
                       "n_classes": len(self.class_names)},
@@ -333,8 +341,7 @@ class ModelBundle:
         m = manifest.model
         params = m.params.model_dump(exclude_unset=True)
         model = _build_model(path, m, params, _state_dict(path, members[WEIGHTS]))
-        bundle = cls(spec=manifest.spec,
-                     preprocessor=FlowPreprocessor.from_dict(manifest.preprocessor.model_dump()),
+        bundle = cls(spec=manifest.spec, preprocessor=_loaded_preprocessor(path, manifest),
                      model=model, model_name=m.name, model_params=params, task=manifest.task,
                      class_names=manifest.class_names, window=manifest.window,
                      threshold_=manifest.threshold, metadata=manifest.metadata,
@@ -441,6 +448,25 @@ def _validated(path: Path, raw: dict) -> Manifest:
                             f"{e['msg'].removeprefix('Value error, ')}{shown}")
         raise BundleError(f"{path}: manifest.json does not describe a model fedlstm can load: "
                           + "; ".join(problems)) from exc
+
+
+def _preprocessor_entries(preprocessor) -> dict:
+    """The manifest's preprocessor state, and with harmonised inputs the common vocabulary."""
+    if isinstance(preprocessor, HarmonisedPreprocessor):
+        return {"preprocessor": preprocessor.preprocessor.to_dict(),
+                "common_features": list(COMMON_FEATURES)}
+    return {"preprocessor": preprocessor.to_dict()}
+
+
+def _loaded_preprocessor(path: Path, manifest: Manifest):
+    pre = FlowPreprocessor.from_dict(manifest.preprocessor.model_dump())
+    if manifest.common_features is None:
+        return pre
+    try:
+        return HarmonisedPreprocessor(pre, manifest.spec)
+    except (KeyError, ValueError) as exc:
+        raise BundleError(f"{path}: its schema {manifest.spec.name!r} cannot be harmonised "
+                          f"({exc})") from exc
 
 
 def _state_dict(path: Path, weights: bytes) -> dict[str, torch.Tensor]:

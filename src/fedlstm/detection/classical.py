@@ -106,15 +106,28 @@ class ClassicalDetector:
             self.threshold_ = best_f1_threshold((val.window_labels.numpy() > 0).astype(int),
                                                 self.decision_function(val))
             return self
+        if self.name == "svm":
+            self.estimator_ = self._kernel_svm(x[keep], y[keep])
+            self.threshold_ = 0.0
+            return self
         self.estimator_ = {
-            "svm": lambda: make_pipeline(Nystroem(n_components=300, random_state=self.seed),
-                                         LinearSVC(C=1.0)),
             "logreg": lambda: LogisticRegression(max_iter=1000),
             "rf": lambda: RandomForestClassifier(n_estimators=100, n_jobs=-1, random_state=self.seed),
             "hgb": lambda: HistGradientBoostingClassifier(random_state=self.seed),
         }[self.name]().fit(x[keep], y[keep])
-        self.threshold_ = 0.0 if self.name == "svm" else 0.5
+        self.threshold_ = 0.5
         return self
+
+    def _kernel_svm(self, x: np.ndarray, y: np.ndarray):
+        # Nystroem draws its landmarks from the rows it is fitted on. Repeated rows (most of
+        # KDD99's) make their kernel matrix singular, and the map then hinges on rounding: on
+        # one machine 1 and 2 BLAS threads gave 0.893 and 0.885 test accuracy. Landmarks are
+        # drawn from distinct rows; the SVM still trains on every row.
+        distinct = np.unique(x, axis=0)
+        feature_map = Nystroem(n_components=min(300, len(distinct)),
+                               random_state=self.seed).fit(distinct)
+        svm = LinearSVC(C=1.0).fit(feature_map.transform(x), y)
+        return make_pipeline(feature_map, svm)  # both fitted: the pipeline only chains them
 
     def _encode(self, x: np.ndarray) -> np.ndarray:
         # The code (encoder half: two tanh layers) plus the reconstruction error: a code alone

@@ -72,14 +72,19 @@ class StreamScorer:
         self.batch_size = batch_size
         self.evicted = 0
         self._tails: OrderedDict[object, np.ndarray] = OrderedDict()
-        pre = bundle.preprocessor
-        self.input_columns = [*pre.numeric_columns, *pre.categorical_columns]
-        owner = list(range(len(pre.numeric_columns)))
+        # Harmonised inputs (`features.harmonise`) put the common flow vocabulary in front;
+        # each of those features is explained under its own name ("common:duration").
+        n_common = getattr(bundle.preprocessor, "n_common", 0)
+        pre = getattr(bundle.preprocessor, "preprocessor", bundle.preprocessor)
+        self.input_columns = [*bundle.preprocessor.feature_names_out_[:n_common],
+                              *pre.numeric_columns, *pre.categorical_columns]
+        first = n_common + len(pre.numeric_columns)  # the first categorical column's index
+        owner = list(range(first))
         for j, c in enumerate(pre.categorical_columns):
-            owner += [len(pre.numeric_columns) + j] * (len(pre.categories_[c]) + 1)
+            owner += [first + j] * (len(pre.categories_[c]) + 1)
         self._owner = np.array(owner, np.int64)  # preprocessed feature -> input column
         # Position of each categorical column's "unseen" one-hot bucket (the last of its block).
-        self._unseen_bucket = {c: int(np.flatnonzero(self._owner == len(pre.numeric_columns) + j)[-1])
+        self._unseen_bucket = {c: int(np.flatnonzero(self._owner == first + j)[-1])
                                for j, c in enumerate(pre.categorical_columns)}
         bundle.model.eval()
         self.hybrid = hasattr(bundle, "parts")  # classifier + normal-traffic model

@@ -271,6 +271,14 @@ class HarmonisedPreprocessor:
         return self.n_common + self.preprocessor.n_features_out
 
     @property
+    def numeric_columns(self) -> list[str]:
+        return self.preprocessor.numeric_columns
+
+    @property
+    def categorical_columns(self) -> list[str]:
+        return self.preprocessor.categorical_columns
+
+    @property
     def feature_names_out_(self) -> list[str]:
         return [f"common:{c}" for c in COMMON_FEATURES] + list(self.preprocessor.feature_names_out_)
 

@@ -15,6 +15,12 @@ After the last round every site aligns its encoder to the final body (the encode
 against it), builds its own detector (its preprocessing, its encoder, the shared body), sets its
 threshold on its own validation data and scores its own test sets; it
 answers the server's "site-report" question with those scores only.
+
+With `--detector hybrid` the federation still trains the supervised LSTM; after the last round
+each site also trains its own LSTM autoencoder of its normal traffic (it reads the site's
+columns, so it stays with the encoder) and its detector is the hybrid: an alert where the
+classifier says attack or the autoencoder's error is further from normal traffic than the alert
+budget allows on the site's normal validation traffic (`tasks.hybrid`).
 """
 
 from __future__ import annotations
@@ -29,11 +35,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedlstm.config import DATASET_DEFAULTS, RunConfig
+from fedlstm.config import DATASET_DEFAULTS, RunConfig, TrainConfig
 from fedlstm.data.readers import Records
 from fedlstm.data.spec import NORMAL_FAMILY, DatasetSpec
 from fedlstm.data.taxonomy import SHARED_FAMILIES, to_shared
 from fedlstm.detection.bundle import ModelBundle
+from fedlstm.detection.hybrid import HybridDetector
 from fedlstm.features.windows import WindowSet
 from fedlstm.federation.client import PREPROCESSING, ClientTask
 from fedlstm.federation.partitions import save_records
@@ -46,6 +53,8 @@ from fedlstm.models.encoded import (
     private_weights,
     shared_weights,
 )
+from fedlstm.models.hybrid import SiteHybridLSTM
+from fedlstm.models.sequence import LSTMAutoencoder
 from fedlstm.tasks import Task
 from fedlstm.tasks.base import (
     Check,
@@ -54,12 +63,16 @@ from fedlstm.tasks.base import (
     encode_labels,
     training_attacks,
 )
+from fedlstm.tasks.hybrid import HybridTask
+from fedlstm.tasks.supervised import SupervisedTask
 from fedlstm.training.loop import fit
+from fedlstm.training.objectives import SequenceObjective
 
 log = logging.getLogger(__name__)
 SITE_REPORT = "site-report"
 MODEL_NAME = "lstm-encoded"
 SITE_MODEL_NAME = "lstm-encoded-families"  # a site's detector: with its own head of families
+HYBRID_MODEL_NAME = "lstm-encoded-hybrid"  # and with its own autoencoder of normal traffic
 _STATE_PRIVATE = "networks.encoder"  # a site's encoder in its Flower context state
 
 
@@ -125,13 +138,11 @@ def site_window(cfg: RunConfig, spec: DatasetSpec) -> int:
 
 
 def check_supported(cfg: RunConfig) -> None:
-    if cfg.detector != "supervised" or cfg.model.name not in ("lstm", MODEL_NAME):
+    if cfg.detector not in ("supervised", "hybrid") or cfg.model.name not in ("lstm", MODEL_NAME):
         raise ValueError("a federation across schemas trains the supervised LSTM (private encoders "
-                         f"and a shared LSTM body); got detector={cfg.detector}, "
-                         f"model={cfg.model.name}")
-    if cfg.train.dp:
-        raise ValueError("record-level DP-SGD is implemented for the plain LSTM, not for private "
-                         "encoders; across schemas use client-level DP (--client-dp) instead")
+                         "and a shared LSTM body), and each site may add its own model of normal "
+                         "traffic (--detector hybrid); got "
+                         f"detector={cfg.detector}, model={cfg.model.name}")
 
 
 class NetworkSite(ClientTask):
@@ -153,6 +164,11 @@ class NetworkSite(ClientTask):
             self.cfg = self.cfg.model_copy(update={"windows": self.cfg.windows.model_copy(
                 update={"window": window})})
             self.task = type(task)(self.cfg)
+        # The federation trains the supervised LSTM; a hybrid site adds its own model of normal
+        # traffic after the last round (`with_normal_model`), calibrated as the hybrid is.
+        self.novelty = HybridTask(self.cfg) if self.cfg.detector == "hybrid" else None
+        if self.novelty is not None:
+            self.task = SupervisedTask(self.cfg)
         self.classes = shared_classes(self.cfg)
         self.tests = tests or {}  # with the site's own families (`scored_records`)
         self.private: list[np.ndarray] | None = None
@@ -169,8 +185,9 @@ class NetworkSite(ClientTask):
 
             pre = HarmonisedPreprocessor(pre, self.spec)
         self.preprocessor = pre
-        self.windows = self.task.site_windows(self.train_records, self.val_records, pre,
-                                              self.classes)
+        # the hybrid's windows add normal validation windows (μ, Σ) and the rest (its budget)
+        self.windows = (self.novelty or self.task).site_windows(self.train_records,
+                                                                self.val_records, pre, self.classes)
 
     def new_model(self) -> EncodedLSTM:
         self.use_preprocessing()
@@ -199,12 +216,10 @@ class NetworkSite(ClientTask):
         return {"records": int(len(self.train_records))}
 
     def save_detector(self) -> bool:
-        """The site's detector as a signed bundle in its own folder (`fedlstm detect` reads it).
-        Harmonised inputs have no bundle format yet: nothing is written for them."""
-        from fedlstm.features import FlowPreprocessor
+        """The site's detector as a signed bundle in its own folder (`fedlstm detect` reads it)."""
         from fedlstm.runs.rundir import BUNDLE_NAME, run_signing_key
 
-        if self.out_dir is None or not isinstance(self.preprocessor, FlowPreprocessor):
+        if self.out_dir is None:
             return False
         folder = Path(self.out_dir)
         folder.mkdir(parents=True, exist_ok=True)
@@ -238,11 +253,18 @@ class NetworkSite(ClientTask):
     def scored_records(self, records: Records) -> Records:
         """Records labelled in the vocabulary of this site's detector: its own families with its
         own head, else the shared taxonomy."""
-        own = self.detector is not None and self.detector.model_name == SITE_MODEL_NAME
+        own = self.detector is not None and "n_shared_classes" in self.detector.model_params
         return records if own else with_shared_families(records)
 
     def site_model_params(self) -> dict:
         return {**self.model_params(), "n_shared_classes": len(self.classes)}
+
+    def private_training(self, **update) -> TrainConfig:
+        """Training settings for what only trains the site's own layers after the last round
+        (its encoder's alignment, its head of families, its model of normal traffic): without
+        DP-SGD. Those layers and the detector they make never leave the site; record-level DP
+        covers what it sends, the shared arrays of every round."""
+        return self.cfg.train.model_copy(update={**update, "dp": False})
 
     def site_head(self, model: EncodedLSTM, classes: list[str]) -> SiteFamiliesLSTM:
         """The trained model with a private head of the site's own families, trained by the one
@@ -252,7 +274,7 @@ class NetworkSite(ClientTask):
                                **self.site_model_params())
         net.net.load_state_dict(model.state_dict())
         net.freeze_shared()
-        train_cfg = self.cfg.train.model_copy(update={"lr": self.cfg.federation.site_head_lr})
+        train_cfg = self.private_training(lr=self.cfg.federation.site_head_lr)
         fit(net, self.own_windows(self.windows.train, self.own_train, classes),
             self.own_windows(self.windows.val, self.own_val, classes), train_cfg,
             len(classes), seed=self.cfg.seed, epochs=self.cfg.federation.site_head_epochs)
@@ -266,27 +288,57 @@ class NetworkSite(ClientTask):
         model = self.model(weights)
         for name, param in model.named_parameters():
             param.requires_grad_(name.startswith(PRIVATE))
-        fit(model, self.windows.train, self.windows.val, self.cfg.train, len(self.classes),
-            seed=self.cfg.seed, epochs=self.cfg.federation.align_epochs)
+        fit(model, self.windows.train, self.windows.val, self.private_training(),
+            len(self.classes), seed=self.cfg.seed, epochs=self.cfg.federation.align_epochs)
         self.private = private_weights(model)
+
+    def with_normal_model(self, classifier: EncodedLSTM | SiteFamiliesLSTM, params: dict,
+                          n_classes: int) -> SiteHybridLSTM:
+        """The classifier with the site's own LSTM autoencoder of its normal traffic, trained by
+        the one loop on its normal training windows (early stopping on its normal validation
+        windows) for rounds x local epochs: what a single-schema hybrid's autoencoder gets."""
+        torch.manual_seed(self.cfg.seed * 1_000_003 + zlib.crc32(self.name.encode()) + 2)
+        n_features, fed = self.windows.train.n_features, self.cfg.federation
+        normal = LSTMAutoencoder(n_features, None, **self.task.model_params())
+        train, val = (w.subset(np.flatnonzero(w.window_labels.numpy() == 0))
+                      for w in (self.windows.train, self.windows.val))
+        if not len(train):
+            raise ValueError(f"site {self.name}: its training records hold no normal traffic, "
+                             "which the hybrid's model of normal traffic learns from; use "
+                             "--detector supervised")
+        fit(normal, train, val, self.private_training(), 1, seed=self.cfg.seed,
+            epochs=fed.rounds * fed.local_epochs, objective=SequenceObjective())
+        hybrid = SiteHybridLSTM(n_features, n_classes, **params)
+        hybrid.classifier.load_state_dict(classifier.state_dict())
+        hybrid.normal.load_state_dict(normal.state_dict())
+        return hybrid
 
     def build_detector(self, weights: list[np.ndarray]) -> ModelBundle:
         """This site's detector: its preprocessing and encoder, the shared body, its own head of
-        attack families, and a threshold from its own validation windows."""
+        attack families (and, hybrid, its own model of normal traffic), and thresholds from its
+        own validation windows."""
         cfg = self.cfg
         model, name, params = self.model(weights), MODEL_NAME, self.model_params()
         task, classes = cfg.model.task, self.classes
         if cfg.federation.site_head_epochs and len(own := self.site_classes()) > 2:
             model, name, task, classes = self.site_head(model, own), SITE_MODEL_NAME, "family", own
             params = self.site_model_params()
-        detector = ModelBundle(spec=self.spec, preprocessor=self.preprocessor,
-                               model=model.cpu().eval(), model_name=name, model_params=params,
-                               task=task, class_names=classes, window=cfg.windows.window,
-                               threshold_=cfg.train.fixed_threshold,
-                               metadata={"dataset": self.spec.name, "site": self.name,
-                                         "mode": "federated-networks",
-                                         "shared_classes": self.classes, "created": time.time()})
-        self.task.calibrate(detector, self.windows, self.val_records)
+        common = {"spec": self.spec, "preprocessor": self.preprocessor, "model_params": params,
+                  "task": task, "class_names": classes, "window": cfg.windows.window,
+                  "metadata": {"dataset": self.spec.name, "site": self.name,
+                               "mode": "federated-networks", "shared_classes": self.classes,
+                               "created": time.time()}}
+        if self.novelty is None:
+            detector = ModelBundle(model=model.cpu().eval(), model_name=name,
+                                   threshold_=cfg.train.fixed_threshold, **common)
+            self.task.calibrate(detector, self.windows, self.val_records)
+            return detector
+        a, model = cfg.anomaly, self.with_normal_model(model, params, len(classes))
+        detector = HybridDetector(model=model.cpu().eval(),
+                                  model_name=HYBRID_MODEL_NAME, threshold_=1.0,
+                                  target_fpr=a.alert_budget, min_shrinkage=a.min_shrinkage,
+                                  supervised_threshold_=cfg.train.fixed_threshold, **common)
+        self.novelty.calibrate(detector, self.windows, self.val_records)
         return detector
 
     def report(self, weights: list[np.ndarray]) -> dict:
@@ -302,14 +354,19 @@ class NetworkSite(ClientTask):
         self.detector = self.build_detector(weights)
         saved = self.save_detector()
         seen = training_attacks(self.train_records, self.val_records)
+        evaluate = (self.novelty or self.task).evaluate
         tests = {}
         for name, recs in self.tests.items():
-            ev = self.task.evaluate(self.detector, self.scored_records(recs), seen)
+            ev = evaluate(self.detector, self.scored_records(recs), seen)
             tests[name] = {"binary": ev["binary"],
                            **({"family": {"accuracy": ev["family"]["accuracy"],
                                           "macro_f1": ev["family"]["macro"]["f1"]}}
-                              if "family" in ev else {})}
-        val = self.task.evaluate(self.detector, self.scored_records(self.own_val), seen)["binary"]
+                              if "family" in ev else {}),
+                           # the hybrid's parts alone: known attacks, novelty
+                           **({"parts": {part: {k: m[k] for k in ("accuracy", "fpr", "recall")}
+                                         for part, m in ev["parts"].items()}}
+                              if "parts" in ev else {})}
+        val = evaluate(self.detector, self.scored_records(self.own_val), seen)["binary"]
         return {"site": self.name, "dataset": self.spec.name, "detector_saved": saved,
                 "validation": {k: val[k] for k in ("accuracy", "fpr", "roc_auc")},
                 "threshold": float(self.detector.threshold_),

@@ -8,14 +8,15 @@ from torch import nn
 
 from fedlstm.models.baselines import CNNClassifier, RNNClassifier
 from fedlstm.models.encoded import EncodedLSTM, SiteFamiliesLSTM
-from fedlstm.models.hybrid import HybridLSTM
+from fedlstm.models.hybrid import HybridLSTM, SiteHybridLSTM
 from fedlstm.models.lstm import LSTMClassifier
 from fedlstm.models.sequence import LSTMAutoencoder, LSTMForecaster
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"lstm": LSTMClassifier, "rnn": RNNClassifier,
                                                  "cnn": CNNClassifier, "lstm-hybrid": HybridLSTM,
                                                  "lstm-encoded": EncodedLSTM,
-                                                 "lstm-encoded-families": SiteFamiliesLSTM}
+                                                 "lstm-encoded-families": SiteFamiliesLSTM,
+                                                 "lstm-encoded-hybrid": SiteHybridLSTM}
 # Models of normal traffic (reconstruct or forecast windows; no classes): the anomaly detector's.
 SEQUENCE_MODELS: dict[str, Callable[..., nn.Module]] = {"lstm-ae": LSTMAutoencoder,
                                                           "lstm-forecast": LSTMForecaster}

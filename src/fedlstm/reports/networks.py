@@ -113,8 +113,10 @@ def _centralised(base: RunConfig, dataset: str, model: str, task: str = "binary"
     """`fedlstm train --dataset DATASET` (its tuned defaults) on the network's own split."""
     from fedlstm.tasks.centralised import train
 
+    # gradient boosting is the supervised baseline; the LSTM is the study's detector
+    detector = base.detector if model == "lstm" else "supervised"
     overrides = [f"data.dataset={dataset}", f"seed={base.seed}", f"model.name={model}",
-                 f"model.task={task}",
+                 f"model.task={task}", f"detector={detector}",
                  f"data.protocol={base.data.protocol}", f"train.threshold={base.train.threshold}"]
     if base.data.max_train_rows:
         overrides.append(f"data.max_train_rows={base.data.max_train_rows}")
@@ -396,7 +398,10 @@ def description(cfg: RunConfig, summary: dict) -> str:
             "cross-schema is all three, each site with its private encoder (or, harmonised, "
             "the common flow vocabulary through a shared layer as well); centralised is "
             "`fedlstm train` on that network with its tuned defaults; gradient boosting "
-            "(`--detector supervised --set model.name=hgb`) on the same split.")
+            "(`--detector supervised --set model.name=hgb`) on the same split."
+            + (" Detector: the hybrid in every column but gradient boosting (each site adds its "
+               "own model of normal traffic after the last round; centralised: `fedlstm train "
+               "--detector hybrid`)." if cfg.detector == "hybrid" else ""))
 
 
 def table(cfg: RunConfig, summary: dict, networks: list[str], modes, command) -> str:

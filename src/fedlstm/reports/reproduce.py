@@ -350,8 +350,9 @@ def extra_config(key: str, the_plan: Plan, profile: Profile, root: Path) -> RunC
 
 # The Networks A, B, C study (`reports.networks`): every network subsampled to
 # networks.STUDY_ROWS training rows (it trains about 15 models per seed: local-only,
-# federations, centralised, gradient boosting, starved sites), the supervised LSTM (what private
-# encoders are built for), each network's tuned window, and the networks' rounds.
+# federations, centralised, gradient boosting, starved sites), the supervised LSTM (what the
+# federation trains: a hybrid site's model of normal traffic is its own, the same local-only and
+# federated), each network's tuned window, and the networks' rounds.
 NETWORKS_ROWS = networks.STUDY_ROWS
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from fedlstm.config import TrainConfig
 from fedlstm.features.windows import WindowSet
+from fedlstm.models.encoded import EncodedLSTM
 from fedlstm.models.lstm import LSTMClassifier
 from fedlstm.training import privacy
 from fedlstm.training.objectives import Objective
@@ -199,8 +200,11 @@ class _DPState:
     def __init__(self, cfg: TrainConfig, train: WindowSet, steps_per_epoch: int, epochs: int,
                  dp_steps: tuple[int, int] | None, model: nn.Module, objective: Objective,
                  generator: torch.Generator, released: tuple[float, ...] = ()):
-        if not isinstance(model, LSTMClassifier) or type(objective) is not Objective:
-            raise ValueError("DP-SGD is implemented for the LSTM classifier's objective only")
+        if not isinstance(model, (LSTMClassifier, EncodedLSTM)) or type(objective) is not Objective:
+            raise ValueError("DP-SGD is implemented for the LSTM classifier's objective only "
+                             "(a plain LSTM, or one behind a site's private encoder)")
+        if not all(p.requires_grad for p in model.parameters()):
+            raise ValueError("DP-SGD clips and noises every weight; this model has frozen ones")
         self.privacy, self.cfg, self.n = privacy, cfg, len(train)
         # Whoever knows the run seed (the server sends it) could replay seeded sampling and
         # noise and subtract the noise: both come from the OS unless asked to be reproducible.

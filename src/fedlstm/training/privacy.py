@@ -1,4 +1,5 @@
-"""Record-level DP-SGD for the LSTM detector: per-sample clipping, Gaussian noise, RDP accounting.
+"""Record-level DP-SGD for the LSTM detector (plain, or behind a site's private encoder in a
+federation across schemas): per-sample clipping, Gaussian noise, RDP accounting.
 
 Privacy accounting is Opacus's (RDP of the Poisson-subsampled Gaussian mechanism). Per-sample
 gradients are computed here because Opacus's route for recurrent models (its `DPLSTM` with
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedlstm.models.lstm import LSTMClassifier
+from fedlstm.models.encoded import EncodedLSTM
 
 # _opacus_lazily: importing Opacus pulls in its privacy engine, scipy and torch.distributed
 # (about 1 s). Flower starts a ClientApp process per message, so its accountant is imported
@@ -120,17 +121,28 @@ def _bisect(spent, target: float, tolerance: float = 0.005) -> float:
     return high
 
 
-def _forward_exposed(model: LSTMClassifier, x: torch.Tensor):
-    """The model's forward pass, written out so the gate pre-activations can be differentiated."""
+def _forward_exposed(model: nn.Module, x: torch.Tensor):
+    """The model's forward pass, written out so the gate pre-activations (and, before an
+    `EncodedLSTM`'s body, the encoder's pre-activations) can be differentiated. Returns the
+    logits, the gates, h_{t-1} per step, the head's input, the LSTM's input and the encoder's
+    pre-activation (None for a plain LSTM)."""
+    encoded = None
+    if isinstance(model, EncodedLSTM):
+        encoded = model.encoder(x[..., model.n_common:])
+        if model.common is not None:
+            encoded = encoded + model.common(x[..., :model.n_common])
+        inputs, model = torch.tanh(encoded), model.body
+    else:
+        inputs = x
     lstm = model.lstm
     if lstm.num_layers != 1 or lstm.bidirectional:
         raise NotImplementedError("DP-SGD supports single-layer unidirectional LSTMs")
     w_ih, w_hh = lstm.weight_ih_l0, lstm.weight_hh_l0
     bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
-    batch, steps, _ = x.shape
-    h = x.new_zeros(batch, lstm.hidden_size)
+    batch, steps, _ = inputs.shape
+    h = inputs.new_zeros(batch, lstm.hidden_size)
     c = torch.zeros_like(h)
-    projected = x @ w_ih.T  # all time steps at once
+    projected = inputs @ w_ih.T  # all time steps at once
     gates, previous = [], []
     for t in range(steps):
         g = projected[:, t] + h @ w_hh.T + bias
@@ -140,25 +152,28 @@ def _forward_exposed(model: LSTMClassifier, x: torch.Tensor):
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(cell)
         h = torch.sigmoid(o) * torch.tanh(c)
     features = model.dropout(h)
-    return model.head(features), gates, previous, features
+    return model.head(features), gates, previous, features, inputs, encoded
 
 
-def per_sample_clipped_gradients(model: LSTMClassifier, x: torch.Tensor, y: torch.Tensor,
+def per_sample_clipped_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                  loss_fn: nn.Module, max_grad_norm: float
                                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Sum over the batch of per-sample gradients clipped to `max_grad_norm`.
+    """Sum over the batch of per-sample gradients clipped to `max_grad_norm`, for an
+    `LSTMClassifier` or an `EncodedLSTM` (its encoder is a per-record linear map, so its
+    per-sample gradient is a sum over time of outer products too, and its norm joins the clip).
 
     Returns (summed clipped gradient per parameter name, per-sample norms, mean loss).
     """
-    logits, gates, previous, features = _forward_exposed(model, x)
+    logits, gates, previous, features, lstm_in, encoded = _forward_exposed(model, x)
     losses = loss_fn(logits, y) if getattr(loss_fn, "reduction", "mean") == "none" else \
         nn.functional.cross_entropy(logits, y, weight=getattr(loss_fn, "weight", None),
                                     reduction="none")
     # Each sample's loss depends only on its own activations: one backward of the sum gives
-    # every sample's gradient with respect to its own gates and logits.
-    grads = torch.autograd.grad(losses.sum(), [logits, *gates])
-    d_logits, d_gates = grads[0], torch.stack(grads[1:], dim=1)  # (B,C), (B,T,4H)
-    inputs = x.detach()
+    # every sample's gradient with respect to its own gates and logits (and encoder outputs).
+    wrt = [logits, *gates] + ([encoded] if encoded is not None else [])
+    grads = torch.autograd.grad(losses.sum(), wrt)
+    d_logits, d_gates = grads[0], torch.stack(grads[1:1 + len(gates)], dim=1)  # (B,C), (B,T,4H)
+    inputs = lstm_in.detach()
     hidden = torch.stack(previous, dim=1).detach()  # h_{t-1}, (B,T,H)
     feats = features.detach()
 
@@ -170,22 +185,35 @@ def per_sample_clipped_gradients(model: LSTMClassifier, x: torch.Tensor, y: torc
     norm2 = (gram_norm2(d_gates, inputs) + gram_norm2(d_gates, hidden)
              + 2 * (bias_sum ** 2).sum(1)
              + (d_logits ** 2).sum(1) * ((feats ** 2).sum(1) + 1))
+    if encoded is not None:
+        d_enc = grads[-1]  # (B,T,D)
+        site_x, common_x = x[..., model.n_common:], x[..., :model.n_common]
+        norm2 = norm2 + gram_norm2(d_enc, site_x) + (d_enc.sum(1) ** 2).sum(1)
+        if model.common is not None:
+            norm2 = norm2 + gram_norm2(d_enc, common_x)
     norms = norm2.clamp(min=0).sqrt()
     scale = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
     dg = d_gates * scale[:, None, None]
     dl = d_logits * scale[:, None]
+    prefix = "body." if encoded is not None else ""
     summed = {
-        "lstm.weight_ih_l0": torch.einsum("btk,bti->ki", dg, inputs),
-        "lstm.weight_hh_l0": torch.einsum("btk,btj->kj", dg, hidden),
-        "lstm.bias_ih_l0": dg.sum(dim=(0, 1)),
-        "lstm.bias_hh_l0": dg.sum(dim=(0, 1)),
-        "head.weight": dl.T @ feats,
-        "head.bias": dl.sum(0),
+        f"{prefix}lstm.weight_ih_l0": torch.einsum("btk,bti->ki", dg, inputs),
+        f"{prefix}lstm.weight_hh_l0": torch.einsum("btk,btj->kj", dg, hidden),
+        f"{prefix}lstm.bias_ih_l0": dg.sum(dim=(0, 1)),
+        f"{prefix}lstm.bias_hh_l0": dg.sum(dim=(0, 1)),
+        f"{prefix}head.weight": dl.T @ feats,
+        f"{prefix}head.bias": dl.sum(0),
     }
+    if encoded is not None:
+        de = d_enc * scale[:, None, None]
+        summed["encoder.weight"] = torch.einsum("btd,bti->di", de, site_x)
+        summed["encoder.bias"] = de.sum(dim=(0, 1))
+        if model.common is not None:
+            summed["common.weight"] = torch.einsum("btd,bti->di", de, common_x)
     return summed, norms, losses.mean().detach()
 
 
-def dp_sgd_step(model: LSTMClassifier, optimiser: torch.optim.Optimizer, x: torch.Tensor,
+def dp_sgd_step(model: nn.Module, optimiser: torch.optim.Optimizer, x: torch.Tensor,
                 y: torch.Tensor, loss_fn: nn.Module, max_grad_norm: float, noise_multiplier: float,
                 expected_batch: float, generator: torch.Generator,
                 anchor: list[torch.Tensor] | None = None, proximal_mu: float = 0.0) -> torch.Tensor:
