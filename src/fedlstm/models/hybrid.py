@@ -16,12 +16,12 @@ from fedlstm.models.lstm import LSTMClassifier
 from fedlstm.models.sequence import LSTMAutoencoder
 
 
-class HybridLSTM(nn.Module):
-    def __init__(self, input_size: int, n_classes: int, hidden_size: int = 64, num_layers: int = 1,
-                 dropout: float = 0.1):
-        super().__init__()
-        self.classifier = LSTMClassifier(input_size, n_classes, hidden_size, num_layers, dropout)
-        self.normal = LSTMAutoencoder(input_size, None, hidden_size, num_layers, dropout)
+class _ClassifierAndNormalModel(nn.Module):
+    """What the hybrid reads of its two parts: the classifier answers as a supervised model does
+    (forward, forward_sliding); the autoencoder gives its reconstruction of the window."""
+
+    classifier: nn.Module
+    normal: LSTMAutoencoder
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The classifier's logits: the model answers what a supervised one does."""
@@ -37,7 +37,15 @@ class HybridLSTM(nn.Module):
         return self.normal.prediction_and_target(x)
 
 
-class SiteHybridLSTM(nn.Module):
+class HybridLSTM(_ClassifierAndNormalModel):
+    def __init__(self, input_size: int, n_classes: int, hidden_size: int = 64, num_layers: int = 1,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.classifier = LSTMClassifier(input_size, n_classes, hidden_size, num_layers, dropout)
+        self.normal = LSTMAutoencoder(input_size, None, hidden_size, num_layers, dropout)
+
+
+class SiteHybridLSTM(_ClassifierAndNormalModel):
     """A site's novelty-aware detector in a federation across schemas: the federation's
     classifier (the site's encoder, the shared body and head, and the site's head of families
     when `n_shared_classes` is given) and the site's own LSTM autoencoder of its normal traffic.
@@ -53,14 +61,3 @@ class SiteHybridLSTM(nn.Module):
         self.classifier = EncodedLSTM(input_size, n_classes, **shape) if n_shared_classes is None \
             else SiteFamiliesLSTM(input_size, n_classes, n_shared_classes, **shape)
         self.normal = LSTMAutoencoder(input_size, None, hidden_size, num_layers, dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(x)
-
-    def forward_sliding(self, records: torch.Tensor, ends: torch.Tensor, window: int,
-                        batch_size: int = 1024, starts: torch.Tensor | None = None
-                        ) -> torch.Tensor:
-        return self.classifier.forward_sliding(records, ends, window, batch_size, starts)
-
-    def prediction_and_target(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.normal.prediction_and_target(x)
