@@ -74,9 +74,9 @@ class StreamScorer:
         self._tails: OrderedDict[object, np.ndarray] = OrderedDict()
         # Harmonised inputs (`features.harmonise`) put the common flow vocabulary in front;
         # each of those features is explained under its own name ("common:duration").
-        n_common = getattr(bundle.preprocessor, "n_common", 0)
-        pre = getattr(bundle.preprocessor, "preprocessor", bundle.preprocessor)
-        self.input_columns = [*bundle.preprocessor.feature_names_out_[:n_common],
+        pre = bundle.preprocessor
+        n_common = getattr(pre, "n_common", 0)
+        self.input_columns = [*pre.feature_names_out_[:n_common],
                               *pre.numeric_columns, *pre.categorical_columns]
         first = n_common + len(pre.numeric_columns)  # the first categorical column's index
         owner = list(range(first))

@@ -279,6 +279,10 @@ class HarmonisedPreprocessor:
         return self.preprocessor.categorical_columns
 
     @property
+    def categories_(self) -> dict[str, list[str]]:
+        return self.preprocessor.categories_
+
+    @property
     def feature_names_out_(self) -> list[str]:
         return [f"common:{c}" for c in COMMON_FEATURES] + list(self.preprocessor.feature_names_out_)
 
