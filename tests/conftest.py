@@ -99,3 +99,14 @@ def wide_consoles(monkeypatch):
 
     monkeypatch.setattr(common.console, "_width", 1000)
     monkeypatch.setattr(common.out_console, "_width", 1000)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_simulation_runtime():
+    """Flower simulations in this session share one Ray runtime and its client actors, as
+    `reproduce` does (`one_ray_runtime`): each simulation would otherwise pay about 9 s to
+    start Ray and import torch in fresh actors."""
+    from fedlstm.federation.simulation import one_ray_runtime
+
+    with one_ray_runtime():
+        yield

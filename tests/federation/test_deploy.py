@@ -499,3 +499,26 @@ def test_killed_hung_and_failing_sites_cost_one_round_timeout_not_the_run(
     assert set(failed) == {"client-1", "client-2", "client-3"}
     assert "no answer within 20 s" in failed["client-1"]
     assert "client-2.parquet" in failed["client-2"]  # what it raised
+
+
+def test_supernodes_poll_every_half_second_when_idle(monkeypatch):
+    """Flower's SuperNode waits a hard-coded 3 s after an empty poll; ours caps that wait
+    (`fedlstm.federation.deploy.supernode`), and every site is started through it."""
+    import sys
+
+    import flwr.supernode.cli
+    from flwr.supernode import start_client_internal
+
+    from fedlstm.federation.deploy import supernode
+    from fedlstm.federation.deploy.processes import SUPERNODE
+
+    assert SUPERNODE[1:] == ["-m", "fedlstm.federation.deploy.supernode"]
+    monkeypatch.setattr(start_client_internal, "time", start_client_internal.time)
+    monkeypatch.setattr(flwr.supernode.cli, "flower_supernode", lambda: 0)
+    monkeypatch.setattr(sys, "argv", ["supernode"])
+    with pytest.raises(SystemExit):
+        supernode.main()
+    start = time.monotonic()
+    start_client_internal.time.sleep(3)  # the idle wait after a poll that found nothing
+    assert time.monotonic() - start < 1.0
+    assert start_client_internal.time.time() == pytest.approx(time.time(), abs=1)

@@ -58,3 +58,33 @@ def test_deploy_local_resume_without_checkpoint_is_an_error(datasets_dir, tmp_pa
                                       "--data-dir", str(datasets_dir)])
     assert result.exit_code == 2 and "nothing to resume" in result.output
     assert not (tmp_path / ".x.deploy").exists()  # nothing started, nothing written
+
+
+def test_one_ray_runtime_hands_idle_actors_to_the_next_simulation_and_replaces_dead_ones():
+    """What `reproduce` (and this suite) rely on to skip Ray's and torch's start-up per
+    simulation: the next pool gets the same live actors; a dead one makes it start fresh ones."""
+    import ray
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool, ClientAppActor
+
+    from fedlstm.federation.simulation import one_ray_runtime
+
+    def pool() -> BasicActorPool:  # as Flower's Ray backend builds one for each simulation
+        built = BasicActorPool(ClientAppActor, {"num_cpus": 1, "num_gpus": 0.0}, {})
+        built.add_actors_to_pool(built.actors_capacity)
+        return built
+
+    with one_ray_runtime():
+        if not ray.is_initialized():
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     logging_level="error")
+        first = pool()
+        ids = {a._actor_id for a in first.pool}
+        first.terminate_all_actors()
+        second = pool()
+        assert {a._actor_id for a in second.pool} == ids and second.num_actors == len(ids)
+        ray.kill(second.pool[0])
+        second.terminate_all_actors()
+        third = pool()
+        assert third.num_actors == len(ids) and not {a._actor_id for a in third.pool} & ids
+        ray.get([a.__ray_ready__.remote() for a in third.pool], timeout=60)  # alive
+        third.terminate_all_actors()

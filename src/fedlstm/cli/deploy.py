@@ -158,21 +158,20 @@ def supernode(
     import os
     import tempfile
 
-    from fedlstm.federation.deploy.processes import FLWR_ENV, LocalFederation, config_args
+    from fedlstm.federation.deploy.processes import FLWR_ENV, SUPERNODE, config_args
     from fedlstm.federation.deploy.site import site_environment, write_clientapp_shim
 
     try:
         shim = write_clientapp_shim(tempfile.mkdtemp(prefix="fedlstm-site-"))
         env = site_environment({**os.environ, **FLWR_ENV}, shim, list(trusted_app_key))
-        executable = LocalFederation.executable("flower-supernode")
         node_config = config_args({"data-path": str(data_path.resolve()), "name": name})
-        args = [executable, "--superlink", superlink_address, "--root-certificates",
+        args = [*SUPERNODE, "--superlink", superlink_address, "--root-certificates",
                 str(root_certificates), "--auth-supernode-private-key", str(auth_key),
                 "--host", "127.0.0.1", "--port", str(port), "--isolation", "subprocess",
                 "--node-config", node_config]
     except (OSError, ValueError) as exc:
         fail(exc)
-    os.execve(executable, args, env)  # the SuperNode replaces this process
+    os.execve(SUPERNODE[0], args, env)  # the SuperNode replaces this process
 
 
 @deploy_app.command("run")
