@@ -522,3 +522,14 @@ def test_supernodes_poll_every_half_second_when_idle(monkeypatch):
     start_client_internal.time.sleep(3)  # the idle wait after a poll that found nothing
     assert time.monotonic() - start < 1.0
     assert start_client_internal.time.time() == pytest.approx(time.time(), abs=1)
+
+
+def test_a_sites_clientapp_process_does_not_import_scikit_learn():
+    """Flower starts one ClientApp process per message; scikit-learn (about 1 s to import)
+    is imported only where a metric or a baseline is computed."""
+    import sys
+
+    code = ("import sys, fedlstm.federation.deploy.site, fedlstm.federation.apps; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

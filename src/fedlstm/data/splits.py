@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from fedlstm.config import DataConfig
 from fedlstm.data.flows import expand_inputs, read_flow_file, with_families
@@ -50,6 +49,9 @@ def stratified_indices(strata: np.ndarray, fraction: float, seed: int) -> tuple[
         strata = np.where(np.isin(strata, list(rare)), "__rare__", strata)
         if (strata == "__rare__").sum() < 2:
             strata = np.where(strata == "__rare__", values[np.argmax(counts)], strata)
+    # Imported at first use: scikit-learn takes about a second to import (`training.metrics`).
+    from sklearn.model_selection import train_test_split
+
     positions = np.arange(len(strata))
     rest, taken = train_test_split(positions, test_size=fraction, random_state=seed, stratify=strata)
     return np.sort(rest), np.sort(taken)

@@ -19,13 +19,6 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.kernel_approximation import Nystroem
-from sklearn.linear_model import LogisticRegression
-from sklearn.neural_network import MLPRegressor
-from sklearn.pipeline import make_pipeline
-from sklearn.svm import LinearSVC, OneClassSVM
 
 from fedlstm.features import FlowPreprocessor
 from fedlstm.features.windows import WindowSet
@@ -90,6 +83,14 @@ class ClassicalDetector:
                              f"{', '.join(FAMILY_METHODS)}")
         keep = _subsample(len(x), self._row_limit(x), rng)
         self.fit_rows_ = (len(keep), len(x))
+        # scikit-learn is imported here, not at the top: every process that imports fedlstm's
+        # tasks (a deployed site's, one per message) would pay about a second for it.
+        from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.neural_network import MLPRegressor
+        from sklearn.svm import OneClassSVM
+
         if self.name == "ae-ocsvm":
             normal = x[y == 0]
             normal = normal[_subsample(len(normal), _AUTOENCODER_ROWS, rng)]
@@ -123,6 +124,10 @@ class ClassicalDetector:
         # KDD99's) make their kernel matrix singular, and the map then hinges on rounding: on
         # one machine 1 and 2 BLAS threads gave 0.893 and 0.885 test accuracy. Landmarks are
         # drawn from distinct rows; the SVM still trains on every row.
+        from sklearn.kernel_approximation import Nystroem
+        from sklearn.pipeline import make_pipeline
+        from sklearn.svm import LinearSVC
+
         distinct = np.unique(x, axis=0)
         feature_map = Nystroem(n_components=min(300, len(distinct)),
                                random_state=self.seed).fit(distinct)

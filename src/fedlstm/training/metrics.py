@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn import metrics as skm
+
+
+def _skm():
+    """scikit-learn's metrics, imported at first use: importing scikit-learn takes about 1 s,
+    which every deployed ClientApp process (Flower starts one per message) paid even for the
+    messages that compute no metric."""
+    from sklearn import metrics
+
+    return metrics
 
 
 def binary_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -> dict:
+    skm = _skm()
     y_true = np.asarray(y_true).astype(int)
     y_pred = (np.asarray(score) >= threshold).astype(int)
     tn, fp, fn, tp = skm.confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
@@ -29,6 +38,7 @@ def multiclass_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list
     """Per-class scores of every class (support 0 where a class has no test record), and the
     macro average over the classes present in the test set only: a class without records has no
     recall to average, and counting it as 0 would understate every model alike."""
+    skm = _skm()
     labels = list(range(len(class_names)))
     present = [c for c in labels if np.any(np.asarray(y_true) == c)]
     p, r, f, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels,
@@ -57,7 +67,7 @@ def recall_by_group(is_attack_pred: np.ndarray, groups: np.ndarray) -> dict[str,
 
 def best_f1_threshold(y_true: np.ndarray, score: np.ndarray) -> float:
     """Threshold maximising F1; only ever called on validation data."""
-    precision, recall, thresholds = skm.precision_recall_curve(y_true, score)
+    precision, recall, thresholds = _skm().precision_recall_curve(y_true, score)
     f1 = np.divide(2 * precision * recall, precision + recall,
                    out=np.zeros_like(precision), where=(precision + recall) > 0)
     if len(thresholds) == 0:
