@@ -197,10 +197,11 @@ def one_ray_runtime():
     simulation, and starts fresh actors (processes that import torch and fedlstm) for each one:
     together about 9 s on 2 cores, which dominated short federated steps of `reproduce`. Within
     this block Ray's shutdown is deferred to the block's end, and the actors a simulation leaves
-    idle serve the next one. Flower's ClientApp is stateless between messages (a site's state
-    lives in the message context) and every site seeds what it draws, so reuse changes no result;
-    an actor still busy when a simulation ends (it failed or was stopped) is killed, and one that
-    died is replaced. Nested blocks share the outer one."""
+    idle serve the next one. Reuse changes no result: what a site keeps in an actor between
+    messages is cached under its data file's path (`apps._site`), each simulation writes its
+    sites' files to a new folder, and every site seeds what it draws. An actor still busy when a
+    simulation ends (it failed or was stopped) is killed, and one that died is replaced. Nested
+    blocks share the outer one."""
     if _RAY_HELD["active"]:
         yield
         return
