@@ -565,8 +565,12 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
     pending = [job for job in todo if results[job.path] is None]
     done, total = len(todo) - len(pending), len(todo)
     counter = _Counter(done, total, progress)
-    _run_side_by_side([j for j in pending if not j.flower], jobs or default_jobs(), results,
-                      counter)
+    # The Networks A, B, C study is by far the longest step (about 12 minutes of the full
+    # profile on 2 cores): started first, it runs beside the other steps instead of after them
+    # with every other core idle.
+    side = sorted((j for j in pending if not j.flower),
+                  key=lambda j: j.path.stem != "networks-abc")
+    _run_side_by_side(side, jobs or default_jobs(), results, counter)
     flower = [j for j in pending if j.flower]
     if flower:
         with one_ray_runtime():
