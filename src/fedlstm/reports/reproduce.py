@@ -287,7 +287,7 @@ def extra_keys(the_plan: Plan, datasets: list[str] | None, methods: list[str] | 
             dict.fromkeys((s.dataset, s.protocol) for s in the_plan.steps)]
     fed = methods is None or "fed-lstm" in methods
     if fed and (datasets is None or set(NETWORKS) <= set(datasets)):
-        keys.append("networks-abc")
+        keys.append(NETWORKS_STEP)
     if fed and profile is not None:
         keys += communication.study_keys(sorted({s.dataset for s in the_plan.steps}
                                                 & set(profile.comm_datasets)), profile.comm_modes)
@@ -313,7 +313,7 @@ def extra_config(key: str, the_plan: Plan, profile: Profile, root: Path) -> RunC
         attack, defence, share = robustness.study_cell(key)
         return robustness.cell_config(_with_federation(cfg, clients=profile.robust_clients),
                                       defence, attack, share)
-    if key == "networks-abc":  # its own limits (NETWORKS_ROWS), the networks' own rounds
+    if key == NETWORKS_STEP:  # its own limits (NETWORKS_ROWS), the networks' own rounds
         return networks_config(profile, root)
     if not key.startswith("overlap--"):
         profile = study_profile(profile)
@@ -402,7 +402,7 @@ def run_extra(key: str, cfg: RunConfig, out: Path) -> dict | None:
         return {**result, "kind": "robust", "attack": key.split("--")[1],
                 "defence": key.split("--")[2], "malicious_sites":
                 (attack or {}).get("malicious_sites", []), "dataset": cfg.data.dataset}
-    if key == "networks-abc":
+    if key == NETWORKS_STEP:
         return _networks_extra(key, cfg, out)
     kind, name, _ = key.split("--")
     where = {"dataset": cfg.data.dataset, "protocol": cfg.data.protocol}
@@ -569,7 +569,7 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
     # profile on 2 cores): started first, it runs beside the other steps instead of after them
     # with every other core idle.
     side = sorted((j for j in pending if not j.flower),
-                  key=lambda j: j.path.stem != "networks-abc")
+                  key=lambda j: j.path.stem != NETWORKS_STEP)
     _run_side_by_side(side, jobs or default_jobs(), results, counter)
     flower = [j for j in pending if j.flower]
     if flower:
@@ -583,6 +583,7 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
                         steps=[r for r in results.values() if r is not None])
 
 
+NETWORKS_STEP = "networks-abc"  # the Networks A, B, C study: one step, the longest
 FLOWER_EXTRAS = ("noniid--", "privacy--", "comm--", "robust--")
 
 
