@@ -15,7 +15,6 @@ import json
 import logging
 import multiprocessing
 import os
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
@@ -542,8 +541,8 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
               jobs: int | None = None) -> Path:
     """Every step of the profile's plan, then the report. Datasets missing from the data folder
     (default: `registry.DEFAULT_DATA` when none is named) are fetched first. Centralised steps
-    run `jobs` at a time in worker processes (torch trains on one thread per process) while
-    the Flower steps run one at a time in this one (`_run_all`)."""
+    run `jobs` at a time in worker processes (torch trains on one thread per process); Flower
+    steps then run one at a time, each simulation using every core."""
     profile = PROFILES[profile_name]
     root = data_dir(data_root, default=DEFAULT_DATA).expanduser()
     progress = progress or (lambda done, total, text: None)
@@ -571,8 +570,14 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
     # with every other core idle.
     side = sorted((j for j in pending if not j.flower),
                   key=lambda j: j.path.stem != NETWORKS_STEP)
+    _run_side_by_side(side, jobs or default_jobs(), results, counter)
     flower = [j for j in pending if j.flower]
-    _run_all(side, flower, jobs or default_jobs(), results, counter)
+    if flower:
+        with one_ray_runtime():
+            for job in flower:
+                counter.start(job.path.stem)
+                results[job.path] = _finish(job, job.compute())
+                counter.finished()
     progress(total, total, "writing report")
     return write_report(out, profile, the_plan.skipped, command,
                         steps=[r for r in results.values() if r is not None])
@@ -587,7 +592,7 @@ class _Job:
     path: Path
     expected: dict  # the fingerprint the step file must carry
     compute: partial
-    flower: bool  # a Flower simulation: runs in this process, one at a time
+    flower: bool  # a Flower simulation: runs alone (it uses every core)
 
 
 @dataclass
@@ -597,87 +602,39 @@ class _Counter:
     progress: object
     running: list[str] = field(default_factory=list)
 
-    lock: threading.Lock = field(default_factory=threading.Lock)  # two threads report
-
     def start(self, name: str) -> None:
-        with self.lock:
-            self.running.append(name)
-            self.progress(self.done, self.total, ", ".join(self.running))
+        self.running.append(name)
+        self.progress(self.done, self.total, ", ".join(self.running))
 
-    def finished(self, name: str) -> None:
-        with self.lock:
-            if name in self.running:
-                self.running.remove(name)
-            self.done += 1
-            self.progress(self.done, self.total, ", ".join(self.running) or "...")
+    def finished(self, name: str | None = None) -> None:
+        self.running.remove(name or self.running[0])
+        self.done += 1
+        self.progress(self.done, self.total, ", ".join(self.running) or "...")
 
 
-def _run_all(side: list[_Job], flower: list[_Job], workers: int, results: dict,
-             counter: _Counter) -> None:
-    """Centralised steps run in `workers` spawned processes (no Ray or torch state inherited)
-    while the Flower steps run here, one after another in one Ray runtime. Each kind alone
-    leaves cores idle: the pool while its last, longest step finishes, a short simulation
-    between its rounds. A step's result does not depend on what runs beside it (each trains
-    on its own seeded threads). On one core everything runs in turn. A failed step stops the
-    steps not yet started; the others finish and are kept, then the first error is raised."""
-    if workers <= 1:
-        for job in side:
-            _run_here(job, results, counter)
-        if flower:
-            with one_ray_runtime():
-                for job in flower:
-                    _run_here(job, results, counter)
+def _run_side_by_side(jobs: list[_Job], workers: int, results: dict, counter: _Counter) -> None:
+    """Run `jobs` in `workers` processes (spawned: no Ray or torch state is inherited)."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            counter.start(job.path.stem)
+            results[job.path] = _finish(job, job.compute())
+            counter.finished()
         return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-    futures = {pool.submit(job.compute): job for job in side}
-    for job in side[:workers]:
-        counter.start(job.path.stem)
-    errors: list[BaseException] = []
-    collector = threading.Thread(target=_collect, args=(futures, side, workers, results, counter,
-                                                         errors), daemon=True)
-    collector.start()
-    try:
-        if flower:
-            with one_ray_runtime():
-                for job in flower:
-                    if errors:
-                        break
-                    _run_here(job, results, counter)
-    except BaseException:  # a Flower step failed or Ctrl-C: start no further centralised step
-        for future in futures:
-            future.cancel()
-        raise
-    finally:
-        collector.join()
-        pool.shutdown()
-    if errors:
-        raise errors[0]
-
-
-def _run_here(job: _Job, results: dict, counter: _Counter) -> None:
-    counter.start(job.path.stem)
-    results[job.path] = _finish(job, job.compute())
-    counter.finished(job.path.stem)
-
-
-def _collect(futures: dict, jobs: list[_Job], workers: int, results: dict, counter: _Counter,
-             errors: list[BaseException]) -> None:
-    """Write each centralised step as it finishes (a thread beside the Flower steps)."""
-    started = min(workers, len(jobs))
-    for future in as_completed(futures):
-        job = futures[future]
-        if future.cancelled():
-            continue
-        try:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {}
+        for job in jobs:
+            futures[pool.submit(job.compute)] = job
+        for job in jobs[:workers]:
+            counter.start(job.path.stem)
+        started = workers
+        for future in as_completed(futures):
+            job = futures[future]
             results[job.path] = _finish(job, future.result())
-        except BaseException as error:  # noqa: BLE001 - raised by the main thread at the end
-            errors.append(error)
-            for other in futures:
-                other.cancel()
-        counter.finished(job.path.stem)
-        if started < len(jobs) and not errors:
-            counter.start(jobs[started].path.stem)
-            started += 1
+            counter.finished(job.path.stem if job.path.stem in counter.running else None)
+            if started < len(jobs):
+                counter.start(jobs[started].path.stem)
+                started += 1
 
 
 def _finish(job: _Job, result: dict | None) -> dict | None:
