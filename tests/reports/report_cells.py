@@ -196,8 +196,6 @@ def _communication_row(steps: Steps, row: list[str]) -> list[str]:
     """A row of the communication table, recomputed from the study's step files."""
     ds = DATASET_OF.get(row[0], row[0])
     runs = {k.split("--")[2]: v for k, v in steps.files.items() if k.startswith(f"comm--{ds}--")}
-    protocol = next(iter(runs.values()))["protocol"]
-    runs["none"] = steps.files[f"{ds}--{protocol}--fed-lstm--s0"]  # the same federation
     mode = next(m for m in runs if communication.label(m) == row[1])
 
     def bytes_per_round(run):

@@ -23,24 +23,7 @@ DATASETS = ("nsl-kdd", "kdd99")
 
 
 def study_keys(datasets: list[str], modes: tuple[str, ...]) -> list[str]:
-    """The compressed modes' steps. `none` is not a step of its own: it is the dataset's
-    Fed-LSTM seed-0 step, the same configuration (`study_runs`), not trained twice."""
-    return [f"comm--{ds}--{mode}--s0" for ds in DATASETS if ds in datasets for mode in modes
-            if mode != "none"]
-
-
-def study_runs(steps: list[dict]) -> list[dict]:
-    """The study's runs: each `none` (the dataset's Fed-LSTM seed-0 step under the study's
-    protocol), then the compressed ones."""
-    compressed = [s for s in steps if s.get("kind") == "comm"]
-    by_key = {s.get("key"): s for s in steps}
-    plain = []
-    for ds, protocol in dict.fromkeys((s["dataset"], s["protocol"]) for s in compressed):
-        base = by_key.get(f"{ds}--{protocol}--fed-lstm--s0")
-        if base is not None:
-            plain.append({**base, "kind": "comm", "mode": "none", "dataset": ds,
-                          "protocol": protocol})
-    return plain + compressed
+    return [f"comm--{ds}--{mode}--s0" for ds in DATASETS if ds in datasets for mode in modes]
 
 
 def federation_update(key: str) -> dict:
@@ -84,7 +67,7 @@ def _cumulative_mb(run: dict) -> list[tuple[float, float]]:
 
 
 def section(steps: list[dict], figs: Path, doc, networks: dict[str, str]) -> None:
-    runs = study_runs(steps)
+    runs = [s for s in steps if s.get("kind") == "comm"]
     if not runs:
         return
     doc.h(2, "Communication: compressed updates")
@@ -92,9 +75,7 @@ def section(steps: list[dict], figs: Path, doc, networks: dict[str, str]) -> Non
     fed = first["federation"]
     doc.p(f"Fed-LSTM ({first['detector']}) with each `--compress` mode, seed 0, the dataset's "
           f"default settings ({fed['rounds']} rounds x {fed['local_epochs']} local epochs over "
-          f"{fed['clients']} IID sites) (`steps/comm--*--s0.json`, `runs/comm--*--s0/`; `none` "
-          f"is the dataset's Fed-LSTM seed-0 step, the same configuration, "
-          f"`steps/<dataset>--{first['data']['protocol']}--fed-lstm--s0.json`). "
+          f"{fed['clients']} IID sites) (`steps/comm--*--s0.json`, `runs/comm--*--s0/`). "
           "Bytes are the messages' content as Flower serialises it for the wire (gRPC and TLS "
           "framing not counted), averaged over rounds: uplink = the sites' training replies, "
           "downlink = training and evaluation instructions. Uplink: the update (trained minus "
