@@ -354,6 +354,7 @@ def extra_config(key: str, the_plan: Plan, profile: Profile, root: Path) -> RunC
 # federation trains: a hybrid site's model of normal traffic is its own, the same local-only and
 # federated), each network's tuned window, and the networks' rounds.
 NETWORKS_ROWS = networks.STUDY_ROWS
+NETWORKS_STEP = "networks-abc"  # the study's step key: one step, the longest
 
 
 def networks_config(profile: Profile, root: Path) -> RunConfig:
@@ -565,9 +566,9 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
     pending = [job for job in todo if results[job.path] is None]
     done, total = len(todo) - len(pending), len(todo)
     counter = _Counter(done, total, progress)
-    # The Networks A, B, C study is by far the longest step (about 12 minutes of the full
-    # profile on 2 cores): started first, it runs beside the other steps instead of after them
-    # with every other core idle.
+    # The Networks A, B, C study is by far the longest step (1,630 s of a 55-minute full
+    # profile on 2 cores, README): started first, it runs beside the other centralised steps
+    # instead of last, alone, with the other core idle.
     side = sorted((j for j in pending if not j.flower),
                   key=lambda j: j.path.stem != NETWORKS_STEP)
     _run_side_by_side(side, jobs or default_jobs(), results, counter)
@@ -583,7 +584,6 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
                         steps=[r for r in results.values() if r is not None])
 
 
-NETWORKS_STEP = "networks-abc"  # the Networks A, B, C study: one step, the longest
 FLOWER_EXTRAS = ("noniid--", "privacy--", "comm--", "robust--")
 
 
