@@ -30,13 +30,16 @@ def test_quick_reproduction_writes_the_report_and_resumes(datasets_dir, tmp_path
     steps = [json.loads(p.read_text()) for p in (out / "steps").glob("*.json")]
     methods = {s["step"]["method"] for s in steps if "step" in s}
     assert methods == set(METHODS)
-    networks = next(s for s in steps if s.get("kind") == "networks")
-    assert networks["config"]["data"]["max_train_rows"] == 3000  # the quick profile's rows
-    cells = networks["summary"]["cells"]
+    networks = [s for s in steps if s.get("kind") == "networks"]
+    assert [s["key"] for s in networks] == ["networks-abc--s0"]  # one step per seed
+    assert networks[0]["config"]["data"]["max_train_rows"] == 3000  # the quick profile's rows
+    study = json.loads((Path(networks[0]["out"]) / "networks.json").read_text())
+    assert study["seeds"] == [networks[0]["result"]]  # the report's section wrote it
+    cells = study["summary"]["cells"]
     assert set(cells) == {"nsl-kdd", "kdd99", "unsw-nb15"}
     assert {"local", "encoders", "centralised", "hgb"} <= set(cells["unsw-nb15"])
     assert "same-schema" in cells["nsl-kdd"] and "same-schema" not in cells["unsw-nb15"]
-    assert networks["summary"]["starved"]["nsl-kdd"]["train_records"] < 100
+    assert study["summary"]["starved"]["nsl-kdd"]["train_records"] < 100
     extras = {s["key"]: s for s in steps
               if "kind" in s and s["kind"] not in ("overlap", "comm", "robust", "networks")}
     robust = {s["key"]: s for s in steps if s.get("kind") == "robust"}
@@ -56,6 +59,9 @@ def test_quick_reproduction_writes_the_report_and_resumes(datasets_dir, tmp_path
                            "privacy--eps1--s0", "privacy--eps8--s0", "privacy--epsinf--s0",
                            "anomaly--nsl-kdd--s0"}
     fed = next(s for s in steps if s.get("key") == "nsl-kdd--official--fed-lstm--s0")
+    # the configuration the federation ran: without per-round test curves or client evaluation
+    assert fed["config"]["federation"]["evaluate_clients"] is False
+    assert fed["config"]["federation"]["server_test_curves"] is False
     assert fed["config"]["detector"] == "hybrid" and {"supervised", "anomaly"} <= set(
         fed["evaluations"]["test"]["parts"])
     assert fed["evaluations"]["test"]["unseen"]["n"] > 0  # Test+ holds attack types unseen in training

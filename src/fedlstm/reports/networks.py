@@ -208,32 +208,46 @@ def run_seed(cfg: RunConfig, networks: list[str], modes=MODES, starved: tuple[st
     return out
 
 
-def study(cfg: RunConfig, out: str | Path, networks=NETWORKS, seeds=(0, 1, 2), modes=MODES,
-          starved: tuple[str, ...] = NETWORKS, starve_fraction: float = STARVE_FRACTION,
-          command: str | None = None, progress=None) -> Path:
-    """Every seed (cached per seed in `out`), then networks.md, networks.json, networks.png."""
+def seed_result(cfg: RunConfig, out: str | Path, networks=NETWORKS, modes=MODES,
+                starved: tuple[str, ...] = NETWORKS, starve_fraction: float = STARVE_FRACTION,
+                progress=None) -> dict:
+    """One seed (`cfg.seed`) of the study, cached in `out/seeds/seed<N>.json` under its settings.
+    Seeds are independent: `reproduce` runs each as its own step, side by side."""
     out = Path(out)
     (out / "seeds").mkdir(parents=True, exist_ok=True)
     networks = list(networks)
-    results = []
-    for seed in seeds:
-        cfg_s = cfg.model_copy(update={"seed": seed})
-        path = out / "seeds" / f"seed{seed}.json"
-        key = json.dumps({"cfg": json.loads(cfg_s.model_dump_json()), "networks": networks,
-                          "modes": list(modes), "starved": list(starved),
-                          "fraction": starve_fraction}, sort_keys=True)
-        if path.exists() and json.loads(path.read_text()).get("key") == key:
-            results.append(json.loads(path.read_text())["result"])
-            continue
-        result = run_seed(cfg_s, networks, modes, tuple(starved), starve_fraction, progress)
-        path.write_text(json.dumps({"key": key, "result": result}, indent=1))
-        results.append(result)
+    path = out / "seeds" / f"seed{cfg.seed}.json"
+    key = json.dumps({"cfg": json.loads(cfg.model_dump_json()), "networks": networks,
+                      "modes": list(modes), "starved": list(starved),
+                      "fraction": starve_fraction}, sort_keys=True)
+    if path.exists() and json.loads(path.read_text()).get("key") == key:
+        return json.loads(path.read_text())["result"]
+    result = run_seed(cfg, networks, modes, tuple(starved), starve_fraction, progress)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "result": result}, indent=1))
+    tmp.replace(path)  # complete on disk or absent
+    return result
+
+
+def write_study(cfg: RunConfig, out: str | Path, results: list[dict], networks=NETWORKS,
+                modes=MODES, command: str | None = None) -> Path:
+    """networks.md, networks.json and networks.png in `out` from the seeds' results."""
+    out, networks = Path(out), list(networks)
     summary = summarise(results, networks, modes)
     (out / "networks.json").write_text(json.dumps({"summary": summary, "seeds": results},
                                                   indent=1))
     (out / "networks.md").write_text(table(cfg, summary, networks, modes, command))
     figure(summary, networks, out / "networks.png")
     return out / "networks.md"
+
+
+def study(cfg: RunConfig, out: str | Path, networks=NETWORKS, seeds=(0, 1, 2), modes=MODES,
+          starved: tuple[str, ...] = NETWORKS, starve_fraction: float = STARVE_FRACTION,
+          command: str | None = None, progress=None) -> Path:
+    """Every seed (cached per seed in `out`), then networks.md, networks.json, networks.png."""
+    results = [seed_result(cfg.model_copy(update={"seed": seed}), out, networks, modes, starved,
+                           starve_fraction, progress) for seed in seeds]
+    return write_study(cfg, out, results, networks, modes, command)
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -424,14 +438,19 @@ def table(cfg: RunConfig, summary: dict, networks: list[str], modes, command) ->
 
 
 def section(steps: list[dict], figs: Path, doc) -> None:
-    """reproduce's "Networks A, B, C" section, from its `networks-abc` step."""
-    step = next((s for s in steps if s.get("kind") == "networks"), None)
-    if step is None:
+    """reproduce's "Networks A, B, C" section, from its per-seed `networks-abc--sN` steps (it
+    also writes the study's networks.md, .json and .png into their run folder)."""
+    seeds = sorted((s for s in steps if s.get("kind") == "networks"), key=lambda s: s["seed"])
+    if not seeds:
         return
-    summary, networks = step["summary"], step["networks"]
+    step, networks = seeds[0], seeds[0]["networks"]
     cfg = RunConfig.model_validate(step["config"])
+    results = [s["result"] for s in seeds]
+    write_study(cfg, step["out"], results, networks, step["modes"])
+    summary = summarise(results, networks, step["modes"])
     doc.h(2, "Networks A, B, C: one Fed-LSTM across three schemas")
-    doc.p(description(cfg, summary) + f" (`steps/{step['key']}.json`, `{step['out']}`; "
+    files = ", ".join(f"`steps/{s['key']}.json`" for s in seeds)
+    doc.p(description(cfg, summary) + f" ({files}, `{step['out']}`; "
           "`fedlstm networks` runs the same study.)")
     doc.table(*main_rows(summary, networks))
     doc.p(transfer_text(summary, networks))

@@ -212,6 +212,7 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
         # Per-round test curves and federated evaluation feed no table or figure here (Fig. 5/6
         # come from the networks run), and cost a full test-set pass every round.
         cfg = _with_federation(cfg, server_test_curves=False, evaluate_clients=False)
+        result["config"] = json.loads(cfg.model_dump_json())  # what the federation ran
         run_federated(cfg, run_dir, overwrite=True)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         bundle = ModelBundle.load(run_dir / "model.fedlstm")
@@ -287,7 +288,7 @@ def extra_keys(the_plan: Plan, datasets: list[str] | None, methods: list[str] | 
             dict.fromkeys((s.dataset, s.protocol) for s in the_plan.steps)]
     fed = methods is None or "fed-lstm" in methods
     if fed and (datasets is None or set(NETWORKS) <= set(datasets)):
-        keys.append(NETWORKS_STEP)
+        keys += [f"{NETWORKS_STEP}--s{seed}" for seed in (profile.seeds if profile else (0,))]
     if fed and profile is not None:
         keys += communication.study_keys(sorted({s.dataset for s in the_plan.steps}
                                                 & set(profile.comm_datasets)), profile.comm_modes)
@@ -313,8 +314,8 @@ def extra_config(key: str, the_plan: Plan, profile: Profile, root: Path) -> RunC
         attack, defence, share = robustness.study_cell(key)
         return robustness.cell_config(_with_federation(cfg, clients=profile.robust_clients),
                                       defence, attack, share)
-    if key == NETWORKS_STEP:  # its own limits (NETWORKS_ROWS), the networks' own rounds
-        return networks_config(profile, root)
+    if key.startswith(f"{NETWORKS_STEP}--"):  # its own limits (NETWORKS_ROWS) and rounds
+        return networks_config(profile, root).model_copy(update={"seed": _seed(key)})
     if not key.startswith("overlap--"):
         profile = study_profile(profile)
     if key.startswith("overlap--"):
@@ -352,9 +353,12 @@ def extra_config(key: str, the_plan: Plan, profile: Profile, root: Path) -> RunC
 # networks.STUDY_ROWS training rows (it trains about 15 models per seed: local-only,
 # federations, centralised, gradient boosting, starved sites), the supervised LSTM (what the
 # federation trains: a hybrid site's model of normal traffic is its own, the same local-only and
-# federated), each network's tuned window, and the networks' rounds.
+# federated), each network's tuned window, and the networks' rounds. One step per seed
+# (`networks-abc--sN`): the study's seeds are the longest steps (about 540 s each in a full
+# profile on 2 cores, README); as one step the study ran alone on one core for the whole
+# centralised phase while the other core finished everything else and idled.
 NETWORKS_ROWS = networks.STUDY_ROWS
-NETWORKS_STEP = "networks-abc"  # the study's step key: one step, the longest
+NETWORKS_STEP = "networks-abc"  # the study's step keys: networks-abc--s<seed>
 
 
 def networks_config(profile: Profile, root: Path) -> RunConfig:
@@ -372,23 +376,26 @@ def networks_config(profile: Profile, root: Path) -> RunConfig:
     return cfg.model_copy(update={"detector": "supervised"})
 
 
+def _seed(key: str) -> int:
+    return int(key.rsplit("--s", 1)[1])
+
+
 def _networks_extra(key: str, cfg: RunConfig, out: Path) -> dict | None:
-    study, ALL, MODES = networks.study, networks.NETWORKS, networks.MODES
-    folder = out / "runs" / key
+    """One seed of the Networks A, B, C study (`networks.section` combines the seeds)."""
+    ALL, MODES = networks.NETWORKS, networks.MODES
+    folder = out / "runs" / NETWORKS_STEP
     t0 = time.perf_counter()
-    # Fewer rows than the study's (the quick profile): one seed, encoders, one starved network.
+    # Fewer rows than the study's (the quick profile): encoders, one starved network.
     quick = cfg.data.max_train_rows is not None and cfg.data.max_train_rows < NETWORKS_ROWS
+    modes, starved = (MODES[:1], ALL[:1]) if quick else (MODES, ALL)
     try:
-        study(cfg, folder, networks=ALL, seeds=(0,) if quick else (0, 1, 2),
-              modes=MODES[:1] if quick else MODES, starved=ALL[:1] if quick else ALL)
+        result = networks.seed_result(cfg, folder, ALL, modes, starved)
     except DatasetNotFound as exc:
         log.warning("networks study skipped: %s", exc)
         return None
-    data = json.loads((folder / "networks.json").read_text())
-    return {"key": key, "kind": "networks", "out": str(folder), "networks": list(ALL),
-            "seconds": time.perf_counter() - t0,
-            "modes": list(MODES[:1] if quick else MODES), "summary": data["summary"],
-            "config": json.loads(cfg.model_dump_json())}
+    return {"key": key, "kind": "networks", "seed": cfg.seed, "out": str(folder),
+            "networks": list(ALL), "seconds": time.perf_counter() - t0, "modes": list(modes),
+            "result": result, "config": json.loads(cfg.model_dump_json())}
 
 
 def run_extra(key: str, cfg: RunConfig, out: Path) -> dict | None:
@@ -403,7 +410,7 @@ def run_extra(key: str, cfg: RunConfig, out: Path) -> dict | None:
         return {**result, "kind": "robust", "attack": key.split("--")[1],
                 "defence": key.split("--")[2], "malicious_sites":
                 (attack or {}).get("malicious_sites", []), "dataset": cfg.data.dataset}
-    if key == NETWORKS_STEP:
+    if key.startswith(f"{NETWORKS_STEP}--"):
         return _networks_extra(key, cfg, out)
     kind, name, _ = key.split("--")
     where = {"dataset": cfg.data.dataset, "protocol": cfg.data.protocol}
@@ -566,11 +573,10 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
     pending = [job for job in todo if results[job.path] is None]
     done, total = len(todo) - len(pending), len(todo)
     counter = _Counter(done, total, progress)
-    # The Networks A, B, C study is by far the longest step (1,630 s of a 55-minute full
-    # profile on 2 cores, README): started first, it runs beside the other centralised steps
-    # instead of last, alone, with the other core idle.
+    # The Networks A, B, C study's seeds are the longest centralised steps: started first, the
+    # short steps fill the cores' ends.
     side = sorted((j for j in pending if not j.flower),
-                  key=lambda j: j.path.stem != NETWORKS_STEP)
+                  key=lambda j: not j.path.stem.startswith(f"{NETWORKS_STEP}--"))
     _run_side_by_side(side, jobs or default_jobs(), results, counter)
     flower = [j for j in pending if j.flower]
     if flower:
