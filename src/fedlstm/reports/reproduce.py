@@ -354,9 +354,9 @@ def extra_config(key: str, the_plan: Plan, profile: Profile, root: Path) -> RunC
 # federations, centralised, gradient boosting, starved sites), the supervised LSTM (what the
 # federation trains: a hybrid site's model of normal traffic is its own, the same local-only and
 # federated), each network's tuned window, and the networks' rounds. One step per seed
-# (`networks-abc--sN`): the study's seeds are the longest steps (about 540 s each in a full
-# profile on 2 cores, README); as one step the study ran alone on one core for the whole
-# centralised phase while the other core finished everything else and idled.
+# (`networks-abc--sN`): the study's seeds are the longest steps (461-566 s each in a full
+# profile on 2 cores, README); as one step (1,630 s) the study kept one core for the whole
+# centralised phase while the other finished everything else and idled.
 NETWORKS_ROWS = networks.STUDY_ROWS
 NETWORKS_STEP = "networks-abc"  # the study's step keys: networks-abc--s<seed>
 
