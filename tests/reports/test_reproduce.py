@@ -59,6 +59,8 @@ def test_quick_reproduction_writes_the_report_and_resumes(datasets_dir, tmp_path
                            "privacy--eps1--s0", "privacy--eps8--s0", "privacy--epsinf--s0",
                            "anomaly--nsl-kdd--s0"}
     fed = next(s for s in steps if s.get("key") == "nsl-kdd--official--fed-lstm--s0")
+    run_dir = Path(fed["run_dir"])
+    assert (run_dir / "metrics.json").exists() and not list(run_dir.glob("*.png"))  # report's own
     # the configuration the federation ran: without per-round test curves or client evaluation
     assert fed["config"]["federation"]["evaluate_clients"] is False
     assert fed["config"]["federation"]["server_test_curves"] is False

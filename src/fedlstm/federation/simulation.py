@@ -170,8 +170,9 @@ def federate_networks(cfg: RunConfig, data: FederatedData, out_dir: Path | None,
 
 
 def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
-                  command: str | None = None, engine: str = "flower") -> Path:
-    """A federated run directory at `out`: `federate`, then the one run writer."""
+                  command: str | None = None, engine: str = "flower", plots: bool = True) -> Path:
+    """A federated run directory at `out`: `federate`, then the one run writer (`plots`: its
+    figures too)."""
     out = Path(out)
     if resume and not (partial_dir(out) / "checkpoints" / "last.pt").exists():
         raise FileNotFoundError(f"nothing to resume: no checkpoint in {partial_dir(out)}")
@@ -182,7 +183,7 @@ def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resu
         t = time.perf_counter()
         task = federate(cfg, data, stage, engine)
         timings["simulation_seconds"] = time.perf_counter() - t
-        finish_run(task, task.cfg, stage, data, timings, command, engine)
+        finish_run(task, task.cfg, stage, data, timings, command, engine, plots)
     return out
 
 
@@ -256,7 +257,7 @@ def _quiet_flower() -> None:
 
 
 def finish_run(task: ServerTask, cfg: RunConfig, stage: Path, data: FederatedData, timings: dict,
-               command: str | None, engine: str = "flower") -> Path:
+               command: str | None, engine: str = "flower", plots: bool = True) -> Path:
     if isinstance(task, NetworkServer):
         write_networks_run(stage, task.cfg, task, describe(data.clients, data.names), data.notes,
                            {**timings, "engine": engine}, command)
@@ -266,5 +267,6 @@ def finish_run(task: ServerTask, cfg: RunConfig, stage: Path, data: FederatedDat
                                       data.notes, timings)
     extra["engine"] = engine
     write_results(stage, cfg, task.result, evaluations, extra, command,
-                  curves=[r for r in extra["rounds"] if r["round"] > 0], curve_axis="round")
+                  curves=[r for r in extra["rounds"] if r["round"] > 0], curve_axis="round",
+                  plots=plots)
     return stage

@@ -156,7 +156,7 @@ def write_report(folder: Path, profile, skipped: list[str], command: str | None,
           "`steps/D--P--M--sN.json` for the seeds N listed with its table; each file holds the "
           "step's configuration, metrics and learning curves. Flower runs also keep their run "
           "directory `runs/<same key>/` with `metrics.json`, the model bundle and per-round "
-          "metrics; the extra studies' files are named in their sections. A step file is reused "
+          "metrics (no figures: this report draws them); the extra studies' files are named in their sections. A step file is reused "
           "only when its `fingerprint` matches this run's: the profile, the sha256 of the step's "
           "resolved configuration, the fedlstm version, commit and source, and the sha256 of the "
           "data files it read; otherwise the step is computed again.")

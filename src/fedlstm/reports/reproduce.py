@@ -213,7 +213,7 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
         # come from the networks run), and cost a full test-set pass every round.
         cfg = _with_federation(cfg, server_test_curves=False, evaluate_clients=False)
         result["config"] = json.loads(cfg.model_dump_json())  # what the federation ran
-        run_federated(cfg, run_dir, overwrite=True)
+        run_federated(cfg, run_dir, overwrite=True, plots=False)  # the report draws its own
         metrics = json.loads((run_dir / "metrics.json").read_text())
         bundle = ModelBundle.load(run_dir / "model.fedlstm")
         result["evaluations"] = _evaluations({n: task.evaluate(bundle, r, seen)
@@ -246,7 +246,7 @@ def _federated_extra(key: str, cfg: RunConfig, out: Path) -> dict:
     """A Flower simulation of `cfg` as a report step: its evaluations, rounds and partitions."""
     run_dir = out / "runs" / key
     t0 = time.perf_counter()
-    run_federated(cfg, run_dir, overwrite=True)
+    run_federated(cfg, run_dir, overwrite=True, plots=False)  # the report draws its own
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {"key": key, "run_dir": str(run_dir), "seconds": time.perf_counter() - t0,
             "config": json.loads(cfg.model_dump_json()),

@@ -226,11 +226,12 @@ def run_title(bundle: ModelBundle) -> str:
 
 def write_results(stage: Path, cfg: RunConfig, bundle, evaluations: dict, extra: dict,
                   command: str | None = None, curves: list[dict] | None = None,
-                  curve_axis: str = "epoch") -> None:
+                  curve_axis: str = "epoch", plots: bool = True) -> None:
     """What every run directory holds, whatever the mode (centralised, local, federated in
     simulation or deployment) and the detector kind: config.json, the signed bundle, metrics.json,
     ROC and confusion plots, learning curves (`curves`: one record per epoch or round), and for
-    the anomaly detector its calibration and a precision-recall figure."""
+    the anomaly detector its calibration and a precision-recall figure. `plots=False` leaves the
+    figures out (`reproduce` draws its own: they cost about 2 s a run)."""
     title = run_title(bundle)
     (stage / "config.json").write_text(cfg.model_dump_json(indent=2))
     key = None
@@ -252,6 +253,12 @@ def write_results(stage: Path, cfg: RunConfig, bundle, evaluations: dict, extra:
         "evaluations": {k: public(v) for k, v in evaluations.items()}, **extra,
     }
     (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, default=json_default))
+    if plots:
+        _plot_run(stage, bundle, evaluations, curves, curve_axis, title)
+
+
+def _plot_run(stage: Path, bundle, evaluations: dict, curves: list[dict] | None, curve_axis: str,
+              title: str) -> None:
     # matplotlib costs every importer ~0.5 s, ClientApp processes included: load it to plot
     from fedlstm.runs import plots
 
