@@ -230,15 +230,16 @@ def seed_result(cfg: RunConfig, out: str | Path, networks=NETWORKS, modes=MODES,
 
 
 def write_study(cfg: RunConfig, out: str | Path, results: list[dict], networks=NETWORKS,
-                modes=MODES, command: str | None = None) -> Path:
-    """networks.md, networks.json and networks.png in `out` from the seeds' results."""
+                modes=MODES, command: str | None = None) -> dict:
+    """networks.md, networks.json and networks.png in `out` from the seeds' results; returns
+    their summary."""
     out, networks = Path(out), list(networks)
     summary = summarise(results, networks, modes)
     (out / "networks.json").write_text(json.dumps({"summary": summary, "seeds": results},
                                                   indent=1))
     (out / "networks.md").write_text(table(cfg, summary, networks, modes, command))
     figure(summary, networks, out / "networks.png")
-    return out / "networks.md"
+    return summary
 
 
 def study(cfg: RunConfig, out: str | Path, networks=NETWORKS, seeds=(0, 1, 2), modes=MODES,
@@ -247,7 +248,8 @@ def study(cfg: RunConfig, out: str | Path, networks=NETWORKS, seeds=(0, 1, 2), m
     """Every seed (cached per seed in `out`), then networks.md, networks.json, networks.png."""
     results = [seed_result(cfg.model_copy(update={"seed": seed}), out, networks, modes, starved,
                            starve_fraction, progress) for seed in seeds]
-    return write_study(cfg, out, results, networks, modes, command)
+    write_study(cfg, out, results, networks, modes, command)
+    return Path(out) / "networks.md"
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -445,9 +447,7 @@ def section(steps: list[dict], figs: Path, doc) -> None:
         return
     step, networks = seeds[0], seeds[0]["networks"]
     cfg = RunConfig.model_validate(step["config"])
-    results = [s["result"] for s in seeds]
-    write_study(cfg, step["out"], results, networks, step["modes"])
-    summary = summarise(results, networks, step["modes"])
+    summary = write_study(cfg, step["out"], [s["result"] for s in seeds], networks, step["modes"])
     doc.h(2, "Networks A, B, C: one Fed-LSTM across three schemas")
     files = ", ".join(f"`steps/{s['key']}.json`" for s in seeds)
     doc.p(description(cfg, summary) + f" ({files}, `{step['out']}`; "
