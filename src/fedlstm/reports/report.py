@@ -156,10 +156,11 @@ def write_report(folder: Path, profile, skipped: list[str], command: str | None,
           "`steps/D--P--M--sN.json` for the seeds N listed with its table; each file holds the "
           "step's configuration, metrics and learning curves. Flower runs also keep their run "
           "directory `runs/<same key>/` with `metrics.json`, the model bundle and per-round "
-          "metrics (no figures: this report draws them); the extra studies' files are named in their sections. A step file is reused "
-          "only when its `fingerprint` matches this run's: the profile, the sha256 of the step's "
-          "resolved configuration, the fedlstm version, commit and source, and the sha256 of the "
-          "data files it read; otherwise the step is computed again.")
+          "metrics (no figures: this report draws them); the extra studies' files are named in "
+          "their sections. A step file is reused only when its `fingerprint` matches this run's: "
+          "the profile, the sha256 of the step's resolved configuration, the fedlstm version, "
+          "commit and source, and the sha256 of the data files it read; otherwise the step is "
+          "computed again.")
     doc.p("Protocols: `official` trains on the publisher's training file and tests on its test "
           "file (NSL-KDD KDDTest+, KDD99 corrected); `random-split` is a seeded stratified 80/20 "
           "split of one file, very likely the protocol behind the paper's 98-99%. Validation "
