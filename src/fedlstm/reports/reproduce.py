@@ -15,8 +15,9 @@ import json
 import logging
 import multiprocessing
 import os
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from pathlib import Path
@@ -550,7 +551,8 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
     """Every step of the profile's plan, then the report. Datasets missing from the data folder
     (default: `registry.DEFAULT_DATA` when none is named) are fetched first. Centralised steps
     run `jobs` at a time in worker processes (torch trains on one thread per process); Flower
-    steps then run one at a time, each simulation using every core."""
+    steps run one at a time in this process, each simulation using every core, from the moment
+    no centralised step is left waiting for a worker (`_run_steps`)."""
     profile = PROFILES[profile_name]
     root = data_dir(data_root, default=DEFAULT_DATA).expanduser()
     progress = progress or (lambda done, total, text: None)
@@ -577,14 +579,7 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
     # short steps fill the cores' ends.
     side = sorted((j for j in pending if not j.flower),
                   key=lambda j: not j.path.stem.startswith(f"{NETWORKS_STEP}--"))
-    _run_side_by_side(side, jobs or default_jobs(), results, counter)
-    flower = [j for j in pending if j.flower]
-    if flower:
-        with one_ray_runtime():
-            for job in flower:
-                counter.start(job.path.stem)
-                results[job.path] = _finish(job, job.compute())
-                counter.finished()
+    _run_steps(side, [j for j in pending if j.flower], jobs or default_jobs(), results, counter)
     progress(total, total, "writing report")
     return write_report(out, profile, the_plan.skipped, command,
                         steps=[r for r in results.values() if r is not None])
@@ -607,40 +602,80 @@ class _Counter:
     total: int
     progress: object
     running: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # the pool's thread reports too
 
     def start(self, name: str) -> None:
-        self.running.append(name)
-        self.progress(self.done, self.total, ", ".join(self.running))
+        with self.lock:
+            self.running.append(name)
+            self.progress(self.done, self.total, ", ".join(self.running))
 
-    def finished(self, name: str | None = None) -> None:
-        self.running.remove(name or self.running[0])
-        self.done += 1
-        self.progress(self.done, self.total, ", ".join(self.running) or "...")
+    def finished(self, name: str) -> None:
+        with self.lock:
+            if name in self.running:
+                self.running.remove(name)
+            self.done += 1
+            self.progress(self.done, self.total, ", ".join(self.running) or "...")
 
 
-def _run_side_by_side(jobs: list[_Job], workers: int, results: dict, counter: _Counter) -> None:
-    """Run `jobs` in `workers` processes (spawned: no Ray or torch state is inherited)."""
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            counter.start(job.path.stem)
-            results[job.path] = _finish(job, job.compute())
-            counter.finished()
+def _run_steps(side: list[_Job], flower: list[_Job], workers: int, results: dict,
+               counter: _Counter) -> None:
+    """The centralised steps `side` in `workers` processes (spawned: no Ray or torch state is
+    inherited), in their order, and the Flower steps one at a time in this process. The Flower
+    steps start as soon as no centralised step is left waiting for a worker, so that the last
+    long ones (the networks seeds) share the cores with them instead of leaving a worker idle;
+    a finished centralised step is written at once, whatever runs beside it."""
+    if workers <= 1 or len(side) <= 1:
+        for job in side:
+            _run_here(job, results, counter)
+        _run_flower(flower, results, counter)
         return
+    free = threading.Condition()
+    state = {"started": min(workers, len(side)), "finished": 0}
+    errors: list[BaseException] = []
+
+    def on_done(job: _Job, future) -> None:  # runs in the pool's thread: must never raise
+        try:
+            if future.exception() is None:
+                results[job.path] = _finish(job, future.result())
+            else:
+                errors.append(future.exception())
+        except BaseException as exc:  # noqa: BLE001 - e.g. the step file cannot be written
+            errors.append(exc)
+        finally:
+            counter.finished(job.path.stem)
+            with free:
+                state["finished"] += 1
+                if state["started"] < len(side):
+                    counter.start(side[state["started"]].path.stem)
+                    state["started"] += 1
+                free.notify_all()
+
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {}
-        for job in jobs:
-            futures[pool.submit(job.compute)] = job
-        for job in jobs[:workers]:
+        for job in side[:workers]:
             counter.start(job.path.stem)
-        started = workers
-        for future in as_completed(futures):
-            job = futures[future]
-            results[job.path] = _finish(job, future.result())
-            counter.finished(job.path.stem if job.path.stem in counter.running else None)
-            if started < len(jobs):
-                counter.start(jobs[started].path.stem)
-                started += 1
+        futures = [pool.submit(job.compute) for job in side]
+        for job, future in zip(side, futures):
+            future.add_done_callback(partial(on_done, job))
+        with free:
+            free.wait_for(lambda: errors or len(side) - state["finished"] < workers)
+        if not errors:
+            _run_flower(flower, results, counter)
+    if errors:
+        raise errors[0]
+
+
+def _run_here(job: _Job, results: dict, counter: _Counter) -> None:
+    counter.start(job.path.stem)
+    results[job.path] = _finish(job, job.compute())
+    counter.finished(job.path.stem)
+
+
+def _run_flower(jobs: list[_Job], results: dict, counter: _Counter) -> None:
+    if jobs:
+        with one_ray_runtime():
+            for job in jobs:
+                _run_here(job, results, counter)
 
 
 def _finish(job: _Job, result: dict | None) -> dict | None:

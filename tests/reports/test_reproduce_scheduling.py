@@ -1,0 +1,81 @@
+"""`reproduce`'s scheduler: Flower steps start while the last centralised steps still run, and a
+finished step is written whatever runs beside it. No timing is measured: a centralised step
+waits for a file that only a Flower step writes, so it sees the file only if the two overlap."""
+
+import contextlib
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from fedlstm.reports import reproduce
+
+
+def wait_for_file(flag: str, seconds: float = 60.0) -> dict:
+    """A centralised step (run in a spawned worker): did `flag` appear while it ran?"""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if Path(flag).exists():
+            return {"saw_flag": True}
+        time.sleep(0.05)
+    return {"saw_flag": False}
+
+
+def write_file(flag: Path) -> dict:
+    """A Flower step (run in this process)."""
+    flag.write_text("flower ran")
+    return {"wrote_flag": True}
+
+
+def _job(path: Path, compute, flower: bool = False):
+    return reproduce._Job(path, {"key": path.stem}, compute, flower)
+
+
+def _run(side, flower, workers=2):
+    results = {job.path: None for job in [*side, *flower]}
+    counter = reproduce._Counter(0, len(results), lambda done, total, text: None)
+    reproduce._run_steps(side, flower, workers, results, counter)
+    return results, counter
+
+
+@pytest.fixture(autouse=True)
+def no_ray(monkeypatch):
+    monkeypatch.setattr(reproduce, "one_ray_runtime", contextlib.nullcontext)
+
+
+def test_flower_steps_start_while_the_last_centralised_step_runs(tmp_path):
+    flag = tmp_path / "flag"
+    long = _job(tmp_path / "networks.json", partial(wait_for_file, str(flag)))
+    short = [_job(tmp_path / f"short{i}.json", partial(json.loads, f'{{"i": {i}}}'))
+             for i in range(3)]
+    fed = _job(tmp_path / "fed.json", partial(write_file, flag), flower=True)
+    results, counter = _run([long, *short], [fed])
+    assert results[long.path]["saw_flag"] is True  # it was still running when Flower started
+    assert results[fed.path]["wrote_flag"] is True
+    for job in [long, *short, fed]:  # every step written, with its fingerprint
+        assert json.loads(job.path.read_text())["fingerprint"] == {"key": job.path.stem}
+    assert counter.done == 5 and counter.running == []
+
+
+def test_a_failed_centralised_step_stops_before_flower_and_keeps_the_others(tmp_path):
+    flag = tmp_path / "flag"
+    good = _job(tmp_path / "good.json", partial(json.loads, '{"ok": 1}'))
+    bad = _job(tmp_path / "bad.json", partial(json.loads, "not json"))
+    fed = _job(tmp_path / "fed.json", partial(write_file, flag), flower=True)
+    # Still running when the other two have finished: Flower could start, but must not.
+    slow = _job(tmp_path / "slow.json", partial(wait_for_file, str(flag), 3.0))
+    with pytest.raises(json.JSONDecodeError):
+        _run([good, bad, slow], [fed])
+    assert json.loads(good.path.read_text())["ok"] == 1
+    assert json.loads(slow.path.read_text())["saw_flag"] is False  # finished and written
+    assert not bad.path.exists() and not flag.exists() and not fed.path.exists()
+
+
+def test_one_worker_runs_the_centralised_steps_first(tmp_path):
+    flag = tmp_path / "flag"
+    waits = _job(tmp_path / "waits.json", partial(wait_for_file, str(flag), 0.2))
+    fed = _job(tmp_path / "fed.json", partial(write_file, flag), flower=True)
+    results, _ = _run([waits], [fed], workers=1)
+    assert results[waits.path]["saw_flag"] is False and results[fed.path]["wrote_flag"]
