@@ -8,7 +8,13 @@ from report_cells import check_report
 from typer.testing import CliRunner
 
 from fedlstm.cli.main import app
+from fedlstm.config import RunConfig
+from fedlstm.data.splits import build_split
+from fedlstm.detection import ModelBundle
 from fedlstm.reports.reproduce import METHODS
+from fedlstm.runs.rundir import public
+from fedlstm.tasks import task_for
+from fedlstm.tasks.base import training_attacks
 
 
 def test_quick_reproduction_writes_the_report_and_resumes(datasets_dir, tmp_path):
@@ -67,6 +73,17 @@ def test_quick_reproduction_writes_the_report_and_resumes(datasets_dir, tmp_path
     assert fed["config"]["detector"] == "hybrid" and {"supervised", "anomaly"} <= set(
         fed["evaluations"]["test"]["parts"])
     assert fed["evaluations"]["test"]["unseen"]["n"] > 0  # Test+ holds attack types unseen in training
+    # the step keeps what the run writer evaluated (no second pass): scores and ROC points
+    run_test = json.loads((run_dir / "metrics.json").read_text())["evaluations"]["test"]
+    assert fed["evaluations"]["test"]["roc"] == run_test["roc"] and len(run_test["roc"]["fpr"]) > 2
+    assert fed["evaluations"]["test"]["accuracy"] == run_test["binary"]["accuracy"]
+    assert fed["evaluations"]["test"]["unseen"]["recall"] == run_test["unseen"]["recall_at_threshold"]
+    cfg = RunConfig.model_validate(fed["config"])  # and those are the saved model's on Test+
+    split = build_split(cfg.data, seed=cfg.seed)
+    again = task_for(cfg).evaluate(ModelBundle.load(run_dir / "model.fedlstm"), split.tests["test"],
+                                   training_attacks(split.train, split.val))
+    assert again["binary"]["accuracy"] == fed["evaluations"]["test"]["accuracy"]
+    assert public(again)["roc"] == fed["evaluations"]["test"]["roc"]
     assert [p["default"] for p in fed["budget_curve"]].count(True) == 1
     overlap = {s["key"]: s for s in steps if s.get("kind") == "overlap"}
     assert overlap["overlap--kdd99--official"]["tests"]["test"]["overlap"] > 0.3

@@ -22,9 +22,6 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from pathlib import Path
 
-import numpy as np
-from sklearn.metrics import roc_curve
-
 import fedlstm
 from fedlstm import __version__
 from fedlstm.config import DataConfig, RunConfig, load_config, with_dataset_defaults
@@ -45,9 +42,8 @@ from fedlstm.detection.classical import CLASSICAL
 from fedlstm.federation.simulation import one_ray_runtime, run_federated
 from fedlstm.reports import communication, networks, robustness
 from fedlstm.reports.report import write_report
-from fedlstm.runs.rundir import git_commit
+from fedlstm.runs.rundir import git_commit, public
 from fedlstm.tasks import task_for
-from fedlstm.tasks.base import training_attacks
 from fedlstm.tasks.centralised import train
 
 log = logging.getLogger(__name__)
@@ -174,20 +170,13 @@ def _split(data_json: str, seed: int):
     return build_split(DataConfig.model_validate_json(data_json), seed=seed)
 
 
-def _roc_points(y: np.ndarray, score: np.ndarray, n: int = 200) -> dict | None:
-    if len(np.unique(y)) < 2:
-        return None
-    fpr, tpr, _ = roc_curve(y, score)
-    idx = np.unique(np.linspace(0, len(fpr) - 1, min(n, len(fpr))).astype(int))
-    return {"fpr": fpr[idx].round(5).tolist(), "tpr": tpr[idx].round(5).tolist()}
-
-
 def _evaluations(evaluations: dict) -> dict:
-    """What a step file keeps of each test set's evaluation: binary scores and ROC points; the
-    share flagged per attack type and the unseen types; for the hybrid, each part's scores."""
+    """What a step file keeps of each test set's evaluation (as computed, or as a run's
+    metrics.json holds it): binary scores and ROC points; the share flagged per attack type and
+    the unseen types; for the hybrid, each part's scores."""
     out = {}
     for name, ev in evaluations.items():
-        kept = {**ev["binary"], "roc": _roc_points(ev["_curve"]["y"], ev["_curve"]["score"]),
+        kept = {**ev["binary"], "roc": public(ev)["roc"],
                 "by_attack": ev.get("flagged_by_attack", {})}
         if "unseen" in ev:
             kept["unseen"] = {"n": ev["unseen"]["n"], "attacks": ev["unseen"]["attacks"],
@@ -207,7 +196,6 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
                     "config": json.loads(cfg.model_dump_json())}
     task = task_for(cfg)
     split = _split(cfg.data.model_dump_json(), cfg.seed)
-    seen = training_attacks(split.train, split.val)
     if step.method == "fed-lstm":
         run_dir = out / "runs" / step.key
         # Per-round test curves and federated evaluation feed no table or figure here (Fig. 5/6
@@ -217,8 +205,9 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
         run_federated(cfg, run_dir, overwrite=True, plots=False)  # the report draws its own
         metrics = json.loads((run_dir / "metrics.json").read_text())
         bundle = ModelBundle.load(run_dir / "model.fedlstm")
-        result["evaluations"] = _evaluations({n: task.evaluate(bundle, r, seen)
-                                              for n, r in split.tests.items()})
+        # The run writer evaluated the same test sets (the attack types of the sites' training
+        # and validation records as "seen"): no second pass over them.
+        result["evaluations"] = _evaluations(metrics["evaluations"])
         result["curves"] = [r for r in metrics["rounds"] if r["round"] > 0]
         result["curve_axis"] = "round"
         result["run_dir"] = str(run_dir)

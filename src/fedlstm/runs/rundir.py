@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from filelock import FileLock, Timeout
+from sklearn.metrics import roc_curve
 
 from fedlstm import __version__
 from fedlstm.config import RunConfig
@@ -187,7 +188,21 @@ def git_commit() -> str | None:
 
 
 def public(evaluation: dict) -> dict:
-    return {k: v for k, v in evaluation.items() if not k.startswith("_")}
+    """An evaluation as metrics.json keeps it: its scores, and its ROC curve as at most 200
+    points instead of every record's score."""
+    out = {k: v for k, v in evaluation.items() if not k.startswith("_")}
+    if "_curve" in evaluation:
+        out["roc"] = roc_points(evaluation["_curve"]["y"], evaluation["_curve"]["score"])
+    return out
+
+
+def roc_points(y: np.ndarray, score: np.ndarray, n: int = 200) -> dict | None:
+    """At most `n` points of the ROC curve, evenly spaced along it (None with one class)."""
+    if len(np.unique(y)) < 2:
+        return None
+    fpr, tpr, _ = roc_curve(y, score)
+    idx = np.unique(np.linspace(0, len(fpr) - 1, min(n, len(fpr))).astype(int))
+    return {"fpr": fpr[idx].round(5).tolist(), "tpr": tpr[idx].round(5).tolist()}
 
 
 def unseen_attack_recall(train_attacks: np.ndarray, spec, evaluations: dict) -> dict:
