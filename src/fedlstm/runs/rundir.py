@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 from filelock import FileLock, Timeout
-from sklearn.metrics import roc_curve
 
 from fedlstm import __version__
 from fedlstm.config import RunConfig
@@ -198,6 +197,8 @@ def public(evaluation: dict) -> dict:
 
 def roc_points(y: np.ndarray, score: np.ndarray, n: int = 200) -> dict | None:
     """At most `n` points of the ROC curve, evenly spaced along it (None with one class)."""
+    from sklearn.metrics import roc_curve  # a site's ClientApp imports this module, not sklearn
+
     if len(np.unique(y)) < 2:
         return None
     fpr, tpr, _ = roc_curve(y, score)
