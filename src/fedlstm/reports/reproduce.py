@@ -42,7 +42,7 @@ from fedlstm.detection.classical import CLASSICAL
 from fedlstm.federation.simulation import one_ray_runtime, run_federated
 from fedlstm.reports import communication, networks, robustness
 from fedlstm.reports.report import write_report
-from fedlstm.runs.rundir import git_commit, public
+from fedlstm.runs.rundir import git_commit, roc_points
 from fedlstm.tasks import task_for
 from fedlstm.tasks.centralised import train
 
@@ -176,7 +176,8 @@ def _evaluations(evaluations: dict) -> dict:
     the unseen types; for the hybrid, each part's scores."""
     out = {}
     for name, ev in evaluations.items():
-        kept = {**ev["binary"], "roc": public(ev)["roc"],
+        roc = ev["roc"] if "roc" in ev else roc_points(ev["_curve"]["y"], ev["_curve"]["score"])
+        kept = {**ev["binary"], "roc": roc,
                 "by_attack": ev.get("flagged_by_attack", {})}
         if "unseen" in ev:
             kept["unseen"] = {"n": ev["unseen"]["n"], "attacks": ev["unseen"]["attacks"],
@@ -195,7 +196,9 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
     result: dict = {"step": step.__dict__, "key": step.key, "profile": profile.name,
                     "config": json.loads(cfg.model_dump_json())}
     task = task_for(cfg)
-    split = _split(cfg.data.model_dump_json(), cfg.seed)
+    # A Fed-LSTM step reads its data through the federation: the split only for the budget curve.
+    split = (_split(cfg.data.model_dump_json(), cfg.seed)
+             if step.method != "fed-lstm" or step.seed == profile.seeds[0] else None)
     if step.method == "fed-lstm":
         run_dir = out / "runs" / step.key
         # Per-round test curves and federated evaluation feed no table or figure here (Fig. 5/6
