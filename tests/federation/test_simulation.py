@@ -88,3 +88,34 @@ def test_one_ray_runtime_hands_idle_actors_to_the_next_simulation_and_replaces_d
         assert third.num_actors == len(ids) and not {a._actor_id for a in third.pool} & ids
         ray.get([a.__ray_ready__.remote() for a in third.pool], timeout=60)  # alive
         third.terminate_all_actors()
+
+
+def test_a_simulation_builds_flowers_runtime_queues_that_notice_the_stop_event_promptly(
+        monkeypatch):
+    """Flower's runtime reads its queues with a 1 s timeout between stop checks; `simulate`
+    hands it queues that wait at most 50 ms at a time, and only while it runs."""
+    import queue
+
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    from fedlstm.federation import simulation
+
+    # The runtime takes its queue class from the module at call time (else the patch is moot).
+    assert "Queue" in vce_api.run_api.__code__.co_names
+    built = []
+    monkeypatch.setattr(vce_api, "run_api", lambda *a, **k: built.append(vce_api.Queue()))
+
+    def fake_run_simulation(**kwargs):  # Flower's entry point down to the runtime it starts
+        vce_api.run_api()
+
+    monkeypatch.setattr("flwr.simulation.run_simulation", fake_run_simulation)
+    simulation.simulate(None, None, 2, simulation.threading.Event())
+    assert isinstance(built[0], simulation._PromptQueue) and vce_api.Queue is queue.Queue
+
+    waits = []
+    monkeypatch.setattr(queue.Queue, "get", lambda self, block=True, timeout=None:
+                        waits.append(timeout))
+    built[0].get(timeout=1.0)
+    built[0].get(timeout=0.01)
+    built[0].get()
+    assert waits == [0.05, 0.01, None]
