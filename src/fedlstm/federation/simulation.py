@@ -95,8 +95,9 @@ class _PromptQueue(queue.Queue):
 
     Flower's simulation runtime (flwr 1.42, `vce_api.run_api`) has its worker threads read their
     queues with a 1 s timeout and check the stop event in between, so every simulation ends
-    about 0.9 s after its ServerApp (a third of a short `reproduce` step). Flower offers no
-    setting for it; with this queue the same loop notices the stop event within 50 ms."""
+    about 0.9 s after its ServerApp (a third of a 3 s simulation in the quick `reproduce`).
+    Flower offers no setting for it; with this queue the same loop notices the stop event
+    within 50 ms."""
 
     def get(self, block: bool = True, timeout: float | None = None):
         return super().get(block, None if timeout is None else min(timeout, 0.05))

@@ -196,9 +196,9 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
     result: dict = {"step": step.__dict__, "key": step.key, "profile": profile.name,
                     "config": json.loads(cfg.model_dump_json())}
     task = task_for(cfg)
-    # A Fed-LSTM step reads its data through the federation: the split only for the budget curve.
-    split = (_split(cfg.data.model_dump_json(), cfg.seed)
-             if step.method != "fed-lstm" or step.seed == profile.seeds[0] else None)
+    # `_split` is cached: built only where used (a Fed-LSTM step reads its data through the
+    # federation, and needs the split only for the budget curve).
+    data_key = (cfg.data.model_dump_json(), cfg.seed)
     if step.method == "fed-lstm":
         run_dir = out / "runs" / step.key
         # Per-round test curves and federated evaluation feed no table or figure here (Fig. 5/6
@@ -219,7 +219,7 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
             raise KeyError(f"unknown method {step.method!r}")
         # Test curves (a test-set pass per epoch) only where Fig. 5/6 draw them.
         curves = step.method == "lstm" and step.seed == profile.seeds[0]
-        trained = train(task, split, curves=curves)
+        trained = train(task, _split(*data_key), curves=curves)
         bundle = trained.bundle
         if step.method in CLASSICAL:
             result["approximation"] = bundle.approximation
@@ -230,7 +230,7 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
         result["train_seconds"] = trained.timings.get("train_seconds")
     if hasattr(task, "budget_curve") and step.seed == profile.seeds[0]:
         # The alert budget's trade-off (report only; the detector keeps its own budget).
-        result["budget_curve"] = task.budget_curve(bundle, split)
+        result["budget_curve"] = task.budget_curve(bundle, _split(*data_key))
     result["seconds"] = time.perf_counter() - t0
     return result
 
