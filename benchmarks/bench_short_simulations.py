@@ -16,11 +16,12 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("FEDLSTM_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets"))
+
+from _ratio import print_ratio  # noqa: E402
 
 from fedlstm.federation import simulation  # noqa: E402
 from fedlstm.reports import reproduce as R  # noqa: E402
@@ -47,11 +48,7 @@ def main() -> None:
             seconds["flower queues"].append(run())
             simulation._prompt_shutdown = prompt
             seconds["prompt queues"].append(run())
-    median = {name: statistics.median(values) for name, values in seconds.items()}
-    for name, values in seconds.items():
-        print(f"{name}: median {median[name]:.2f} s ({', '.join(f'{v:.2f}' for v in values)})")
-    ratio = median["prompt queues"] / median["flower queues"]
-    print(f"ratio prompt/flower: {ratio:.2f} (target <= 0.8)")
+    print_ratio(seconds, "prompt queues", "flower queues", 0.8)
 
 
 if __name__ == "__main__":
