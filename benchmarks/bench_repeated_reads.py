@@ -3,7 +3,7 @@
     python benchmarks/bench_repeated_reads.py [--dataset kdd99] [--repeats 3]
 
 `reproduce` builds the split of the same benchmark files in dozens of steps; with
-`readers.remember_reads` on (as `reproduce` runs) each file is parsed once per process and
+`readers.remembered_reads` (as `reproduce` runs) each file is parsed once per process and
 later reads get a copy. This builds the quick profile's first Fed-LSTM step's split of
 `--dataset` (official protocol, every file read in full) once to warm up, then, `--repeats`
 times, once parsing every file and once from reads remembered by an untimed build before it.
@@ -21,7 +21,7 @@ os.environ.setdefault("FEDLSTM_DATA", os.path.join(os.path.dirname(__file__), ".
 
 from _ratio import print_ratio  # noqa: E402
 
-from fedlstm.data.readers import remember_reads  # noqa: E402
+from fedlstm.data.readers import remembered_reads  # noqa: E402
 from fedlstm.data.splits import build_split  # noqa: E402
 from fedlstm.reports import reproduce as R  # noqa: E402
 
@@ -43,11 +43,10 @@ def main() -> None:
     print(f"{step.key}: warm-up build {seconds():.2f} s")
     runs: dict[str, list[float]] = {"parsed every time": [], "remembered": []}
     for _ in range(args.repeats):
-        remember_reads(False)
         runs["parsed every time"].append(seconds())
-        remember_reads()
-        seconds()  # parses and remembers: the timed build below only copies
-        runs["remembered"].append(seconds())
+        with remembered_reads():
+            seconds()  # parses and remembers: the timed build below only copies
+            runs["remembered"].append(seconds())
     print_ratio(runs, "remembered", "parsed every time", 0.5)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedlstm.data.readers import ReadReport, Records
+from fedlstm.data.readers import ReadReport, Records, remembered_reads
 from fedlstm.data.spec import DatasetSpec, FileSpec
 
 SYNTHETIC_SPEC = DatasetSpec(
@@ -37,6 +37,14 @@ def signing_key_home(tmp_path_factory):
         mp.setenv("FEDLSTM_KEYS", str(home))
         mp.delenv("FEDLSTM_HOME", raising=False)
         yield home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remembered_benchmark_reads():
+    """The suite reads the same benchmark files in dozens of tests: each is parsed once and later
+    reads get a copy, as in `reproduce` (`readers.remembered_reads`; its test parses again)."""
+    with remembered_reads():
+        yield
 
 
 @pytest.fixture(scope="session")

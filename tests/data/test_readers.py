@@ -12,7 +12,7 @@ import pytest
 
 from fedlstm.data import readers
 from fedlstm.data.io import DataFormatError
-from fedlstm.data.readers import find_bad_lines, read_records, remember_reads
+from fedlstm.data.readers import find_bad_lines, read_records, remembered_reads
 from fedlstm.data.schemas import KDD99, KDD_CATEGORICAL, KDD_FEATURES, NSL_KDD, UNSW_NB15
 
 _CATEGORIES = {"protocol_type": ["tcp", "udp", "icmp"], "service": ["http", "private", "smtp"],
@@ -59,21 +59,21 @@ def test_remembered_reads_parse_a_file_once_and_hand_out_copies(tmp_path, monkey
     parses = []
     parse = readers._parse
     monkeypatch.setattr(readers, "_parse", lambda *a: parses.append(a[0]) or parse(*a))
-    remember_reads()
-    try:
+    monkeypatch.setattr(readers, "_remembered", None)  # the suite's own remembered reads (conftest)
+    with remembered_reads():
         first = read_records(path, NSL_KDD)
         first.frame.iloc[0, 0] = -1.0  # callers change records in place (federation.attacks)
         first.is_attack[:] = 0
-        second = read_records(path, NSL_KDD)
+        with remembered_reads():  # nested: still the same memory
+            second = read_records(path, NSL_KDD)
         assert len(parses) == 1
         assert second.frame.iloc[0, 0] != -1.0 and second.is_attack.sum() == len(LABELS) - 1
         read_records(path, NSL_KDD, lenient=True)  # another way of reading it: parsed again
         nsl_file(path, LABELS[:3])  # the file changed: parsed again
         assert len(read_records(path, NSL_KDD)) == 3 and len(parses) == 3
-    finally:
-        remember_reads(False)
-    read_records(path, NSL_KDD)  # off again: every read parses
-    assert len(parses) == 4
+    read_records(path, NSL_KDD)  # after the block every read parses again
+    read_records(path, NSL_KDD)
+    assert len(parses) == 5
 
 
 def test_nsl_kdd_round_trip(tmp_path):

@@ -14,6 +14,7 @@ import math
 import zipfile
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -210,17 +211,30 @@ def find_bad_lines(path: Path, spec: DatasetSpec, limit: int | None = 1) -> list
     return bad
 
 
-# Records already parsed in this process, by file and reading, while `remember_reads` is on.
+# Records already parsed in this process, by file and reading, while reads are remembered.
 _remembered: dict[tuple, Records] | None = None
 
 
-def remember_reads(on: bool = True) -> None:
-    """While on, a file read again in this process (same path, size, modification time, spec
-    and leniency) is handed out as a copy of its first parse. `reproduce` turns it on: its steps
-    read the same benchmark files dozens of times (KDD Cup 99's two files take 4.5 s to parse).
-    A copy, because callers change records in place (`federation.attacks`)."""
+def remember_reads() -> None:
+    """From now on, a file read again in this process (same path, size, modification time,
+    spec and leniency) is handed out as a copy of its first parse. `reproduce` turns it on: its
+    steps read the same benchmark files dozens of times (KDD Cup 99's two files take 4.5 s to
+    parse). A copy, because callers change records in place (`federation.attacks`)."""
     global _remembered
-    _remembered = {} if on else None
+    if _remembered is None:
+        _remembered = {}
+
+
+@contextmanager
+def remembered_reads() -> Iterator[None]:
+    """`remember_reads` for the block; afterwards reads are remembered only if they were before."""
+    global _remembered
+    outer = _remembered
+    remember_reads()
+    try:
+        yield
+    finally:
+        _remembered = outer
 
 
 def read_records(path: str | Path, spec: DatasetSpec, lenient: bool = False) -> Records:

@@ -26,7 +26,7 @@ import fedlstm
 from fedlstm import __version__
 from fedlstm.config import DataConfig, RunConfig, load_config, with_dataset_defaults
 from fedlstm.data.fetch import FetchError, fetch_dataset
-from fedlstm.data.readers import remember_reads
+from fedlstm.data.readers import remember_reads, remembered_reads
 from fedlstm.data.registry import (
     DEFAULT_DATA,
     DatasetCorrupt,
@@ -572,12 +572,9 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
     # short steps fill the cores' ends.
     side = sorted((j for j in pending if not j.flower),
                   key=lambda j: not j.path.stem.startswith(f"{NETWORKS_STEP}--"))
-    remember_reads()  # the steps read the same files again and again: parse each once
-    try:
+    with remembered_reads():  # the steps read the same files again and again: parse each once
         _run_steps(side, [j for j in pending if j.flower], jobs or default_jobs(), results,
                    counter)
-    finally:
-        remember_reads(False)
     progress(total, total, "writing report")
     return write_report(out, profile, the_plan.skipped, command,
                         steps=[r for r in results.values() if r is not None])
