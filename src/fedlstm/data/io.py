@@ -27,6 +27,13 @@ class BadLineError(DataFormatError):
         return f"{self.where} (use lenient reading to skip bad lines)"
 
 
+def file_key(path: Path) -> tuple[str, int, int]:
+    """A file's identity for caches of what was computed from it: its resolved path, size and
+    modification time, so that a changed file is computed again."""
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
 def open_text(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")

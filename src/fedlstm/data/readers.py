@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedlstm.data.io import BadLineError, DataFormatError, open_text
+from fedlstm.data.io import BadLineError, DataFormatError, file_key, open_text
 from fedlstm.data.spec import NORMAL_FAMILY, DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -242,8 +242,7 @@ def read_records(path: str | Path, spec: DatasetSpec, lenient: bool = False) -> 
     path = Path(path)
     if _remembered is None:
         return _parse(path, spec, lenient)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, spec.model_dump_json(), lenient)
+    key = (*file_key(path), spec.model_dump_json(), lenient)
     if key not in _remembered:
         _remembered[key] = _parse(path, spec, lenient)
     return _copy(_remembered[key])

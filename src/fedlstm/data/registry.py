@@ -7,7 +7,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from fedlstm.data.io import open_text
+from fedlstm.data.io import file_key, open_text
 from fedlstm.data.spec import DatasetSpec, FileSpec
 
 DATA_ENV = "FEDLSTM_DATA"
@@ -43,8 +43,13 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
 
 
 @lru_cache(maxsize=64)
-def _cached_sha(path: str, size: int, mtime: float) -> str:
+def _cached_sha(path: str, size: int, mtime_ns: int) -> str:
     return sha256_of(Path(path))
+
+
+def file_sha256(path: Path) -> str:
+    """`sha256_of`, computed once per file content (`file_key`) in this process."""
+    return _cached_sha(*file_key(path))
 
 
 def count_rows(path: Path, has_header: bool) -> int:
@@ -54,13 +59,8 @@ def count_rows(path: Path, has_header: bool) -> int:
 
 
 @lru_cache(maxsize=64)
-def _cached_rows(path: str, size: int, mtime: float, has_header: bool) -> int:
+def _cached_rows(path: str, size: int, mtime_ns: int, has_header: bool) -> int:
     return count_rows(Path(path), has_header)
-
-
-def _stat_key(path: Path) -> tuple[str, int, float]:
-    st = path.stat()
-    return str(path.resolve()), st.st_size, st.st_mtime
 
 
 def locate(spec: DatasetSpec, role: str, root: Path, verify: bool = True) -> Path:
@@ -86,7 +86,7 @@ def _locate_by_rows(spec: DatasetSpec, fspec: FileSpec, folder: Path, hint: str)
     for name in sorted(names):
         path = folder / name
         if path.exists():
-            rows = _cached_rows(*_stat_key(path), spec.has_header)
+            rows = _cached_rows(*file_key(path), spec.has_header)
             found[name] = rows
             if rows == fspec.rows:
                 if fspec.sha256:
@@ -101,12 +101,12 @@ def _locate_by_rows(spec: DatasetSpec, fspec: FileSpec, folder: Path, hint: str)
 
 def check_file(path: Path, fspec: FileSpec, spec: DatasetSpec, hint: str) -> None:
     if fspec.sha256 and path.name == fspec.name:
-        actual = _cached_sha(*_stat_key(path))
+        actual = file_sha256(path)
         if actual != fspec.sha256:
             raise DatasetCorrupt(f"{path}: sha256 {actual} does not match the published "
                                  f"{fspec.sha256}; the file is corrupt or a different version; {hint}")
     elif fspec.rows:  # a decompressed or renamed copy: the row count is what we can check
-        rows = _cached_rows(*_stat_key(path), spec.has_header)
+        rows = _cached_rows(*file_key(path), spec.has_header)
         if rows != fspec.rows:
             raise DatasetCorrupt(f"{path}: {rows:,} rows, expected {fspec.rows:,}; {hint}")
 

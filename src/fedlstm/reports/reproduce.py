@@ -33,8 +33,8 @@ from fedlstm.data.registry import (
     DatasetNotFound,
     available_roles,
     data_dir,
+    file_sha256,
     locate,
-    sha256_of,
 )
 from fedlstm.data.schemas import get_spec
 from fedlstm.data.splits import build_split
@@ -459,18 +459,8 @@ def _files_of(datasets: list[str], root: Path) -> dict[str, str]:
     for ds in datasets:
         spec = get_spec(ds)
         for role in available_roles(spec, root):
-            out[f"{ds}/{role}"] = _sha256(locate(spec, role, root, verify=False))
+            out[f"{ds}/{role}"] = file_sha256(locate(spec, role, root, verify=False))
     return out
-
-
-def _sha256(path: Path) -> str:
-    st = path.stat()
-    return _sha256_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
-
-
-@lru_cache(maxsize=64)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_of(Path(path))
 
 
 @lru_cache(maxsize=1)
@@ -646,6 +636,7 @@ def _run_steps(side: list[_Job], flower: list[_Job], workers: int, results: dict
                 free.notify_all()
 
     context = multiprocessing.get_context("spawn")
+    # Spawned workers start afresh: each remembers its own reads for its lifetime.
     with ProcessPoolExecutor(max_workers=workers, mp_context=context,
                              initializer=remember_reads) as pool:
         for job in side[:workers]:
