@@ -79,3 +79,24 @@ def test_one_worker_runs_the_centralised_steps_first(tmp_path):
     fed = _job(tmp_path / "fed.json", partial(write_file, flag), flower=True)
     results, _ = _run([waits], [fed], workers=1)
     assert results[waits.path]["saw_flag"] is False and results[fed.path]["wrote_flag"]
+
+
+def worker_setup() -> dict:
+    """A centralised step (run in a spawned worker): how its worker was set up."""
+    from threadpoolctl import threadpool_info
+
+    from fedlstm.data import readers
+
+    return {"openmp": sorted({lib["num_threads"] for lib in threadpool_info()
+                              if lib["user_api"] == "openmp"}),
+            "remembers_reads": readers._remembered is not None}
+
+
+def test_workers_remember_reads_and_keep_openmp_to_their_share_of_cores(tmp_path):
+    steps = [_job(tmp_path / f"setup{i}.json", worker_setup) for i in range(2)]
+    results, _ = _run(steps, [], workers=2)
+    share = reproduce.worker_threads(2)
+    assert share == max(1, (reproduce.os.cpu_count() or 1) // 2)
+    for job in steps:
+        assert results[job.path]["openmp"] == [share]  # torch's and scikit-learn's runtimes
+        assert results[job.path]["remembers_reads"]

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from pathlib import Path
 
+from threadpoolctl import threadpool_limits
+
 import fedlstm
 from fedlstm import __version__
 from fedlstm.config import DataConfig, RunConfig, load_config, with_dataset_defaults
@@ -636,9 +638,8 @@ def _run_steps(side: list[_Job], flower: list[_Job], workers: int, results: dict
                 free.notify_all()
 
     context = multiprocessing.get_context("spawn")
-    # Spawned workers start afresh: each remembers its own reads for its lifetime.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                             initializer=remember_reads) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=start_worker,
+                             initargs=(worker_threads(workers),)) as pool:
         for job in side[:workers]:
             counter.start(job.path.stem)
         futures = [pool.submit(job.compute) for job in side]
@@ -650,6 +651,24 @@ def _run_steps(side: list[_Job], flower: list[_Job], workers: int, results: dict
             _run_flower(flower, results, counter)
     if errors:
         raise errors[0]
+
+
+def worker_threads(workers: int) -> int:
+    """The OpenMP threads of each of `workers` side-by-side workers: its share of the cores."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def start_worker(openmp_threads: int) -> None:
+    """A spawned worker's set-up: it starts afresh, so it remembers its own reads for its
+    lifetime, and its OpenMP loops (scikit-learn's gradient boosting) use its share of the cores.
+    Unlimited, each such loop takes every core and then waits for the threads that the other
+    workers' training keeps off them: beside one training process, gradient boosting took 1.6x
+    as long on two threads as on one, with the same model (benchmarks/bench_worker_threads.py).
+    Only OpenMP is limited: BLAS thread counts can change rounding (classical._kernel_svm)."""
+    remember_reads()
+    import sklearn.ensemble  # noqa: F401  loads scikit-learn's OpenMP runtime: the limit reaches it
+
+    threadpool_limits(openmp_threads, user_api="openmp")
 
 
 def _run_here(job: _Job, results: dict, counter: _Counter) -> None:
