@@ -661,10 +661,10 @@ def worker_threads(workers: int) -> int:
 def start_worker(openmp_threads: int) -> None:
     """A spawned worker's set-up: it starts afresh, so it remembers its own reads for its
     lifetime, and its OpenMP loops (scikit-learn's gradient boosting) use its share of the cores.
-    Unlimited, each such loop takes every core and then waits for the threads that the other
-    workers' training keeps off them: beside one training process, gradient boosting took 1.6x
-    as long on two threads as on one, with the same model (benchmarks/bench_worker_threads.py).
-    Only OpenMP is limited: BLAS thread counts can change rounding (classical._kernel_svm)."""
+    Unlimited, such a loop takes the core that another worker's training runs on: with the limit
+    a gradient boosting fit and a training beside it were both done in 0.95x the time, the
+    training in about 0.7x, with the same model (benchmarks/bench_worker_threads.py). Only
+    OpenMP is limited: BLAS thread counts can change rounding (classical._kernel_svm)."""
     remember_reads()
     import sklearn.ensemble  # noqa: F401  loads scikit-learn's OpenMP runtime: the limit reaches it
 
