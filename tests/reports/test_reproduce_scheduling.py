@@ -96,7 +96,7 @@ def test_workers_remember_reads_and_keep_openmp_to_their_share_of_cores(tmp_path
     steps = [_job(tmp_path / f"setup{i}.json", worker_setup) for i in range(2)]
     results, _ = _run(steps, [], workers=2)
     share = reproduce.worker_threads(2)
-    assert share == max(1, (reproduce.os.cpu_count() or 1) // 2)
+    assert 2 * share <= max(2, reproduce.os.cpu_count() or 1)  # together, no more than the cores
     for job in steps:
         assert results[job.path]["openmp"] == [share]  # torch's and scikit-learn's runtimes
         assert results[job.path]["remembers_reads"]
