@@ -183,8 +183,11 @@ def _expected(steps: Steps, heading: str, paragraph: str, header, row):
         run = steps.files[f"robust--{row[0]}--{row[1]}--s0"]
         clean = steps.files[f"robust--clean--{row[1]}--s0"]
         ev, acc0 = run["evaluations"]["test"], clean["evaluations"]["test"]["accuracy"]
+        left_out = run["left_out_of_calibration"]
         return [row[0], row[1], f"{ev['accuracy']:.4f}", f"{100 * (ev['accuracy'] - acc0):+.2f}",
-                f"{ev['fpr']:.4f}", ", ".join(run["malicious_sites"]) or "-"]
+                f"{ev['fpr']:.4f}", ", ".join(run["malicious_sites"]) or "-",
+                "-" if left_out is None else ", ".join(left_out) or "none",
+                f"{run['normal_windows']:,}"]
     if heading.startswith("Networks A, B, C"):
         return _networks_row(steps, header, row)
     if heading == "Wall time of every step":

@@ -56,3 +56,18 @@ def test_a_profile_left_unset_uses_the_dataset_defaults():
     cfg = rep.step_config(rep.Step("unsw-nb15", "random-split", "hgb", 0), quick, rep.Path("/d"))
     assert cfg.detector == "supervised" and cfg.train.epochs == 1 and cfg.federation.rounds == 2
     assert cfg.windows.window == DATASET_DEFAULTS["unsw-nb15"]["windows"]["window"]
+
+
+def test_the_robustness_study_trains_on_every_row_of_the_profile():
+    """At the other studies' row limit the novelty part's μ, Σ rest on too few normal windows
+    for the robust calibration to leave sites out (reproduce.robust_profile)."""
+    the_plan = rep.Plan(steps=[rep.Step("nsl-kdd", "official", "fed-lstm", 0)])
+    full, quick = rep.PROFILES["full"], rep.PROFILES["quick"]
+    robust = rep.extra_config("robust--label-flip--robust--s0", the_plan, full, rep.Path("/d"))
+    noniid = rep.extra_config("noniid--iid--s0", the_plan, full, rep.Path("/d"))
+    assert robust.data.max_train_rows is None and noniid.data.max_train_rows == rep.STUDY_ROWS
+    assert (robust.federation.rounds, robust.federation.local_epochs) == \
+        (noniid.federation.rounds, noniid.federation.local_epochs)
+    assert robust.federation.attack == "label-flip" and robust.federation.malicious == 0.3
+    small = rep.extra_config("robust--clean--robust--s0", the_plan, quick, rep.Path("/d"))
+    assert small.data.max_train_rows == quick.max_train_rows

@@ -69,7 +69,8 @@ def section(steps: list[dict], doc) -> None:
           "`robust` = trimmed mean sized for 30% malicious sites + norm bound + reputation + "
           "robust calibration "
           "(`fedlstm robustness` runs the full grid). Δ against the same defence without "
-          "attackers.")
+          "attackers. The last two columns: the sites the robust calibration left out, and the "
+          "normal validation windows the novelty part's μ, Σ came from (the sites left in).")
     rows = []
     for attack in ("clean", *STUDY_ATTACKS):
         for defence in STUDY_DEFENCES:
@@ -79,8 +80,19 @@ def section(steps: list[dict], doc) -> None:
             ev, ev0 = r["evaluations"]["test"], clean["evaluations"]["test"]
             rows.append([attack, defence, f"{ev['accuracy']:.4f}",
                          f"{100 * (ev['accuracy'] - ev0['accuracy']):+.2f}", f"{ev['fpr']:.4f}",
-                         ", ".join(r.get("malicious_sites") or []) or "-"])
-    doc.table(["attack", "defence", "accuracy", "Δ pp", "FPR", "malicious sites"], rows)
+                         *calibration_cells(r)])
+    doc.table(["attack", "defence", "accuracy", "Δ pp", "FPR", "malicious sites",
+               "left out of calibration", "normal windows (μ, Σ)"], rows)
+
+
+def calibration_cells(step: dict) -> list[str]:
+    """Malicious sites, the sites the robust calibration left out (- where it did not run),
+    and the normal windows μ, Σ came from."""
+    left_out = step.get("left_out_of_calibration")
+    windows = step.get("normal_windows")
+    return [", ".join(step.get("malicious_sites") or []) or "-",
+            "-" if left_out is None else ", ".join(left_out) or "none",
+            "-" if windows is None else f"{windows:,}"]
 
 
 def cell_config(cfg: RunConfig, defence: str, attack: str | None, share: float) -> RunConfig:
