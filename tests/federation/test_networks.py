@@ -319,3 +319,27 @@ def test_sites_given_as_files_of_different_formats_federate(tmp_path):
     with pytest.raises(ValueError, match="test-file"):
         federated_data(cfg.model_copy(update={"data": cfg.data.model_copy(
             update={"test_file": str(files[0])})}))
+
+
+def test_a_network_scored_on_its_random_split_is_said_once_and_noted_every_time(monkeypatch,
+                                                                                caplog):
+    """A study splits each network many times (per model, per seed); the fallback from the
+    official protocol is said once per process, and every split still carries it in its notes."""
+    from types import SimpleNamespace
+
+    from fedlstm.data.registry import DatasetNotFound
+    from fedlstm.federation import sites
+
+    def build_split(data, seed, carve_val):
+        if data.protocol == "official":
+            raise DatasetNotFound("the official protocol needs the training file")
+        return SimpleNamespace(notes={"rows": 10})
+
+    monkeypatch.setattr(sites, "build_split", build_split)
+    monkeypatch.setattr(sites, "_FELL_BACK", set())
+    cfg = RunConfig.model_validate({"data": {"protocol": "official"}})
+    with caplog.at_level("WARNING", logger=sites.log.name):
+        splits = [sites.network_split(cfg, "unsw-nb15") for _ in range(3)]
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["unsw-nb15"]
+    assert all(s.notes == {"rows": 10, "protocol": "random-split, official files missing"}
+               for s in splits)

@@ -58,16 +58,20 @@ def test_a_profile_left_unset_uses_the_dataset_defaults():
     assert cfg.windows.window == DATASET_DEFAULTS["unsw-nb15"]["windows"]["window"]
 
 
-def test_the_robustness_study_trains_on_every_row_of_the_profile():
-    """At the other studies' row limit the novelty part's μ, Σ rest on too few normal windows
-    for the robust calibration to leave sites out (reproduce.robust_profile)."""
+def test_every_extra_study_trains_on_every_row_of_the_profile():
+    """At a row limit the novelty part's μ, Σ rest on too few normal windows for the robust
+    calibration to leave sites out, and a study's ranking can differ from the full data's
+    (reproduce.study_profile); the studies keep their own rounds."""
     the_plan = rep.Plan(steps=[rep.Step("nsl-kdd", "official", "fed-lstm", 0)])
     full, quick = rep.PROFILES["full"], rep.PROFILES["quick"]
-    robust = rep.extra_config("robust--label-flip--robust--s0", the_plan, full, rep.Path("/d"))
-    noniid = rep.extra_config("noniid--iid--s0", the_plan, full, rep.Path("/d"))
-    assert robust.data.max_train_rows is None and noniid.data.max_train_rows == rep.STUDY_ROWS
+    keys = ["robust--label-flip--robust--s0", "noniid--fedprox--s0", "privacy--eps1--s0",
+            "anomaly--nsl-kdd--s0"]
+    studies = {key: rep.extra_config(key, the_plan, full, rep.Path("/d")) for key in keys}
+    assert {cfg.data.max_train_rows for cfg in studies.values()} == {full.max_train_rows} == {None}
+    robust, noniid = studies[keys[0]], studies[keys[1]]
     assert (robust.federation.rounds, robust.federation.local_epochs) == \
-        (noniid.federation.rounds, noniid.federation.local_epochs)
+        (noniid.federation.rounds, noniid.federation.local_epochs) == (rep.STUDY_ROUNDS, 1)
     assert robust.federation.attack == "label-flip" and robust.federation.malicious == 0.3
-    small = rep.extra_config("robust--clean--robust--s0", the_plan, quick, rep.Path("/d"))
+    assert studies[keys[2]].train.dp and studies[keys[2]].train.dp_target_epsilon == 1.0
+    small = rep.extra_config("noniid--fedprox--s0", the_plan, quick, rep.Path("/d"))
     assert small.data.max_train_rows == quick.max_train_rows

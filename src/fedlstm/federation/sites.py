@@ -17,6 +17,7 @@ from fedlstm.data.splits import build_split
 from fedlstm.federation.partitions import PartitionScheme, block_segments, partition_indices
 
 log = logging.getLogger(__name__)
+_FELL_BACK: set[str] = set()  # networks already said to be scored on their random split
 
 
 @dataclass
@@ -110,8 +111,10 @@ def network_split(cfg: RunConfig, dataset: str, carve_val: bool = False):
                                 seed=cfg.seed, carve_val=carve_val)
         except DatasetNotFound:
             raise exc from None
-        log.warning("%s: official split unavailable (%s); scored on its random split", dataset,
-                    exc)
+        if dataset not in _FELL_BACK:  # once per process: a study splits a network many times
+            _FELL_BACK.add(dataset)
+            log.warning("%s: official split unavailable (%s); scored on its random split",
+                        dataset, exc)
         split.notes = {**split.notes, "protocol": "random-split, official files missing"}
         return split
 
