@@ -227,6 +227,49 @@ def test_balanced_class_weights_change_what_is_learned():
     assert 0 < d["seconds"] < 600
 
 
+def test_balanced_class_weights_reach_an_objective_the_task_brings():
+    """The hybrid (the default detector) brings its own objective; the option used to be ignored
+    there, so a rare normal class was learned unweighted although the user asked otherwise."""
+    from fedlstm.tasks.hybrid import MODEL, HybridObjective
+
+    train, d = _windows(300, 0)
+    weights, objectives = [], []
+    for policy in ("none", "balanced"):
+        torch.manual_seed(0)
+        model, objective = build_model(MODEL, d, 2, hidden_size=8), HybridObjective()
+        fit(model, train, None, TrainConfig(epochs=1, batch_size=32, lr=0.01,
+                                            class_weights=policy), n_classes=2,
+            objective=objective)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        objectives.append(objective)
+    assert not torch.equal(weights[0], weights[1])
+    assert objectives[0].loss_fn.weight is None
+    assert torch.equal(objectives[1].loss_fn.weight, class_weights(train.window_labels, 2))
+
+
+def test_min_steps_adds_epochs_only_where_an_epoch_has_few_batches():
+    train, d = _windows(300, 0)  # 297 windows: 10 batches of 32
+    planned = []
+
+    class Plan(Reporter):
+        def start(self, epochs, batches):
+            planned.append((epochs, batches))
+
+    for min_steps, epochs in ((0, 2), (35, 2), (10, 2)):
+        torch.manual_seed(0)
+        model = build_model("lstm", d, 2, hidden_size=8)
+        history = fit(model, train, None, TrainConfig(epochs=epochs, batch_size=32,
+                                                      min_steps=min_steps), n_classes=2,
+                      reporter=Plan())
+        assert len(history.epochs) == planned[-1][0]  # no validation data: no early stop
+    assert planned == [(2, 10), (4, 10), (2, 10)]  # 35 batches: 4 epochs; 10 fit in 2
+    torch.manual_seed(0)
+    model = build_model("lstm", d, 2, hidden_size=8)
+    fit(model, train, None, TrainConfig(epochs=2, batch_size=32, min_steps=35), n_classes=2,
+        reporter=Plan(), epochs=1)  # a federated round's local epochs are what it asks
+    assert planned[-1] == (1, 10)
+
+
 def test_the_loop_reports_every_epoch_and_batch_count():
     train, d = _windows(300, 0, window=4)  # 297 windows
     seen, starts = [], []

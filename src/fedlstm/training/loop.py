@@ -85,15 +85,17 @@ def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainCon
     device = resolve_device(cfg.device)
     model.to(device)
     train_d = train.to(device)
-    if objective is None:
-        weight = class_weights(train_d.window_labels.cpu(), n_classes).to(device) \
-            if cfg.class_weights == "balanced" else None
-        objective = Objective(nn.CrossEntropyLoss(weight=weight))
-    n_epochs = epochs or cfg.epochs
+    objective = objective or Objective()
+    if cfg.class_weights == "balanced" and isinstance(objective.loss_fn, nn.CrossEntropyLoss):
+        # Every classifying objective (the hybrid's too), not only the default one: the option
+        # used to be ignored by the hybrid, the default detector.
+        objective.loss_fn = nn.CrossEntropyLoss(
+            weight=class_weights(train_d.window_labels.cpu(), n_classes).to(device))
     n = len(train_d)
     if n == 0:
         raise ValueError("no training windows (fewer records than the window length?)")
     n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
+    n_epochs = epochs or max(cfg.epochs, -(-cfg.min_steps // n_batches))
     step = _Step(model, objective, cfg,
                  _DPState(cfg, train_d, n_batches, n_epochs, dp_steps, model, objective,
                           generator, dp_released)
