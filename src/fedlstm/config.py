@@ -314,15 +314,20 @@ DATASET_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 OWN_FLOW_DEFAULTS: dict[str, dict[str, Any]] = {"train": {"min_steps": 1000}}
 
 
+def _fill(data: dict, defaults: dict[str, dict[str, Any]]) -> dict:
+    """`data` with each `defaults` section's keys where it sets nothing."""
+    for name, values in defaults.items():
+        for key, value in values.items():
+            data.setdefault(name, {}).setdefault(key, value)
+    return data
+
+
 def with_dataset_defaults(data: dict) -> dict:
     """`data` (a raw configuration) with its benchmark dataset's defaults where it sets nothing."""
     section = data.get("data", {})
     if section.get("schema") or section.get("train_files"):  # the user's own flow logs
-        if "epochs" not in data.get("train", {}):  # an epoch count the user gives is what runs
-            for name, values in OWN_FLOW_DEFAULTS.items():
-                for key, value in values.items():
-                    data.setdefault(name, {}).setdefault(key, value)
-        return data
+        # an epoch count the user gives is what runs
+        return data if "epochs" in data.get("train", {}) else _fill(data, OWN_FLOW_DEFAULTS)
     fed = data.get("federation", {})
     if fed.get("partition") == "networks":  # as many rounds as the slowest network needs
         networks = fed.get("networks", FederationConfig.model_fields["networks"].default)
@@ -330,10 +335,7 @@ def with_dataset_defaults(data: dict) -> dict:
         if any(rounds):
             fed.setdefault("rounds", max(r for r in rounds if r))
             data["federation"] = fed
-    for name, values in DATASET_DEFAULTS.get(section.get("dataset", "nsl-kdd"), {}).items():
-        for key, value in values.items():
-            data.setdefault(name, {}).setdefault(key, value)
-    return data
+    return _fill(data, DATASET_DEFAULTS.get(section.get("dataset", "nsl-kdd"), {}))
 
 
 def raw_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -95,7 +96,7 @@ def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainCon
     if n == 0:
         raise ValueError("no training windows (fewer records than the window length?)")
     n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
-    n_epochs = epochs or max(cfg.epochs, -(-cfg.min_steps // n_batches))
+    n_epochs = epochs or max(cfg.epochs, math.ceil(cfg.min_steps / n_batches))
     step = _Step(model, objective, cfg,
                  _DPState(cfg, train_d, n_batches, n_epochs, dp_steps, model, objective,
                           generator, dp_released)
