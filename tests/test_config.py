@@ -24,5 +24,7 @@ def test_own_flow_logs_get_enough_batches_and_benchmarks_their_tuned_epochs():
     assert mine.train.min_steps == 0  # the user's setting wins
     counted = load_config(None, ["data.schema=cicflowmeter", "train.epochs=1"])
     assert counted.train.min_steps == 0 and counted.train.epochs == 1  # and so do their epochs
+    local = load_config(None, ["data.schema=cicflowmeter", "federation.local_epochs=3"])
+    assert local.train.min_steps == 0 and local.federation.local_epochs == 3  # federations' too
     nsl = load_config(None, ["data.dataset=nsl-kdd"])
     assert nsl.train.min_steps == 0 and nsl.train.epochs == 5

@@ -71,7 +71,7 @@ class TrainConfig(_Strict):
     class_weights: Literal["none", "balanced"] = "none"
     patience: int | None = 3  # early stopping on validation loss; None disables
     # At least this many batches in all (more epochs when an epoch has few), early stopping still
-    # applies; 0: `epochs` alone. A few thousand flows are a few batches an epoch: on the
+    # applies; 0: `epochs` alone. A federated site takes them over the planned rounds. A few thousand flows are a few batches an epoch: on the
     # CIC-IDS2017 sample 10 epochs left a model that flagged 78-100% of normal validation flows.
     min_steps: int = Field(0, ge=0)
     threads: int = Field(1, ge=1)
@@ -326,8 +326,9 @@ def with_dataset_defaults(data: dict) -> dict:
     """`data` (a raw configuration) with its benchmark dataset's defaults where it sets nothing."""
     section = data.get("data", {})
     if section.get("schema") or section.get("train_files"):  # the user's own flow logs
-        # an epoch count the user gives is what runs
-        return data if "epochs" in data.get("train", {}) else _fill(data, OWN_FLOW_DEFAULTS)
+        # an epoch count the user gives is what runs (local epochs: federations)
+        given = "epochs" in data.get("train", {}) or "local_epochs" in data.get("federation", {})
+        return data if given else _fill(data, OWN_FLOW_DEFAULTS)
     fed = data.get("federation", {})
     if fed.get("partition") == "networks":  # as many rounds as the slowest network needs
         networks = fed.get("networks", FederationConfig.model_fields["networks"].default)

@@ -76,6 +76,31 @@ def test_fedavg_rounds_improve_the_global_model(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(resumed, weights))
 
 
+def test_a_small_site_takes_min_steps_batches_over_the_planned_rounds(tmp_path):
+    cfg = CFG.model_copy(update={"train": CFG.train.model_copy(update={"min_steps": 60})})
+    small, large = (ClientTask(task_for(cfg), synthetic_records(rows, seed=0), SYNTHETIC_SPEC, name)
+                    for rows, name in ((300, "small"), (3000, "large")))
+    server = ServerTask(task_for(cfg), SYNTHETIC_SPEC, out_dir=tmp_path)
+    pre = server.merge_statistics([small.statistics(), large.statistics()]).to_dict()
+    results = []
+    for site in (small, large):
+        site.use_preprocessing(pre)
+        batches = -(-len(site.windows.train) // cfg.train.batch_size)
+        _, _, metrics = site.fit(server.initial_weights(), epochs=1, seed=1)
+        results.append((batches, metrics["local_epochs"]))
+    (small_batches, small_epochs), (large_batches, large_epochs) = results
+    assert small_batches * cfg.federation.rounds < 60 <= large_batches * cfg.federation.rounds
+    assert large_epochs == 1  # enough batches already: the round's epochs
+    assert small_epochs == -(-60 // (small_batches * cfg.federation.rounds)) > 1
+    assert (small_epochs - 1) * small_batches * cfg.federation.rounds < 60
+    record = server.record_fit(1, [(len(small.windows.train), {"train_loss": 1.0, "client": "small",
+                                                               "local_epochs": small_epochs})])
+    assert server.rounds[1]["clients_fit"]["small"]["local_epochs"] == small_epochs
+    assert record == {"train_loss": 1.0}
+    plain = ClientTask(task_for(CFG), synthetic_records(300, seed=0), SYNTHETIC_SPEC)
+    assert plain.local_epochs(2, 10) == 2  # min_steps 0 (benchmark datasets): as asked
+
+
 def test_weighted_fit_metrics():
     server = ServerTask(task_for(CFG), SYNTHETIC_SPEC)
     agg = server.record_fit(1, [(100, {"train_loss": 1.0, "train_accuracy": 0.5, "client": "a"}),
@@ -98,7 +123,8 @@ def test_flower_client_handlers_move_only_aggregates(tmp_path, monkeypatch):
     fit_config = {**config, "preprocessor": __import__("json").dumps(server.preprocessor.to_dict()),
                   "local_epochs": 1, "seed": 1}
     weights, n, metrics = client.fit(server.initial_weights(), fit_config)
-    assert n > 0 and set(metrics) == {"train_loss", "train_accuracy", "client", "seconds"}
+    assert n > 0 and set(metrics) == {"train_loss", "train_accuracy", "client", "seconds",
+                                      "local_epochs"}
     loss, n_val, m = client.evaluate(weights, fit_config)
     assert n_val > 0 and 0 <= m["val_accuracy"] <= 1
 

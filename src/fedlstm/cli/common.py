@@ -108,7 +108,9 @@ Attack = Annotated[Optional[str], typer.Option(
 Malicious = Annotated[Optional[float], typer.Option(
     help="Share of the sites that run --attack (seeded; recorded in metrics.json).")]
 Rounds = Annotated[Optional[int], typer.Option()]
-LocalEpochs = Annotated[Optional[int], typer.Option(help="E: local epochs per round.")]
+LocalEpochs = Annotated[Optional[int], typer.Option(
+    help="E: local epochs per round (own flow logs, unless set: more where a site would take "
+         "fewer than train.min_steps batches over the rounds).")]
 Compress = Annotated[Optional[str], typer.Option(
     help="Compress model updates: none | q8 (8-bit) | topk:RATIO (largest RATIO of each array, "
          "with error feedback) | topk:RATIO+q8. Bytes per round are always measured.")]

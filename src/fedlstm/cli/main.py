@@ -290,6 +290,8 @@ def federate(
                 f"fedlstm {__version__}: Fed-LSTM ({cfg.detector}) on ", data_label(cfg),
                 f", {n_sites(cfg)} clients, partition {f.partition}, "
                 f"{f.strategy}, {f.rounds} rounds x {f.local_epochs} local epochs"
+                + (f" (more where a site has fewer than {cfg.train.min_steps:,} batches over the "
+                   "rounds)" if cfg.train.min_steps else "")
                 + (", DP-SGD" if cfg.train.dp else "") + (", client-level DP" if f.client_dp else "")
                 + (f", inputs {f.inputs} (private encoders where schemas differ)"
                    if f.partition == "networks" else "")

@@ -205,7 +205,7 @@ class ServerTask:
         if failed:  # sites whose training failed this round: left out, named
             rec["clients_failed"] = failed
         rec.update(self.defence_record())
-        keep = ("train_loss", "train_accuracy", "epsilon", "delta")
+        keep = ("train_loss", "train_accuracy", "epsilon", "delta", "local_epochs")
         rec["clients_fit"] = {m.get("client", str(i)): {"n": k, **{x: m[x] for x in keep if x in m}}
                               for i, (k, m) in enumerate(results)}
         return agg
