@@ -3,8 +3,8 @@ benchmark dataset's (window, hidden size, dropout, epochs, learning rate), or th
 schema on a file of yours (hidden size, dropout, learning rate, minimum batches).
 
     .venv/bin/python benchmarks/tune_defaults.py --dataset nsl-kdd --trials 12
-    .venv/bin/python benchmarks/tune_defaults.py --schema cicflowmeter \
-        --train-file ../shared/datasets/cicids2017-sample/CICIDS2017_sample.csv --trials 16 --seeds 0,1
+    .venv/bin/python benchmarks/tune_defaults.py --schema cicflowmeter --trials 20 \
+        --train-file ../shared/datasets/cicids2017-sample/CICIDS2017_sample.csv --seeds 0,1,2,3,4
 
 Each trial trains the default detector (hybrid) centrally on the training part, once per seed,
 and scores it on the validation part carved from it (`validation_score`, the mean over seeds).

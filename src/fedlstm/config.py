@@ -71,8 +71,9 @@ class TrainConfig(_Strict):
     class_weights: Literal["none", "balanced"] = "none"
     patience: int | None = 3  # early stopping on validation loss; None disables
     # At least this many batches in all (more epochs when an epoch has few), early stopping still
-    # applies; 0: `epochs` alone. A federated site takes them over the planned rounds. A few thousand flows are a few batches an epoch: on the
-    # CIC-IDS2017 sample 10 epochs left a model that flagged 78-100% of normal validation flows.
+    # applies; 0: `epochs` alone; a federated site takes them over the planned rounds. A few
+    # thousand flows are a few batches an epoch: on the CIC-IDS2017 sample 10 epochs left a
+    # model that flagged 78-100% of normal validation flows.
     min_steps: int = Field(0, ge=0)
     threads: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"

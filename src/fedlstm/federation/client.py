@@ -156,7 +156,7 @@ class ClientTask:
         it takes at least `train.min_steps` batches, as centralised training of a small log does
         (on the CIC-IDS2017 sample, 3 sites x 10 rounds x 1 epoch were 60-70 batches a site and
         left a model that flagged every benign test flow)."""
-        n_batches = -(-n_windows // self.cfg.train.batch_size)
+        n_batches = math.ceil(n_windows / self.cfg.train.batch_size)
         rounds = self.cfg.federation.rounds
         return max(epochs, math.ceil(self.cfg.train.min_steps / max(1, rounds * n_batches)))
 
