@@ -10,13 +10,13 @@ Each trial trains the default detector (hybrid) centrally on the training part, 
 and scores it on the validation part carved from it (`validation_score`, the mean over seeds).
 On a file of yours each seed also draws its own split, as `fedlstm train --seed S` does: a small
 log's validation part holds few normal flows (18 on the CIC-IDS2017 sample), too few to judge
-settings by one split. No test set is read (the split is built with its test sets, which are never scored). The best settings are
-printed ("best"), and so is the setting copied by hand into `DATASET_DEFAULTS` (or
-`SCHEMA_DEFAULTS`) of `fedlstm.config` ("chosen"): the fastest trial whose validation score is
-within TOLERANCE of the best. A schema's search keeps the window (per-host windows by default)
-and the class weights (which way `balanced` moves the alerts depends on the log's mix of normal
-and attack flows, not on its schema); its trials start from the own-log defaults, whose
-`train.min_steps` replaces the epochs.
+settings by one split. No test set is read (the split is built with its test sets, which are
+never scored). The best settings are printed ("best"), and so is the setting to copy by hand
+into the defaults of `fedlstm.config` (`DATASET_DEFAULTS`, `OWN_FLOW_DEFAULTS`) if it beats them
+("chosen"): the fastest trial whose validation score is within TOLERANCE of the best. A schema's
+search keeps the window (per-host windows by default) and the class weights (which way
+`balanced` moves the alerts depends on the log's mix of normal and attack flows, not on its
+schema); its trials start from the own-log defaults, whose `train.min_steps` replaces the epochs.
 Optional dependency: `pip install -e '.[tune]'`.
 """
 
@@ -72,7 +72,8 @@ def main() -> None:
         overrides.append(f"data.max_train_rows={args.rows}")
     base = load_config(None, [*overrides, "detector=hybrid"])
     seeds = [int(x) for x in args.seeds.split(",")]
-    splits = {seed: build_split(base.data, seed=seed if args.schema else 0) for seed in seeds}
+    split_seed = {seed: seed if args.schema else 0 for seed in seeds}  # benchmarks: one split
+    splits = {k: build_split(base.data, seed=k) for k in set(split_seed.values())}
     windows = [int(w) for w in args.windows.split(",")]
 
     def objective(trial) -> float:
@@ -88,7 +89,7 @@ def main() -> None:
         cfg.train.lr = trial.suggest_float("lr", 3e-4, 3e-3, log=True)
         t = time.perf_counter()
         scores = [validation_score(train(task_for(cfg.model_copy(update={"seed": seed})),
-                                         splits[seed])) for seed in seeds]
+                                         splits[split_seed[seed]])) for seed in seeds]
         score = sum(scores) / len(scores)
         trial.set_user_attr("seconds", time.perf_counter() - t)
         print(json.dumps({"trial": trial.number, **trial.params, "validation_score":

@@ -20,6 +20,7 @@ from fedlstm.federation.partitions import (
 from fedlstm.federation.server import ServerTask
 from fedlstm.tasks import task_for
 from fedlstm.tasks.base import make_preprocessor
+from fedlstm.training.loop import epochs_for
 
 CFG = RunConfig.model_validate({"windows": {"window": 3}, "model": {"hidden_size": 8},
                                 "train": {"batch_size": 32, "lr": 0.01},
@@ -97,8 +98,7 @@ def test_a_small_site_takes_min_steps_batches_over_the_planned_rounds(tmp_path):
                                                                "local_epochs": small_epochs})])
     assert server.rounds[1]["clients_fit"]["small"]["local_epochs"] == small_epochs
     assert record == {"train_loss": 1.0}
-    plain = ClientTask(task_for(CFG), synthetic_records(300, seed=0), SYNTHETIC_SPEC)
-    assert plain.local_epochs(2, 10) == 2  # min_steps 0 (benchmark datasets): as asked
+    assert epochs_for(CFG.train, 2, 10, rounds=3) == 2  # min_steps 0 (benchmark datasets): as asked
 
 
 def test_weighted_fit_metrics():

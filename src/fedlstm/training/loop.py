@@ -64,6 +64,18 @@ def class_weights(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return weights * (counts > 0)
 
 
+def batches_per_epoch(n_windows: int, cfg: TrainConfig) -> int:
+    return math.ceil(n_windows / cfg.batch_size)
+
+
+def epochs_for(cfg: TrainConfig, epochs: int, n_windows: int, rounds: int = 1) -> int:
+    """`epochs` per call, more where `rounds` calls of them would take fewer than
+    `cfg.min_steps` batches in all (centralised training: one call; a federated site: one a
+    round)."""
+    steps_per_epoch = max(1, rounds * batches_per_epoch(n_windows, cfg))
+    return max(epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+
+
 def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainConfig,
         n_classes: int, seed: int = 0, reporter: Reporter | None = None,
         epochs: int | None = None,
@@ -95,8 +107,8 @@ def fit(model: nn.Module, train: WindowSet, val: WindowSet | None, cfg: TrainCon
     n = len(train_d)
     if n == 0:
         raise ValueError("no training windows (fewer records than the window length?)")
-    n_batches = (n + cfg.batch_size - 1) // cfg.batch_size
-    n_epochs = epochs or max(cfg.epochs, math.ceil(cfg.min_steps / n_batches))
+    n_batches = batches_per_epoch(n, cfg)
+    n_epochs = epochs or epochs_for(cfg, cfg.epochs, n)
     step = _Step(model, objective, cfg,
                  _DPState(cfg, train_d, n_batches, n_epochs, dp_steps, model, objective,
                           generator, dp_released)
