@@ -22,11 +22,13 @@ class DataConfig(_Strict):
     train_files: list[str] = []
     # Sites of different schemas (federate, partition `files`): one schema per training file.
     site_schemas: list[str] = []
-    test_file: str | None = None  # without it, random-split of the training files
-    protocol: Literal["official", "random-split"] = "official"
+    test_file: str | None = None  # without it, random-split (or time-split) of the training files
+    # Benchmarks: official or random-split. Your own files without a test file: random-split
+    # (the default for them) or time-split (test on the latest records, as deployment would).
+    protocol: Literal["official", "random-split", "time-split"] = "official"
     data_dir: str | None = None  # falls back to $FEDLSTM_DATA
     split_file: str | None = None  # random-split: role of the file to split (default: first present)
-    test_fraction: float = Field(0.2, gt=0, lt=1)  # random-split only
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # random-split and time-split only
     val_fraction: float = Field(0.1, gt=0, lt=1)  # always carved from training data
     dedup: bool = False  # drop exact duplicate records before splitting
     lenient: bool = False  # skip (and report) malformed lines instead of failing

@@ -216,7 +216,55 @@ def test_the_protocol_a_run_names_is_the_one_its_split_ran(id_dataset):
                test_file=str(folder / "test.csv"))
     for cfg, expected in ((own, "files"),
                           (own.model_copy(update={"test_file": None}), "random-split"),
+                          (own.model_copy(update={"test_file": None, "protocol": "time-split"}),
+                           "time-split"),
                           (_cfg(id_dataset), "official"),
                           (_cfg(id_dataset, protocol="random-split"), "random-split")):
         assert run_protocol(cfg) == build_split(cfg, seed=0).protocol == expected
         assert split_metadata(RunConfig(data=cfg))["protocol"] == expected
+
+
+def _host_flows(path, hosts: list[str]) -> None:
+    """One flow per line in arrival order: its `id` is its line, `host` its entity."""
+    rng = np.random.default_rng(0)
+    rows = [f"{i},{h},{rng.random():.4f},{'dos_x' if i % 5 == 0 else 'normal'}"
+            for i, h in enumerate(hosts)]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_time_split_tests_on_the_latest_records_even_when_windows_group_them_by_host(tmp_path):
+    """Per-host windows regroup records by entity; the time split still cuts in arrival order:
+    every test record arrived after every training and validation record."""
+    spec = ID_SPEC.model_copy(update={"columns": ["id", "host", "rate", "label"],
+                                      "categorical": [], "ignore": ["host"],
+                                      "entity_column": "host", "files": []})
+    first, second = tmp_path / "monday.csv", tmp_path / "tuesday.csv"
+    _host_flows(first, [f"h{i % 7}" for i in range(300)])
+    _host_flows(second, [f"h{i % 3}" for i in range(100)])
+    cfg = DataConfig(train_files=[str(first)], protocol="time-split", test_fraction=0.25)
+    split = build_split_from_files(spec, [first], None, cfg, seed=0)
+    assert split.protocol == "time-split" == run_protocol(cfg)
+    assert _ids(split.tests["test"]) == sorted(_ids(split.tests["test"]), key=lambda i: (i % 7, i))
+    assert set(_ids(split.tests["test"])) == set(range(225, 300))  # the latest quarter
+    assert sorted(_ids(split.train) + _ids(split.val)) == list(range(225))
+    assert split.notes["test_from_record"] == 226
+    assert split.train.segment is not None  # windows stay per host inside each part
+    again = build_split_from_files(spec, [first], None, cfg, seed=1)
+    assert _ids(again.tests["test"]) == _ids(split.tests["test"])  # no seed in time order
+    # Several files: the first file's records arrived before the second's.
+    both = build_split_from_files(spec, [first, second], None, cfg, seed=0)
+    tested = both.tests["test"]
+    assert len(tested) == 100 and set(tested.segment >> 32) == {1}  # all of tuesday
+    assert sorted(_ids(tested)) == list(range(100))
+
+
+def test_time_split_is_refused_where_it_cannot_mean_arrival_order(id_dataset):
+    folder = id_dataset / "ids"
+    with pytest.raises(ValueError, match="time-split is for your own flow logs"):
+        build_split(_cfg(id_dataset, protocol="time-split"))
+    with pytest.raises(ValueError, match="give one of them"):
+        build_split(_cfg(id_dataset, protocol="time-split", train_files=[str(folder / "train.csv")],
+                         test_file=str(folder / "test.csv")))
+    with pytest.raises(ValueError, match="no records to test"):
+        build_split(_cfg(id_dataset, protocol="time-split", test_fraction=0.0001,
+                         train_files=[str(folder / "train.csv")]))

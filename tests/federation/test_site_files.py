@@ -53,3 +53,25 @@ def test_files_partition_needs_several_sites(tmp_path):
         "federate", "--schema", str(schema), "--train-file", str(only), "--partition", "files",
         "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "at least two" in result.output
+
+
+def test_time_split_sites_each_test_on_their_latest_flows(tmp_path):
+    """`--protocol time-split`: each site's latest 20% of flows (in line order, though windows
+    group them by host) are its test share, and the shares are pooled into the test set."""
+    schema = tmp_path / "schema.toml"
+    schema.write_text(SCHEMA_TOML)
+    site_a = write_flows(tmp_path / "site-a.csv", 300, seed=1)
+    site_b = write_flows(tmp_path / "site-b.csv", 200, seed=2)
+    out = tmp_path / "fed"
+    result = CliRunner().invoke(app, [
+        "federate", "--schema", str(schema), "--train-file", str(site_a), "--train-file",
+        str(site_b), "--protocol", "time-split", "--rounds", "1", "--window", "3",
+        "--out", str(out), "--set", "train.epochs=1", "--set", "model.hidden_size=8"])
+    assert result.exit_code == 0, result.output
+    assert "protocol time-split (the latest 20% of records)" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"] == "time-split" and "/ protocol time-split /" in result.output
+    assert metrics["evaluations"]["test"]["binary"]["n"] == 60 + 40
+    notes = metrics["data_notes"]
+    assert [notes[s]["test_from_record"] for s in sorted(notes)] == [241, 161]
+    assert ModelBundle.load(out / "model.fedlstm").metadata["protocol"] == "time-split"

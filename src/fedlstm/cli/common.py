@@ -90,7 +90,9 @@ def command_line() -> str:
 
 # --- options several commands take -------------------------------------------------------------
 Dataset = Annotated[Optional[str], typer.Option(help="nsl-kdd | kdd99 | unsw-nb15")]
-Protocol = Annotated[Optional[str], typer.Option(help="official | random-split")]
+Protocol = Annotated[Optional[str], typer.Option(
+    help="official | random-split | time-split (your own files: train on the earlier records, "
+         "test on the latest; default for them: random-split)")]
 Clients = Annotated[Optional[int], typer.Option(help="Number of sites (simulated clients or SuperNodes).")]
 Partition = Annotated[Optional[str], typer.Option(help="iid | dirichlet:ALPHA | by:COLUMN | networks | files (each --train-file or folder is one client; the default with several --train-file)")]
 Strategy = Annotated[Optional[str], typer.Option(
@@ -313,7 +315,9 @@ def n_sites(cfg) -> int:
 def data_label(cfg) -> Text:
     d = cfg.data
     if d.train_files:
-        protocol = "files (held-out test file)" if d.test_file else "random-split"
+        protocol = "files (held-out test file)" if d.test_file else \
+            f"time-split (the latest {d.test_fraction:.0%} of records)" \
+            if d.protocol == "time-split" else "random-split"
         schemas = ", ".join(Path(x).name for x in d.site_schemas or [d.spec_name])
         encoders = " (private encoders)" if len(set(d.site_schemas)) > 1 else ""
         plural = "s" if len(d.site_schemas) > 1 else ""

@@ -711,19 +711,19 @@ def read_flow_file(path: str | Path, spec: DatasetSpec, lenient: bool = False,
     attack, family, is_attack = label_arrays(reader.spec, label, family_label)
     report = ReadReport(Path(path), rows=len(frame),
                         skipped=list(reader.report.examples))
-    segment = None
+    segment = arrival = None
     if reader.entity_col:  # windows per entity, as `fedlstm detect` forms them
         codes, _ = pd.factorize(pd.Series(np.concatenate([c.entity for c in chunks]), dtype=object))
         order = np.argsort(codes, kind="stable")
         frame, attack, family, is_attack = (frame.iloc[order].reset_index(drop=True),
                                             attack[order], family[order], is_attack[order])
-        segment = codes[order]
+        segment, arrival = codes[order], order
     if reader.report.bad:
         log.warning("%s: skipped %d malformed line(s)", path, reader.report.bad)
     if reader.report.filled:
         log.warning("%s: filled unset/NaN/Inf values with %s: %s", path, reader.spec.fill_missing,
                     dict(reader.report.filled))
-    return Records(frame, attack, family, is_attack, report, segment), reader.spec
+    return Records(frame, attack, family, is_attack, report, segment, arrival), reader.spec
 
 
 def with_families(spec: DatasetSpec, *parts: Records) -> DatasetSpec:

@@ -75,26 +75,36 @@ class Records:
     report: ReadReport
     # Origin of each row when records of several sources are pooled: windows never cross it.
     segment: np.ndarray | None = None
+    # Each row's position in arrival (file) order, where rows were regrouped (by entity);
+    # None: row order is arrival order. The time-split protocol cuts on it.
+    arrival: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frame)
 
+    def arrival_order(self) -> np.ndarray:
+        return np.arange(len(self)) if self.arrival is None else np.asarray(self.arrival)
+
     def take(self, idx: np.ndarray) -> Records:
         return Records(self.frame.iloc[idx].reset_index(drop=True), self.attack[idx],
                        self.family[idx], self.is_attack[idx], self.report,
-                       None if self.segment is None else self.segment[idx])
+                       None if self.segment is None else self.segment[idx],
+                       None if self.arrival is None else self.arrival[idx])
 
 
 def concat_records(parts: list[Records]) -> Records:
     """Pool records of several sources (e.g. sites): windows never cross from one source to the
-    next, nor between the segments (e.g. entities) a source already had."""
+    next, nor between the segments (e.g. entities) a source already had. In arrival order the
+    sources follow one another, in the order given."""
     segment = [np.full(len(p), i << 32, np.int64) if p.segment is None
                else np.asarray(p.segment, np.int64) + (i << 32) for i, p in enumerate(parts)]
+    offsets = np.cumsum([0, *(len(p) for p in parts[:-1])])
+    arrival = [p.arrival_order() + o for p, o in zip(parts, offsets)]
     return Records(pd.concat([p.frame for p in parts], ignore_index=True),
                    np.concatenate([p.attack for p in parts]),
                    np.concatenate([p.family for p in parts]),
                    np.concatenate([p.is_attack for p in parts]), parts[0].report,
-                   np.concatenate(segment))
+                   np.concatenate(segment), np.concatenate(arrival))
 
 
 def _dtypes(spec: DatasetSpec) -> dict[str, object]:
@@ -251,7 +261,8 @@ def read_records(path: str | Path, spec: DatasetSpec, lenient: bool = False) -> 
 def _copy(recs: Records) -> Records:
     return Records(recs.frame.copy(), recs.attack.copy(), recs.family.copy(),
                    recs.is_attack.copy(), replace(recs.report, skipped=list(recs.report.skipped)),
-                   None if recs.segment is None else recs.segment.copy())
+                   None if recs.segment is None else recs.segment.copy(),
+                   None if recs.arrival is None else recs.arrival.copy())
 
 
 def _parse(path: Path, spec: DatasetSpec, lenient: bool) -> Records:

@@ -144,4 +144,4 @@ def get_spec(name: str) -> DatasetSpec:
     return DATASETS[key]
 
 
-Protocol = Literal["official", "random-split"]
+Protocol = Literal["official", "random-split", "time-split"]

@@ -4,6 +4,9 @@
   KDD99 10% -> corrected, UNSW-NB15 training -> testing partition).
 - `random-split`: a seeded, stratified split of one file: the protocol behind the ~98-99% figures
   in the literature, since train and test then share attack types and near-duplicate records.
+- `time-split` (the user's own files): the latest `test_fraction` of the records, in arrival
+  order, is the test set and everything earlier trains, as a deployed detector meets traffic:
+  attacks that first appear late are unseen in training.
 
 Every part keeps file order, so windows formed later see records in their original sequence.
 """
@@ -77,12 +80,25 @@ def carve_validation(records: Records, fraction: float, seed: int) -> tuple[Reco
     return records.take(fit_idx), records.take(val_idx)
 
 
+def time_split_indices(records: Records, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions into (earlier, latest) by arrival order, the latest `fraction` of the
+    records taken; both in the records' own (e.g. per-entity) order."""
+    n_test = int(round(fraction * len(records)))
+    if not 0 < n_test < len(records):
+        raise ValueError(f"time-split of {len(records)} records leaves no records to "
+                         f"{'test' if n_test == 0 else 'train'} on (test_fraction {fraction})")
+    by_arrival = np.argsort(records.arrival_order(), kind="stable")
+    return np.sort(by_arrival[:-n_test]), np.sort(by_arrival[-n_test:])
+
+
 def run_protocol(cfg: DataConfig) -> str:
     """The protocol a run's data configuration means, which every output names: `files` (the
     user's training files, tested on their test file), `random-split` (of the user's files
-    without one, or of a benchmark file), or `official`. `data.protocol` is for benchmarks only."""
+    without one, or of a benchmark file), `time-split` (of the user's files, when asked), or
+    `official`."""
     if cfg.train_files:
-        return "files" if cfg.test_file else "random-split"
+        return "files" if cfg.test_file else \
+            "time-split" if cfg.protocol == "time-split" else "random-split"
     return cfg.protocol
 
 
@@ -101,6 +117,11 @@ def build_split(cfg: DataConfig, seed: int = 0, carve_val: bool = True) -> Split
         files[role] = str(path)
         return read_records(path, spec, lenient=cfg.lenient)
 
+    if cfg.protocol == "time-split":
+        raise ValueError(f"{spec.name}: time-split is for your own flow logs (--train-file), "
+                         "whose line order is their arrival order; the benchmark files are not "
+                         "in capture order (UNSW-NB15's are sorted by class): use --protocol "
+                         "official or random-split")
     if cfg.protocol == "official":
         present = available_roles(spec, root)
         if "train" not in present:
@@ -163,10 +184,15 @@ def build_split_from_files(spec: DatasetSpec, train_files: str | Path | list,
     """A Split of the user's own labelled files, with the same rules as the benchmark protocols.
 
     With `test_file` the protocol is "files" (train on the training file(s), test on the test
-    file); without, a seeded stratified `random-split` of the training file(s). Validation is
-    always carved from training data only. Several training files (or the files of a folder) are
-    pooled and windows never cross from one to the next.
+    file); without, a seeded stratified `random-split` of the training file(s), or with
+    `protocol = "time-split"` the latest records (in the files' order, then line order) for
+    testing. Validation is always carved from training data only (stratified, so that it holds
+    the normal traffic the alert budget is set on). Several training files (or the files of a
+    folder) are pooled and windows never cross from one to the next.
     """
+    if test_file is not None and cfg.protocol == "time-split":
+        raise ValueError("--protocol time-split splits your training files, and --test-file is a "
+                         "held-out test set already: give one of them")
     files = expand_inputs(train_files)
     if not files:
         raise ValueError("no training file given")
@@ -187,6 +213,10 @@ def build_split_from_files(spec: DatasetSpec, train_files: str | Path | list,
                                  max_bad_share=cfg.max_bad_share)
         train, tests, protocol = whole, {"test": test}, "files"  # = run_protocol's
         notes["test_file"] = str(test_file)
+    elif cfg.protocol == "time-split":
+        rest, test_idx = time_split_indices(whole, cfg.test_fraction)
+        train, tests, protocol = whole.take(rest), {"test": whole.take(test_idx)}, "time-split"
+        notes["test_from_record"] = len(rest) + 1  # in arrival order, 1-based
     else:
         rest, test_idx = stratified_indices(whole.family, cfg.test_fraction, seed)
         train, tests, protocol = whole.take(rest), {"test": whole.take(test_idx)}, "random-split"
