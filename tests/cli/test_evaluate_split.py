@@ -49,3 +49,48 @@ def test_another_seed_is_flagged_as_scoring_training_records(id_dataset, tmp_pat
             "dataset": "ids", "protocol": "random-split", "data_dir": str(id_dataset),
             "dedup": True, "test_fraction": 0.3}}).data, seed=0)
     assert set(seed_0.tests["test"].frame["id"]) & trained_on  # what the warning is about
+
+
+def test_evaluate_on_a_later_file_of_your_own_scores_what_a_time_split_tested(tmp_path):
+    """`evaluate --test-file`: a bundle trained with --protocol time-split, scored on a file of
+    the flows its split held out (the file's latest 20%), gets the run's own test scores; a
+    family the model has no class for is scored as an attack, its family metrics left out."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detection"))
+    from _detect_helpers import HEADER, SCHEMA_TOML, flow_lines, write_flows
+
+    schema = tmp_path / "schema.toml"
+    schema.write_text(SCHEMA_TOML)
+    flows = write_flows(tmp_path / "flows.csv", 500, seed=3)
+    later = tmp_path / "later.csv"
+    later.write_text("\n".join([HEADER, *flow_lines(500, seed=3)[400:]]) + "\n")
+    run = tmp_path / "run"
+    done = runner.invoke(app, ["train", "--schema", str(schema), "--train-file", str(flows),
+                               "--protocol", "time-split", "--window", "3", "--task", "family",
+                               "--out", str(run), "--set", "train.epochs=1",
+                               "--set", "model.hidden_size=8"])
+    assert done.exit_code == 0, done.output
+    trained = json.loads((run / "metrics.json").read_text())["evaluations"]["test"]
+    out = tmp_path / "eval.json"
+    done = runner.invoke(app, ["evaluate", str(run / "model.fedlstm"), "--test-file", str(later),
+                               "--json", str(out)])
+    assert done.exit_code == 0, done.output
+    again = json.loads(out.read_text())
+    assert again["protocol"] == "files" and again["test_files"] == [str(later)]
+    assert again["evaluations"]["test"]["binary"] == trained["binary"]
+    assert again["evaluations"]["test"]["family"] == trained["family"]
+    assert "test: flagged by label: benign" in done.output
+    novel = tmp_path / "novel.csv"  # the same flows, the attacks renamed: a family it never saw
+    novel.write_text(later.read_text().replace(",dos\n", ",exfil\n"))
+    done = runner.invoke(app, ["evaluate", str(run / "model.fedlstm"), "--test-file", str(novel),
+                               "--json", str(out)])
+    assert done.exit_code == 0, done.output
+    scored = json.loads(out.read_text())["evaluations"]["test"]
+    assert scored["families_without_class"] == ["exfil"] and "family" not in scored
+    assert scored["binary"] == trained["binary"]  # the model's scores do not depend on names
+    assert "no class for the families ['exfil']" in done.output
+    mixed = runner.invoke(app, ["evaluate", str(run / "model.fedlstm"), "--test-file",
+                                str(later), "--seed", "2"])
+    assert mixed.exit_code == 2 and "--seed choose a benchmark's split" in mixed.output

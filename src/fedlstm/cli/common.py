@@ -132,7 +132,8 @@ TrainFiles = Annotated[Optional[list[Path]], typer.Option(
     "--train-file", help="Your own labelled flow file or folder (repeatable; federate: one per "
                         "client); needs --schema.")]
 TestFile = Annotated[Optional[Path], typer.Option(
-    help="Held-out file of your own; without it, a random split of the training files.")]
+    help="Held-out file of your own; without it, a random split of the training files (or "
+         "--protocol time-split: their latest records).")]
 TrustedKeyOpt = Annotated[Optional[list[Path]], typer.Option(
     "--trusted-key", help="Also accept bundles signed by this public key file (repeatable).")]
 AllowUnsignedOpt = Annotated[bool, typer.Option(

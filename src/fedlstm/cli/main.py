@@ -460,30 +460,54 @@ def evaluate(
     seed: Annotated[Optional[int], typer.Option(help="Random-split seed; default: the bundle's own.")] = None,
     dedup: Annotated[Optional[bool], typer.Option("--dedup/--no-dedup", help="Default: the bundle's own.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics here.")] = None,
+    test_file: Annotated[Optional[list[Path]], typer.Option(
+        "--test-file", help="A labelled flow file or folder of your own, in the bundle's schema "
+                            "(repeatable): score the bundle on it, e.g. a later day's log.")] = None,
     trusted_key: TrustedKeyOpt = None,
     allow_unsigned: AllowUnsignedOpt = False,
 ) -> None:
-    """Re-evaluate a model bundle on a dataset's test set(s), split as the bundle records."""
-    from fedlstm.data.splits import build_split
+    """Re-evaluate a model bundle on a dataset's test set(s), split as the bundle records, or on
+    labelled files of your own (--test-file)."""
+    from fedlstm.data.splits import build_split, read_labelled_files
     from fedlstm.runs.rundir import public
     from fedlstm.tasks.base import evaluate_detector
 
     try:
+        split_options = {"--dataset": dataset, "--protocol": protocol, "--data-dir": data_dir,
+                         "--seed": seed, "--dedup/--no-dedup": dedup}
+        if test_file and any(v is not None for v in split_options.values()):
+            given = [k for k, v in split_options.items() if v is not None]
+            raise ValueError(f"--test-file scores the bundle on your own file; {', '.join(given)} "
+                             "choose a benchmark's split instead: give one or the other")
         model = load_bundle(bundle, trusted_key, allow_unsigned)
-        cfg, seed = bundle_split(model.metadata, dataset or model.spec.name, protocol, seed,
-                                 dedup, data_dir)
-        if cfg.protocol == "random-split" and seed != _recorded_split(model.metadata)["seed"]:
-            console.print(Text.assemble(("warning:", "yellow"), f" seed {seed} is not the seed "
-                                        "this model was trained with: its random-split test set "
-                                        "holds records the model trained on"))
-        split = build_split(cfg, seed=seed)
-        evaluations = {name: public(evaluate_detector(model, recs)) for name, recs in split.tests.items()}
+        if test_file:
+            metrics = {"dataset": model.spec.name, "protocol": "files",
+                       "test_files": [str(f) for f in test_file]}
+            tests = {"test": read_labelled_files(test_file, model.spec)[0]}
+        else:
+            cfg, seed = bundle_split(model.metadata, dataset or model.spec.name, protocol, seed,
+                                     dedup, data_dir)
+            if cfg.protocol == "random-split" and seed != _recorded_split(model.metadata)["seed"]:
+                console.print(Text.assemble(("warning:", "yellow"), f" seed {seed} is not the "
+                                            "seed this model was trained with: its random-split "
+                                            "test set holds records the model trained on"))
+            metrics = {"dataset": cfg.dataset, "protocol": cfg.protocol, "seed": seed,
+                       "dedup": cfg.dedup}
+            tests = build_split(cfg, seed=seed).tests
+        evaluations = {name: public(evaluate_detector(model, recs)) for name, recs in tests.items()}
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         fail(exc)
-    metrics = {"dataset": cfg.dataset, "protocol": cfg.protocol, "seed": seed, "dedup": cfg.dedup,
-               "mode": model.metadata.get("mode", "?"), "bundle": str(bundle),
-               "evaluations": evaluations}
+    metrics.update({"mode": model.metadata.get("mode", "?"), "bundle": str(bundle),
+                    "evaluations": evaluations})
     print_summary(metrics)
+    for name, ev in evaluations.items():
+        flagged = ", ".join(f"{attack} {g['flagged']:.0%} of {g['n']:,}"
+                            for attack, g in sorted(ev["flagged_by_attack"].items()))
+        console.print(Text(f"{name}: flagged by label: {flagged}"), soft_wrap=True)
+        if ev.get("families_without_class"):
+            console.print(Text(f"{name}: the model has no class for the families "
+                               f"{ev['families_without_class']} (scored as attacks, so family "
+                               "metrics are left out)"), soft_wrap=True)
     if json_out:
         json_out.write_text(json.dumps(metrics, indent=2))
 

@@ -702,8 +702,9 @@ def read_flow_file(path: str | Path, spec: DatasetSpec, lenient: bool = False,
     if not chunks:
         raise DataFormatError("; ".join(reader.report.errors) or f"{path}: no records")
     if reader.label_col is None:
-        raise DataFormatError(f"{path}:1: no label column {reader.spec.label!r}; training needs "
-                              "labelled records (scoring does not)")
+        raise DataFormatError(f"{path}:1: no label column {reader.spec.label!r}; training and "
+                              "evaluation need labelled records (`fedlstm detect` scores "
+                              "unlabelled ones)")
     frame = pd.concat([c.frame for c in chunks], ignore_index=True)[reader.spec.feature_columns]
     label = np.concatenate([c.label for c in chunks])
     family_label = np.concatenate([c.family_label for c in chunks]) \

@@ -642,7 +642,8 @@ def _decide(name: str, values: pd.Series, sample: _Sample, taken: dict[str, str]
     n = normalized(name)
     if n in _START_TIME:
         if "time" not in taken:
-            return _Decision("time", "named like a start time: orders records; never a feature")
+            return _Decision("time", "named like a start time: when the flow started; never a "
+                                     "feature")
         return _Decision("ignore", f"a second time column (the time column is {taken['time']!r})")
     if n in _END_TIME:
         return _Decision("ignore", "named like an end or receive time: a timestamp, never a "
@@ -679,8 +680,8 @@ def _decide(name: str, values: pd.Series, sample: _Sample, taken: dict[str, str]
         return _Decision("ignore", "its values are MAC addresses: an identifier, never a feature")
     if _share(present, lambda v: bool(_DATETIME.match(v))) >= 0.9:
         if "time" not in taken:
-            return _Decision("time", "its values are dates and times: orders records; never a "
-                                     "feature")
+            return _Decision("time", "its values are dates and times: when the flow started; "
+                                     "never a feature")
         return _Decision("ignore", "its values are dates and times: never a feature")
     numbers = pd.to_numeric(present, errors="coerce")
     distinct = present.nunique()

@@ -178,6 +178,23 @@ def _first_present(spec: DatasetSpec, root: Path) -> str:
     return present[0]
 
 
+def read_labelled_files(entries: list, spec: DatasetSpec, lenient: bool = False,
+                        max_bad_share: float | None = None) -> tuple[Records, DatasetSpec]:
+    """Labelled flow files (and the files of folders) in one schema, pooled in the order given
+    (windows never run from one file into the next), with the schema as the files resolve it."""
+    files = expand_inputs(entries)
+    if not files:
+        raise ValueError("no flow file given")
+    parts = []
+    for f in files:
+        recs, resolved = read_flow_file(f, spec, lenient=lenient, max_bad_share=max_bad_share)
+        if parts and resolved.feature_columns != parts[0][1].feature_columns:
+            raise SchemaError(f"{f}: its columns differ from {files[0]}")
+        parts.append((recs, resolved))
+    records = parts[0][0] if len(parts) == 1 else concat_records([p[0] for p in parts])
+    return records, parts[0][1]
+
+
 def build_split_from_files(spec: DatasetSpec, train_files: str | Path | list,
                            test_file: str | Path | None, cfg: DataConfig, seed: int = 0,
                            carve_val: bool = True) -> Split:
@@ -196,15 +213,7 @@ def build_split_from_files(spec: DatasetSpec, train_files: str | Path | list,
     files = expand_inputs(train_files)
     if not files:
         raise ValueError("no training file given")
-    parts = []
-    for f in files:
-        recs, resolved = read_flow_file(f, spec, lenient=cfg.lenient,
-                                        max_bad_share=cfg.max_bad_share)
-        if parts and resolved.feature_columns != parts[0][1].feature_columns:
-            raise SchemaError(f"{f}: its columns differ from {files[0]}")
-        parts.append((recs, resolved))
-    spec = parts[0][1]
-    whole = parts[0][0] if len(parts) == 1 else concat_records([p[0] for p in parts])
+    whole, spec = read_labelled_files(files, spec, cfg.lenient, cfg.max_bad_share)
     notes: dict = {"train_files": [str(f) for f in files]}
     if cfg.dedup:
         whole, notes["duplicates_removed"] = drop_duplicates(whole)

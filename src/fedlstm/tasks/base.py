@@ -89,7 +89,12 @@ def evaluate_detector(detector, records: Records) -> dict:
     `decision_function` (plus `predict_proba` for the family task): LSTM bundles, the anomaly
     detector and the classical baselines alike.
     """
-    labels = encode_labels(records, detector.task, detector.class_names)
+    # A family the model has no class for (a later log's new attack) is still scored, as an
+    # attack; only the family metrics need every family to have a class.
+    unknown = sorted(set(records.family) - set(detector.class_names)) \
+        if detector.task == "family" else []
+    labels = records.is_attack.astype(np.int64) if unknown else \
+        encode_labels(records, detector.task, detector.class_names)
     data = make_windows(detector.preprocessor.transform(records.frame), labels, detector.window,
                         segments=records.segment)
     ends = data.ends.numpy()
@@ -99,7 +104,9 @@ def evaluate_detector(detector, records: Records) -> dict:
     flagged = (score >= detector.threshold_).astype(int)
     result["flagged_by_family"] = recall_by_group(flagged, records.family[ends])
     result["flagged_by_attack"] = recall_by_group(flagged, records.attack[ends])
-    if detector.task == "family":
+    if unknown:
+        result["families_without_class"] = unknown
+    elif detector.task == "family":
         # What `detect` names: an alert's most likely attack family, else the most likely class.
         proba = detector.predict_proba(data)
         named = np.where(flagged == 1, 1 + proba[:, 1:].argmax(1), proba.argmax(1))
