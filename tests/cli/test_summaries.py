@@ -1,7 +1,12 @@
 """A summary never hides a useless model: it says when a model flags most normal traffic or no
-attack, in plain runs and in every model of a --compare run."""
+attack, in plain runs and in every model of a --compare run; and it says how much of the attack
+types unseen in training it caught."""
 
-from fedlstm.cli.common import comparison_warnings, useless_model_warnings
+from fedlstm.cli.common import (
+    comparison_warnings,
+    unseen_attack_lines,
+    useless_model_warnings,
+)
 
 
 def _binary(tn, fp, fn, tp):
@@ -29,3 +34,14 @@ def test_every_model_of_a_comparison_is_checked_and_named():
                            "fed-lstm": {"test": _binary(70, 10, 20, 652)}}}
     warnings = comparison_warnings(summary)
     assert len(warnings) == 1 and warnings[0].startswith("local-a: the model flags 100%")
+
+
+def test_the_summary_says_how_much_of_the_unseen_attack_types_was_caught():
+    metrics = {"unseen_attacks": {
+        "test": {"n": 553, "recall": 0.7233, "attacks": ["BruteForce"]},
+        "test-21": {"n": 3750, "recall": 0.5, "attacks": [f"a{i}" for i in range(7)]}}}
+    assert unseen_attack_lines(metrics) == [
+        "test: 72% of the 553 records of attack types unseen in training flagged (BruteForce)",
+        "test-21: 50% of the 3,750 records of attack types unseen in training flagged "
+        "(a0, a1, a2, a3, a4 and 2 more)"]
+    assert unseen_attack_lines({"unseen_attacks": {}}) == unseen_attack_lines({}) == []

@@ -300,8 +300,23 @@ def comparison_warnings(summary: dict) -> list[str]:
                 {"evaluations": {t: {"binary": sc} for t, sc in scores.items()}})]
 
 
+def unseen_attack_lines(metrics: dict, shown: int = 5) -> list[str]:
+    """How much of the attack types absent from training a run's test sets caught: what the
+    novelty part is for, and what a time split or the official splits test."""
+    out = []
+    for name, u in (metrics.get("unseen_attacks") or {}).items():
+        names = ", ".join(u["attacks"][:shown])
+        if len(u["attacks"]) > shown:
+            names += f" and {len(u['attacks']) - shown} more"
+        out.append(f"{name}: {u['recall']:.0%} of the {u['n']:,} records of attack types unseen "
+                   f"in training flagged ({names})")
+    return out
+
+
 def print_summary(metrics: dict) -> None:
     out_console.print(summary_table(metrics))
+    for line in unseen_attack_lines(metrics):
+        console.print(Text(line), soft_wrap=True)
     for warning in useless_model_warnings(metrics):
         console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
 
