@@ -32,6 +32,7 @@ from rich.text import Text
 
 from fedlstm.config import RunConfig, raw_config
 from fedlstm.data.io import BadLineError
+from fedlstm.data.splits import run_protocol
 from fedlstm.tasks.anomaly import anomaly_config
 from fedlstm.training.loop import Reporter
 
@@ -331,9 +332,10 @@ def n_sites(cfg) -> int:
 def data_label(cfg) -> Text:
     d = cfg.data
     if d.train_files:
-        protocol = "files (held-out test file)" if d.test_file else \
-            f"time-split (the latest {d.test_fraction:.0%} of records)" \
-            if d.protocol == "time-split" else "random-split"
+        protocol = run_protocol(d)  # the protocol the split will run, with what it holds out
+        protocol = {"files": "files (held-out test file)",
+                    "time-split": f"time-split (the latest {d.test_fraction:.0%} of records)"
+                    }.get(protocol, protocol)
         schemas = ", ".join(Path(x).name for x in d.site_schemas or [d.spec_name])
         encoders = " (private encoders)" if len(set(d.site_schemas)) > 1 else ""
         plural = "s" if len(d.site_schemas) > 1 else ""

@@ -3,8 +3,6 @@ any schema by name: a benchmark, a built-in flow-log schema or a TOML file."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 from fedlstm.data import flowschemas
 from fedlstm.data.spec import NORMAL_FAMILY, DatasetSpec, FileSpec
 
@@ -142,6 +140,3 @@ def get_spec(name: str) -> DatasetSpec:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}, "
                        f"{', '.join(flowschemas.FLOW_SCHEMAS)} or a schema .toml file")
     return DATASETS[key]
-
-
-Protocol = Literal["official", "random-split", "time-split"]
