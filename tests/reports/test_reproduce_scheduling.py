@@ -1,5 +1,5 @@
-"""`reproduce`'s scheduler: Flower steps start while the last centralised steps still run, and a
-finished step is written whatever runs beside it. No timing is measured: a centralised step
+"""`reproduce`'s scheduler: Flower steps run from the start with half the workers beside them,
+and a finished step is written whatever runs beside it. No timing is measured: a centralised step
 waits for a file that only a Flower step writes, so it sees the file only if the two overlap."""
 
 import contextlib
@@ -59,18 +59,53 @@ def test_flower_steps_start_while_the_last_centralised_step_runs(tmp_path):
     assert counter.done == 5 and counter.running == []
 
 
-def test_a_failed_centralised_step_stops_before_flower_and_keeps_the_others(tmp_path):
+def running_side_steps(counter, flag: Path, flower_name: str) -> dict:
+    """A Flower step: which centralised steps run beside it (after the feeder had time to start
+    more, were it allowed to)? Then it releases the step that waits for `flag`."""
+    time.sleep(0.5)
+    beside = [name for name in counter.running if name != flower_name]
+    flag.write_text("flower ran")
+    return {"beside": beside}
+
+
+def test_a_flower_step_gets_half_the_workers_and_the_rest_follow_it(tmp_path):
     flag = tmp_path / "flag"
+    long = _job(tmp_path / "long.json", partial(wait_for_file, str(flag)))
+    after = _job(tmp_path / "after.json", partial(wait_for_file, str(flag)))
+    results = {job.path: None for job in (long, after)}
+    counter = reproduce._Counter(0, 3, lambda done, total, text: None)
+    fed = _job(tmp_path / "fed.json", None, flower=True)
+    fed.compute = partial(running_side_steps, counter, flag, "fed")
+    results[fed.path] = None
+    reproduce._run_steps([long, after], [fed], 2, results, counter)
+    assert results[fed.path]["beside"] == ["long"]  # one of the two workers: `after` waited
+    assert results[long.path]["saw_flag"] is True and results[after.path]["saw_flag"] is True
+    assert counter.done == 3 and counter.running == []
+
+
+def wait_until_finished(counter, steps: int) -> dict:
+    """A Flower step that ends once `steps` steps have finished (failed ones included)."""
+    end = time.monotonic() + 60
+    while counter.done < steps and time.monotonic() < end:
+        time.sleep(0.05)
+    return {"finished_before_me": counter.done}
+
+
+def test_a_failed_centralised_step_stops_every_step_not_yet_started(tmp_path):
     good = _job(tmp_path / "good.json", partial(json.loads, '{"ok": 1}'))
     bad = _job(tmp_path / "bad.json", partial(json.loads, "not json"))
-    fed = _job(tmp_path / "fed.json", partial(write_file, flag), flower=True)
-    # Still running when the other two have finished: Flower could start, but must not.
-    slow = _job(tmp_path / "slow.json", partial(wait_for_file, str(flag), 3.0))
+    later = _job(tmp_path / "later.json", partial(json.loads, '{"later": 1}'))
+    counter = reproduce._Counter(0, 5, lambda done, total, text: None)
+    # The first Flower step outlasts the failure: it ends and is kept; the second never starts.
+    first = _job(tmp_path / "first.json", partial(wait_until_finished, counter, 2), flower=True)
+    second = _job(tmp_path / "second.json", partial(write_file, tmp_path / "flag"), flower=True)
+    results = {job.path: None for job in (good, bad, later, first, second)}
     with pytest.raises(json.JSONDecodeError):
-        _run([good, bad, slow], [fed])
+        reproduce._run_steps([good, bad, later], [first, second], 2, results, counter)
     assert json.loads(good.path.read_text())["ok"] == 1
-    assert json.loads(slow.path.read_text())["saw_flag"] is False  # finished and written
-    assert not bad.path.exists() and not flag.exists() and not fed.path.exists()
+    assert json.loads(first.path.read_text())["finished_before_me"] == 2  # ended, and written
+    assert not bad.path.exists() and not later.path.exists()
+    assert not second.path.exists() and not (tmp_path / "flag").exists()
 
 
 def test_one_worker_runs_the_centralised_steps_first(tmp_path):

@@ -539,9 +539,9 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
               jobs: int | None = None) -> Path:
     """Every step of the profile's plan, then the report. Datasets missing from the data folder
     (default: `registry.DEFAULT_DATA` when none is named) are fetched first. Centralised steps
-    run `jobs` at a time in worker processes (torch trains on one thread per process); Flower
-    steps run one at a time in this process, each simulation using every core, from the moment
-    no centralised step is left waiting for a worker (`_run_steps`)."""
+    run up to `jobs` at a time in worker processes (torch trains on one thread per process);
+    Flower steps run one at a time in this process from the start, with half the workers beside
+    them (`_run_steps`)."""
     profile = PROFILES[profile_name]
     root = data_dir(data_root, default=DEFAULT_DATA).expanduser()
     progress = progress or (lambda done, total, text: None)
@@ -584,7 +584,7 @@ class _Job:
     path: Path
     expected: dict  # the fingerprint the step file must carry
     compute: partial
-    flower: bool  # a Flower simulation: runs alone (it uses every core)
+    flower: bool  # a Flower simulation: runs in this process, one at a time
 
 
 @dataclass
@@ -610,49 +610,71 @@ class _Counter:
 
 def _run_steps(side: list[_Job], flower: list[_Job], workers: int, results: dict,
                counter: _Counter) -> None:
-    """The centralised steps `side` in `workers` processes (spawned: no Ray or torch state is
-    inherited), in their order, and the Flower steps one at a time in this process. The Flower
-    steps start as soon as no centralised step is left waiting for a worker, so that the last
-    long ones (the networks seeds) share the cores with them instead of leaving a worker idle;
-    a finished centralised step is written at once, whatever runs beside it."""
-    if workers <= 1 or len(side) <= 1:
+    """The centralised steps `side` in up to `workers` processes (spawned: no Ray or torch state
+    is inherited), in their order, and the Flower steps one at a time in this process, from the
+    start. While a Flower step runs, centralised steps take only half the workers (at least
+    one): a simulation of 5 sites on 2 cores leaves part of them idle (its sites train two at
+    a time, then one; the server aggregates alone), and a worker beside it fills that time
+    without starving it (the quick profile took 0.85 times as long as with Flower steps last). Once the Flower steps are done, centralised steps take every worker. A
+    finished step is written at once, whatever runs beside it; after a failure no further step
+    starts, and the first error is raised once the running ones have ended."""
+    if workers <= 1:
         for job in side:
             _run_here(job, results, counter)
         _run_flower(flower, results, counter)
         return
-    free = threading.Condition()
-    state = {"started": min(workers, len(side)), "finished": 0}
+    gate = threading.Condition()
+    state = {"running": 0, "flower": bool(flower)}
     errors: list[BaseException] = []
+
+    def stopped() -> bool:
+        with gate:
+            return bool(errors)
+
+    def fail(exc: BaseException) -> None:
+        with gate:
+            errors.append(exc)
+            gate.notify_all()
 
     def on_done(job: _Job, future) -> None:  # runs in the pool's thread: must never raise
         try:
             if future.exception() is None:
                 results[job.path] = _finish(job, future.result())
             else:
-                errors.append(future.exception())
+                fail(future.exception())
         except BaseException as exc:  # noqa: BLE001 - e.g. the step file cannot be written
-            errors.append(exc)
+            fail(exc)
         finally:
             counter.finished(job.path.stem)
-            with free:
-                state["finished"] += 1
-                if state["started"] < len(side):
-                    counter.start(side[state["started"]].path.stem)
-                    state["started"] += 1
-                free.notify_all()
+            with gate:
+                state["running"] -= 1
+                gate.notify_all()
+
+    def feed(pool: ProcessPoolExecutor) -> None:  # submits each step once a worker may take it
+        for job in side:
+            with gate:
+                gate.wait_for(lambda: errors or state["running"] < (
+                    max(1, workers // 2) if state["flower"] else workers))
+                if errors:
+                    return
+                state["running"] += 1
+            counter.start(job.path.stem)
+            pool.submit(job.compute).add_done_callback(partial(on_done, job))
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=start_worker,
                              initargs=(worker_threads(workers),)) as pool:
-        for job in side[:workers]:
-            counter.start(job.path.stem)
-        futures = [pool.submit(job.compute) for job in side]
-        for job, future in zip(side, futures):
-            future.add_done_callback(partial(on_done, job))
-        with free:
-            free.wait_for(lambda: errors or len(side) - state["finished"] < workers)
-        if not errors:
-            _run_flower(flower, results, counter)
+        feeder = threading.Thread(target=feed, args=(pool,), name="reproduce-feed", daemon=True)
+        feeder.start()
+        try:
+            _run_flower(flower, results, counter, stopped)
+        except BaseException as exc:  # Ctrl-C or a failed simulation: start nothing more
+            fail(exc)
+        finally:
+            with gate:
+                state["flower"] = False
+                gate.notify_all()
+            feeder.join()
     if errors:
         raise errors[0]
 
@@ -681,10 +703,13 @@ def _run_here(job: _Job, results: dict, counter: _Counter) -> None:
     counter.finished(job.path.stem)
 
 
-def _run_flower(jobs: list[_Job], results: dict, counter: _Counter) -> None:
+def _run_flower(jobs: list[_Job], results: dict, counter: _Counter,
+                stopped=lambda: False) -> None:
     if jobs:
         with one_ray_runtime():
             for job in jobs:
+                if stopped():  # a centralised step failed: its error ends the command
+                    return
                 _run_here(job, results, counter)
 
 
