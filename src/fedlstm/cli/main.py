@@ -421,7 +421,7 @@ def networks(
 
 @app.command()
 def reproduce(
-    profile: Annotated[str, typer.Option(help="quick (smoke test, about 3.5 min) | full (every row, 3 seeds)")] = "full",
+    profile: Annotated[str, typer.Option(help="quick (smoke test, 1.5-3 min) | full (every row, 3 seeds; 25-40 min on 2 cores)")] = "full",
     out: Annotated[Path, typer.Option(help="Report folder (steps are cached there).")] = Path("reports/paper"),
     datasets: Annotated[Optional[list[str]], typer.Option("--dataset", help="Limit to these datasets.")] = None,
     methods: Annotated[Optional[list[str]], typer.Option("--method", help="Limit to these methods.")] = None,
