@@ -33,9 +33,14 @@ def _job(path: Path, compute, flower: bool = False):
     return reproduce._Job(path, {"key": path.stem}, compute, flower)
 
 
-def _run(side, flower, workers=2):
+def _counter(steps: int):
+    return reproduce._Counter(0, steps, lambda done, total, text: None)
+
+
+def _run(side, flower, workers=2, counter=None):
+    """`counter`: one made before the jobs, for steps that watch what runs beside them."""
     results = {job.path: None for job in [*side, *flower]}
-    counter = reproduce._Counter(0, len(results), lambda done, total, text: None)
+    counter = counter or _counter(len(results))
     reproduce._run_steps(side, flower, workers, results, counter)
     return results, counter
 
@@ -72,12 +77,10 @@ def test_a_flower_step_gets_half_the_workers_and_the_rest_follow_it(tmp_path):
     flag = tmp_path / "flag"
     long = _job(tmp_path / "long.json", partial(wait_for_file, str(flag)))
     after = _job(tmp_path / "after.json", partial(wait_for_file, str(flag)))
-    results = {job.path: None for job in (long, after)}
-    counter = reproduce._Counter(0, 3, lambda done, total, text: None)
-    fed = _job(tmp_path / "fed.json", None, flower=True)
-    fed.compute = partial(running_side_steps, counter, flag, "fed")
-    results[fed.path] = None
-    reproduce._run_steps([long, after], [fed], 2, results, counter)
+    counter = _counter(3)
+    fed = _job(tmp_path / "fed.json", partial(running_side_steps, counter, flag, "fed"),
+               flower=True)
+    results, _ = _run([long, after], [fed], counter=counter)
     assert results[fed.path]["beside"] == ["long"]  # one of the two workers: `after` waited
     assert results[long.path]["saw_flag"] is True and results[after.path]["saw_flag"] is True
     assert counter.done == 3 and counter.running == []
@@ -95,13 +98,12 @@ def test_a_failed_centralised_step_stops_every_step_not_yet_started(tmp_path):
     good = _job(tmp_path / "good.json", partial(json.loads, '{"ok": 1}'))
     bad = _job(tmp_path / "bad.json", partial(json.loads, "not json"))
     later = _job(tmp_path / "later.json", partial(json.loads, '{"later": 1}'))
-    counter = reproduce._Counter(0, 5, lambda done, total, text: None)
+    counter = _counter(5)
     # The first Flower step outlasts the failure: it ends and is kept; the second never starts.
     first = _job(tmp_path / "first.json", partial(wait_until_finished, counter, 2), flower=True)
     second = _job(tmp_path / "second.json", partial(write_file, tmp_path / "flag"), flower=True)
-    results = {job.path: None for job in (good, bad, later, first, second)}
     with pytest.raises(json.JSONDecodeError):
-        reproduce._run_steps([good, bad, later], [first, second], 2, results, counter)
+        _run([good, bad, later], [first, second], counter=counter)
     assert json.loads(good.path.read_text())["ok"] == 1
     assert json.loads(first.path.read_text())["finished_before_me"] == 2  # ended, and written
     assert not bad.path.exists() and not later.path.exists()
