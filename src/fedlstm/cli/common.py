@@ -77,6 +77,12 @@ console = make_console(stderr=True)  # messages, progress, tables of what is goi
 out_console = make_console()  # results
 
 
+def say(text: str, to: Console = console) -> None:
+    """A line that echoes user data (a path, a fingerprint, a label): plain text, never wrapped,
+    so a path stays whole for whoever copies it or greps the log."""
+    to.print(Text(text), soft_wrap=True)
+
+
 def fail(exc: BaseException) -> None:
     """An expected error: one line naming what was wrong, exit code 2. Never wrapped, so a path
     stays whole for whoever greps the log."""
@@ -317,7 +323,7 @@ def unseen_attack_lines(metrics: dict, shown: int = 5) -> list[str]:
 def print_summary(metrics: dict) -> None:
     out_console.print(summary_table(metrics))
     for line in unseen_attack_lines(metrics):
-        console.print(Text(line), soft_wrap=True)
+        say(line)
     for warning in useless_model_warnings(metrics):
         console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
 

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.text import Text
 
-from fedlstm.cli.common import console, fail, out_console
+from fedlstm.cli.common import console, fail, out_console, say
 
 keys_app = typer.Typer(no_args_is_help=True, help="Signing keys: bundles you write are signed "
                        "with your key; bundles you load must be signed by a trusted key.")
@@ -36,8 +36,8 @@ def init(dir_: KeyDir = None) -> None:
         key = home.init()
     except (FileExistsError, KeyFileError, OSError) as exc:
         fail(exc)
-    console.print(Text(f"signing key created: {key.path} (mode 0600)\n"
-                       f"public key: {key.public.source}\nfingerprint: {key.fingerprint}"))
+    say(f"signing key created: {key.path} (mode 0600)\n"
+        f"public key: {key.public.source}\nfingerprint: {key.fingerprint}")
 
 
 @keys_app.command("show")
@@ -54,12 +54,12 @@ def show(dir_: KeyDir = None) -> None:
     except KeyFileError as exc:
         fail(exc)
     out_console.print(Text(key.public.openssh()), end="", highlight=False, soft_wrap=True)
-    console.print(Text(f"fingerprint: {key.fingerprint}  (key home {home.path})"))
+    say(f"fingerprint: {key.fingerprint}  (key home {home.path})")
     trusted = home.trusted()
     console.print(f"{len(trusted)} other trusted key{'s' if len(trusted) != 1 else ''}"
                   + (":" if trusted else ""))
     for k in trusted:
-        console.print(Text(f"  {k.fingerprint}  {k.label}"))
+        say(f"  {k.fingerprint}  {k.label}")
 
 
 @keys_app.command("trust")
@@ -80,7 +80,7 @@ def trust(
     except (KeyFileError, OSError) as exc:
         fail(exc)
     what = "now trusted" if added else "already trusted"
-    console.print(Text(f"{what}: {key.fingerprint}  {key.label}"))
+    say(f"{what}: {key.fingerprint}  {key.label}")
 
 
 @keys_app.command("untrust")
@@ -90,7 +90,7 @@ def untrust(fingerprint: Annotated[str, typer.Argument(help="SHA256:... as `keys
     removed = _home(dir_).untrust(fingerprint)
     if not removed:
         fail(ValueError(f"no trusted key has fingerprint {fingerprint}"))
-    console.print(Text(f"no longer trusted: {fingerprint}"))
+    say(f"no longer trusted: {fingerprint}")
 
 
 @keys_app.command("sign")
@@ -115,4 +115,4 @@ def sign(
     except (BundleError, KeyFileError, OSError) as exc:
         fail(exc)
     was = f" (was signed by {before})" if before else " (was unsigned)"
-    console.print(Text(f"{bundle} signed by {key.fingerprint}{was}"))
+    say(f"{bundle} signed by {key.fingerprint}{was}")

@@ -66,6 +66,7 @@ from fedlstm.cli.common import (
     out_console,
     print_rounds,
     print_summary,
+    say,
     traffic_label,
 )
 
@@ -503,11 +504,11 @@ def evaluate(
     for name, ev in evaluations.items():
         flagged = ", ".join(f"{attack} {g['flagged']:.0%} of {g['n']:,}"
                             for attack, g in sorted(ev["flagged_by_attack"].items()))
-        console.print(Text(f"{name}: flagged by label: {flagged}"), soft_wrap=True)
+        say(f"{name}: flagged by label: {flagged}")
         if ev.get("families_without_class"):
-            console.print(Text(f"{name}: the model has no class for the families "
-                               f"{ev['families_without_class']} (scored as attacks, so family "
-                               "metrics are left out)"), soft_wrap=True)
+            say(f"{name}: the model has no class for the families "
+                f"{ev['families_without_class']} (scored as attacks, so family metrics are "
+                "left out)")
     if json_out:
         json_out.write_text(json.dumps(metrics, indent=2))
 
