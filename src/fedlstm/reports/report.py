@@ -384,7 +384,8 @@ def _figure_curves(steps: list[dict], figs: Path, doc: Doc) -> None:
             ax.set_xlabel(x_key)
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=6)
+            if ax.get_legend_handles_labels()[0]:  # a step may hold no curves (older caches)
+                ax.legend(fontsize=6)
         fig.tight_layout()
         path = figs / f"fig{fig_no}_{metric}.png"
         fig.savefig(path, dpi=100)
@@ -406,7 +407,8 @@ def _figure_roc(steps: list[dict], figs: Path, doc: Doc) -> None:
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlabel("false-positive rate")
     ax.set_ylabel("true-positive rate")
-    ax.legend(fontsize=7, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_title("Fed-LSTM ROC")
     fig.tight_layout()
     path = figs / "fig7_roc_fed_lstm.png"
