@@ -70,6 +70,18 @@ def test_detect_refuses_a_broken_bundle(tiny, tmp_path):
     assert r.exit_code == 2 and "not a fedlstm model bundle" in " ".join(r.output.split())
 
 
+def test_a_path_the_cli_echoes_stays_whole_on_a_narrow_terminal(tmp_path, tiny, monkeypatch):
+    """Lines that echo a path ("schema drafted to PATH", "run written to PATH") are never
+    wrapped at the terminal's width, so whoever copies or greps them gets the whole path."""
+    from fedlstm.cli import common
+
+    monkeypatch.setattr(common.console, "_width", 40)
+    out = tmp_path / f"{'a-long-schema-name-' * 4}s.toml"
+    r = runner.invoke(app, ["schema", "infer", str(tiny[1]), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"schema drafted to {out}: check" in r.output
+
+
 def test_schema_infer_and_show(tmp_path, tiny):
     out = tmp_path / "s.toml"
     r = runner.invoke(app, ["schema", "infer", str(tiny[1]), "--out", str(out)])

@@ -24,6 +24,7 @@ from fedlstm.cli.common import (
     console,
     fail,
     out_console,
+    say,
 )
 from fedlstm.federation.simulation import run_federated
 from fedlstm.runs.rundir import output_lock, write_run
@@ -80,7 +81,7 @@ def train(dataset: Dataset = None, protocol: Protocol = None, model: Model = Non
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         fail(exc)
     out_console.print(_summary(metrics))
-    out_console.print(Text(f"run written to {out}"))
+    say(f"run written to {out}", to=out_console)
 
 
 @anomaly_app.command()
@@ -112,7 +113,7 @@ def federate(dataset: Dataset = None, protocol: Protocol = None, model: Model = 
     except (KeyError, OSError, ValueError, RuntimeError, TimeoutError) as exc:
         fail(exc)
     out_console.print(_summary(metrics))
-    out_console.print(Text(f"run written to {out}"))
+    say(f"run written to {out}", to=out_console)
 
 
 @anomaly_app.command()
@@ -137,4 +138,4 @@ def report(datasets: Annotated[Optional[list[str]], typer.Option("--dataset", he
     except (KeyError, OSError, ValueError, RuntimeError, TimeoutError) as exc:
         fail(exc)
     out_console.print(Text(path.read_text()))
-    out_console.print(Text(f"report written to {path}"))
+    say(f"report written to {path}", to=out_console)

@@ -39,6 +39,7 @@ from fedlstm.cli.common import (
     out_console,
     print_rounds,
     print_summary,
+    say,
     traffic_label,
 )
 
@@ -287,4 +288,4 @@ def local(
     out_console.print(Text(f"run {result.run_id}: {result.status} in {wall:.1f} s "
                            f"({result.timings['deployment_seconds']:.1f} s from SuperNode start to "
                            f"the end of the run{server})"))
-    out_console.print(Text(f"run written to {out}"))
+    say(f"run written to {out}", to=out_console)

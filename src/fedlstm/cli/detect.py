@@ -24,6 +24,7 @@ from fedlstm.cli.common import (
     fail,
     load_bundle,
     out_console,
+    say,
 )
 
 schema_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -113,7 +114,7 @@ def detect(
                     fh.write(json.dumps(result, indent=2))
     except (BundleError, OSError, ValueError, KeyError) as exc:
         if follow and partial and Path(partial).exists():
-            console.print(Text(f"alerts found before the error are kept in {partial}"))
+            say(f"alerts found before the error are kept in {partial}")
         fail(exc)
     finally:
         for sig, handler in previous.items():
@@ -190,8 +191,8 @@ def serve(
     if exposed and api_key is not None and tls_cert is None:
         console.print("warning: the API key crosses the network in clear text (--tls-cert, --tls-key)")
     scheme = "http" if tls_cert is None else "https"
-    console.print(Text(f"serving {bundle} on {scheme}://{host}:{port} (docs: /docs)"
-                       + (", API key required" if api_key else "")))
+    say(f"serving {bundle} on {scheme}://{host}:{port} (docs: /docs)"
+        + (", API key required" if api_key else ""))
     uvicorn.Server(config).run()
 
 
@@ -210,8 +211,7 @@ def schema_infer(
         fail(exc)
     if out:
         out.write_text(text)
-        console.print(Text(f"schema drafted to {out}: check the label, normal values and "
-                           "column roles"))
+        say(f"schema drafted to {out}: check the label, normal values and column roles")
     else:
         sys.stdout.write(text)
 

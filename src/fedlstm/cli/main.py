@@ -229,7 +229,7 @@ def train(
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         fail(exc)
     print_summary(metrics)
-    out_console.print(Text(f"run written to {out}"))
+    say(f"run written to {out}", to=out_console)
 
 
 @app.command()
@@ -319,11 +319,11 @@ def federate(
         out_console.print(Text(report))
         for warning in comparison_warnings(summary):
             console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
-        out_console.print(Text(f"comparison written to {out}"))
+        say(f"comparison written to {out}", to=out_console)
         return
     print_rounds(metrics["rounds"])
     print_summary(metrics)
-    out_console.print(Text(f"run written to {out}"))
+    say(f"run written to {out}", to=out_console)
 
 
 @app.command("privacy-utility")
@@ -449,7 +449,7 @@ def reproduce(
                        command=command_line(), mirror=mirror, jobs=jobs)
         except (KeyError, OSError, ValueError, RuntimeError) as exc:
             fail(exc)
-    out_console.print(Text(f"report written to {path} and {path.with_suffix('.html')}"))
+    say(f"report written to {path} and {path.with_suffix('.html')}", to=out_console)
 
 
 @app.command()
