@@ -199,6 +199,8 @@ def _communication_row(steps: Steps, row: list[str]) -> list[str]:
     """A row of the communication table, recomputed from the study's step files."""
     ds = DATASET_OF.get(row[0], row[0])
     runs = {k.split("--")[2]: v for k, v in steps.files.items() if k.startswith(f"comm--{ds}--")}
+    runs["none"] = next(v for v in steps.files.values()  # the dataset's Fed-LSTM step, seed 0
+                        if v.get("comm_reference") and v["step"]["dataset"] == ds)
     mode = next(m for m in runs if communication.label(m) == row[1])
 
     def bytes_per_round(run):

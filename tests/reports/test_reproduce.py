@@ -55,9 +55,19 @@ def test_quick_reproduction_writes_the_report_and_resumes(datasets_dir, tmp_path
     assert robust["robust--scale:-10--robust--s0"]["config"]["federation"]["strategy"] == \
         "trimmed-mean"
     comm = {s["key"]: s for s in steps if s.get("kind") == "comm"}
-    assert set(comm) == {"comm--nsl-kdd--none--s0", "comm--nsl-kdd--topk5--s0"}
+    assert set(comm) == {"comm--nsl-kdd--topk5--s0"}  # `none` is the Fed-LSTM step of seed 0
+    assert [s["key"] for s in steps if s.get("comm_reference")] == \
+        ["nsl-kdd--official--fed-lstm--s0"]
     for ds in ("nsl-kdd",):  # the same federation, a tenth of the uplink bytes or less
-        plain, packed = comm[f"comm--{ds}--none--s0"], comm[f"comm--{ds}--topk5--s0"]
+        plain = next(s for s in steps if s.get("key") == f"{ds}--official--fed-lstm--s0")
+        packed = comm[f"comm--{ds}--topk5--s0"]
+        # the reference ran what its compressed step runs, but for the compression
+        assert {**plain["config"]["federation"], "compress": "topk:0.05"} == \
+            packed["config"]["federation"]
+        assert {k: v for k, v in plain["config"].items() if k != "federation"} == \
+            {k: v for k, v in packed["config"].items() if k != "federation"}
+        assert [r["round"] for r in plain["curves"] if "val_loss" in r
+                and "test_accuracy/test" in r] == [1, 2]  # the study's row and figure
         assert sum(r["bytes_up"] for r in packed["curves"]) < \
             0.1 * sum(r["bytes_up"] for r in plain["curves"])
         assert packed["config"]["federation"]["compress"] == "topk:0.05"
@@ -67,9 +77,11 @@ def test_quick_reproduction_writes_the_report_and_resumes(datasets_dir, tmp_path
     fed = next(s for s in steps if s.get("key") == "nsl-kdd--official--fed-lstm--s0")
     run_dir = Path(fed["run_dir"])
     assert (run_dir / "metrics.json").exists() and not list(run_dir.glob("*.png"))  # report's own
-    # the configuration the federation ran: without per-round test curves or client evaluation
-    assert fed["config"]["federation"]["evaluate_clients"] is False
-    assert fed["config"]["federation"]["server_test_curves"] is False
+    # the configuration the federation ran: without per-round test curves or client evaluation,
+    # but for the communication study's reference
+    other = next(s for s in steps if s.get("key") == "kdd99--official--fed-lstm--s0")
+    assert other["config"]["federation"]["evaluate_clients"] is False
+    assert other["config"]["federation"]["server_test_curves"] is False
     assert fed["config"]["detector"] == "hybrid" and {"supervised", "anomaly"} <= set(
         fed["evaluations"]["test"]["parts"])
     assert fed["evaluations"]["test"]["unseen"]["n"] > 0  # Test+ holds attack types unseen in training

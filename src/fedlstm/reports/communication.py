@@ -23,7 +23,20 @@ DATASETS = ("nsl-kdd", "kdd99")
 
 
 def study_keys(datasets: list[str], modes: tuple[str, ...]) -> list[str]:
-    return [f"comm--{ds}--{mode}--s0" for ds in DATASETS if ds in datasets for mode in modes]
+    """The study's own steps: the compressed modes. Its `none` row is the dataset's Fed-LSTM
+    step of seed 0, run with the same settings (`reproduce.comm_references`)."""
+    return [f"comm--{ds}--{mode}--s0" for ds in DATASETS if ds in datasets for mode in modes
+            if mode != "none"]
+
+
+def study_runs(steps: list[dict]) -> list[dict]:
+    """The study's runs: its compressed steps, and each reference Fed-LSTM step as `none`."""
+    found = [s for s in steps if s.get("kind") == "comm"]
+    for s in steps:
+        if s.get("comm_reference"):
+            found.append({**s, "kind": "comm", "mode": "none", "dataset": s["step"]["dataset"],
+                          "protocol": s["step"]["protocol"]})
+    return found
 
 
 def federation_update(key: str) -> dict:
@@ -67,7 +80,7 @@ def _cumulative_mb(run: dict) -> list[tuple[float, float]]:
 
 
 def section(steps: list[dict], figs: Path, doc, networks: dict[str, str]) -> None:
-    runs = [s for s in steps if s.get("kind") == "comm"]
+    runs = study_runs(steps)
     if not runs:
         return
     doc.h(2, "Communication: compressed updates")
@@ -75,7 +88,8 @@ def section(steps: list[dict], figs: Path, doc, networks: dict[str, str]) -> Non
     fed = first["federation"]
     doc.p(f"Fed-LSTM ({first['detector']}) with each `--compress` mode, seed 0, the dataset's "
           f"default settings ({fed['rounds']} rounds x {fed['local_epochs']} local epochs over "
-          f"{fed['clients']} IID sites) (`steps/comm--*--s0.json`, `runs/comm--*--s0/`). "
+          f"{fed['clients']} IID sites) (`steps/comm--*--s0.json`, `runs/comm--*--s0/`; the "
+          "`none` rows are the datasets' Fed-LSTM steps of seed 0, `steps/*--fed-lstm--s0.json`). "
           "Bytes are the messages' content as Flower serialises it for the wire (gRPC and TLS "
           "framing not counted), averaged over rounds: uplink = the sites' training replies, "
           "downlink = training and evaluation instructions. Uplink: the update (trained minus "

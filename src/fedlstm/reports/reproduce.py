@@ -193,8 +193,32 @@ def _evaluations(evaluations: dict) -> dict:
     return out
 
 
-def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
+def comm_references(the_plan: Plan, profile: Profile) -> set[str]:
+    """The Fed-LSTM steps that are also the communication study's `none` rows: seed 0 (the
+    study's seed) under each study dataset's main protocol, the protocol its compressed steps
+    run under (`extra_config`). The study would otherwise train the same federation again."""
+    if "none" not in profile.comm_modes:
+        return set()
+    return {Step(ds, next(s.protocol for s in the_plan.steps if s.dataset == ds), "fed-lstm",
+                 profile.seeds[0]).key
+            for ds in profile.comm_datasets
+            if any(s.dataset == ds and s.method == "fed-lstm" for s in the_plan.steps)}
+
+
+def run_config(step: Step, profile: Profile, root: Path, comm_reference: bool = False
+               ) -> RunConfig:
+    """What a step runs: its `step_config`; a Fed-LSTM step without per-round test curves and
+    federated evaluation (they feed no table and cost a test-set pass every round), except a
+    communication reference, whose rows and figure need both (its compressed steps run them)."""
     cfg = step_config(step, profile, root)
+    if step.method == "fed-lstm" and not comm_reference:
+        cfg = _with_federation(cfg, server_test_curves=False, evaluate_clients=False)
+    return cfg
+
+
+def run_step(step: Step, profile: Profile, root: Path, out: Path,
+             comm_reference: bool = False) -> dict:
+    cfg = run_config(step, profile, root, comm_reference)
     t0 = time.perf_counter()
     result: dict = {"step": step.__dict__, "key": step.key, "profile": profile.name,
                     "config": json.loads(cfg.model_dump_json())}
@@ -204,10 +228,6 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
     data_key = (cfg.data.model_dump_json(), cfg.seed)
     if step.method == "fed-lstm":
         run_dir = out / "runs" / step.key
-        # Per-round test curves and federated evaluation feed no table or figure here (Fig. 5/6
-        # come from the networks run), and cost a full test-set pass every round.
-        cfg = _with_federation(cfg, server_test_curves=False, evaluate_clients=False)
-        result["config"] = json.loads(cfg.model_dump_json())  # what the federation ran
         run_federated(cfg, run_dir, overwrite=True, plots=False)  # the report draws its own
         metrics = json.loads((run_dir / "metrics.json").read_text())
         bundle = ModelBundle.load(run_dir / "model.fedlstm")
@@ -217,6 +237,8 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path) -> dict:
         result["curves"] = [r for r in metrics["rounds"] if r["round"] > 0]
         result["curve_axis"] = "round"
         result["run_dir"] = str(run_dir)
+        if comm_reference:
+            result["comm_reference"] = True  # the study's `none` row (`communication.study_runs`)
     else:
         if step.method not in (*NEURAL, *CLASSICAL):
             raise KeyError(f"unknown method {step.method!r}")
@@ -552,10 +574,13 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
     the_plan = plan(profile, root, datasets, methods)
     extra = extra_keys(the_plan, datasets, methods, profile)
     todo: list[_Job] = []
+    references = comm_references(the_plan, profile)
     for step in the_plan.steps:
-        cfg = step_config(step, profile, root)
+        reference = step.key in references
+        cfg = run_config(step, profile, root, reference)
         todo.append(_Job(steps_dir / f"{step.key}.json", fingerprint(cfg, profile, root),
-                         partial(run_step, step, profile, root, out), step.method == "fed-lstm"))
+                         partial(run_step, step, profile, root, out, reference),
+                         step.method == "fed-lstm"))
     for key in extra:
         cfg = extra_config(key, the_plan, profile, root)
         todo.append(_Job(steps_dir / f"{key}.json", fingerprint(cfg, profile, root),
