@@ -38,7 +38,7 @@ from fedlstm.detection.site_checks import (
     tail_shares,
 )
 from fedlstm.features import merge_all
-from fedlstm.features.windows import window_ends
+from fedlstm.features.windows import WindowSet, window_ends
 from fedlstm.models import build_model
 from fedlstm.tasks.base import (
     SiteWindows,
@@ -263,10 +263,11 @@ def threshold_at_fpr(y: np.ndarray, score: np.ndarray, fpr: float) -> float:
 
 
 def evaluate_anomaly(detector, records: Records, train_attacks: np.ndarray, report_fpr: float,
-                     seen: set | None = None) -> dict:
-    """`evaluate_detector` plus recall at `report_fpr`, and recall on attack types unseen in
-    training."""
-    ev = evaluate_detector(detector, records)
+                     seen: set | None = None, data: WindowSet | None = None,
+                     score: np.ndarray | None = None) -> dict:
+    """`evaluate_detector` (`data`, `score`: as it takes them) plus recall at `report_fpr`, and
+    recall on attack types unseen in training."""
+    ev = evaluate_detector(detector, records, data, score)
     y, score = ev["_curve"]["y"], ev["_curve"]["score"]
     ends = window_ends(len(records), detector.window, segments=records.segment)
     attacks = records.attack[ends]

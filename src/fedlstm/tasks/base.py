@@ -81,24 +81,36 @@ def windows_of(records: Records, preprocessor: FlowPreprocessor, cfg: RunConfig,
                         segments=records.segment)
 
 
-def evaluate_detector(detector, records: Records) -> dict:
+def _unknown_families(detector, records: Records) -> list[str]:
+    # A family the model has no class for (a later log's new attack) is still scored, as an
+    # attack; only the family metrics need every family to have a class.
+    return sorted(set(records.family) - set(detector.class_names)) \
+        if detector.task == "family" else []
+
+
+def scored_windows(detector, records: Records) -> WindowSet:
+    """The windows `evaluate_detector` scores: one ending at every record of the test set."""
+    labels = records.is_attack.astype(np.int64) if _unknown_families(detector, records) else \
+        encode_labels(records, detector.task, detector.class_names)
+    return make_windows(detector.preprocessor.transform(records.frame), labels, detector.window,
+                        segments=records.segment)
+
+
+def evaluate_detector(detector, records: Records, data: WindowSet | None = None,
+                      score: np.ndarray | None = None) -> dict:
     """Scores every record of the test set: each ends one window (left-padded at the start of
     its segment, `features.windows`).
 
     `detector` is anything with `preprocessor`, `window`, `task`, `class_names`, `threshold_` and
     `decision_function` (plus `predict_proba` for the family task): LSTM bundles, the anomaly
-    detector and the classical baselines alike.
+    detector and the classical baselines alike. A caller that already has the `scored_windows`
+    and their `decision_function` passes them (the hybrid scores its parts from the same pass).
     """
-    # A family the model has no class for (a later log's new attack) is still scored, as an
-    # attack; only the family metrics need every family to have a class.
-    unknown = sorted(set(records.family) - set(detector.class_names)) \
-        if detector.task == "family" else []
-    labels = records.is_attack.astype(np.int64) if unknown else \
-        encode_labels(records, detector.task, detector.class_names)
-    data = make_windows(detector.preprocessor.transform(records.frame), labels, detector.window,
-                        segments=records.segment)
+    unknown = _unknown_families(detector, records)
+    data = scored_windows(detector, records) if data is None else data
+    labels = data.labels.numpy()
     ends = data.ends.numpy()
-    score = detector.decision_function(data)
+    score = detector.decision_function(data) if score is None else score
     is_attack = records.is_attack[ends]
     result = {"binary": binary_metrics(is_attack, score, detector.threshold_)}
     flagged = (score >= detector.threshold_).astype(int)

@@ -30,7 +30,7 @@ from fedlstm.tasks.anomaly import (
     normal_only,
     split_validation,
 )
-from fedlstm.tasks.base import SiteWindows, Task, training_stride, windows_of
+from fedlstm.tasks.base import SiteWindows, Task, scored_windows, training_stride, windows_of
 from fedlstm.training.metrics import best_f1_threshold, binary_metrics, recall_by_group
 from fedlstm.training.objectives import Objective, error_vectors, evaluate_loss
 
@@ -117,10 +117,11 @@ class HybridTask(Task):
 
     def evaluate(self, detector: HybridDetector, records, seen_attacks) -> dict:
         """The hybrid's scores, and each part's alone (known attacks; novelty)."""
-        ev = evaluate_anomaly(detector, records, seen_attacks, self.cfg.anomaly.report_fpr)
-        data = windows_of(records, detector.preprocessor, self.cfg, detector.class_names)
+        data = scored_windows(detector, records)
+        known, anomalous = detector.parts(data)  # one pass: the hybrid's score is their maximum
+        ev = evaluate_anomaly(detector, records, seen_attacks, self.cfg.anomaly.report_fpr,
+                              data=data, score=np.maximum(known, anomalous))
         y = ev["_curve"]["y"]
-        known, anomalous = detector.parts(data)
         ev["parts"] = {"supervised": binary_metrics(y, known, 1.0),
                        "anomaly": binary_metrics(y, anomalous, 1.0)}
         attacks = records.attack[data.ends.numpy()]
