@@ -450,10 +450,12 @@ def _detector_note(steps: list[dict]) -> str:
                 "detector.")
     budgets = sorted({s["config"]["anomaly"]["alert_budget"] for s in steps
                       if s.get("config", {}).get("detector") == "hybrid"})
-    return ("The LSTM and Fed-LSTM rows are the hybrid detector: one LSTM whose classifier head "
-            "flags known attacks (threshold from validation) and whose hidden state on normal "
-            "traffic gets a Gaussian fit, the Mahalanobis distance flagging novelty (paper Eq. "
-            "12); a record is an alert when either part fires. The novelty threshold ζ lets "
+    return ("The LSTM and Fed-LSTM rows are the hybrid detector: one network with an LSTM "
+            "classifier that flags known attacks (threshold from validation) and an LSTM "
+            "autoencoder of normal traffic, whose per-feature reconstruction errors on normal "
+            "validation windows get a Gaussian fit, the Mahalanobis distance flagging novelty "
+            "(paper Eq. 12); a record is an alert when either part fires. The novelty threshold "
+            "ζ lets "
             f"through the alert budget ({', '.join(f'{b:.0%}' for b in budgets)}) of normal "
             "validation traffic. " + BUDGET_PROVENANCE + " The 'known-attack part' and "
             "'novelty part' rows score each part alone, from the same models.")
