@@ -126,6 +126,24 @@ def test_local_mode_never_sends_a_site_the_merged_statistics():
                                   own.transform(sites[0].train_records.frame))
 
 
+@pytest.mark.parametrize("detector, threshold", [("hybrid", "fixed"), ("anomaly", "fixed"),
+                                                  ("supervised", "val-f1")])
+def test_local_mode_calibration_questions_carry_no_merged_statistics(detector, threshold):
+    """The questions after the last round (μ, Σ, score histograms, the val-f1 histogram) carried
+    the merged preprocessor to every site under `local` too."""
+    cfg = _cfg(preprocessing="local").model_copy(update={"detector": detector})
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threshold": threshold})})
+    sites = _sites(cfg, rare_category=False)
+    asked = []
+    for site in sites:
+        site.answer = lambda config, answer=site.answer: (asked.append(config), answer(config))[1]
+    server = run_inprocess(ServerTask(task_for(cfg), SYNTHETIC_SPEC), sites)
+    questions = [q for q in asked if q.get("phase") != PREPROCESSING]
+    assert questions and server.result is not None
+    assert not [q["phase"] for q in questions if "preprocessor" in q]
+    assert {site._windows_key for site in sites} == {"local"}  # each answered from its own
+
+
 def test_a_site_sampled_in_some_rounds_never_reports_more_than_the_target():
     """fraction_fit < 1: the budget is planned for every round, and a site that skipped rounds
     counts them as spent (an upper bound), so no report exceeds the target."""

@@ -65,6 +65,31 @@ def test_federated_val_f1_threshold_comes_from_merged_validation_histograms():
     assert check(json.dumps(scores.tolist()).encode()) is not None  # per-window scores refused
 
 
+def test_federated_hybrid_takes_its_classifier_threshold_from_merged_validation_histograms():
+    """train.threshold=val-f1 was silently ignored by a federated hybrid (the default detector):
+    its classifier kept the fixed 0.5, where centralised training chooses best F1."""
+    from fedlstm.tasks.hybrid import KNOWN_SCORE_HISTOGRAM
+
+    def federate(threshold):
+        cfg = _val_f1_cfg(threshold=threshold).model_copy(update={"detector": "hybrid"})
+        sites = [ClientTask(task_for(cfg), synthetic_records(300, seed=i), SYNTHETIC_SPEC,
+                            f"s{i}") for i in range(3)]
+        return cfg, sites, run_inprocess(ServerTask(task_for(cfg), SYNTHETIC_SPEC), sites)
+
+    cfg, sites, server = federate("val-f1")
+    threshold = server.result.supervised_threshold_
+    model = server.model()
+    scores = np.concatenate([1 - predict_proba(model, s.windows.val)[:, 0] for s in sites])
+    labels = np.concatenate([s.windows.val.window_labels.numpy() != 0 for s in sites])
+    pooled = ScoreHistogram.of(scores, labels, score_edges()).threshold_f_beta(1.0)
+    assert threshold == pooled and threshold != cfg.train.fixed_threshold
+    phases = [a["phase"] for a in server.answers_received]
+    assert phases.count(KNOWN_SCORE_HISTOGRAM) == 3 and "error-stats" in phases
+    _, _, fixed = federate("fixed")
+    assert fixed.result.supervised_threshold_ == cfg.train.fixed_threshold
+    assert KNOWN_SCORE_HISTOGRAM not in {a["phase"] for a in fixed.answers_received}
+
+
 def test_fixed_threshold_asks_nothing():
     cfg = _val_f1_cfg(threshold="fixed")
     sites = [ClientTask(task_for(cfg), synthetic_records(200, seed=i), SYNTHETIC_SPEC, f"s{i}")

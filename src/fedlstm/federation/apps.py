@@ -232,10 +232,7 @@ def collect_statistics(grid: Grid, task: ServerTask, n_clients: int,
 
 def build_strategy(task: ServerTask) -> Strategy:
     fed = task.cfg.federation
-    # Under `local` every site transforms with its own statistics: the merged ones (the other
-    # sites' extremes and categories) are never sent to a site.
-    shared = {} if fed.preprocessing == "local" or task.preprocessor is None else \
-        {"preprocessor": json.dumps(task.preprocessor.to_dict())}
+    shared = task.preprocessor_message()
     n = fed.clients
     min_fit = min(max(fed.min_fit_clients, 1), n)
 

@@ -178,4 +178,6 @@ class ClientTask:
                              f"{sorted([PREPROCESSING, *answers])}")
         if "preprocessor" in config:
             self.use_preprocessing(json.loads(str(config["preprocessor"])))
+        elif self.cfg.federation.preprocessing == "local":  # nothing shared: its own statistics
+            self.use_preprocessing(None)
         return {**answers[phase](self, config), "client": self.name}

@@ -100,6 +100,14 @@ class ServerTask:
         return self.merge_statistics([PreprocessingStats.from_bytes(bytes(a["statistics"]))
                                       for a in answers])
 
+    def preprocessor_message(self) -> dict:
+        """What every message to a site carries of the preprocessing: the merged preprocessor,
+        or, under `local`, nothing (the other sites' extremes and categories never reach a site;
+        each transforms with its own statistics)."""
+        if self.cfg.federation.preprocessing == "local" or self.preprocessor is None:
+            return {}
+        return {"preprocessor": json.dumps(self.preprocessor.to_dict())}
+
     def merge_statistics(self, parts: list[PreprocessingStats]) -> FlowPreprocessor:
         self.statistics_received = [{"count": p.count} for p in parts]
         self.preprocessor = make_preprocessor(self.spec, self.cfg).fit_stats(merge_all(parts))

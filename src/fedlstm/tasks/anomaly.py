@@ -14,7 +14,6 @@ the server broadcasts). No per-record error, score or row leaves a site.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -202,8 +201,7 @@ def calibrate_by_asking(detector: MahalanobisDetector, server, ask, score_bins: 
     if ask is None:
         raise ValueError("a Mahalanobis detector is calibrated by asking the sites")
     robust = "robust-calibration" in server.cfg.federation.defences
-    base = {"preprocessor": json.dumps(server.preprocessor.to_dict()),
-            "weights": arrays_to_bytes(server.weights)}
+    base = {**server.preprocessor_message(), "weights": arrays_to_bytes(server.weights)}
     answers = ask({**base, "phase": "error-stats"})
     server.receive("error-stats", answers)
     stats = [ErrorStats.from_bytes(bytes(a["error_stats"])) for a in answers]

@@ -7,7 +7,9 @@ the autoencoder's reconstruction error on the normal windows. Calibration, on va
 only: the classifier's threshold t_s (fixed, or best F1 on validation), then μ, Σ of the
 autoencoder's errors on normal validation windows, then ζ such that the anomaly part flags at
 most the alert budget (`anomaly.alert_budget`) of other normal validation windows. Federated,
-the sites answer the anomaly detector's two aggregate questions (error sums, score histograms).
+the sites answer the anomaly detector's two aggregate questions (error sums, score histograms),
+and, with `train.threshold=val-f1`, the supervised detector's of the classifier
+("known-score-histogram"), as centralised training chooses t_s.
 """
 
 from __future__ import annotations
@@ -31,10 +33,16 @@ from fedlstm.tasks.anomaly import (
     split_validation,
 )
 from fedlstm.tasks.base import SiteWindows, Task, scored_windows, training_stride, windows_of
+from fedlstm.tasks.supervised import (
+    SCORE_HISTOGRAM_LAYOUT,
+    merged_f1_threshold,
+    score_histogram_answer,
+)
 from fedlstm.training.metrics import best_f1_threshold, binary_metrics, recall_by_group
 from fedlstm.training.objectives import Objective, error_vectors, evaluate_loss
 
 MODEL = "lstm-hybrid"
+KNOWN_SCORE_HISTOGRAM = "known-score-histogram"  # the classifier's, for train.threshold=val-f1
 
 
 @dataclass
@@ -66,9 +74,14 @@ class HybridObjective(Objective):
 class HybridTask(Task):
     kind = "hybrid"  # (its learning curves are the classifier's loss and accuracy)
 
-    # the anomaly detector's aggregate questions, answered from the hybrid's windows
-    site_answers = AnomalyTask.site_answers
-    declared_answers = AnomalyTask.declared_answers
+    # the anomaly detector's aggregate questions, answered from the hybrid's windows, and, with
+    # train.threshold=val-f1, the supervised detector's, of the classifier, under its own name
+    def site_answers(self):
+        return {**AnomalyTask.site_answers(self), KNOWN_SCORE_HISTOGRAM: score_histogram_answer}
+
+    def declared_answers(self, server):
+        return {**AnomalyTask.declared_answers(self, server),
+                KNOWN_SCORE_HISTOGRAM: SCORE_HISTOGRAM_LAYOUT}
 
     def site_windows(self, train, val, preprocessor, classes) -> HybridWindows:
         """All training windows (both parts learn from them); all validation windows (early
@@ -134,6 +147,10 @@ class HybridTask(Task):
                     "rounds": max(server.rounds, default=0)}
         detector = self.detector(server.spec, server.preprocessor, server.model(), server.classes,
                                  metadata)
+        train = self.cfg.train
+        if train.threshold == "val-f1":  # as centralised: best F1 on (all sites') validation
+            detector.supervised_threshold_ = merged_f1_threshold(
+                server, ask, train.fixed_threshold, KNOWN_SCORE_HISTOGRAM)
         return calibrate_by_asking(detector, server, ask, self.cfg.anomaly.score_bins)
 
     def budget_curve(self, detector: HybridDetector, split,

@@ -9,7 +9,6 @@ windows together, and the threshold is the bin edge of best F1 on it. No score l
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -33,7 +32,7 @@ def score_edges(bins: int = SCORE_BINS) -> np.ndarray:
     return np.linspace(0.0, 1.0, bins)
 
 
-def _score_histogram_answer(site, config: dict) -> dict:
+def score_histogram_answer(site, config: dict) -> dict:
     """A site's validation windows, counted per attack-score bin and label."""
     torch.set_num_threads(site.cfg.train.threads)
     val = site.windows.val
@@ -42,6 +41,10 @@ def _score_histogram_answer(site, config: dict) -> dict:
     is_attack = val.window_labels.numpy() != 0  # class 0 is "normal" in every task
     edges = score_edges(int(config["bins"]))
     return {"histogram": ScoreHistogram.of(score, is_attack, edges).to_bytes()}
+
+
+SCORE_HISTOGRAM_LAYOUT = {"histogram": npz_check({"normal": ((SCORE_BINS,), "iu"),
+                                                   "anomalous": ((SCORE_BINS,), "iu")})}
 
 
 class SupervisedTask(Task):
@@ -60,12 +63,10 @@ class SupervisedTask(Task):
             detector.threshold_ = best_f1_threshold(is_attack, detector.decision_function(windows.val))
 
     def site_answers(self):
-        return {SCORE_HISTOGRAM: _score_histogram_answer}
+        return {SCORE_HISTOGRAM: score_histogram_answer}
 
     def declared_answers(self, server):
-        bins = SCORE_BINS
-        return {SCORE_HISTOGRAM: {"histogram": npz_check({
-            "normal": ((bins,), "iu"), "anomalous": ((bins,), "iu")})}}
+        return {SCORE_HISTOGRAM: SCORE_HISTOGRAM_LAYOUT}
 
     def federated_detector(self, server, ask, mode: str = "federated") -> ModelBundle:
         metadata = {**self.metadata(server.spec, run_protocol(self.cfg.data), mode),
@@ -73,23 +74,25 @@ class SupervisedTask(Task):
         detector = self.detector(server.spec, server.preprocessor, server.model(),
                                  server.classes, metadata)
         if self.cfg.train.threshold == "val-f1":
-            detector.threshold_ = self.merged_f1_threshold(server, ask)
+            detector.threshold_ = merged_f1_threshold(server, ask, self.cfg.train.fixed_threshold)
         return detector
 
-    def merged_f1_threshold(self, server, ask) -> float:
-        """The threshold of best F1 over every site's validation windows, from their merged
-        score histograms (the fixed threshold if no site holds both classes)."""
-        if ask is None:
-            raise ValueError("train.threshold=val-f1 is calibrated by asking the sites")
-        edges = score_edges()
-        answers = ask({"phase": SCORE_HISTOGRAM, "bins": len(edges),
-                       "preprocessor": json.dumps(server.preprocessor.to_dict()),
-                       "weights": arrays_to_bytes(server.weights)})
-        server.receive(SCORE_HISTOGRAM, answers)
-        merged = merge_all([ScoreHistogram.from_bytes(bytes(a["histogram"]), edges)
-                            for a in answers])
-        if merged.anomalous.sum() == 0 or merged.normal.sum() == 0:
-            log.warning("the sites' validation windows hold only one class; keeping the fixed "
-                        "threshold %.2f", self.cfg.train.fixed_threshold)
-            return self.cfg.train.fixed_threshold
-        return merged.threshold_f_beta(1.0)
+
+def merged_f1_threshold(server, ask, fixed_threshold: float, phase: str = SCORE_HISTOGRAM
+                        ) -> float:
+    """The threshold of best F1 over every site's validation windows, from their merged score
+    histograms (`fixed_threshold` if no site holds both classes). `phase`: the question's name
+    (the hybrid asks it of its classifier under its own name)."""
+    if ask is None:
+        raise ValueError("train.threshold=val-f1 is calibrated by asking the sites")
+    edges = score_edges()
+    answers = ask({"phase": phase, "bins": len(edges), **server.preprocessor_message(),
+                   "weights": arrays_to_bytes(server.weights)})
+    server.receive(phase, answers)
+    merged = merge_all([ScoreHistogram.from_bytes(bytes(a["histogram"]), edges)
+                        for a in answers])
+    if merged.anomalous.sum() == 0 or merged.normal.sum() == 0:
+        log.warning("the sites' validation windows hold only one class; keeping the fixed "
+                    "threshold %.2f", fixed_threshold)
+        return fixed_threshold
+    return merged.threshold_f_beta(1.0)
