@@ -32,3 +32,19 @@ def test_a_federation_across_schemas_runs_the_hybrid_with_one_site_per_network()
     assert cfg.detector == "hybrid" and n_sites(cfg) == 3  # not federation.clients (5)
     assert load_run_config(None, ["federation.partition=networks", "train.dp=true"]
                            ).detector == "supervised"
+
+
+def test_federate_and_deploy_local_take_the_task_as_train_does(tmp_path):
+    """`--task family` was a `train` option only; the docs' `federate --task family` exited 2."""
+    from typer.testing import CliRunner
+
+    from fedlstm.cli.main import app
+
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    for command in (["federate"], ["deploy", "local"]):
+        ok = CliRunner().invoke(app, [*command, "--task", "family", "--out", str(taken)])
+        assert "already exists" in ok.output, ok.output  # parsed and validated up to --out
+        bad = CliRunner().invoke(app, [*command, "--task", "families", "--out", str(taken)])
+        assert bad.exit_code != 0 and "already exists" not in bad.output
+        assert "task" in bad.output, bad.output

@@ -23,10 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
 from fedlstm.config import load_config
+from fedlstm.data.schemas import get_spec
 from fedlstm.detection import ModelBundle
 from fedlstm.federation.deploy.credentials import generate_certificates, generate_supernode_keys
 from fedlstm.federation.deploy.launch import deploy_on
 from fedlstm.federation.deploy.processes import FINISHED, LocalFederation, marked_processes, tail
+from fedlstm.federation.networks import site_window
 
 
 def _tls_handshake(certs, server_name: str) -> str:
@@ -186,6 +188,11 @@ def test_networks_of_three_schemas_deploy_with_encoders_kept_on_the_sites(
     assert set(metrics["sites"]) == {"nsl-kdd", "kdd99", "unsw-nb15"}
     assert {a["phase"] for a in metrics["answers_received"]} == {"site-report"}
     assert not (result.out / "model.fedlstm").exists()  # no one detector: each site has its own
+    # ... on its own disk, as in simulation (`out/sites/NAME`; deployed sites kept none before)
+    assert all(report["detector_saved"] for report in metrics["sites"].values())
+    for site in metrics["sites"]:
+        assert ModelBundle.load(result.out / "sites" / site / "model.fedlstm").window == \
+            site_window(cfg, get_spec(site))
     simulated = federate(cfg, federated_data(cfg), engine="inprocess").result
     for site, report in metrics["sites"].items():
         for test, ev in report["tests"].items():

@@ -126,6 +126,8 @@ Compress = Annotated[Optional[str], typer.Option(
 SecAgg = Annotated[bool, typer.Option(
     "--secagg", help="Flower SecAgg+: the server sees only the sum of updates.")]
 Window = Annotated[Optional[int], typer.Option(help="Records per window (W).")]
+TaskOpt = Annotated[Optional[str], typer.Option(
+    "--task", help="binary | family (attack families; across schemas, the shared taxonomy).")]
 Seed = Annotated[Optional[int], typer.Option()]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="TOML or JSON run configuration.")]
 Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value")]

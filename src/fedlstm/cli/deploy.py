@@ -28,6 +28,7 @@ from fedlstm.cli.common import (
     SecAgg,
     Seed,
     Strategy,
+    TaskOpt,
     Window,
     command_line,
     console,
@@ -154,6 +155,9 @@ def supernode(
     data_path: Annotated[Path, typer.Option(help="This site's training data (its own format, or a share).")],
     name: Annotated[str, typer.Option(help="This site's name in the run's metrics.")],
     port: Annotated[int, typer.Option(help="The SuperNode's local runtime port.")] = 9094,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        help="Where this site keeps its own detector (a federation across schemas, "
+             "--partition networks: each site's detector never leaves it).")] = None,
 ) -> None:
     """A site: Flower's SuperNode, running only apps signed by a trusted key."""
     import os
@@ -165,7 +169,8 @@ def supernode(
     try:
         shim = write_clientapp_shim(tempfile.mkdtemp(prefix="fedlstm-site-"))
         env = site_environment({**os.environ, **FLWR_ENV}, shim, list(trusted_app_key))
-        node_config = config_args({"data-path": str(data_path.resolve()), "name": name})
+        node_config = config_args({"data-path": str(data_path.resolve()), "name": name,
+                                   **({"out-dir": str(out_dir.resolve())} if out_dir else {})})
         args = [*SUPERNODE, "--superlink", superlink_address, "--root-certificates",
                 str(root_certificates), "--auth-supernode-private-key", str(auth_key),
                 "--host", "127.0.0.1", "--port", str(port), "--isolation", "subprocess",
@@ -221,6 +226,7 @@ def local(
     rounds: Rounds = None,
     local_epochs: LocalEpochs = None,
     window: Window = None,
+    task: TaskOpt = None,
     seed: Seed = None,
     out: Annotated[Path, typer.Option(help="Run directory to create.")] = Path("runs/deployed"),
     config: ConfigFile = None,
@@ -253,7 +259,7 @@ def local(
     try:
         cfg = load_run_config(config, set_, detector, alert_budget, **federation_options(
             dataset, protocol, data_dir, clients, partition, strategy, rounds, local_epochs,
-            window, seed, compress), federation__secagg=secagg or None)
+            window, seed, compress), model__task=task, federation__secagg=secagg or None)
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
         f = cfg.federation

@@ -175,8 +175,12 @@ def _run_on_shares(federation: LocalFederation, cfg: RunConfig, data, paths: lis
                    timings: dict) -> DeploymentResult:
     work, n = federation.work_dir, len(paths)
     run_dir = server_dir(work)
+    # A site of a federation across schemas keeps its own detector on its own disk (here: the
+    # work folder, collected into `out/sites/NAME` with the run), as a simulated site does.
+    sites_dir = work / "sites"
     if not resume:  # a checkpoint left there would be resumed by the ServerApp
         shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(sites_dir, ignore_errors=True)
     run_dir.mkdir(exist_ok=True)
     (run_dir / DEPLOYMENT_FILE).write_text(json.dumps({
         "partitions": describe(data.clients, data.names), "data_notes": data.notes,
@@ -197,9 +201,11 @@ def _run_on_shares(federation: LocalFederation, cfg: RunConfig, data, paths: lis
         federation.register([public for _, public in pairs])
         keys = [private for private, _ in pairs]
     say(f"starting {n} SuperNodes")
-    nodes = [federation.start_supernode(name, {"partition-id": i, "num-partitions": n,
-                                               "data-path": str(path), "name": name}, key)
-             for i, (name, path, key) in enumerate(zip(data.names, paths, keys))]
+    networks = cfg.federation.partition == "networks"
+    nodes = [federation.start_supernode(
+        name, {"partition-id": i, "num-partitions": n, "data-path": str(path), "name": name,
+               **({"out-dir": str(sites_dir / name)} if networks else {})}, key)
+        for i, (name, path, key) in enumerate(zip(data.names, paths, keys))]
     try:
         app = write_signed_app(work, federation.app_key)
         run_id = federation.submit(app.folder, {CONFIG_KEY: cfg.model_dump_json(),
@@ -228,6 +234,8 @@ def _run_on_shares(federation: LocalFederation, cfg: RunConfig, data, paths: lis
     with staged_dir(out, overwrite=overwrite) as stage:
         for item in run_dir.iterdir():
             shutil.move(str(item), str(stage / item.name))
+        if sites_dir.is_dir():
+            shutil.move(str(sites_dir), str(stage / "sites"))
         shutil.copytree(federation.logs, stage / "logs")
     return DeploymentResult(out, run_id, status, work, metrics["timings"])
 
