@@ -32,7 +32,7 @@ def test_infer_drafts_the_pipe_export_without_leaking_its_labels(corpus, tmp_pat
     r = runner.invoke(app, ["schema", "infer", str(corpus["pipe"].path), "--out", str(out)])
     assert r.exit_code == 0, r.output
     text = out.read_text()
-    assert "built-in schema `zeek-conn`" in text  # the tool is recognised
+    assert "Zeek conn.log's columns in a delimited export" in text  # the tool is recognised
     s = tomllib.loads(text)["schema"]
     assert (s["delimiter"], s["label"], s["family"], s["normal"]) == \
         ("|", "label", "detailed-label", ["Benign"])

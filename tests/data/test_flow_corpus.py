@@ -66,8 +66,12 @@ def test_every_corpus_file_reads_with_its_drafted_schema(corpus, name, tmp_path)
 
 def test_missing_tokens_are_recognised_not_taken_for_text(corpus):
     # The pipe export writes '-' for an unset duration or byte count: still numbers.
-    schema, _ = draft_schema(corpus["pipe"].path)
+    schema, notes = draft_schema(corpus["pipe"].path)
     assert {"duration", "orig_bytes", "resp_bytes"} <= set(schema["numeric"])
+    # Zeek's columns, not Zeek's layout: `zeek-conn` is not offered for it (it was, "as it is")
+    assert not [n for n in notes if "--schema zeek-conn" in n]
+    assert any("delimited export" in n for n in notes)
+    assert any("--schema zeek-conn" in n for n in draft_schema(corpus["zeek-tsv"].path)[1])
     assert schema["missing"] == ["-"] and schema["fill_missing"] == 0.0
     assert schema["family"] == "detailed-label" and "detailed-label" not in schema["ignore"]
     # Zeek's '(empty)' set and CICFlowMeter's NaN / Infinity rates.

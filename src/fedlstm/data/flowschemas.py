@@ -474,9 +474,13 @@ _MAC = re.compile(r"^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$")
 _DATETIME = re.compile(r"^(\d{4}[-/]\d{1,2}[-/]\d{1,2}|\d{1,2}/\d{1,2}/\d{2,4})[ T]\d{1,2}:\d{2}")
 _CIC_SAY = ("this is CICFlowMeter output: the built-in schema `cicflowmeter` reads it too "
             "(--schema cicflowmeter)")
+_ZEEK_SAY = "this is Zeek conn.log: the built-in schema `zeek-conn` reads it as it is (--schema zeek-conn)"
+# Zeek's columns in a delimited export (e.g. pipe-separated): `zeek-conn` reads Zeek's own TSV
+# and JSON logs, not this layout.
+_ZEEK_EXPORT_SAY = ("these are Zeek conn.log's columns in a delimited export: this draft reads "
+                    "it (the built-in `zeek-conn` reads Zeek's own TSV or JSON logs)")
 _TOOLS = [  # (columns that mark a tool's output, what to say)
-    ({"uid", "idorigh", "idresph"},
-     "this is Zeek conn.log: the built-in schema `zeek-conn` reads it as it is (--schema zeek-conn)"),
+    ({"uid", "idorigh", "idresph"}, _ZEEK_SAY),
     ({"flowduration", "fwdpacketlengthmax"}, _CIC_SAY),
     ({"flowduration", "fwdpktlenmax"}, _CIC_SAY),
     ({"ts", "te", "td", "sa", "da"}, "this is an nfdump CSV export (nfdump -o csv)"),
@@ -717,7 +721,8 @@ def draft_schema(path: str | Path, sample_lines: int = 5000) -> tuple[dict, list
     numeric = [c for c in names if role[c] == "numeric"]
     notes = []
     header_names = {normalized(c) for c in names}
-    notes += [say for marks, say in _TOOLS if marks <= header_names][:1]
+    notes += [_ZEEK_EXPORT_SAY if say == _ZEEK_SAY and sample.fmt == "csv" else say
+              for marks, say in _TOOLS if marks <= header_names][:1]
     normal: list[str] = []
     if label:
         counts = frame[label].astype(str).str.strip().value_counts()
