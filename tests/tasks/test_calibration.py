@@ -46,17 +46,22 @@ def _val_f1_cfg(**train):
         "federation": {"clients": 3, "rounds": 2, "evaluate_clients": False}})
 
 
+def _pooled(server, sites):
+    """The attack scores and labels of every site's validation windows under the final model,
+    and the threshold of best F1 on their histogram, pooled by hand."""
+    model = server.model()
+    scores = np.concatenate([1 - predict_proba(model, s.windows.val)[:, 0] for s in sites])
+    labels = np.concatenate([s.windows.val.window_labels.numpy() != 0 for s in sites])
+    return scores, labels, ScoreHistogram.of(scores, labels, score_edges()).threshold_f_beta(1.0)
+
+
 def test_federated_val_f1_threshold_comes_from_merged_validation_histograms():
     cfg = _val_f1_cfg()
     sites = [ClientTask(task_for(cfg), synthetic_records(300, seed=i), SYNTHETIC_SPEC, f"s{i}")
              for i in range(3)]
     server = run_inprocess(ServerTask(task_for(cfg), SYNTHETIC_SPEC), sites)
     threshold = server.result.threshold_
-    # The same histogram, pooled by hand from every site's validation windows.
-    model = server.model()
-    scores = np.concatenate([1 - predict_proba(model, s.windows.val)[:, 0] for s in sites])
-    labels = np.concatenate([s.windows.val.window_labels.numpy() != 0 for s in sites])
-    pooled = ScoreHistogram.of(scores, labels, score_edges()).threshold_f_beta(1.0)
+    scores, labels, pooled = _pooled(server, sites)
     assert threshold == pooled and threshold != cfg.train.fixed_threshold
     asked = [a for a in server.answers_received if a["phase"] == SCORE_HISTOGRAM]
     assert len(asked) == 3 and all(a["keys"] == ["client", "histogram"] for a in asked)
@@ -78,11 +83,7 @@ def test_federated_hybrid_takes_its_classifier_threshold_from_merged_validation_
 
     cfg, sites, server = federate("val-f1")
     threshold = server.result.supervised_threshold_
-    model = server.model()
-    scores = np.concatenate([1 - predict_proba(model, s.windows.val)[:, 0] for s in sites])
-    labels = np.concatenate([s.windows.val.window_labels.numpy() != 0 for s in sites])
-    pooled = ScoreHistogram.of(scores, labels, score_edges()).threshold_f_beta(1.0)
-    assert threshold == pooled and threshold != cfg.train.fixed_threshold
+    assert threshold == _pooled(server, sites)[2] and threshold != cfg.train.fixed_threshold
     phases = [a["phase"] for a in server.answers_received]
     assert phases.count(KNOWN_SCORE_HISTOGRAM) == 3 and "error-stats" in phases
     _, _, fixed = federate("fixed")
