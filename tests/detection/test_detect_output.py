@@ -145,3 +145,19 @@ def test_unset_labels_are_scored_but_left_out_of_the_labelled_figures(tiny_model
     assert summary["records"] == 80 and summary["unlabelled"] == 3
     counts = summary["labelled"]
     assert counts["tp"] + counts["fp"] + counts["tn"] + counts["fn"] == summary["scored"] - 3
+
+
+def test_follow_tails_the_last_file_and_reads_the_others_first(tiny_model, tmp_path):
+    """--follow tailed every input: the first file was followed until the stop, and the files
+    after it were read only then (the help says: the last file)."""
+    first, last = flows(tmp_path / "a.csv", seed=1), flows(tmp_path / "b.csv", seed=2)
+    live, files_read_when_stop_asked = [], []
+
+    def stop() -> bool:  # asked only while a followed file is at its end
+        files_read_when_stop_asked.append(len(live[-1].files) if live else 0)
+        return True
+
+    summary = detect(tiny_model, [first, last], None, follow=True, stop=stop, poll_seconds=0.01,
+                     on_chunk=live.append)
+    assert files_read_when_stop_asked[0] == 1  # the first file was read whole, not followed
+    assert [f["file"] for f in summary.files] == [str(first), str(last)]

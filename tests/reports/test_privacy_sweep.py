@@ -4,7 +4,8 @@ them), one row per scored test set, with the FPR beside the accuracy."""
 import json
 
 from fedlstm.config import RunConfig
-from fedlstm.reports.privacy import sweep
+from fedlstm.reports import privacy
+from fedlstm.reports.privacy import point_config, sweep
 
 
 def _binary(accuracy: float, fpr: float) -> dict:
@@ -12,12 +13,14 @@ def _binary(accuracy: float, fpr: float) -> dict:
                        "roc_auc": accuracy + 0.01}}
 
 
-def _cache(out, name: str, spent, evaluations: dict) -> None:
+def _cache(out, name: str, spent, evaluations: dict, cfg: RunConfig) -> None:
     fit = {} if spent is None else {"a": {"epsilon": spent, "delta": 1e-5}}
-    (out / name).mkdir(parents=True)
+    (out / name).mkdir(parents=True, exist_ok=True)
     (out / name / "metrics.json").write_text(json.dumps({
         "rounds": [{"round": 1, "epsilon": spent, "clients_fit": fit}],
         "evaluations": evaluations}))
+    eps = float(name.removeprefix("eps-"))
+    (out / name / "config.json").write_text(point_config(cfg, eps).model_dump_json())
 
 
 def test_a_networks_sweep_reports_each_networks_own_test_set(tmp_path):
@@ -25,9 +28,9 @@ def test_a_networks_sweep_reports_each_networks_own_test_set(tmp_path):
         "partition": "networks", "networks": ["nsl-kdd", "unsw-nb15"]}})
     _cache(tmp_path, "eps-3", 2.99, {"nsl-kdd/test": _binary(0.71, 0.12),
                                      "nsl-kdd/test-21": _binary(0.5, 0.3),
-                                     "unsw-nb15/test": _binary(0.95, 0.04)})
+                                     "unsw-nb15/test": _binary(0.95, 0.04)}, cfg)
     _cache(tmp_path, "eps-inf", None, {"nsl-kdd/test": _binary(0.78, 0.07),
-                                       "unsw-nb15/test": _binary(0.99, 0.01)})
+                                       "unsw-nb15/test": _binary(0.99, 0.01)}, cfg)
     table = sweep(cfg, [3, float("inf")], tmp_path).read_text()
     rows = [line for line in table.splitlines() if line.startswith("| 3 ") or
             line.startswith("| inf ")]
@@ -38,3 +41,23 @@ def test_a_networks_sweep_reports_each_networks_own_test_set(tmp_path):
         "| inf | - | - | unsw-nb15/test | 0.9900 | 0.0100 | 0.9800 | 1.0000 | eps-inf |"]
     assert "2 networks (nsl-kdd, unsw-nb15)" in table
     assert (tmp_path / "privacy_utility.png").exists()
+
+
+def test_a_cached_run_of_other_settings_is_run_again(tmp_path, monkeypatch):
+    """Runs were reused whatever their settings: another --rounds in the same folder reported
+    the old runs under the new settings."""
+    old = RunConfig.model_validate({"federation": {"rounds": 2}})
+    new = RunConfig.model_validate({"federation": {"rounds": 3}})
+    for name, spent in (("eps-1", 0.99), ("eps-inf", None)):
+        _cache(tmp_path, name, spent, {"test": _binary(0.8, 0.1)}, old)
+    ran = []
+
+    def fake_run(cfg, run_dir, overwrite, command):
+        ran.append((run_dir.name, cfg.federation.rounds))
+        _cache(tmp_path, run_dir.name, 0.98, {"test": _binary(0.9, 0.05)}, new)
+
+    monkeypatch.setattr(privacy, "run_federated", fake_run)
+    sweep(old, [1, float("inf")], tmp_path)
+    assert ran == []  # the same settings: the cached runs
+    table = sweep(new, [1, float("inf")], tmp_path).read_text()
+    assert ran == [("eps-1", 3), ("eps-inf", 3)] and "| 0.8000 |" not in table

@@ -82,7 +82,7 @@ class FedlstmApp(typer.Typer):
     def __call__(self, *args, **kwargs):
         try:
             return super().__call__(*args, **kwargs)
-        except Exception as exc:  # expected errors end in _fail (exit 2) before reaching here
+        except Exception as exc:  # expected errors end in fail() (exit 2) before reaching here
             _report_unexpected(exc, self.verbose)
             sys.exit(1)
 
@@ -335,7 +335,7 @@ def privacy_utility(
     dataset: Annotated[Optional[str], typer.Option()] = None,
     clients: Annotated[Optional[int], typer.Option()] = None,
     rounds: Rounds = None,
-    out: Annotated[Path, typer.Option(help="Output folder (runs are cached there).")] = Path("reports/privacy"),
+    out: Annotated[Path, typer.Option(help="Output folder (runs are cached there, reused only under the same settings).")] = Path("reports/privacy"),
     config: ConfigFile = None,
     set_: Overrides = None,
     data_dir: DataDir = None,

@@ -473,10 +473,13 @@ def detect(bundle: ModelBundle, inputs: list[str | Path], writer: AlertWriter | 
     summary = DetectSummary()
     scorer = StreamScorer(bundle, explain_top=explain_top, max_entities=max_entities)
     t0 = time.perf_counter()
-    for path in inputs:
+    for i, path in enumerate(inputs):
         scorer.reset()  # windows never span two files
+        # `follow` tails the last file only: a followed file ends at Ctrl-C alone, and the
+        # files after it would never be read before that
         reader = FlowReader(path, bundle.spec, chunk_bytes=chunk_bytes, strict=strict,
-                            follow=follow, stop=stop, poll_seconds=poll_seconds,
+                            follow=follow and i == len(inputs) - 1, stop=stop,
+                            poll_seconds=poll_seconds,
                             max_bad_share=max_bad_share, share_hint=share_hint)
         for chunk in reader:
             _score_chunk(bundle, scorer, chunk, str(path), writer, summary, all_records)

@@ -4,7 +4,7 @@
 
 Each ε is one federated run with DP-SGD on every client, the noise calibrated so that the planned
 rounds spend exactly that budget; ε = inf is the same run without DP. Runs are cached in the
-output folder like reproduction steps.
+output folder: a run is reused only where its `config.json` holds the same settings.
 """
 
 from __future__ import annotations
@@ -29,16 +29,26 @@ def _scored(evaluations: dict) -> dict[str, dict]:
             if name == "test" or name.endswith("/test")}
 
 
+def point_config(cfg: RunConfig, eps: float) -> RunConfig:
+    """The run of one ε: DP-SGD calibrated to spend `eps` per flow record (inf: no DP)."""
+    train = cfg.train.model_copy(update={"dp": not math.isinf(eps),
+                                         "dp_target_epsilon": None if math.isinf(eps) else eps})
+    return cfg.model_copy(update={"train": train})
+
+
 def _sweep_point(cfg: RunConfig, eps: float, out: Path, command: str | None,
                  progress) -> list[dict]:
     name = "eps-inf" if math.isinf(eps) else f"eps-{eps:g}"
     run_dir = out / name
-    if not (run_dir / "metrics.json").exists():
+    run_cfg = point_config(cfg, eps)
+    # A cached run is reused only if it ran these settings (another --dataset, --rounds or
+    # --set in the same folder is run again, never reported under the new settings).
+    config_file = run_dir / "config.json"
+    same = config_file.exists() and json.loads(config_file.read_text()) == json.loads(
+        run_cfg.model_dump_json())
+    if not (same and (run_dir / "metrics.json").exists()):
         progress(f"Fed-LSTM with ε = {eps:g}")
-        train = cfg.train.model_copy(update={"dp": not math.isinf(eps),
-                                             "dp_target_epsilon": None if math.isinf(eps) else eps})
-        run_federated(cfg.model_copy(update={"train": train}), run_dir, overwrite=True,
-                      command=command)
+        run_federated(run_cfg, run_dir, overwrite=True, command=command)
     m = json.loads((run_dir / "metrics.json").read_text())
     last = m["rounds"][-1]
     deltas = [c["delta"] for c in last.get("clients_fit", {}).values() if "delta" in c]
