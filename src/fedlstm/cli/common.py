@@ -102,6 +102,9 @@ Protocol = Annotated[Optional[str], typer.Option(
          "test on the latest; default for them: random-split)")]
 Clients = Annotated[Optional[int], typer.Option(help="Number of sites (simulated clients or SuperNodes).")]
 Partition = Annotated[Optional[str], typer.Option(help="iid | dirichlet:ALPHA | by:COLUMN | networks | files (each --train-file or folder is one client; the default with several --train-file)")]
+DeployPartition = Annotated[Optional[str], typer.Option(
+    "--partition", help="iid | dirichlet:ALPHA | by:COLUMN | networks: the sites' shares, dealt "
+                        "as `fedlstm federate` deals them")]
 Strategy = Annotated[Optional[str], typer.Option(
     help="fedavg | fedprox | fedadam, or robust to malicious sites: krum | multikrum | bulyan | "
          "median | trimmed-mean (sized for federation.tolerate, default 30% of the sites)")]

@@ -1,6 +1,6 @@
 """`fedlstm detect`, `fedlstm serve`, `fedlstm schema infer|show`: scoring the user's own traffic.
 
-`register(app)` adds these commands to the main typer app (called from fedlstm.cli).
+`fedlstm.cli.main` adds `detect`, `serve` and the `schema` group to the main typer app.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """`fedlstm keys init|show|trust|untrust|sign`: who may write the bundles this host loads.
 
-Also the options every bundle-loading command shares (`--trusted-key`, `--allow-unsigned`) and
-`load_bundle`, which `detect`, `serve` and `evaluate` load through. `register(app)` adds the
-`keys` group to the main typer app (called from fedlstm.cli).
+`keys_app` is added to the main typer app by `fedlstm.cli.main`; the options every
+bundle-loading command shares (`--trusted-key`, `--allow-unsigned`) and `load_bundle`, which
+`detect`, `serve` and `evaluate` load through, live in `fedlstm.cli.common`.
 """
 
 from __future__ import annotations

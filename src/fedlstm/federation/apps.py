@@ -245,7 +245,8 @@ def build_strategy(task: ServerTask) -> Strategy:
         return {**shared}
 
     common = dict(
-        # Every site is waited for before round 1 (the statistics); after that a round goes on
+        # Every site is waited for before round 1 (the statistics; none under `agreed`,
+        # where no site is asked); after that a round goes on
         # with whoever is connected, as long as min_fit_clients are.
         fraction_fit=fed.fraction_fit, min_fit_clients=min_fit, min_available_clients=min_fit,
         fraction_evaluate=1.0 if fed.evaluate_clients else 0.0,

@@ -250,7 +250,7 @@ def claimed_examples(attack: Attack | None, true_count: int) -> int:
 # --- which site does what in a configured run ------------------------------------------------
 def malicious_sites(fed) -> list[int]:
     """The indices of a run's malicious sites (`federation.attack`, `federation.malicious`; the
-    same on the server and every site: drawn from the run's seed)."""
+    same on the server and every site: drawn from `federation.attack_seed`)."""
     if fed.attack is None:
         return []
     return choose_malicious(fed.clients, fed.malicious, fed.attack_seed)

@@ -2,11 +2,12 @@
 recorded, and the exchange interruptible.
 
 Why a contract: the server (and whoever audits a federation) must be able to show that only
-aggregates leave a site. A site declares before the run what it may send: model updates of the
+aggregates leave a site. The server declares, from the detector kind, what a site may send
+(re-read at every exchange: a histogram's size is known once calibration sets it): model updates of the
 model's exact parameter shapes, numeric metrics from a fixed list, its name, and answers of
 declared kinds and sizes to the aggregate questions a detector asks. Every reply is checked
 against that declaration; anything else (an extra array, a record of rows, text where a number
-belongs, an undeclared key) stops the run with `ContractViolation`, naming the site and the key.
+belongs, an undeclared key) stops the run with `ContractViolation`, naming the node and the key.
 
 `GuardedGrid` wraps Flower's Grid (all traffic of the workflow API goes through it). Its own
 `send_and_receive` polls like Flower's, so that a stop request (Ctrl-C) ends a round within a
@@ -52,7 +53,7 @@ class RunInterrupted(RuntimeError):
 
 @dataclass(frozen=True)
 class ReplyContract:
-    """What a site may send back, declared before the run."""
+    """What a site may send back, as the server declares it for the detector kind."""
 
     model_shapes: tuple[tuple[int, ...], ...]  # every update array, in order
     metrics: frozenset[str]  # numeric training/evaluation metrics

@@ -10,7 +10,7 @@
 - Error feedback (`ErrorFeedback`) keeps what compression dropped on the sender and adds it to
   the next update, so nothing is lost for good, only delayed (Karimireddy et al. 2019).
 
-Everything of one update is packed into at most four arrays (Flower serialises each array with
+Everything of one update is packed into at most three arrays (Flower serialises each array with
 its own header, so ten small headers would eat the savings of q8 on a small model). Written by
 hand because no maintained library does this for Flower: Flower's size mods only log sizes.
 """

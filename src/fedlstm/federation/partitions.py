@@ -1,7 +1,9 @@
 """How a training set is spread over simulated clients, and the per-client data files.
 
-Partitioners come from flwr-datasets (IID, Dirichlet label skew, natural ids); `networks` makes
-each dataset of one shared schema (NSL-KDD, KDD99) a client of its own: the paper's networks;
+`iid` deals contiguous blocks of rows (this module: a site's records stay in order);
+`iid-rows`, Dirichlet label skew and natural ids come from flwr-datasets' partitioners;
+`networks` makes each dataset (NSL-KDD, KDD99, UNSW-NB15: one schema or several) a client of its
+own: the paper's networks;
 `files` makes each of the user's training files (or folders) a client: one site's logs each.
 A client's share keeps file order, so its windows see records in their original sequence.
 """
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PartitionScheme:
-    kind: str  # iid | dirichlet | by | networks | files
+    kind: str  # iid | iid-rows | dirichlet | by | networks | files
     alpha: float | None = None
     column: str | None = None
 

@@ -13,7 +13,9 @@ scored next to gradient boosting trained on the same families.
 Then one network is starved (a small share of its training rows) and its local-only model is
 compared with the federation that includes it. Zero-shot: each local-only model on the other
 networks of its own schema (another schema's records cannot be read by its encoder).
-Thresholds are every site's own, from its validation data; test sets only score.
+Every site's detector is its own: its classifier's threshold is `train.fixed_threshold` (with
+`train.threshold=val-f1`, best F1 on the site's own validation data), a hybrid's ζ comes from the
+site's own normal validation traffic; test sets only score.
 """
 
 from __future__ import annotations
@@ -408,7 +410,9 @@ def description(cfg: RunConfig, summary: dict) -> str:
     rows = cfg.data.max_train_rows
     return (f"Seeds {summary['seeds']}; {fed.rounds} rounds x {fed.local_epochs} local epochs; "
             f"{'at most ' + format(rows, ',') if rows else 'all'} training rows per network; "
-            "every network's own threshold from its own validation data. Cells: test accuracy, "
+            "every network's own detector (threshold "
+            + ("best F1 on its own validation data" if cfg.train.threshold == "val-f1"
+               else f"{cfg.train.fixed_threshold:g} on P(attack)") + "). Cells: test accuracy, "
             "mean ± sd over seeds (FPR). Local-only is the same encoder + LSTM trained on that "
             "network alone for the same epochs (a federation of one site); same-schema is the "
             "plain Fed-LSTM of NSL-KDD and KDD99 (merged preprocessing, one model); "

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fedlstm import __version__  # noqa: E402
+from fedlstm.config import TrainConfig  # noqa: E402
 from fedlstm.reports import communication, networks, robustness  # noqa: E402
 from fedlstm.runs.rundir import git_commit  # noqa: E402
 
@@ -448,10 +449,13 @@ def _detector_note(steps: list[dict]) -> str:
     if kinds != {"hybrid"}:
         return (f"The LSTM and Fed-LSTM rows are the {', '.join(sorted(kinds)) or '?'} "
                 "detector.")
-    budgets = sorted({s["config"]["anomaly"]["alert_budget"] for s in steps
-                      if s.get("config", {}).get("detector") == "hybrid"})
+    hybrid = [s["config"] for s in steps if s.get("config", {}).get("detector") == "hybrid"]
+    budgets = sorted({c["anomaly"]["alert_budget"] for c in hybrid})
+    trains = [TrainConfig.model_validate(c.get("train", {})) for c in hybrid]
+    known = "; ".join(sorted({"best F1 on validation" if t.threshold == "val-f1"
+                              else f"P(attack) ≥ {t.fixed_threshold:g}" for t in trains}))
     return ("The LSTM and Fed-LSTM rows are the hybrid detector: one network with an LSTM "
-            "classifier that flags known attacks (threshold from validation) and an LSTM "
+            f"classifier that flags known attacks ({known}) and an LSTM "
             "autoencoder of normal traffic, whose per-feature reconstruction errors on normal "
             "validation windows get a Gaussian fit, the Mahalanobis distance flagging novelty "
             "(paper Eq. 12); a record is an alert when either part fires. The novelty threshold "
@@ -591,9 +595,11 @@ def _budget_section(steps: list[dict], figs: Path, doc: Doc) -> None:
         return
     doc.h(2, "The alert budget's trade-off")
     doc.p("For each alert budget (share of normal validation traffic the novelty part may flag), "
-          "ζ is chosen again on the same validation windows and the test sets are scored with "
-          "it; Fed-LSTM, seed 0 (`budget_curve` in its step file). The default budget is "
-          "marked. " + BUDGET_PROVENANCE + " The curve informs; it selects nothing.")
+          "ζ is chosen again on the validation part of the step's centralised split (not the "
+          "sites' own validation windows, which set the Fed-LSTM's own ζ, so the default "
+          "budget's point can differ from its table cells by a little) and the test sets are "
+          "scored with it; Fed-LSTM, seed 0 (`budget_curve` in its step file). The default "
+          "budget is marked. " + BUDGET_PROVENANCE + " The curve informs; it selects nothing.")
     rows = []
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False)
     for ax, s in zip(axes[0], curves):

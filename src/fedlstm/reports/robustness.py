@@ -166,6 +166,9 @@ def _table(cfg, results, attacks, defences, shares, out: Path, command) -> None:
              + "; ".join(f"`{d}` = {DEFENCES[d]['strategy']}"
                          + (" + " + " + ".join(DEFENCES[d]["defences"]) if DEFENCES[d]["defences"]
                             else "") for d in defences)
+             + (" (robust-calibration only where the detector has a novelty part)"
+                if any("robust-calibration" in DEFENCES[d]["defences"] for d in defences)
+                else "")
              + f" (robust rules sized for {fed.tolerate:.0%} malicious sites).", "",
              f"Command: `{command}`" if command else "", "",
              "| attack | defence | " + " | ".join(f"{s:.0%}" for s in shares) + " |",

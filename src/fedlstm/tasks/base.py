@@ -231,7 +231,8 @@ class Task:
         return build_model(self.cfg.model.name, input_size, n_classes, **self.model_params())
 
     def objective(self) -> Objective | None:
-        """The loss the loop trains with (None: the loop's class-weighted cross-entropy)."""
+        """The loss the loop trains with (None: the loop's cross-entropy, class-weighted with
+        `train.class_weights=balanced`)."""
         return None
 
     def evaluation_objective(self) -> Objective:

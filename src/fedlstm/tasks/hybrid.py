@@ -72,7 +72,7 @@ class HybridObjective(Objective):
 
 
 class HybridTask(Task):
-    kind = "hybrid"  # (its learning curves are the classifier's loss and accuracy)
+    kind = "hybrid"  # (its test curves are the classifier's loss and accuracy)
 
     # the anomaly detector's aggregate questions, answered from the hybrid's windows, and, with
     # train.threshold=val-f1, the supervised detector's, of the classifier, under its own name
@@ -84,7 +84,8 @@ class HybridTask(Task):
                 KNOWN_SCORE_HISTOGRAM: SCORE_HISTOGRAM_LAYOUT}
 
     def site_windows(self, train, val, preprocessor, classes) -> HybridWindows:
-        """All training windows (both parts learn from them); all validation windows (early
+        """All training windows (the classifier learns from all, the autoencoder from the
+        normal ones); all validation windows (early
         stopping); normal validation windows for μ, Σ; the rest of validation for ζ."""
         cfg = self.cfg
         sigma, rest = split_validation(val, cfg)
@@ -155,10 +156,12 @@ class HybridTask(Task):
 
     def budget_curve(self, detector: HybridDetector, split,
                      budgets=(0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.1)) -> list[dict]:
-        """The trade-off the alert budget sets: for each budget, ζ chosen again on the same
-        validation windows as the detector's own, and the test sets scored with it. For the
-        report only: the detector keeps the budget it was built with."""
-        # the validation windows that calibrated ζ (not the training ones: nothing else is needed)
+        """The trade-off the alert budget sets: for each budget, ζ chosen again on the validation
+        part of `split` (the windows centralised training calibrates ζ on; for a federated
+        detector, a validation part of the pooled training data, not the sites' own windows that
+        set its ζ), and the test sets scored with it. For the report only: the detector keeps the
+        budget it was built with."""
+        # the validation windows ζ is calibrated on (not the training ones: nothing else is needed)
         _, rest = split_validation(split.val, self.cfg)
         calibration = windows_of(rest, detector.preprocessor, self.cfg, detector.class_names)
         hist = ScoreHistogram.of(detector.anomaly_score(calibration),

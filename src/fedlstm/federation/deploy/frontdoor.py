@@ -87,8 +87,8 @@ http {{
 
 def nginx_command(work: Path, host: str, port: int, superlink_port: int,
                   certificates: Certificates) -> list[str]:
-    """The command that runs the front door in the foreground (checked with `nginx -t` first
-    by the caller's start-up wait: a bad configuration exits at once with its error)."""
+    """The command that runs the front door in the foreground (a bad configuration makes nginx
+    exit at once; the caller's start-up wait reports its log)."""
     work.mkdir(parents=True, exist_ok=True)
     conf = work / "nginx.conf"
     conf.write_text(nginx_config(work, host, port, superlink_port, certificates))
