@@ -474,7 +474,8 @@ _MAC = re.compile(r"^([0-9a-fA-F]{2}[:-]){5}[0-9a-fA-F]{2}$")
 _DATETIME = re.compile(r"^(\d{4}[-/]\d{1,2}[-/]\d{1,2}|\d{1,2}/\d{1,2}/\d{2,4})[ T]\d{1,2}:\d{2}")
 _CIC_SAY = ("this is CICFlowMeter output: the built-in schema `cicflowmeter` reads it too "
             "(--schema cicflowmeter)")
-_ZEEK_SAY = "this is Zeek conn.log: the built-in schema `zeek-conn` reads it as it is (--schema zeek-conn)"
+_ZEEK_SAY = ("this is Zeek conn.log: the built-in schema `zeek-conn` reads it as it is "
+             "(--schema zeek-conn)")
 # Zeek's columns in a delimited export (e.g. pipe-separated): `zeek-conn` reads Zeek's own TSV
 # and JSON logs, not this layout.
 _ZEEK_EXPORT_SAY = ("these are Zeek conn.log's columns in a delimited export: this draft reads "

@@ -109,10 +109,7 @@ class FlowerClient(NumPyClient):
         site = self._state()
         if self.state is not None:
             restore_private(site, self.state)
-        if "preprocessor" in config:
-            site.use_preprocessing(json.loads(str(config["preprocessor"])))
-        elif site.cfg.federation.preprocessing == "local":  # nothing shared: its own statistics
-            site.use_preprocessing(None)
+        site.take_preprocessing(config)
         return site
 
     def get_properties(self, config):

@@ -3,8 +3,8 @@ recorded, and the exchange interruptible.
 
 Why a contract: the server (and whoever audits a federation) must be able to show that only
 aggregates leave a site. The server declares, from the detector kind, what a site may send
-(re-read at every exchange: a histogram's size is known once calibration sets it): model updates of the
-model's exact parameter shapes, numeric metrics from a fixed list, its name, and answers of
+(re-read at every exchange: a histogram's size is known once calibration sets it): model
+updates of the model's exact parameter shapes, numeric metrics from a fixed list, its name, and answers of
 declared kinds and sizes to the aggregate questions a detector asks. Every reply is checked
 against that declaration; anything else (an extra array, a record of rows, text where a number
 belongs, an undeclared key) stops the run with `ContractViolation`, naming the node and the key.

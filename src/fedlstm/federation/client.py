@@ -176,8 +176,13 @@ class ClientTask:
         if phase not in answers:
             raise ValueError(f"unknown question {phase!r}; a {self.task.kind} site answers "
                              f"{sorted([PREPROCESSING, *answers])}")
+        self.take_preprocessing(config)
+        return {**answers[phase](self, config), "client": self.name}
+
+    def take_preprocessing(self, config: dict) -> None:
+        """The preprocessing a message from the server carries, or, under `local` (where none
+        is sent), the site's own statistics; otherwise the site keeps what it transforms with."""
         if "preprocessor" in config:
             self.use_preprocessing(json.loads(str(config["preprocessor"])))
-        elif self.cfg.federation.preprocessing == "local":  # nothing shared: its own statistics
+        elif self.cfg.federation.preprocessing == "local":
             self.use_preprocessing(None)
-        return {**answers[phase](self, config), "client": self.name}

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fedlstm.config import RunConfig  # noqa: E402
 from fedlstm.federation.simulation import one_ray_runtime, run_federated
+from fedlstm.runs.rundir import ran_with  # noqa: E402
 
 
 def _scored(evaluations: dict) -> dict[str, dict]:
@@ -41,12 +42,7 @@ def _sweep_point(cfg: RunConfig, eps: float, out: Path, command: str | None,
     name = "eps-inf" if math.isinf(eps) else f"eps-{eps:g}"
     run_dir = out / name
     run_cfg = point_config(cfg, eps)
-    # A cached run is reused only if it ran these settings (another --dataset, --rounds or
-    # --set in the same folder is run again, never reported under the new settings).
-    config_file = run_dir / "config.json"
-    same = config_file.exists() and json.loads(config_file.read_text()) == json.loads(
-        run_cfg.model_dump_json())
-    if not (same and (run_dir / "metrics.json").exists()):
+    if not ran_with(run_dir, run_cfg):
         progress(f"Fed-LSTM with ε = {eps:g}")
         run_federated(run_cfg, run_dir, overwrite=True, command=command)
     m = json.loads((run_dir / "metrics.json").read_text())

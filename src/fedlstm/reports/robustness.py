@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fedlstm.config import RunConfig  # noqa: E402
+from fedlstm.runs.rundir import ran_with  # noqa: E402
 
 ATTACKS = ("label-flip", "sign-flip", "scale:10", "noise", "backdoor", "free-rider")
 SHARES = (0.0, 0.1, 0.2, 0.3, 0.4)
@@ -107,10 +108,7 @@ def _cell(cfg: RunConfig, out: Path, command: str | None, progress) -> dict:
     fed = cfg.federation
     attack = (fed.attack or "none").replace(":", "")
     run_dir = out / "runs" / f"{attack}--{fed.malicious:g}--{fed.strategy}-{'+'.join(fed.defences) or 'plain'}"
-    config_file = run_dir / "config.json"
-    same = config_file.exists() and json.loads(config_file.read_text()) == json.loads(
-        cfg.model_dump_json())
-    if not (same and (run_dir / "metrics.json").exists()):
+    if not ran_with(run_dir, cfg):
         from fedlstm.federation.simulation import run_federated
 
         progress(f"{fed.attack or 'clean'} by {fed.malicious:.0%} of the sites, {fed.strategy} "

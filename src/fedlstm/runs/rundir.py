@@ -221,6 +221,15 @@ def unseen_attack_recall(train_attacks: np.ndarray, spec, evaluations: dict) -> 
     return out
 
 
+def ran_with(run_dir: str | Path, cfg: RunConfig) -> bool:
+    """Whether `run_dir` holds a finished run of exactly `cfg` (its config.json), so that a
+    study may reuse it; another dataset, round count or override is run again."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.json"
+    return (run_dir / "metrics.json").exists() and config_file.exists() and \
+        json.loads(config_file.read_text()) == json.loads(cfg.model_dump_json())
+
+
 def write_run(result: TrainResult, cfg: RunConfig, out: str | Path, overwrite: bool = False,
               command: str | None = None) -> Path:
     """A centralised (or local-only) run: `write_results` in a staged folder."""

@@ -175,9 +175,9 @@ def _run_on_shares(federation: LocalFederation, cfg: RunConfig, data, paths: lis
                    timings: dict) -> DeploymentResult:
     work, n = federation.work_dir, len(paths)
     run_dir = server_dir(work)
-    # A site of a federation across schemas (`--partition networks`, or files of different
-    # schemas) keeps its own detector on its own disk (here: the work folder, collected into
-    # `out/sites/NAME` with the run), as a simulated site does.
+    # Each site gets a folder of its own, as in simulation; a site of a federation across
+    # schemas keeps its detector there (here: the work folder, collected into `out/sites/NAME`
+    # with the run), the others never write to it.
     sites_dir = work / "sites"
     if not resume:  # a checkpoint left there would be resumed by the ServerApp
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -202,11 +202,10 @@ def _run_on_shares(federation: LocalFederation, cfg: RunConfig, data, paths: lis
         federation.register([public for _, public in pairs])
         keys = [private for private, _ in pairs]
     say(f"starting {n} SuperNodes")
-    hetero = data.specs is not None
-    nodes = [federation.start_supernode(
-        name, {"partition-id": i, "num-partitions": n, "data-path": str(path), "name": name,
-               **({"out-dir": str(sites_dir / name)} if hetero else {})}, key)
-        for i, (name, path, key) in enumerate(zip(data.names, paths, keys))]
+    nodes = [federation.start_supernode(name, {"partition-id": i, "num-partitions": n,
+                                               "data-path": str(path), "name": name,
+                                               "out-dir": str(sites_dir / name)}, key)
+             for i, (name, path, key) in enumerate(zip(data.names, paths, keys))]
     try:
         app = write_signed_app(work, federation.app_key)
         run_id = federation.submit(app.folder, {CONFIG_KEY: cfg.model_dump_json(),
