@@ -343,3 +343,20 @@ def test_a_network_scored_on_its_random_split_is_said_once_and_noted_every_time(
     assert [r.getMessage().split(":")[0] for r in caplog.records] == ["unsw-nb15"]
     assert all(s.notes == {"rows": 10, "protocol": "random-split, official files missing"}
                for s in splits)
+
+
+def test_a_run_across_networks_is_recognised_as_the_run_it_was_asked_for(datasets_dir,
+                                                                        tmp_path):
+    """config.json holds what the sites settled (one client per network, the inputs 'auto'
+    picked), so a study that compared its request with it (privacy-utility) never reused the
+    run; the run directory keeps the request beside it."""
+    from fedlstm.federation.simulation import run_federated
+    from fedlstm.runs.rundir import ran_with
+
+    cfg = _cfg(datasets_dir, rounds=1)
+    run_federated(cfg, tmp_path / "run", engine="inprocess", plots=False)
+    settled = RunConfig.model_validate_json((tmp_path / "run" / "config.json").read_text())
+    assert (settled.federation.clients, settled.federation.inputs) != \
+        (cfg.federation.clients, cfg.federation.inputs)
+    assert ran_with(tmp_path / "run", cfg)
+    assert not ran_with(tmp_path / "run", _cfg(datasets_dir, rounds=2))

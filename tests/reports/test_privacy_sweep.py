@@ -6,6 +6,7 @@ import json
 from fedlstm.config import RunConfig
 from fedlstm.reports import privacy
 from fedlstm.reports.privacy import point_config, sweep
+from fedlstm.runs.rundir import REQUEST_NAME
 
 
 def _binary(accuracy: float, fpr: float) -> dict:
@@ -61,3 +62,25 @@ def test_a_cached_run_of_other_settings_is_run_again(tmp_path, monkeypatch):
     assert ran == []  # the same settings: the cached runs
     table = sweep(new, [1, float("inf")], tmp_path).read_text()
     assert ran == [("eps-1", 3), ("eps-inf", 3)] and "| 0.8000 |" not in table
+
+
+def test_a_networks_sweep_reuses_its_runs_though_the_sites_settled_their_config(tmp_path,
+                                                                                  monkeypatch):
+    """A federation across networks writes the configuration its sites settled (one client per
+    network, the inputs 'auto' picked) to config.json: compared with that, the request never
+    matched and every rerun of the sweep trained every point again."""
+    cfg = RunConfig.model_validate({"federation": {
+        "partition": "networks", "networks": ["nsl-kdd", "unsw-nb15"]}})
+    ran = []
+
+    def fake_run(run_cfg, run_dir, overwrite, command):  # as run_federated writes a run
+        ran.append(run_dir.name)
+        settled = run_cfg.model_copy(update={"federation": run_cfg.federation.model_copy(
+            update={"clients": 2, "inputs": "encoders"})})
+        _cache(tmp_path, run_dir.name, 0.99, {"nsl-kdd/test": _binary(0.8, 0.1)}, settled)
+        (run_dir / REQUEST_NAME).write_text(run_cfg.model_dump_json())
+
+    monkeypatch.setattr(privacy, "run_federated", fake_run)
+    sweep(cfg, [1, float("inf")], tmp_path)
+    sweep(cfg, [1, float("inf")], tmp_path)
+    assert ran == ["eps-1", "eps-inf"]

@@ -44,7 +44,7 @@ from fedlstm.federation.networks import (  # noqa: E402
 from fedlstm.federation.partitions import describe, save_records  # noqa: E402
 from fedlstm.federation.server import ServerTask  # noqa: E402
 from fedlstm.federation.sites import FederatedData, federated_data  # noqa: E402
-from fedlstm.runs.rundir import partial_dir, staged_dir, write_results  # noqa: E402
+from fedlstm.runs.rundir import REQUEST_NAME, partial_dir, staged_dir, write_results  # noqa: E402
 from fedlstm.tasks import task_for  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -211,6 +211,7 @@ def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resu
         task = federate(cfg, data, stage, engine)
         timings["simulation_seconds"] = time.perf_counter() - t
         finish_run(task, task.cfg, stage, data, timings, command, engine, plots)
+        (stage / REQUEST_NAME).write_text(cfg.model_dump_json(indent=2))
     return out
 
 

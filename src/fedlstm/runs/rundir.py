@@ -221,12 +221,20 @@ def unseen_attack_recall(train_attacks: np.ndarray, spec, evaluations: dict) -> 
     return out
 
 
+# The configuration a federated run was asked for. config.json holds the one it ran, which the
+# sites settle (their number; the inputs "auto" picks for their schemas): compared with that, a
+# study's request for a federation across networks never matched, and every rerun started over.
+REQUEST_NAME = "request.json"
+
+
 def ran_with(run_dir: str | Path, cfg: RunConfig) -> bool:
-    """Whether `run_dir` holds a finished run of exactly `cfg` (its config.json), so that a
-    study may reuse it; another dataset, round count or override is run again."""
+    """Whether `run_dir` holds a finished run of exactly `cfg` (as asked: its request.json, or
+    config.json where the run settled nothing), so that a study may reuse it; another dataset,
+    round count or override is run again."""
     run_dir = Path(run_dir)
-    config_file = run_dir / "config.json"
-    return (run_dir / "metrics.json").exists() and config_file.exists() and \
+    config_file = next((f for f in (run_dir / REQUEST_NAME, run_dir / "config.json")
+                        if f.exists()), None)
+    return (run_dir / "metrics.json").exists() and config_file is not None and \
         json.loads(config_file.read_text()) == json.loads(cfg.model_dump_json())
 
 
