@@ -36,8 +36,16 @@ class DataConfig(_Strict):
     # (with `lenient`) with more than this share of malformed lines, stops the run, as
     # `detect --max-bad-share` does. None: the schema file's `max_bad_share`, else 0.5.
     max_bad_share: float | None = Field(None, ge=0, le=1)
-    max_train_rows: int | None = None  # stratified subsample of the training part (quick runs)
-    max_test_rows: int | None = None  # stratified subsample of each test set (quick runs only)
+    max_train_rows: int | None = Field(None, ge=1)  # stratified subsample of the training part
+    max_test_rows: int | None = Field(None, ge=1)  # stratified subsample of each test set (quick)
+
+    @model_validator(mode="after")
+    def _test_file_of_own_files(self) -> DataConfig:
+        if self.test_file and not self.train_files:  # it was ignored: the benchmark ran instead
+            raise ValueError("test_file (--test-file) scores a model trained on your own files: "
+                             "give them with train_files (--train-file); to score a bundle on "
+                             "a file, `fedlstm evaluate BUNDLE --test-file FILE`")
+        return self
 
     @property
     def spec_name(self) -> str:
@@ -51,6 +59,13 @@ class PreprocessConfig(_Strict):
     log_threshold: float = 100.0
     clip_quantile: float = Field(0.999, gt=0, le=1)
 
+    @field_validator("feature_range")
+    @classmethod
+    def _increasing(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not value[0] < value[1]:  # [1, 0] trained on inverted scaling without a word
+            raise ValueError(f"feature_range must be [min, max] with min < max, got {list(value)}")
+        return value
+
 
 class WindowConfig(_Strict):
     window: int = Field(8, ge=1)
@@ -60,16 +75,16 @@ class WindowConfig(_Strict):
 class ModelConfig(_Strict):
     name: str = "lstm"
     task: Literal["binary", "family"] = "binary"
-    hidden_size: int = 64
-    num_layers: int = 1
-    dropout: float = 0.1
+    hidden_size: int = Field(64, ge=1)
+    num_layers: int = Field(1, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
 
 
 class TrainConfig(_Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = 0.0
+    weight_decay: float = Field(0.0, ge=0)
     class_weights: Literal["none", "balanced"] = "none"
     patience: int | None = 3  # early stopping on validation loss; None disables
     # At least this many batches in all (more epochs when an epoch has few), early stopping still
@@ -79,9 +94,9 @@ class TrainConfig(_Strict):
     min_steps: int = Field(0, ge=0)
     threads: int = Field(1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    proximal_mu: float = 0.0  # FedProx's proximal term; 0 = plain training
+    proximal_mu: float = Field(0.0, ge=0)  # FedProx's proximal term; 0 = plain training
     threshold: Literal["fixed", "val-f1"] = "fixed"  # attack-probability threshold policy
-    fixed_threshold: float = 0.5
+    fixed_threshold: float = Field(0.5, ge=0, le=1)  # a probability
     # Record-level DP-SGD (Poisson sampling, per-sample clipping, Gaussian noise, RDP accounting).
     # The unit is one flow record: ε bounds what the model reveals about any single flow.
     dp: bool = False
@@ -264,6 +279,10 @@ class RunConfig(_Strict):
             raise ValueError("robust-calibration checks the sites' answers when the novelty part "
                              "is calibrated; the supervised detector has none: use detector "
                              "hybrid (the default of the CLI) or anomaly, or drop the defence")
+        if self.train.dp and self.detector != "supervised":  # every site failed, after start-up
+            raise ValueError(f"DP-SGD (train.dp, --dp) trains the supervised LSTM only; the "
+                             f"{self.detector} detector has no DP training: use detector "
+                             "supervised (--dp's default), or drop --dp")
         return self
 
 
@@ -282,8 +301,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ValueError(f"--set expects key=value, got {item!r}")
         node = data
         *parents, leaf = key.strip().split(".")
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):  # `seed.x=1`, or `train=3` then `train.lr=0.1`
+                raise ValueError(f"{item.strip()}: {'.'.join(parents[:i + 1])} is a value, not "
+                                 "a section with keys")
         node[leaf] = _parse_value(value.strip())
     return data
 
@@ -342,17 +364,39 @@ def with_dataset_defaults(data: dict) -> dict:
     return _fill(data, DATASET_DEFAULTS.get(section.get("dataset", "nsl-kdd"), {}))
 
 
+def _config_file(path: Path) -> dict:
+    """A TOML (.toml) or JSON configuration file; its errors name it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg}); a TOML "
+                         "file must end in .toml") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a configuration is a table of sections (data, model, train, "
+                         f"...), not a {type(data).__name__}")
+    return data
+
+
 def raw_config(path: str | Path | None = None, overrides: list[str] | None = None,
                **top: Any) -> dict:
     """A config file, then `section__key=value` keywords (None = unset), then `--set` overrides,
     then the dataset's defaults where none of these set a value."""
     data: dict = {}
     if path:
-        path = Path(path)
-        text = path.read_text()
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        data = _config_file(Path(path))
     for dotted, value in top.items():
         if value is not None:
             apply_overrides(data, [f"{dotted.replace('__', '.')}={json.dumps(value)}"])
     apply_overrides(data, overrides or [])
+    for name, field in RunConfig.model_fields.items():
+        value = data.get(name)
+        if isinstance(field.default, BaseModel) and value is not None and \
+                not isinstance(value, dict):  # the dataset defaults below fill sections in
+            raise ValueError(f"configuration: {name} is a section of settings ({name}.KEY=...), "
+                             f"not {value!r}" + (f" (in {path})" if path else ""))
     return with_dataset_defaults(data)

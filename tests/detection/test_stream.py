@@ -83,7 +83,8 @@ def test_alerts_jsonl_and_csv_carry_location_score_and_top_features(tiny, tiny_m
     detect(tiny_model, [flows], AlertWriter(buf, "csv", tiny_model.class_names), all_records=True)
     table = pd.read_csv(io.StringIO(buf.getvalue()))
     assert len(table) == 800  # every record, the first of each host's included
-    assert {"file", "line", "score", "top_features", "p_normal"} <= set(table.columns)
+    assert {"file", "line", "score", "top_features", "fired", "reason"} <= set(table.columns)
+    assert not any(c.startswith("p_") for c in table.columns)  # binary: they were always empty
 
 
 def test_unknown_categories_are_counted_and_scored(tiny, tiny_model, tmp_path):

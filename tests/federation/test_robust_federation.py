@@ -116,6 +116,8 @@ def test_the_robustness_command_writes_its_table_and_figure(datasets_dir, tmp_pa
     (["--attack", "sign-flip"], "needs a share of malicious sites"),
     (["--attack", "poison", "--malicious", "0.3"], "label-flip"),
     (["--strategy", "krum", "--clients", "4"], "krum needs n > 2f + 2"),
+    # 30% of 3 sites is none: the rule averaged as FedAvg does, and nothing said so
+    (["--strategy", "trimmed-mean", "--clients", "3"], "use at least 4 sites"),
 ])
 def test_attack_and_defence_mistakes_are_clear_errors(datasets_dir, tmp_path, flags, message):
     result = CliRunner().invoke(app, ["federate", *flags, "--data-dir", str(datasets_dir),
@@ -156,6 +158,6 @@ def test_robust_calibration_leaves_the_label_flippers_out_of_the_detector(datase
 def test_the_in_process_engine_refuses_what_it_cannot_do(datasets_dir):
     from fedlstm.federation.simulation import federate
 
-    cfg = _config(datasets_dir, strategy="trimmed-mean")
+    cfg = _config(datasets_dir, strategy="trimmed-mean", clients=4)
     with pytest.raises(ValueError, match="FedAvg .* only.*engine flower"):
         federate(cfg, federated_data(cfg), engine="inprocess")

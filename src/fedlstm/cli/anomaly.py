@@ -27,7 +27,7 @@ from fedlstm.cli.common import (
     say,
 )
 from fedlstm.federation.simulation import run_federated
-from fedlstm.runs.rundir import output_lock, write_run
+from fedlstm.runs.rundir import check_out, output_lock, write_run
 from fedlstm.tasks import task_for
 from fedlstm.tasks.anomaly import anomaly_config
 from fedlstm.tasks.centralised import train as train_detector
@@ -70,9 +70,7 @@ def train(dataset: Dataset = None, protocol: Protocol = None, model: Model = Non
                                  data__data_dir=data_dir, anomaly__model=model,
                                  windows__window=window, anomaly__threshold=threshold,
                                  anomaly__beta=beta, train__epochs=epochs, seed=seed)
-            if out.exists() and not overwrite:
-                raise FileExistsError(f"{out} already exists; choose another --out or pass "
-                                      "--overwrite")
+            check_out(out, overwrite)
             with console.status(Text(f"training {cfg.anomaly.model} on normal "
                                      f"{cfg.data.dataset} traffic")):
                 result = train_detector(task_for(cfg))

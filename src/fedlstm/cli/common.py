@@ -153,6 +153,26 @@ AllowUnsignedOpt = Annotated[bool, typer.Option(
                              "for bundles whose source you trust.")]
 
 
+def check_outputs(inputs: list[Path], outputs: dict[str, Path | None]) -> None:
+    """Refuse an output file (by option name) that is an input, another output or a folder:
+    each was overwritten without a word (a flow log by its alerts, a bundle by its metrics)."""
+    given = {p.resolve(): p for p in inputs}
+    taken: dict[Path, str] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        if path.is_dir():
+            raise ValueError(f"{option} {path} is a folder; name the file to write")
+        where = path.resolve()
+        if where in given:
+            raise ValueError(f"{option} {path} is an input of this command: writing it would "
+                             "replace it; name another file")
+        if where in taken:
+            raise ValueError(f"{option} and {taken[where]} name the same file {path}; one would "
+                             "replace the other")
+        taken[where] = option
+
+
 def comma_list(text: str) -> list[str]:
     """`a, b,,c` -> ["a", "b", "c"]: the comma-separated values of a study option."""
     return [x.strip() for x in text.split(",") if x.strip()]
@@ -165,6 +185,11 @@ def byo_overrides(schema: str | list[str] | None, train_file: list[Path] | None,
     schemas = [schema] if isinstance(schema, str) else list(schema or [])
     if train_file and not schemas:
         raise typer.BadParameter("--train-file needs --schema (zeek-conn, cicflowmeter or FILE.toml)")
+    if (schemas or test_file) and not train_file:  # both were ignored: the benchmark ran instead
+        given = " and ".join(o for o, v in (("--schema", schemas), ("--test-file", test_file)) if v)
+        raise typer.BadParameter(f"{given} go with your own training files: add --train-file "
+                                 "(to score a bundle on a file: `fedlstm evaluate BUNDLE "
+                                 "--test-file FILE`)")
     if len(schemas) > 1 and len(schemas) != len(train_file or []):
         raise typer.BadParameter(f"{len(schemas)} --schema for {len(train_file or [])} "
                                  "--train-file: give one schema for all files, or one per file")
@@ -201,6 +226,11 @@ def traffic_label(fed) -> str:
 def federation_options(dataset, protocol, data_dir, clients, partition, strategy, rounds,
                        local_epochs, window, seed, compress=None) -> dict:
     """`load_config` keywords shared by `federate` and `deploy local`."""
+    kind = (partition or "").split(":")[0]
+    if clients is not None and kind in ("by", "networks", "files"):  # it was ignored
+        raise typer.BadParameter(f"--clients {clients} does not apply to --partition "
+                                 f"{partition}, which makes one site per "
+                                 f"{'value of its column' if kind == 'by' else kind[:-1]}")
     return dict(data__dataset=dataset, data__protocol=protocol, data__data_dir=data_dir,
                 federation__clients=clients, federation__partition=partition,
                 federation__strategy=strategy, federation__rounds=rounds,

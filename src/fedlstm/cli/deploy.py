@@ -255,13 +255,13 @@ def local(
     # Partitions exactly as `fedlstm federate` does; each SuperNode gets its share through its
     # node config; every process started is stopped, also on failure or Ctrl-C.
     from fedlstm.federation.deploy.launch import run_local_deployment
+    from fedlstm.runs.rundir import check_out
 
     try:
         cfg = load_run_config(config, set_, detector, alert_budget, **federation_options(
             dataset, protocol, data_dir, clients, partition, strategy, rounds, local_epochs,
             window, seed, compress), model__task=task, federation__secagg=secagg or None)
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+        check_out(out, overwrite)
         f = cfg.federation
         security = ("TLS + SuperNode authentication" if tls and auth else "TLS" if tls
                     else "insecure (no TLS)") + (", front door" if front_door and tls else "")

@@ -20,6 +20,7 @@ from rich.text import Text
 from fedlstm.cli.common import (
     AllowUnsignedOpt,
     TrustedKeyOpt,
+    check_outputs,
     console,
     fail,
     load_bundle,
@@ -33,15 +34,15 @@ schema_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=Fal
 
 def detect(
     bundle: Annotated[Path, typer.Argument(help="Model bundle (model.fedlstm of a run).")],
-    inputs: Annotated[list[Path], typer.Argument(help="Flow files (plain, .gz, .zip).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Flow files (plain, .gz, .zip) or folders of them; - reads standard input.")],
     out: Annotated[Optional[Path], typer.Option(help="Alert file (.jsonl or .csv); default: stdout.")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="jsonl | csv (default: from --out's suffix).")] = None,
     follow: Annotated[bool, typer.Option(help="Keep reading as the (last) file grows; Ctrl-C or SIGTERM ends it.")] = False,
     strict: Annotated[bool, typer.Option(help="Stop at the first malformed line instead of skipping it.")] = False,
     max_bad_share: Annotated[float, typer.Option(min=0.0, max=1.0, help="Fail (exit 2) when more than this share of a file's lines is malformed; a file none of whose lines parse always fails.")] = 0.5,
     all_records: Annotated[bool, typer.Option("--all-records", help="Write every scored record, not only alerts.")] = False,
-    top: Annotated[int, typer.Option(help="Top contributing features per alert (0: none).")] = 3,
-    threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
+    top: Annotated[int, typer.Option(min=0, help="Top contributing features per alert (0: none).")] = 3,
+    threads: Annotated[int, typer.Option(min=1, help="Torch threads.")] = 1,
     summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary here.")] = None,
     trusted_key: TrustedKeyOpt = None,
     allow_unsigned: AllowUnsignedOpt = False,
@@ -60,6 +61,7 @@ def detect(
     """
     import torch
 
+    from fedlstm.data.flows import expand_inputs
     from fedlstm.data.io import DataFormatError
     from fedlstm.detection import BundleError
     from fedlstm.detection.stream import AlertWriter
@@ -82,6 +84,12 @@ def detect(
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     partial = None
     try:
+        # Every input up front: a mistyped name among several was an error row in the summary
+        # and exit 0; folders are read file by file, as --train-file reads them.
+        inputs = [Path("/dev/stdin") if str(p) == "-" else p for p in inputs]
+        # --follow may wait for its (last) file to appear
+        inputs = expand_inputs(inputs[:-1] if follow else inputs) + (inputs[-1:] if follow else [])
+        check_outputs([bundle, *inputs], {"--out": out, "--summary-json": summary_json})
         with ExitStack() as outputs:
             outputs.enter_context(output_lock(*(p for p in (out, summary_json) if p is not None)))
             model = load_bundle(bundle, trusted_key, allow_unsigned)
@@ -95,10 +103,18 @@ def detect(
                 console.print(Text.assemble(
                     "following ", str(inputs[-1]), " (Ctrl-C to stop)",
                     f"; alerts go to {partial} until then, and to {out} after" if out else ""))
+            # Progress on stderr (a terminal only: rich shows no spinner elsewhere); a large
+            # batch printed nothing until its summary.
+            status = outputs.enter_context(console.status("scoring..."))
+
+            def on_chunk(s) -> None:
+                if follow:
+                    writer.flush()
+                status.update(f"{s.records:,} records scored, {s.alerts:,} alerts")
+
             summary = run_detect(model, list(inputs), writer, strict=strict, follow=follow,
                                  all_records=all_records, explain_top=top,
-                                 stop=lambda: stopping["now"],
-                                 on_chunk=(lambda _: writer.flush()) if follow else None,
+                                 stop=lambda: stopping["now"], on_chunk=on_chunk,
                                  max_bad_share=max_bad_share,
                                  share_hint=" (--max-bad-share sets the share)")
             result = summary.to_dict()
@@ -134,8 +150,11 @@ def _render_summary(s: dict, out: Path | None) -> None:
     for f in s["files"]:
         for line in [*f["errors"], *f.get("notes", []), *f["bad_examples"][:5]]:
             console.print(Text(line, style="yellow"))
-    for line in s["unseen_examples"][:5]:
+    for line in [*s["unseen_examples"][:5], *s.get("invalid_examples", [])[:5]]:
         console.print(Text(line, style="yellow"))
+    if s.get("invalid_values"):
+        console.print(Text("values the service refuses, scored here clipped into the model's "
+                           f"range: {s['invalid_values']}", style="yellow"))
     rate = f" ({s['records_per_second']:,} records/s)" if s["records_per_second"] else ""
     predicted = f" {s['predicted']}" if s["predicted"] else ""
     console.print(Text.assemble(
@@ -156,17 +175,17 @@ def _render_summary(s: dict, out: Path | None) -> None:
 def serve(
     bundle: Annotated[Path, typer.Argument(help="Model bundle (model.fedlstm of a run).")],
     host: Annotated[str, typer.Option(help="Address to bind (default: loopback only).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8080,
-    max_records: Annotated[int, typer.Option(help="Most records per request.")] = 1000,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 1 << 20,
-    threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free one).")] = 8080,
+    max_records: Annotated[int, typer.Option(min=1, help="Most records per request.")] = 1000,
+    max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body.")] = 1 << 20,
+    threads: Annotated[int, typer.Option(min=1, help="Torch threads.")] = 1,
     trusted_key: TrustedKeyOpt = None,
     allow_unsigned: AllowUnsignedOpt = False,
     api_key_file: Annotated[Optional[Path], typer.Option(help="File with the API key that POST /score and GET /metrics require (Authorization: Bearer KEY, or X-API-Key); default: $FEDLSTM_API_KEY, else none.")] = None,
     tls_cert: Annotated[Optional[Path], typer.Option(help="Serve HTTPS with this certificate (PEM; with --tls-key).")] = None,
     tls_key: Annotated[Optional[Path], typer.Option(help="The certificate's private key (PEM).")] = None,
     read_timeout: Annotated[float, typer.Option(help="Seconds a request's head, then its body, may take to arrive (else 408).")] = 10.0,
-    limit_concurrency: Annotated[int, typer.Option(help="Open connections before new requests get 503.")] = 128,
+    limit_concurrency: Annotated[int, typer.Option(min=1, help="Open connections before new requests get 503.")] = 128,
 ) -> None:
     """Serve the bundle over HTTP(S): POST /score, GET /healthz, GET /metrics, docs at /docs."""
     import torch
@@ -177,6 +196,8 @@ def serve(
 
     torch.set_num_threads(threads)
     try:
+        if read_timeout <= 0:  # every connection was closed at once
+            raise ValueError(f"--read-timeout {read_timeout}: give a number of seconds above 0")
         api_key = load_api_key(api_key_file)
         app = create_app(load_bundle(bundle, trusted_key, allow_unsigned), max_records=max_records,
                          max_body_bytes=max_body_bytes, api_key=api_key, read_timeout=read_timeout)
@@ -206,11 +227,13 @@ def schema_infer(
     from fedlstm.data.flowschemas import infer_schema
 
     try:
+        check_outputs([file], {"--out": out})
         text = infer_schema(file, sample_lines=rows)
-    except (OSError, ValueError) as exc:
+        if out:
+            out.write_text(text)
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: a truncated .gz
         fail(exc)
     if out:
-        out.write_text(text)
         say(f"schema drafted to {out}: check the label, normal values and column roles")
     else:
         sys.stdout.write(text)

@@ -54,6 +54,7 @@ from fedlstm.cli.common import (
     TrustedKeyOpt,
     Window,
     byo_overrides,
+    check_outputs,
     comma_list,
     command_line,
     comparison_warnings,
@@ -204,7 +205,7 @@ def train(
     overwrite: bool = False,
 ) -> None:
     """Train and evaluate the centralised detector; writes a run directory."""
-    from fedlstm.runs.rundir import output_lock, write_run
+    from fedlstm.runs.rundir import check_out, output_lock, write_run
     from fedlstm.tasks import task_for
     from fedlstm.tasks.centralised import train as train_detector
 
@@ -217,9 +218,7 @@ def train(
                                   windows__window=window, model__task=task, train__epochs=epochs,
                                   seed=seed, train__device=device,
                                   **byo_overrides(schema, train_file, test_file))
-            if out.exists() and not overwrite:
-                raise FileExistsError(f"{out} already exists; choose another --out or pass "
-                                      "--overwrite")
+            check_out(out, overwrite)
             console.print(Text.assemble(f"fedlstm {__version__}: {cfg.detector} detector on ",
                                         data_label(cfg), f", W={cfg.windows.window}, task "
                                         f"{cfg.model.task}, {cfg.train.epochs} epochs"))
@@ -270,7 +269,7 @@ def federate(
     from fedlstm.federation.audit import RunInterrupted
     from fedlstm.federation.compare import run_comparison
     from fedlstm.federation.simulation import run_federated
-    from fedlstm.runs.rundir import output_lock
+    from fedlstm.runs.rundir import check_out, output_lock
 
     if partition is None and train_file and len(train_file) > 1:
         partition = "files"  # several sites' logs: each file (or folder) is one client
@@ -286,9 +285,7 @@ def federate(
                               federation__defences=defence or None,
                               federation__attack=attack, federation__malicious=malicious,
                               **byo_overrides(schema, train_file, test_file))
-            if out.exists() and not (overwrite or resume):
-                raise FileExistsError(f"{out} already exists; choose another --out or pass "
-                                      "--overwrite")
+            check_out(out, overwrite, resume)
             f = cfg.federation
             console.print(Text.assemble(
                 f"fedlstm {__version__}: Fed-LSTM ({cfg.detector}) on ", data_label(cfg),
@@ -477,6 +474,7 @@ def evaluate(
     from fedlstm.tasks.base import evaluate_detector
 
     try:
+        check_outputs([bundle, *(test_file or [])], {"--json": json_out})
         split_options = {"--dataset": dataset, "--protocol": protocol, "--data-dir": data_dir,
                          "--seed": seed, "--dedup/--no-dedup": dedup}
         if test_file and any(v is not None for v in split_options.values()):

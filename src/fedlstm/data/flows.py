@@ -120,6 +120,7 @@ class FlowReader:
         self.share_hint = share_hint  # how the calling command changes max_bad_share
         self._json = spec.format == "json"  # also set for a Zeek log written as JSON
         self._ended = False  # the schema's stop_at line was met
+        self._corrupt: BaseException | None = None  # compressed data cut short (`_read_upto`)
         self._first_data_line = 1
         self.require_label = require_label
         self.base_spec = spec
@@ -242,7 +243,7 @@ class FlowReader:
         _TOO_LONG: a line longer than max_line_bytes ended, its bytes dropped as they came)."""
         pending, skipping = first, False
         while True:
-            data = fh.read(self.chunk_bytes)
+            data = self._read_upto(fh, self.chunk_bytes)
             if data:
                 if skipping:  # inside a line too long: drop bytes up to its end
                     end = data.find(b"\n")
@@ -269,6 +270,30 @@ class FlowReader:
                 return
             yield None
             time.sleep(self.poll_seconds)
+
+    def _read_upto(self, fh, n: int) -> bytes:
+        """Up to `n` bytes. Compressed data cut short raises, and a plain `read(n)` dropped every
+        byte it had decoded in that call (up to a chunk of records, all of a small file); here
+        they come first, and the next call raises."""
+        if self._corrupt is not None:
+            raise self._corrupt
+        read1 = getattr(fh, "read1", None)
+        if read1 is None:
+            return fh.read(n)
+        parts, got = [], 0
+        while got < n:
+            try:
+                piece = read1(n - got)
+            except _CORRUPT as exc:
+                if not parts:
+                    raise
+                self._corrupt = exc
+                break
+            if not piece:
+                break
+            parts.append(piece)
+            got += len(piece)
+        return b"".join(parts)
 
     def _replaced(self, fh) -> bool:
         """The path now names another file (moved away and recreated, as log rotation does) or
@@ -297,9 +322,9 @@ class FlowReader:
                 time.sleep(self.poll_seconds)
 
     def _read_once(self) -> Iterator[Chunk]:
-        self._ended = False
+        self._ended, self._corrupt = False, None
         try:
-            if self.path.stat().st_size == 0:
+            if self.path.is_file() and self.path.stat().st_size == 0:  # a pipe has no size
                 return self._file_error(f"{self.path}: file is empty")
             fh = open_binary(self.path)
         except OSError as exc:
@@ -325,7 +350,7 @@ class FlowReader:
                         break
             except _CORRUPT as exc:
                 self._file_error(f"{self.path}: truncated or corrupt compressed data after "
-                                 f"line {lineno} ({exc}); the rest of the file is skipped")
+                                 f"line {lineno} ({exc}); no record after it is read")
                 return
         self._check_share(final=True)
         if self.report.rows == 0 and not self.report.errors and not self._rotated:
@@ -719,6 +744,8 @@ def read_flow_file(path: str | Path, spec: DatasetSpec, lenient: bool = False,
         frame, attack, family, is_attack = (frame.iloc[order].reset_index(drop=True),
                                             attack[order], family[order], is_attack[order])
         segment, arrival = codes[order], order
+    for note in reader.report.notes:  # e.g. a repeated column name, an absent optional column
+        log.warning("%s", note)
     if reader.report.bad:
         log.warning("%s: skipped %d malformed line(s)", path, reader.report.bad)
     if reader.report.filled:

@@ -145,7 +145,7 @@ class _SchemaFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "custom"
     format: Literal["csv", "zeek", "json"] = "csv"
-    delimiter: str | None = None
+    delimiter: str | None = Field(None, min_length=1, max_length=1)  # one character
     header: bool = True
     columns: list[str] = []
     label: str | None = None
@@ -290,6 +290,11 @@ def canonical_names(spec: DatasetSpec, header: list[str]) -> tuple[list[str], di
     return out, renamed
 
 
+# Repeated on purpose by a tool, with the same values: CICFlowMeter (CIC-IDS2017) writes it
+# twice. Any other repeated column the schema reads is noted: the first copy is the one read.
+KNOWN_REPEATS = frozenset({"Fwd Header Length"})
+
+
 def match_header(spec: DatasetSpec, header: list[str], where: str = "") -> HeaderMatch:
     """The spec for a file with this header: header-driven schemas take their columns from it.
 
@@ -299,6 +304,15 @@ def match_header(spec: DatasetSpec, header: list[str], where: str = "") -> Heade
     names, renamed = canonical_names(spec, header)
     present = set(names)
     match = HeaderMatch(names, spec, renamed)
+    used = set(_named_columns(spec)) | set(spec.feature_columns)
+    stripped = [h.strip() for h in header]
+    for name in dict.fromkeys(n for n in stripped if stripped.count(n) > 1
+                              and (n in used or not spec.columns)  # header-driven: all read
+                              and n not in KNOWN_REPEATS):
+        fields = [i + 1 for i, n in enumerate(stripped) if n == name]
+        match.notes.append(f"{where}:1: the header names {name!r} {len(fields)} times (fields "
+                           f"{', '.join(map(str, fields))}): field {fields[0]} is read as it, "
+                           f"the others as {name!r}.1, ... Check the header if they differ")
     if spec.columns:
         required = [c for c in spec.feature_columns if c not in spec.optional_columns]
         missing = [c for c in required if c not in present]
@@ -503,12 +517,19 @@ class _Sample:
 
 
 def _sniff(path: Path, sample_lines: int) -> _Sample:
+    if sample_lines < 1:
+        raise SchemaError(f"a sample of {sample_lines} lines of {path}: sample at least 1")
     lines: list[str] = []
-    with open_binary(path) as fh:
-        for raw in fh:
-            lines.append(raw.decode("utf-8-sig", errors="replace").rstrip("\r\n"))
-            if len(lines) >= sample_lines:
-                break
+    try:
+        with open_binary(path) as fh:
+            for raw in fh:
+                lines.append(raw.decode("utf-8-sig", errors="replace").rstrip("\r\n"))
+                if len(lines) >= sample_lines:
+                    break
+    except EOFError:  # gzip: "Compressed file ended before the end-of-stream marker"
+        if not lines:
+            raise SchemaError(f"{path}: the compressed file is cut short (truncated), and no "
+                              "line of it could be read") from None
     if not any(ln.strip() for ln in lines):
         raise SchemaError(f"{path}: file is empty")
     if lines[0].startswith("#separator"):
@@ -570,6 +591,9 @@ def _sniff_csv(path: Path, lines: list[str]) -> _Sample:
     delimiter = _sniff_delimiter(lines)
     first = next(csv.reader([lines[0]], delimiter=delimiter))
     has_header = not any(_is_number(v) for v in first)
+    if has_header and len(lines) < 2:
+        raise SchemaError(f"{path}: a header and no data rows in the sample; a draft needs rows "
+                          "to tell numbers from categories")
     frame = pd.read_csv(io.StringIO("\n".join(lines[1:] if has_header else lines)),
                         sep=delimiter, header=None, dtype=str, keep_default_na=False,
                         engine="python", on_bad_lines="skip")

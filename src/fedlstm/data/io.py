@@ -55,16 +55,27 @@ def finite_float32(values: np.ndarray) -> np.ndarray:
 
 
 def open_binary(path: Path) -> io.BufferedIOBase:
-    """A file as bytes; .gz (also rotated Zeek logs) and single-member .zip are decompressed."""
+    """A file as bytes; .gz (also rotated Zeek logs) and single-member .zip are decompressed.
+    A pipe (/dev/stdin: `fedlstm detect BUNDLE -`) is peeked at, not reopened: it can be read
+    only once."""
     path = Path(path)
-    with open(path, "rb") as probe:
-        magic = probe.read(2)
-    if magic == b"\x1f\x8b":
+    fh = open(path, "rb")
+    try:
+        gzipped = fh.peek(2)[:2] == b"\x1f\x8b"
+    except BaseException:
+        fh.close()
+        raise
+    if gzipped and not fh.seekable():
+        stream = gzip.GzipFile(fileobj=fh, mode="rb")
+        stream.myfileobj = fh  # closed with it (GzipFile leaves a passed fileobj open)
+        return stream
+    if not gzipped and path.suffix != ".zip":
+        return fh
+    fh.close()
+    if gzipped:
         return gzip.open(path, "rb")
-    if path.suffix == ".zip":
-        archive = zipfile.ZipFile(path)
-        members = [n for n in archive.namelist() if not n.endswith("/")]
-        if len(members) != 1:
-            raise DataFormatError(f"{path}: a .zip must hold exactly one file, found {members}")
-        return archive.open(members[0])
-    return open(path, "rb")
+    archive = zipfile.ZipFile(path)
+    members = [n for n in archive.namelist() if not n.endswith("/")]
+    if len(members) != 1:
+        raise DataFormatError(f"{path}: a .zip must hold exactly one file, found {members}")
+    return archive.open(members[0])

@@ -46,6 +46,10 @@ class Split:
 def stratified_indices(strata: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split positions into (rest, taken) with `fraction` taken per stratum, both in file order."""
     strata = np.asarray(strata).astype(str)
+    n, n_taken = len(strata), int(np.ceil(fraction * len(strata)))
+    if n < 2:
+        raise ValueError(f"{n} record(s): too few to set {fraction:.0%} of them apart "
+                         "(validation or test)")
     values, counts = np.unique(strata, return_counts=True)
     rare = set(values[counts < 2])
     if rare:  # a stratum of one record cannot be split: pool the rare ones
@@ -56,7 +60,12 @@ def stratified_indices(strata: np.ndarray, fraction: float, seed: int) -> tuple[
     from sklearn.model_selection import train_test_split
 
     positions = np.arange(len(strata))
-    rest, taken = train_test_split(positions, test_size=fraction, random_state=seed, stratify=strata)
+    kinds = len(np.unique(strata))
+    # Too few records for one of each kind on both sides (a small site): a plain random split,
+    # where scikit-learn refused ("test_size = 2 should be greater or equal to ... classes").
+    stratify = strata if min(n_taken, n - n_taken) >= kinds else None
+    rest, taken = train_test_split(positions, test_size=fraction, random_state=seed,
+                                   stratify=stratify)
     return np.sort(rest), np.sort(taken)
 
 

@@ -55,9 +55,14 @@ from pydantic import BaseModel
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from fedlstm import __version__
-from fedlstm.data.flowschemas import count_like
 from fedlstm.detection.bundle import ModelBundle
-from fedlstm.detection.stream import Scores, StreamScorer, alert_records
+from fedlstm.detection.stream import (
+    FLOAT32_MAX,
+    Scores,
+    StreamScorer,
+    alert_records,
+    nonnegative_columns,
+)
 
 try:  # uvicorn's fast parser, an optional extra of uvicorn; h11 parses without it
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -67,7 +72,6 @@ except ImportError:  # pragma: no cover - depends on the environment
 Value = str | float | int | bool | None
 Record = dict[str, Value]
 # The model computes in float32: a number beyond its range is refused, never clipped.
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 # A number sent as text (records read from CSV): at most 18 integer digits and a positive
 # exponent of at most 19, so always finite and inside float32's range.
 NUMERIC_TEXT = r"^-?(0|[1-9][0-9]{0,17})(\.[0-9]{1,17})?([eE](-[0-9]{1,2}|\+?1?[0-9]))?$"
@@ -109,12 +113,7 @@ class RecordRules:
             if self.fill is not None else []
         self.defaults = {c: v for c, v in spec.defaults.items()
                          if c in pre.numeric_columns or c in pre.categorical_columns}
-        if spec.nonnegative is not None:
-            nonnegative = set(spec.nonnegative)
-        else:
-            nonnegative = {c for c, low in zip(pre.numeric_columns, pre.data_min_)
-                           if count_like(c) and low >= 0}
-        self.nonnegative = [c in nonnegative for c in pre.numeric_columns]
+        self.nonnegative = nonnegative_columns(bundle)  # as `detect` reports them
         self.required = [c for c in [*pre.numeric_columns, *pre.categorical_columns]
                          if c not in self.defaults]
         self.schema_name = spec.name
@@ -808,11 +807,12 @@ def _add_score_route(app: FastAPI, handler: _ScoreHandler, denied: dict) -> None
 
     @app.post("/score", response_model=ScoreResponse, response_model_exclude_none=True,
               openapi_extra={"parameters": STREAM_PARAMETERS},
-              responses={400: {"description": "Body is not JSON"},
+              responses={400: {"description": "Malformed HTTP (e.g. a bad Content-Length)"},
                          **denied,
                          408: {"description": "Body not received within the read timeout"},
                          413: {"description": "Body over the size limit"},
-                         422: {"description": "Invalid records (`detail` names each field), or "
+                         422: {"description": "Invalid records (`detail` names each field), a "
+                                               "body that is not JSON (type `json_invalid`), or "
                                                "more records than the limit"}})
     async def score(
             request: Request,

@@ -15,7 +15,9 @@ gets its one-hot block) and are in logit units: together they make up (to the in
 accuracy) the logit of the window minus that of the window ending in the baseline record. The
 logit, unlike the probability, does not saturate, so a confident alert is explained as well as a
 borderline one (gradients of a probability of 1.0 are ~0). Computed for alerts only. An anomaly
-alert is explained by the largest terms of its Mahalanobis score's decomposition instead.
+alert is explained by the largest terms of its Mahalanobis score's decomposition instead. Either
+way the features are listed by what they pushed towards the alert, largest first (not by size:
+three features that all argued against an alert explained nothing).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch
 from captum.attr import IntegratedGradients
 
 from fedlstm.data.flows import Chunk, FlowReader, label_arrays, unset_labels
+from fedlstm.data.flowschemas import count_like
 from fedlstm.data.readers import shown
 from fedlstm.detection.bundle import ModelBundle
 from fedlstm.features.windows import WindowSet, segment_starts
@@ -268,7 +271,9 @@ class StreamScorer:
             per_column = np.zeros((len(contrib), n_cols), np.float64)
             np.add.at(per_column.T, self._owner, contrib.T)
             k = min(self.explain_top, n_cols)
-            top = np.argsort(-np.abs(per_column), axis=1)[:, :k]
+            # What pushed towards the alert first: ranked by |contribution|, an alert could be
+            # "explained" by features that all argued against it.
+            top = np.argsort(-per_column, axis=1)[:, :k]
             for r, cols, values in zip(rows[s:s + batch], top, per_column):
                 out[int(r)] = [(self.input_columns[j], float(values[j])) for j in cols]
         return out
@@ -333,9 +338,10 @@ class AlertWriter:
             raise ValueError(f"alert format must be jsonl or csv, not {fmt!r}")
         self.stream, self.fmt, self.class_names = stream, fmt, class_names
         self._csv = None
-        if fmt == "csv":
-            fields = ["file", "line", "entity", "score", "threshold", "alert", "predicted",
-                      "label", "top_features", *(f"p_{c}" for c in class_names)]
+        if fmt == "csv":  # the JSON lines' fields; a binary model's p_ columns were always empty
+            probabilities = [f"p_{c}" for c in class_names] if len(class_names) > 2 else []
+            fields = ["file", "line", "entity", "score", "score_type", "threshold", "alert",
+                      "predicted", "fired", "reason", "label", "top_features", *probabilities]
             self._csv = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore")
             self._csv.writeheader()
 
@@ -383,7 +389,9 @@ def alert_records(bundle: ModelBundle, frame: pd.DataFrame, scores: Scores,
         if r in scores.fired:  # why: "known attack: dos (p = 0.98)" or "anomalous: ..."
             item["fired"] = scores.fired[r]
             item["reason"] = _reason(scores.fired[r], predicted, 1.0 - float(p[0]),
-                                     scores.top_features.get(r, []))
+                                     scores.top_features.get(r, []),
+                                     None if bundle.task == "binary" else
+                                     float(p[classes.index(predicted)]))
         if bundle.task != "binary":
             item["probabilities"] = {c: round(float(v), 6) for c, v in zip(classes, p)}
         if label is not None:
@@ -396,11 +404,16 @@ def alert_records(bundle: ModelBundle, frame: pd.DataFrame, scores: Scores,
     return out
 
 
-def _reason(fired: str, predicted: str, p_attack: float, top: list[tuple[str, float]]) -> str:
+def _reason(fired: str, predicted: str, p_attack: float, top: list[tuple[str, float]],
+            p_family: float | None = None) -> str:
+    """Why an alert fired. A family model flags on P(attack) = 1 - P(normal) and names the most
+    likely family: both probabilities are given (p was P(attack) beside the family's name)."""
     features = ", ".join(name for name, _ in top[:3])
     if fired == "anomalous":
         return f"anomalous: unlike normal traffic in {features}" if features else "anomalous"
-    return f"{fired}: {predicted} (p = {p_attack:.2f})"
+    if p_family is None:
+        return f"{fired}: {predicted} (p = {p_attack:.2f})"
+    return f"{fired}: {predicted} (p(attack) = {p_attack:.2f}, p({predicted}) = {p_family:.2f})"
 
 
 def _input_value(frame: pd.DataFrame, feature: str, row: int, cache: dict):
@@ -424,6 +437,23 @@ def _plain(value):
 # ---------------------------------------------------------------------- batch detection
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model's range
+
+
+def nonnegative_columns(bundle: ModelBundle) -> list[bool]:
+    """Per numeric input column: may it never be negative? The schema's `nonnegative` list, or,
+    where it has none, the columns named like counts (bytes, packets, durations:
+    `flowschemas.count_like`) in which no training record was negative. The service refuses
+    such values (422); `detect` reports them."""
+    spec, pre = bundle.spec, bundle.preprocessor
+    if spec.nonnegative is not None:
+        allowed = set(spec.nonnegative)
+    else:
+        allowed = {c for c, low in zip(pre.numeric_columns, pre.data_min_)
+                   if count_like(c) and low >= 0}
+    return [c in allowed for c in pre.numeric_columns]
+
+
 @dataclass
 class DetectSummary:
     files: list[dict] = field(default_factory=list)
@@ -433,6 +463,10 @@ class DetectSummary:
     predicted: Counter = field(default_factory=Counter)
     unseen_categories: Counter = field(default_factory=Counter)
     unseen_examples: list[str] = field(default_factory=list)
+    # Values the service refuses (a negative count, beyond float32): scored here, clipped into
+    # the model's range as every value is, and reported rather than passed over in silence.
+    invalid_values: Counter = field(default_factory=Counter)
+    invalid_examples: list[str] = field(default_factory=list)
     evicted_entities: int = 0
     labelled: dict = field(default_factory=lambda: {"tp": 0, "fp": 0, "tn": 0, "fn": 0})
     unlabelled: int = 0  # scored records whose label cell is unset: not in `labelled`
@@ -446,7 +480,10 @@ class DetectSummary:
         d = {"files": self.files, "records": self.records, "bad_lines": self.bad_lines,
              "scored": self.scored, "alerts": self.alerts,
              "predicted": dict(self.predicted), "unseen_categories": dict(self.unseen_categories),
-             "unseen_examples": self.unseen_examples, "evicted_entities": self.evicted_entities,
+             "unseen_examples": self.unseen_examples,
+             **({"invalid_values": dict(self.invalid_values),
+                 "invalid_examples": self.invalid_examples} if self.invalid_values else {}),
+             "evicted_entities": self.evicted_entities,
              "seconds": round(self.seconds, 3),
              "records_per_second": round(self.records / self.seconds) if self.seconds else None}
         c = self.labelled
@@ -472,6 +509,8 @@ def detect(bundle: ModelBundle, inputs: list[str | Path], writer: AlertWriter | 
     malformed lines, stops detection with `TooManyBadLines` (`share_hint`: how to change it)."""
     summary = DetectSummary()
     scorer = StreamScorer(bundle, explain_top=explain_top, max_entities=max_entities)
+    counts = [c for c, nn in zip(bundle.preprocessor.numeric_columns, nonnegative_columns(bundle))
+              if nn]
     t0 = time.perf_counter()
     for i, path in enumerate(inputs):
         scorer.reset()  # windows never span two files
@@ -482,6 +521,8 @@ def detect(bundle: ModelBundle, inputs: list[str | Path], writer: AlertWriter | 
                             poll_seconds=poll_seconds,
                             max_bad_share=max_bad_share, share_hint=share_hint)
         for chunk in reader:
+            _check_values(bundle.preprocessor.numeric_columns, counts, chunk, str(path),
+                          summary)
             _score_chunk(bundle, scorer, chunk, str(path), writer, summary, all_records)
             if on_chunk:
                 on_chunk(summary)
@@ -491,6 +532,25 @@ def detect(bundle: ModelBundle, inputs: list[str | Path], writer: AlertWriter | 
     if writer:
         writer.flush()
     return summary
+
+
+def _check_values(numeric: list[str], counts: list[str], chunk: Chunk, source: str,
+                  summary: DetectSummary) -> None:
+    """Count (with a few file:line examples) the values the service would refuse."""
+    for c in numeric:
+        values = pd.to_numeric(chunk.frame[c], errors="coerce").to_numpy(np.float64)
+        problems = (("negative", values < 0),) if c in counts else ()
+        problems += (("beyond float32", np.abs(values) > FLOAT32_MAX),)
+        for what, mask in problems:
+            n = int(np.count_nonzero(mask))
+            if not n:
+                continue
+            summary.invalid_values[f"{c}: {what}"] += n
+            if len(summary.invalid_examples) < 10:
+                i = int(np.argmax(mask))
+                summary.invalid_examples.append(
+                    f"{source}:{chunk.lines[i]}: column '{c}': {values[i]:g} is {what} (the "
+                    "model reads it clipped into its range; the service refuses it)")
 
 
 def _score_chunk(bundle: ModelBundle, scorer: StreamScorer, chunk: Chunk, source: str,

@@ -204,17 +204,22 @@ def query_clients(grid: Grid, config: dict, n_clients: int, timeout: float | Non
         time.sleep(0.5)
     messages = [Message(content=RecordDict({_PROPS_IN: ConfigRecord(config)}), dst_node_id=node_id,
                         message_type="get_properties") for node_id in node_ids]
-    answers = []
+    answers, errors = [], []
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
             log.warning("site %s did not answer %r: %s", reply.metadata.src_node_id, phase,
                         reply.error.reason)
+            errors.append(reply.error.reason)
             continue
         answers.append(dict(reply.content.config_records[_PROPS_OUT]))
     if len(answers) < min_answers:
-        raise FederationStalled(f"{len(answers)} of {len(messages)} sites answered {phase!r} "
-                                f"within {timeout or 600:.0f} s, {min_answers} needed (see the "
-                                "sites' logs; federation.round_timeout, min_fit_clients)")
+        # the sites' own error first: "did not answer within 600 s" read as a timeout when a
+        # site had failed after seconds
+        why = f"; a site's error: {(errors[0].strip().splitlines() or ['?'])[-1]}" if errors else \
+            f" within {timeout or 600:.0f} s"
+        raise FederationStalled(f"{len(answers)} of {len(messages)} sites answered {phase!r}, "
+                                f"{min_answers} needed{why} (see the sites' logs; "
+                                "federation.round_timeout, min_fit_clients)")
     return answers
 
 

@@ -115,7 +115,16 @@ class ClientTask:
 
     def model(self, weights: list[np.ndarray]) -> torch.nn.Module:
         model = self.task.new_model(self.windows.train.n_features, len(self.classes))
-        set_weights(model, weights)
+        try:
+            set_weights(model, weights)
+        except RuntimeError as exc:  # "size mismatch": say why, not only which tensor
+            if self.cfg.federation.preprocessing != "local":
+                raise
+            raise ValueError(
+                f"{self.name}: its own preprocessing (federation.preprocessing=local) gives "
+                f"{self.windows.train.n_features} input features, which the federation's model "
+                "does not take: under `local` every site must see the same categorical values "
+                "(docs/privacy.md); use preprocessing federated, dp or agreed") from exc
         return model
 
     def fit(self, weights: list[np.ndarray], epochs: int, proximal_mu: float = 0.0,

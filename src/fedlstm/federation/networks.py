@@ -38,6 +38,7 @@ import torch
 from fedlstm.config import DATASET_DEFAULTS, RunConfig, TrainConfig
 from fedlstm.data.readers import Records
 from fedlstm.data.spec import NORMAL_FAMILY, DatasetSpec
+from fedlstm.data.splits import run_protocol
 from fedlstm.data.taxonomy import SHARED_FAMILIES, to_shared
 from fedlstm.detection.bundle import ModelBundle
 from fedlstm.detection.hybrid import HybridDetector
@@ -470,7 +471,9 @@ def write_networks_run(stage, cfg: RunConfig, server: NetworkServer, partitions:
     # Every site's test sets, by name (each prefixed with its network): the run's evaluations.
     evaluations = {name: ev for report in server.reports.values()
                    for name, ev in report["tests"].items()}
-    protocols = {site: (notes.get(site) or {}).get("protocol", cfg.data.protocol)
+    # a site of your own files without a note: what its split was (it read `official`, the
+    # benchmarks' default, for a random split of the file)
+    protocols = {site: (notes.get(site) or {}).get("protocol", run_protocol(cfg.data))
                  for site in server.reports}
     metrics = {"dataset": "+".join(server.reports),
                "protocol": ", ".join(f"{k}: {v}" for k, v in protocols.items()),

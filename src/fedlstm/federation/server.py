@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -80,7 +81,14 @@ class ServerTask:
         fed = self.cfg.federation
         self.attack = parse_attack(fed.attack) if fed.attack else None  # simulated, for reports
         if fed.strategy in ROBUST_STRATEGIES:  # fail before any site is asked anything
-            check_robust(fed.strategy, int(fed.tolerate * fed.clients), sampled_clients(fed))
+            tolerated = int(fed.tolerate * fed.clients)
+            if tolerated == 0 and fed.tolerate > 0:  # it silently averaged as FedAvg does
+                raise ValueError(
+                    f"{fed.strategy} is sized for federation.tolerate = {fed.tolerate:.0%} "
+                    f"malicious sites, and {fed.tolerate:.0%} of {fed.clients} sites is none: it "
+                    f"would tolerate no malicious site; use at least "
+                    f"{math.ceil(1 / fed.tolerate - 1e-9)} sites, or fedavg")
+            check_robust(fed.strategy, tolerated, sampled_clients(fed))
         self.result = None  # the detector, once the federation has finished
         self.failure: str | None = None  # why the run stopped, when it did
         self._test_windows = None

@@ -14,7 +14,12 @@ from fedlstm.data.registry import DatasetNotFound
 from fedlstm.data.schemas import get_spec
 from fedlstm.data.spec import DatasetSpec
 from fedlstm.data.splits import build_split
-from fedlstm.federation.partitions import PartitionScheme, block_segments, partition_indices
+from fedlstm.federation.partitions import (
+    BLOCK,
+    PartitionScheme,
+    block_segments,
+    partition_indices,
+)
 
 log = logging.getLogger(__name__)
 _FELL_BACK: set[str] = set()  # networks already said to be scored on their random split
@@ -139,6 +144,14 @@ def federated_data(cfg: RunConfig) -> FederatedData:
                              specs=[s.spec for s in splits] if hetero else None)
     split = build_split(cfg.data, seed=cfg.seed, carve_val=False)
     shares = partition_indices(split.train, scheme, fed.clients, cfg.seed)
+    empty = [i for i, idx in enumerate(shares) if not len(idx)]
+    if empty:  # such a site failed every round (and said so in a Ray traceback), and exit 0
+        why = (f"{len(split.train):,} training records in blocks of {BLOCK} make "
+               f"{-(-len(split.train) // BLOCK)} blocks" if scheme.kind == "iid" else
+               f"partition {fed.partition} leaves {len(empty)} of {len(shares)} sites without "
+               "records")
+        raise ValueError(f"client-{empty[0]} gets no training records: {why}; use fewer "
+                         f"clients (--clients) than {fed.clients}")
     clients = [split.train.take(idx) for idx in shares]
     if scheme.kind == "iid":  # windows stay inside the blocks a site was dealt
         for recs, idx in zip(clients, shares):

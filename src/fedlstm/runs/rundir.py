@@ -60,8 +60,8 @@ def output_lock(*outputs: str | Path):
     removed on release.
     """
     taken: list[Path] = []
-    try:
-        for path in sorted({lock_file(o) for o in outputs}):
+    try:  # a pipe or device is no file to replace: nothing to lock (`staged_file`)
+        for path in sorted({lock_file(o) for o in outputs if not is_stream(o)}):
             _acquire(path)
             taken.append(path)
         yield
@@ -99,13 +99,24 @@ def _release(path: Path) -> None:
         entry[0].release()
 
 
+def is_stream(path: str | Path) -> bool:
+    """An existing pipe, socket or device (/dev/null, /dev/stdout, a FIFO): written as it is."""
+    path = Path(path)
+    return path.exists() and not (path.is_file() or path.is_dir())
+
+
 @contextmanager
 def staged_file(out: str | Path, keep_on_failure: bool = False):
     """Yield a text file, open for writing, that replaces `out` only when the block ends without
     an error: written next to it as `.NAME.*.partial`, flushed, fsynced, then renamed over `out`.
     On an error it is removed (kept with `keep_on_failure`, its path in `.name`) and an earlier
     `out` is left as it was. Hold `output_lock(out)` around it. A symbolic link `out` has its
-    target replaced."""
+    target replaced. A pipe or device (`is_stream`) is written directly: renamed over, /dev/null
+    became a regular file, and a FIFO's reader got nothing."""
+    if is_stream(out):
+        with open(out, "w", newline="") as fh:
+            yield fh
+        return
     out = Path(out).resolve()
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
     os.close(fd)
@@ -149,8 +160,7 @@ def staged_dir(out: str | Path, overwrite: bool = False, keep_on_failure: bool =
     """
     out = Path(out)
     with output_lock(out):
-        if out.exists() and not (overwrite or resume):
-            raise RunExists(f"{out} already exists; choose another --out or pass --overwrite")
+        check_out(out, overwrite, resume)
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = partial_dir(out)
         left = stage.is_dir() and any(stage.iterdir())
@@ -171,6 +181,30 @@ def staged_dir(out: str | Path, overwrite: bool = False, keep_on_failure: bool =
             out.rename(old)
         stage.rename(out)
         shutil.rmtree(old, ignore_errors=True)
+
+
+# What fedlstm writes into every folder it may replace: a run (config.json, metrics.json), a
+# comparison, a deployment's work folder (deployment.json, checkpoints).
+_RUN_MARKERS = ("config.json", "metrics.json", "comparison.json", "deployment.json", "checkpoints")
+
+
+def check_out(out: str | Path, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse an existing `out` unless `overwrite` (or `resume`) allows it, and refuse to
+    replace anything but an earlier run: `--overwrite` deleted whatever folder it was given,
+    the one holding the input files too."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not (overwrite or resume):
+        raise RunExists(f"{out} already exists; choose another --out or pass --overwrite")
+    if not out.is_dir():
+        raise RunExists(f"{out} is a file, not a run directory; choose another --out")
+    here = Path.cwd().resolve()
+    if out.resolve() in (here, *here.parents):
+        raise RunExists(f"{out} is the current folder (or holds it); choose another --out")
+    if any(out.iterdir()) and not any((out / m).exists() for m in _RUN_MARKERS):
+        raise RunExists(f"{out} is not a fedlstm run directory (no config.json or metrics.json "
+                        "in it), so --overwrite will not delete it; choose another --out")
 
 
 def partial_dir(out: str | Path) -> Path:

@@ -3,11 +3,39 @@ for every detector kind. Local-only models of the comparison are this trainer on
 
 from __future__ import annotations
 
+import logging
 import time
 
 from fedlstm.data.splits import Split, build_split
 from fedlstm.tasks.base import Task, TrainResult, test_curves, training_attacks, windows_of
 from fedlstm.training.loop import Reporter
+
+log = logging.getLogger(__name__)
+
+
+def _check_classes(task: Task, split: Split) -> None:
+    """Training data of one class: without normal records the novelty part (or the anomaly
+    detector) has nothing to learn, which is an error that says why, not "0 windows"; without
+    attacks a classifier can never flag one, which is said before training, not only by the test
+    summary afterwards."""
+    n, attacks = len(split.train), int(split.train.is_attack.sum())
+    if not n:
+        return
+    spec = split.spec
+    if attacks == n and task.cfg.detector in ("hybrid", "anomaly"):
+        raise ValueError(
+            f"the training data holds no normal records ({n:,} records, all attacks): the "
+            f"{'novelty part' if task.cfg.detector == 'hybrid' else 'anomaly detector'} learns "
+            f"normal traffic. Schema {spec.name!r} reads the label values "
+            f"{list(spec.normal_labels)} as normal: if the files name it otherwise, set `normal` "
+            "in a schema file (docs/schemas.md)")
+    if task.cfg.detector != "anomaly" and attacks in (0, n):
+        what, never = ("no attack", "flag an attack") if attacks == 0 else \
+            ("no normal", "call a record normal")
+        log.warning("the training data holds %s records (%d records, schema %r): the "
+                    "classifier can never %s%s", what, n, spec.name, never,
+                    "; only the novelty part can flag" if task.cfg.detector == "hybrid"
+                    and attacks == 0 else "")
 
 
 def train(task: Task, split: Split | None = None, reporter: Reporter | None = None,
@@ -21,6 +49,7 @@ def train(task: Task, split: Split | None = None, reporter: Reporter | None = No
     split = split or build_split(cfg.data, seed=cfg.seed)
     timings["load_seconds"] = time.perf_counter() - t
 
+    _check_classes(task, split)
     t = time.perf_counter()
     spec = split.spec
     classes = task.class_names(spec)

@@ -1,0 +1,73 @@
+"""Damaged or odd input files: a gzip cut short gives every record before the cut, a repeated
+header name is said, a schema's delimiter is one character, and a split of a small site works."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedlstm.data.flows import FlowReader, read_flow_file
+from fedlstm.data.flowschemas import SchemaError, load_schema
+from fedlstm.data.splits import stratified_indices
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detection"))
+from _detect_helpers import HEADER, SCHEMA_TOML, flow_lines  # noqa: E402
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(SCHEMA_TOML)
+    return load_schema(path)
+
+
+def test_a_cut_gzip_gives_every_record_before_the_cut(spec, tmp_path):
+    """A read of a chunk that hit the cut dropped every byte it had decoded: half the records
+    of a 20,000-line log, all of a small one, and the error named the wrong line."""
+    text = ("\n".join([HEADER, *flow_lines(20_000)]) + "\n").encode()
+    cut = gzip.compress(text)[:int(0.7 * len(gzip.compress(text)))]
+    path = tmp_path / "cut.csv.gz"
+    path.write_bytes(cut)
+    readable = zlib.decompressobj(wbits=31).decompress(cut)
+    whole_lines = readable.count(b"\n") - 1  # the header's line; the last one may be cut
+    reader = FlowReader(path, spec)
+    rows = sum(len(c) for c in reader)
+    assert rows == whole_lines
+    assert reader.report.errors and f"after line {whole_lines + 1}" in reader.report.errors[0]
+
+
+def test_a_header_naming_a_column_twice_is_said(spec, tmp_path, caplog):
+    """The first copy is read; nothing said so, and a port column was read as bytes."""
+    header = HEADER.replace("flow_id", "bytes")  # field 1 is now also "bytes"
+    path = tmp_path / "dup.csv"
+    lines = [line.split(",", 1)[1] for line in flow_lines(200)]  # numbers in field 1
+    path.write_text("\n".join([header, *(f"{i},{rest}" for i, rest in enumerate(lines))]) + "\n")
+    with caplog.at_level(logging.WARNING):
+        read_flow_file(path, spec)
+    assert f"{path}:1: the header names 'bytes' 2 times (fields 1, 4)" in caplog.text
+
+
+def test_a_schema_delimiter_is_one_character(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(SCHEMA_TOML.replace('format = "csv"', 'format = "csv"\ndelimiter = ";;"'))
+    with pytest.raises(SchemaError, match="delimiter"):  # accepted, then a crash when reading
+        load_schema(path)
+
+
+def test_a_small_site_splits_without_stratifying_and_an_empty_one_is_named():
+    """12 records of 4 kinds: scikit-learn refused a stratified 10% ("test_size = 2 should be
+    greater or equal to the number of classes"), and the site failed every round."""
+    strata = np.array(["normal"] * 6 + ["dos"] * 3 + ["probe"] * 2 + ["r2l"])
+    rest, taken = stratified_indices(strata, 0.1, seed=0)
+    assert len(taken) == 2 and len(rest) == 10 and not set(rest) & set(taken)
+    rest, taken = stratified_indices(np.array(["a"] * 50 + ["b"] * 50), 0.1, seed=0)
+    assert sorted(np.unique(np.array(["a"] * 50 + ["b"] * 50)[taken], return_counts=True)[1]) \
+        == [5, 5]  # stratified where it can be
+    with pytest.raises(ValueError, match="1 record"):
+        stratified_indices(np.array(["a"]), 0.1, seed=0)
