@@ -133,3 +133,9 @@ def test_train_refuses_to_overwrite_a_folder_of_inputs_before_training(tmp_path)
     r = runner.invoke(app, ["train", "--epochs", "1", "--out", str(data), "--overwrite"])
     assert r.exit_code != 0 and "not a fedlstm run directory" in r.output, r.output
     assert (data / "notes.txt").read_text() == "mine"
+
+
+def test_an_unknown_name_is_printed_without_python_quotes(tmp_path):
+    r = _train(tmp_path, "--dataset", "foo")
+    assert r.exit_code != 0 and "error: unknown dataset 'foo'" in r.output, r.output
+    assert "\"unknown" not in r.output  # str(KeyError) quoted the message

@@ -45,3 +45,14 @@ def test_the_summary_says_how_much_of_the_unseen_attack_types_was_caught():
         "test-21: 50% of the 3,750 records of attack types unseen in training flagged "
         "(a0, a1, a2, a3, a4 and 2 more)"]
     assert unseen_attack_lines({"unseen_attacks": {}}) == unseen_attack_lines({}) == []
+
+
+def test_a_test_set_mostly_seen_in_training_is_said():
+    """The same file as --train-file and --test-file was only recorded in metrics.json."""
+    from fedlstm.cli.common import overlap_warnings
+
+    metrics = {"data_notes": {"test_overlap_with_train": {"test": 0.9, "test-21": 0.04}}}
+    assert overlap_warnings(metrics) == [
+        "90% of the records of 'test' also occur in the training data: its scores partly "
+        "measure memorised records"]
+    assert overlap_warnings({"evaluations": {}}) == []

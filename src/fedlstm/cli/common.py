@@ -65,6 +65,8 @@ def error_message(exc: BaseException) -> str:
     if isinstance(exc, BadLineError):
         hint = skip_hint()
         return f"{exc.where} ({hint})" if hint else exc.where
+    if isinstance(exc, KeyError) and len(exc.args) == 1:  # str() quotes it: "unknown dataset..."
+        return str(exc.args[0])
     return str(exc)
 
 
@@ -335,6 +337,15 @@ def useless_model_warnings(metrics: dict) -> list[str]:
     return out
 
 
+def overlap_warnings(metrics: dict, above: float = 0.5) -> list[str]:
+    """Test sets most of whose records also occur in the training data (the same file given
+    twice; KDD99's official split): it was only recorded in metrics.json."""
+    overlap = (metrics.get("data_notes") or {}).get("test_overlap_with_train") or {}
+    return [f"{share:.0%} of the records of '{name}' also occur in the training data: its scores "
+            "partly measure memorised records" for name, share in overlap.items()
+            if share is not None and share > above]
+
+
 def comparison_warnings(summary: dict) -> list[str]:
     """`useless_model_warnings` of every model of a `--compare` run, each named."""
     return [f"{method}: {warning}" for method, scores in summary["methods"].items()
@@ -359,7 +370,7 @@ def print_summary(metrics: dict) -> None:
     out_console.print(summary_table(metrics))
     for line in unseen_attack_lines(metrics):
         say(line)
-    for warning in useless_model_warnings(metrics):
+    for warning in [*useless_model_warnings(metrics), *overlap_warnings(metrics)]:
         console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
 
 
