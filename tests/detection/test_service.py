@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -72,6 +73,11 @@ def test_invalid_requests_get_clear_4xx_and_change_nothing(client):
     assert ("body", 1, "bytes") in locs and ("body", 2, "proto") in locs
     assert client.post("/score", json={"not": "a list"}).status_code == 422
     assert client.post("/score", content=b"{oops", headers={"content-type": "application/json"}).status_code == 422
+    # JSON sent as another type was read as JSON anyway, and refused as "not a valid list"
+    for media in ("text/plain", "application/x-www-form-urlencoded"):  # curl -d's default
+        r = client.post("/score", content=json.dumps(records(2)).encode(),
+                        headers={"content-type": media})
+        assert r.status_code == 415 and "Content-Type: application/json" in r.json()["detail"]
     for literal in (b"NaN", b"Infinity", b"1e400"):  # JSON extensions Python's parser accepts
         body = b'[{"bytes": %s, "rate": 1, "proto": "tcp", "flag": "SF"}]' % literal
         r = client.post("/score", content=body, headers={"content-type": "application/json"})

@@ -191,7 +191,13 @@ class BodyGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        if scope.get("method") == "POST":  # read as JSON whatever it said: 422 "a valid list"
+            media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if media and media != b"application/json" and not media.endswith(b"+json"):
+                return await _refuse(send, 415, "send the records as JSON (Content-Type: "
+                                                f"application/json), not {media.decode('latin-1')}")
+        declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await _refuse(send, 413, self._too_large())
         try:
@@ -373,7 +379,7 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8080, *,
 # Status labels come from this set (other codes as their class), paths from the app's routes
 # (unknown paths as "other"): request text never reaches a label, so series stay few.
 _STATUS_LABELS = {code: str(code) for code in
-                  (200, 307, 400, 401, 404, 405, 408, 413, 422, 499, 500, 503)}
+                  (200, 307, 400, 401, 404, 405, 408, 413, 415, 422, 499, 500, 503)}
 
 
 def _status_label(status: int) -> str:
@@ -811,6 +817,7 @@ def _add_score_route(app: FastAPI, handler: _ScoreHandler, denied: dict) -> None
                          **denied,
                          408: {"description": "Body not received within the read timeout"},
                          413: {"description": "Body over the size limit"},
+                         415: {"description": "Body not sent as application/json"},
                          422: {"description": "Invalid records (`detail` names each field), a "
                                                "body that is not JSON (type `json_invalid`), or "
                                                "more records than the limit"}})
