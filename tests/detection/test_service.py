@@ -219,6 +219,18 @@ def test_counters_keep_their_names_for_dashboards(client):
     assert {s.labels["status"] for s in _samples(text, "fedlstm_requests_total")} == {"200", "422"}
 
 
+def test_every_rejected_record_is_counted_and_only_posts_are_timed(client):
+    """Records refused by FastAPI's own checks (a list for a value) or with their stream's name
+    were not counted as rejected, and a GET /score (405) was timed as scoring."""
+    client.post("/score", json=[{"bytes": [1, 2]}, {"bytes": 1}])
+    client.post("/score", json=records(3), headers={"X-Fedlstm-Stream": "x" * 1000})
+    client.get("/score")
+    text = client.get("/metrics").text
+    value = lambda name: sum(s.value for s in _samples(text, name))  # noqa: E731
+    assert value("fedlstm_records_rejected_total") == 5
+    assert value("fedlstm_score_seconds_count") == 2
+
+
 # ---------------------------------------------------------------------- numbers
 
 

@@ -47,6 +47,8 @@ import numpy as np
 import pandas as pd
 import uvicorn
 from fastapi import Body, FastAPI, HTTPException, Request, Response
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -407,9 +409,9 @@ class Metrics:
         self.latency = Histogram("fedlstm_score_seconds", "Latency of POST /score.",
                                  buckets=self.BUCKETS, registry=self.registry)
 
-    def observe(self, path: str, status: int, seconds: float) -> None:
+    def observe(self, path: str, status: int, seconds: float, method: str = "POST") -> None:
         self.requests.labels(path, _status_label(status)).inc()
-        if path == "/score":
+        if path == "/score" and method == "POST":  # a GET's 405 is no scoring latency
             self.latency.observe(seconds)
 
     def exposition(self, accept: str | None) -> Response:
@@ -446,7 +448,8 @@ class RequestMetrics:
         finally:
             if status is None:  # no answer: 499, nginx's "client closed request"
                 status = 500 if failed else 499
-            self.metrics.observe(self._route(scope), status, time.perf_counter() - t)
+            self.metrics.observe(self._route(scope), status, time.perf_counter() - t,
+                                 scope.get("method", ""))
 
     def _route(self, scope) -> str:
         route = scope.get("route")  # FastAPI's matched route, with its path template
@@ -827,7 +830,11 @@ def _add_score_route(app: FastAPI, handler: _ScoreHandler, denied: dict) -> None
                                          examples=[[{c: 0 for c in numeric_columns[:3]}]]),
     ) -> ScoreResponse:
         """Score records; each joins its (stream, entity) history and is scored at once."""
-        key, shown = _stream_key(request)  # first: a bad stream name is refused before records
+        try:  # first: a bad stream name is refused before records
+            key, shown = _stream_key(request)
+        except HTTPException:
+            handler.metrics.rejected.inc(len(records))
+            raise
         frame, entity, features = handler.validate(records)
         return handler.score(key, shown, records, frame, entity, features)
 
@@ -875,4 +882,12 @@ def create_app(bundle: ModelBundle, max_records: int = 1000, max_body_bytes: int
     _add_score_route(app, _ScoreHandler(bundle, scorer, metrics, max_records), denied)
     _document_records(app, bundle, max_records, api_key)
     app.add_exception_handler(RecordError, _record_error)
+
+    async def invalid_body(request: Request, exc: RequestValidationError):
+        # refused by FastAPI's own checks (a list for a value, a non-object item): counted too
+        if isinstance(exc.body, list):
+            metrics.rejected.inc(len(exc.body))
+        return await request_validation_exception_handler(request, exc)
+
+    app.add_exception_handler(RequestValidationError, invalid_body)
     return app
