@@ -64,3 +64,24 @@ def test_anomaly_federate_with_flower_on_nsl_kdd(datasets_dir, tmp_path):
 def test_unknown_engine_is_an_error(engine, tmp_path):
     result = runner.invoke(app, ["anomaly", "federate", "--engine", engine, "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "unknown engine" in result.output
+
+
+def test_anomaly_train_takes_your_own_flow_files_as_train_does(tmp_path):
+    """It had no --schema/--train-file: own logs went only through --set data.* keys."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detection"))
+    from _detect_helpers import SCHEMA_TOML, write_flows
+
+    schema = tmp_path / "s.toml"
+    schema.write_text(SCHEMA_TOML)
+    train, test = write_flows(tmp_path / "a.csv", 600), write_flows(tmp_path / "b.csv", 200, 1)
+    out = tmp_path / "an"
+    result = runner.invoke(app, ["anomaly", "train", "--schema", str(schema), "--train-file",
+                                 str(train), "--test-file", str(test), "--window", "2",
+                                 "--out", str(out), "--set", "model.hidden_size=8",
+                                 "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["protocol"] == "files" and m["evaluations"]["test"]["binary"]["n"] == 200

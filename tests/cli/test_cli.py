@@ -93,6 +93,9 @@ def test_failed_run_leaves_nothing_behind(tmp_path):
     out = tmp_path / "r"
     result = runner.invoke(app, ["train", "--out", str(out), "--data-dir", str(tmp_path), *QUICK])
     assert result.exit_code == 2 and "fedlstm data fetch nsl-kdd" in result.output
+    # the hint fetches into the folder the run reads (it fetched into the default one)
+    assert "data fetch nsl-kdd --data-dir" in " ".join(result.output.split())
+    assert "random-split" not in result.output  # no file to split either
     assert list(tmp_path.iterdir()) == []
 
 

@@ -19,9 +19,14 @@ from fedlstm.cli.common import (
     Dataset,
     Overrides,
     Protocol,
+    SchemaOpt,
+    TestFile,
+    TrainFiles,
     Window,
+    byo_overrides,
     command_line,
     console,
+    data_label,
     fail,
     out_console,
     say,
@@ -62,17 +67,20 @@ def train(dataset: Dataset = None, protocol: Protocol = None, model: Model = Non
           seed: Annotated[Optional[int], typer.Option()] = None,
           out: Annotated[Path, typer.Option(help="Run directory to create.")] = Path("runs/anomaly"),
           config: ConfigFile = None, set_: Overrides = None, data_dir: DataDir = None,
+          schema: SchemaOpt = None, train_file: TrainFiles = None, test_file: TestFile = None,
           overwrite: bool = False) -> None:
-    """Train the normal-only LSTM centrally, fit μ, Σ and ζ on validation data; writes a run."""
+    """Train the normal-only LSTM centrally, fit μ, Σ and ζ on validation data; writes a run.
+    Your own flow logs as `train` takes them: --schema with --train-file (and --test-file)."""
     try:
         with output_lock(out):  # what is printed below is this run's
             cfg = anomaly_config(config, set_, data__dataset=dataset, data__protocol=protocol,
                                  data__data_dir=data_dir, anomaly__model=model,
                                  windows__window=window, anomaly__threshold=threshold,
-                                 anomaly__beta=beta, train__epochs=epochs, seed=seed)
+                                 anomaly__beta=beta, train__epochs=epochs, seed=seed,
+                                 **byo_overrides(schema, train_file, test_file))
             check_out(out, overwrite)
-            with console.status(Text(f"training {cfg.anomaly.model} on normal "
-                                     f"{cfg.data.dataset} traffic")):
+            with console.status(Text.assemble(f"training {cfg.anomaly.model} on the normal "
+                                              "traffic of ", data_label(cfg))):
                 result = train_detector(task_for(cfg))
             write_run(result, cfg, out, overwrite=overwrite, command=command_line())
             metrics = json.loads((out / "metrics.json").read_text())

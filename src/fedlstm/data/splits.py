@@ -139,8 +139,8 @@ def build_split(cfg: DataConfig, seed: int = 0, carve_val: bool = True) -> Split
             raise DatasetNotFound(
                 f"{spec.name}: the official protocol needs the training file {wanted}, found "
                 f"{', '.join(spec.file(r).name for r in tests) or 'no file of this dataset'} in "
-                f"{root / spec.folder}; fetch it with `fedlstm data fetch {spec.name}` or use "
-                "--protocol random-split")
+                f"{root / spec.folder}; fetch it with `fedlstm data fetch {spec.name} "
+                f"--data-dir {root}`" + (" or use --protocol random-split" if tests else ""))
         train = read("train")
         tests = {role: read(role) for role in present if role not in TRAIN_ROLES}
         if not tests:
