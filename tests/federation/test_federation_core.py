@@ -75,6 +75,14 @@ def test_fedavg_rounds_improve_the_global_model(tmp_path):
     resumed = again.initial_weights()
     assert again.round_offset == 3 and again.remaining_rounds == 0
     assert all(np.array_equal(a, b) for a, b in zip(resumed, weights))
+    # other settings: named (it blamed "other preprocessing statistics", whatever had changed)
+    other = CFG.model_copy(update={"federation": CFG.federation.model_copy(
+        update={"strategy": "fedprox", "clients": 7})})
+    changed = ServerTask(task_for(other), SYNTHETIC_SPEC, out_dir=tmp_path)
+    changed.merge_statistics([c.statistics() for c in clients])
+    with pytest.raises(ValueError, match=r"other settings \(federation.clients: 3 then, 7 now, "
+                                         r"federation.strategy: 'fedavg' then, 'fedprox' now\)"):
+        changed.initial_weights()
 
 
 def test_a_small_site_takes_min_steps_batches_over_the_planned_rounds(tmp_path):

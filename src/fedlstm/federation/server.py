@@ -315,7 +315,8 @@ class ServerTask:
         tmp = path.with_suffix(".tmp")
         torch.save({"round": done_rounds, "weights": [torch.as_tensor(w) for w in self.weights],
                     "preprocessor": self.preprocessor.to_dict() if self.preprocessor else None,
-                    "rounds": json.dumps(self.rounds)}, tmp)
+                    "rounds": json.dumps(self.rounds),
+                    "config": self.cfg.model_dump_json()}, tmp)
         tmp.replace(path)  # a crash mid-write never corrupts the last good checkpoint
 
     def load_checkpoint(self) -> list[np.ndarray] | None:
@@ -323,6 +324,13 @@ class ServerTask:
         if path is None or not path.exists():
             return None
         state = torch.load(path, weights_only=True)
+        if "config" in state:  # what changed, by name (it blamed the preprocessing statistics)
+            changed = _changed_settings(json.loads(state["config"]),
+                                        json.loads(self.cfg.model_dump_json()))
+            if changed:
+                raise ValueError(f"{path}: the checkpoint was trained with other settings "
+                                 f"({', '.join(changed)}); resume with the same ones, or start "
+                                 "a new run")
         if state["preprocessor"] != (self.preprocessor.to_dict() if self.preprocessor else None):
             raise ValueError(f"{path}: checkpoint was trained with other preprocessing statistics; "
                              "start a new run instead of resuming")
@@ -389,3 +397,19 @@ class ServerTask:
         if self.weights is None or not self.rounds:
             raise RuntimeError("the federation finished without producing a model; see the log")
         return self.task.federated_detector(self, ask, mode)
+
+
+# A resumed run may wait longer for its sites; every other setting shapes what it trains.
+_RESUMABLE = {"federation.round_timeout"}
+
+
+def _changed_settings(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the settings that differ (`_RESUMABLE` ones aside), with both values."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        name, a, b = f"{prefix}{key}", saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_settings(a, b, f"{name}.")
+        elif a != b and name not in _RESUMABLE:
+            out.append(f"{name}: {a!r} then, {b!r} now")
+    return out
