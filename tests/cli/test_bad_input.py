@@ -139,3 +139,22 @@ def test_an_unknown_name_is_printed_without_python_quotes(tmp_path):
     r = _train(tmp_path, "--dataset", "foo")
     assert r.exit_code != 0 and "error: unknown dataset 'foo'" in r.output, r.output
     assert "\"unknown" not in r.output  # str(KeyError) quoted the message
+
+
+@pytest.mark.parametrize("args, message", [
+    (["privacy-utility", "--epsilons", "0,inf"], "--epsilons '0': expected a number above 0"),
+    (["privacy-utility", "--epsilons", "1,abc"], "--epsilons 'abc'"),
+    (["robustness", "--shares", "0,1.5"], "--shares '1.5': expected a number in [0, 1)"),
+    (["networks", "--networks", "nsl-kdd,kdd99", "--starve", "cic"], "--starve cic: not among"),
+    (["networks", "--inputs", "nosuch"], "--inputs 'nosuch'"),
+    (["networks", "--starve-fraction", "1.5"], "--starve-fraction 1.5"),
+    (["networks", "--seeds", "a"], "--seeds 'a': expected an integer"),
+    (["reproduce", "--profile", "quick", "--method", "nosuch"], "unknown method(s) nosuch; "
+                                                                "methods: lstm"),
+])
+def test_study_options_are_checked_before_any_run(tmp_path, args, message):
+    """Each of these ran federations first, then failed with a traceback from every site, a bare
+    "'cic' is not in list", or "could not convert string to float"."""
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and message in " ".join(r.output.split()), r.output
+    assert not (tmp_path / "o" / "runs").exists()

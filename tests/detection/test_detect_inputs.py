@@ -191,3 +191,14 @@ def test_top_features_are_what_pushed_towards_the_alert(tiny_model, tiny):
         values = [v for _, v in top]
         assert values == sorted(values, reverse=True)
     assert np.mean([top[0][1] > 0 for top in scores.top_features.values()]) > 0.9
+
+
+def test_evaluate_names_a_dataset_of_other_columns_and_a_bad_protocol(tiny):
+    """A pandas KeyError listing 41 columns, and "the bundle was trained under protocol
+    'nosuch'" for the user's own typo."""
+    r = runner.invoke(app, ["evaluate", str(tiny[2]), "--dataset", "nsl-kdd", "--protocol",
+                            "official"])
+    assert r.exit_code != 0 and "--dataset nsl-kdd: its records have other columns" in r.output
+    r = runner.invoke(app, ["evaluate", str(tiny[2]), "--dataset", "nsl-kdd", "--protocol",
+                            "nosuch"])
+    assert r.exit_code != 0 and "--protocol 'nosuch': use official or random-split" in r.output

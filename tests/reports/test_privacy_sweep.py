@@ -3,6 +3,8 @@ them), one row per scored test set, with the FPR beside the accuracy."""
 
 import json
 
+import pytest
+
 from fedlstm.config import RunConfig
 from fedlstm.reports import privacy
 from fedlstm.reports.privacy import point_config, sweep
@@ -84,3 +86,22 @@ def test_a_networks_sweep_reuses_its_runs_though_the_sites_settled_their_config(
     sweep(cfg, [1, float("inf")], tmp_path)
     sweep(cfg, [1, float("inf")], tmp_path)
     assert ran == ["eps-1", "eps-inf"]
+
+
+def test_a_sweep_of_only_inf_draws_its_figure_and_a_failure_keeps_the_earlier_table(
+        tmp_path, monkeypatch):
+    """One ε = ∞ failed on the figure's log axis, after the table of the earlier sweep had
+    already been replaced by its one row."""
+    cfg = RunConfig.model_validate({})
+    for name, spent in (("eps-1", 0.99), ("eps-inf", None)):
+        _cache(tmp_path, name, spent, {"test": _binary(0.8, 0.1)}, cfg)
+    sweep(cfg, [1, float("inf")], tmp_path)
+    before = (tmp_path / "privacy_utility.md").read_text()
+    monkeypatch.setattr(privacy.plt, "subplots", lambda **kw: (_ for _ in ()).throw(
+        RuntimeError("figure failed")))
+    with pytest.raises(RuntimeError):
+        sweep(cfg, [float("inf")], tmp_path)
+    assert (tmp_path / "privacy_utility.md").read_text() == before
+    monkeypatch.undo()
+    table = sweep(cfg, [float("inf")], tmp_path).read_text()
+    assert "| inf |" in table and "| 1 |" not in table

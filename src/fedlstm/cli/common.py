@@ -180,6 +180,25 @@ def comma_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def number_list(text: str, option: str, kind=float, valid=lambda v: True,
+                rule: str = "") -> list:
+    """The comma-separated numbers of a study option, checked before any work: a bad one was
+    "could not convert string to float", or a traceback from every site minutes later."""
+    out = []
+    for item in comma_list(text):
+        try:
+            value = kind(item)
+        except ValueError:
+            value = None
+        if value is None or not valid(value):
+            raise typer.BadParameter(f"{option} {item!r}: expected "
+                                     f"{'an integer' if kind is int else 'a number'}{rule}")
+        out.append(value)
+    if not out:
+        raise typer.BadParameter(f"{option}: no value given")
+    return out
+
+
 def byo_overrides(schema: str | list[str] | None, train_file: list[Path] | None,
                   test_file: Path | None) -> dict:
     """Load-config overrides for bring-your-own flow files. Several schemas (federate): one per

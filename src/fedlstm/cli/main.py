@@ -65,6 +65,7 @@ from fedlstm.cli.common import (
     load_bundle,
     load_run_config,
     n_sites,
+    number_list,
     out_console,
     print_rounds,
     print_summary,
@@ -342,7 +343,8 @@ def privacy_utility(
     from fedlstm.reports.privacy import sweep
 
     try:
-        values = [float(e) for e in epsilons.split(",")]
+        values = number_list(epsilons, "--epsilons", valid=lambda e: e > 0,
+                             rule=" above 0, or inf (no DP)")
         cfg = load_config(config, set_, data__dataset=dataset, data__data_dir=data_dir,
                           federation__clients=clients, federation__rounds=rounds)
         with console.status("privacy-utility sweep...") as status:
@@ -377,7 +379,8 @@ def robustness(
                               data__max_train_rows=max_train_rows or None)
         with console.status("robustness sweep...") as status:
             path = sweep(cfg, out, attacks=comma_list(attacks), defences=comma_list(defences),
-                         shares=[float(x) for x in shares.split(",")], command=command_line(),
+                         shares=number_list(shares, "--shares", valid=lambda x: 0 <= x < 1,
+                                            rule=" in [0, 1)"), command=command_line(),
                          progress=lambda text: status.update(Text(text)))
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         fail(exc)
@@ -389,7 +392,7 @@ def networks(
     networks: Annotated[str, typer.Option(help="Comma-separated networks (datasets), any schemas.")] = "nsl-kdd,kdd99,unsw-nb15",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds (the table shows mean ± sd).")] = "0,1,2",
     inputs: Annotated[str, typer.Option(help="Comma-separated input modes of the cross-schema federation: encoders, harmonised.")] = "encoders,harmonised",
-    starve: Annotated[str, typer.Option(help="Networks starved in turn (empty: none).")] = "nsl-kdd,kdd99,unsw-nb15",
+    starve: Annotated[str, typer.Option(help="Networks starved in turn (all: every one of --networks; empty: none).")] = "all",
     starve_fraction: Annotated[float, typer.Option(help="Share of its training rows a starved network keeps.")] = 0.02,
     detector: Annotated[str, typer.Option(help="supervised (the study's LSTM) or hybrid (each site adds its own model of normal traffic; centralised: the hybrid too).")] = "supervised",
     max_train_rows: Annotated[Optional[int], typer.Option(help="Stratified subsample of each network's training data (every row: 0).")] = 20_000,
@@ -403,17 +406,28 @@ def networks(
     from fedlstm.reports.networks import study
 
     try:
+        # Every option checked before the first federation (they failed after all of them).
         if detector not in ("supervised", "hybrid"):
             raise ValueError(f"--detector {detector!r}: the study compares supervised or hybrid "
                              "detectors")
+        chosen = comma_list(networks)
+        starved = chosen if starve.strip() == "all" else comma_list(starve)
+        if set(starved) - set(chosen):
+            raise typer.BadParameter(f"--starve {','.join(sorted(set(starved) - set(chosen)))}: "
+                                     f"not among --networks {','.join(chosen)}")
+        modes = comma_list(inputs)
+        if not modes or set(modes) - {"encoders", "harmonised"}:
+            raise typer.BadParameter(f"--inputs {inputs!r}: encoders and/or harmonised")
+        if not 0 < starve_fraction <= 1:
+            raise typer.BadParameter(f"--starve-fraction {starve_fraction}: in (0, 1]")
+        seed_list = number_list(seeds, "--seeds", kind=int)
         cfg = load_run_config(config, set_, detector, data__data_dir=data_dir,
                               data__max_train_rows=max_train_rows or None,
                               federation__partition="networks",
                               federation__networks=comma_list(networks))
         with console.status("networks study...") as status:
-            path = study(cfg, out, networks=comma_list(networks),
-                         seeds=[int(x) for x in comma_list(seeds)], modes=comma_list(inputs),
-                         starved=tuple(comma_list(starve)), starve_fraction=starve_fraction,
+            path = study(cfg, out, networks=chosen, seeds=seed_list, modes=modes,
+                         starved=tuple(starved), starve_fraction=starve_fraction,
                          command=command_line(), progress=lambda text: status.update(Text(text)))
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         fail(exc)
@@ -469,6 +483,7 @@ def evaluate(
 ) -> None:
     """Re-evaluate a model bundle on a dataset's test set(s), split as the bundle records, or on
     labelled files of your own (--test-file)."""
+    from fedlstm.data.schemas import get_spec
     from fedlstm.data.splits import build_split, read_labelled_files
     from fedlstm.runs.rundir import public
     from fedlstm.tasks.base import evaluate_detector
@@ -489,6 +504,12 @@ def evaluate(
         else:
             cfg, seed = bundle_split(model.metadata, dataset or model.spec.name, protocol, seed,
                                      dedup, data_dir)
+            other = get_spec(cfg.dataset)
+            if not set(model.spec.feature_columns) <= set(other.feature_columns):
+                # it failed in pandas: "None of [Index(['duration', ...])] are in the [columns]"
+                raise ValueError(f"--dataset {cfg.dataset}: its records have other columns than "
+                                 f"the bundle's schema {model.spec.name!r} reads; evaluate it on "
+                                 f"a dataset of that schema")
             if cfg.protocol == "random-split" and seed != _recorded_split(model.metadata)["seed"]:
                 console.print(Text.assemble(("warning:", "yellow"), f" seed {seed} is not the "
                                             "seed this model was trained with: its random-split "
@@ -530,6 +551,8 @@ def bundle_split(metadata: dict, dataset: str, protocol: str | None, seed: int |
     from fedlstm.config import DataConfig
 
     recorded = _recorded_split(metadata)
+    if protocol is not None and protocol not in ("official", "random-split"):
+        raise ValueError(f"--protocol {protocol!r}: use official or random-split")
     protocol = protocol or recorded["protocol"]
     if protocol not in ("official", "random-split"):  # e.g. a run on the user's own files
         raise ValueError(f"the bundle was trained under protocol {protocol!r}; give --protocol "

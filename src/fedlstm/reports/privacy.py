@@ -61,7 +61,6 @@ def sweep(cfg: RunConfig, epsilons: list[float], out: str | Path, command: str |
     progress = progress or (lambda text: None)
     with one_ray_runtime():
         rows = [row for eps in epsilons for row in _sweep_point(cfg, eps, out, command, progress)]
-    (out / "privacy_utility.json").write_text(json.dumps(rows, indent=2))
     fed = cfg.federation
     what = (f"{len(fed.networks)} networks ({', '.join(fed.networks)}), one site each, each "
             "scored on its own test set" if fed.partition == "networks" else
@@ -81,7 +80,6 @@ def sweep(cfg: RunConfig, epsilons: list[float], out: str | Path, command: str |
         lines.append(f"| {r['epsilon']:g} | {spent} | {delta} | {r['test']} | "
                      f"{r['accuracy']:.4f} | {r['fpr']:.4f} | {r['f1']:.4f} | "
                      f"{r['roc_auc']:.4f} | {Path(r['run_dir']).name} |")
-    (out / "privacy_utility.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for i, test in enumerate(dict.fromkeys(r["test"] for r in rows)):
         mine = [r for r in rows if r["test"] == test]
@@ -92,7 +90,8 @@ def sweep(cfg: RunConfig, epsilons: list[float], out: str | Path, command: str |
         for r in mine:
             if math.isinf(r["epsilon"]):
                 ax.axhline(r["accuracy"], ls="--", color=f"C{i}", label=f"no DP (ε = ∞){label}")
-    ax.set_xscale("log")
+    if any(not math.isinf(r["epsilon"]) for r in rows):  # a log axis of no point failed
+        ax.set_xscale("log")
     ax.set_xlabel("ε per flow record (δ = 1/(10 n))")
     ax.set_ylabel("test accuracy")
     title = "networks" if fed.partition == "networks" else f"{cfg.data.dataset}, {cfg.data.protocol}"
@@ -102,4 +101,10 @@ def sweep(cfg: RunConfig, epsilons: list[float], out: str | Path, command: str |
     fig.tight_layout()
     fig.savefig(out / "privacy_utility.png", dpi=110)
     plt.close(fig)
+    # Written last, each whole: a run that failed had already replaced the earlier table.
+    for name, text in (("privacy_utility.json", json.dumps(rows, indent=2)),
+                       ("privacy_utility.md", "\n".join(lines) + "\n")):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
     return out / "privacy_utility.md"

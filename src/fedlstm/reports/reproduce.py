@@ -565,6 +565,9 @@ def reproduce(out: str | Path, profile_name: str = "full", data_root: str | None
     Flower steps run one at a time in this process from the start, with half the workers beside
     them (`_run_steps`)."""
     profile = PROFILES[profile_name]
+    unknown = [m for m in methods or () if m not in METHODS]
+    if unknown:  # before any work: it failed in the first step that met it
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; methods: {', '.join(METHODS)}")
     root = data_dir(data_root, default=DEFAULT_DATA).expanduser()
     progress = progress or (lambda done, total, text: None)
     ensure_datasets(root, datasets or list(NETWORKS), mirror, progress)
