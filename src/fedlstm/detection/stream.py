@@ -509,8 +509,7 @@ def detect(bundle: ModelBundle, inputs: list[str | Path], writer: AlertWriter | 
     malformed lines, stops detection with `TooManyBadLines` (`share_hint`: how to change it)."""
     summary = DetectSummary()
     scorer = StreamScorer(bundle, explain_top=explain_top, max_entities=max_entities)
-    counts = [c for c, nn in zip(bundle.preprocessor.numeric_columns, nonnegative_columns(bundle))
-              if nn]
+    counts = np.array(nonnegative_columns(bundle), bool)
     t0 = time.perf_counter()
     for i, path in enumerate(inputs):
         scorer.reset()  # windows never span two files
@@ -534,23 +533,20 @@ def detect(bundle: ModelBundle, inputs: list[str | Path], writer: AlertWriter | 
     return summary
 
 
-def _check_values(numeric: list[str], counts: list[str], chunk: Chunk, source: str,
+def _check_values(numeric: list[str], counts: np.ndarray, chunk: Chunk, source: str,
                   summary: DetectSummary) -> None:
-    """Count (with a few file:line examples) the values the service would refuse."""
-    for c in numeric:
-        values = pd.to_numeric(chunk.frame[c], errors="coerce").to_numpy(np.float64)
-        problems = (("negative", values < 0),) if c in counts else ()
-        problems += (("beyond float32", np.abs(values) > FLOAT32_MAX),)
-        for what, mask in problems:
-            n = int(np.count_nonzero(mask))
-            if not n:
-                continue
-            summary.invalid_values[f"{c}: {what}"] += n
+    """Count (with a few file:line examples) the values the service would refuse: one pass over
+    the chunk's numeric block (`counts`: which of its columns may never be negative)."""
+    values = chunk.frame[numeric].to_numpy(np.float64)
+    for what, bad in (("negative", (values < 0) & counts),
+                      ("beyond float32", np.abs(values) > FLOAT32_MAX)):
+        for j in np.flatnonzero(bad.any(axis=0)):
+            summary.invalid_values[f"{numeric[j]}: {what}"] += int(bad[:, j].sum())
             if len(summary.invalid_examples) < 10:
-                i = int(np.argmax(mask))
+                i = int(np.argmax(bad[:, j]))
                 summary.invalid_examples.append(
-                    f"{source}:{chunk.lines[i]}: column '{c}': {values[i]:g} is {what} (the "
-                    "model reads it clipped into its range; the service refuses it)")
+                    f"{source}:{chunk.lines[i]}: column '{numeric[j]}': {values[i, j]:g} is "
+                    f"{what} (the model reads it clipped into its range; the service refuses it)")
 
 
 def _score_chunk(bundle: ModelBundle, scorer: StreamScorer, chunk: Chunk, source: str,

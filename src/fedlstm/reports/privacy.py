@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fedlstm.config import RunConfig  # noqa: E402
 from fedlstm.federation.simulation import one_ray_runtime, run_federated
-from fedlstm.runs.rundir import ran_with  # noqa: E402
+from fedlstm.runs.rundir import ran_with, staged_file  # noqa: E402
 
 
 def _scored(evaluations: dict) -> dict[str, dict]:
@@ -104,7 +104,6 @@ def sweep(cfg: RunConfig, epsilons: list[float], out: str | Path, command: str |
     # Written last, each whole: a run that failed had already replaced the earlier table.
     for name, text in (("privacy_utility.json", json.dumps(rows, indent=2)),
                        ("privacy_utility.md", "\n".join(lines) + "\n")):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
+        with staged_file(out / name) as fh:
+            fh.write(text)
     return out / "privacy_utility.md"
