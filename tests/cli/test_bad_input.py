@@ -32,6 +32,7 @@ def _train(tmp_path, *args):
     (["--set", "train=3", "--set", "train.lr=0.1"], "train is a value, not a section"),
     (["--set", "train=3"], "train is a section of settings"),
     (["--set", "model.hidden_size=0"], "model.hidden_size"),
+    (["--epochs", "0"], "--epochs (train.epochs): Input should be greater"),  # the typed option
     (["--set", "model.dropout=2"], "model.dropout"),
     (["--set", "train.fixed_threshold=5"], "train.fixed_threshold"),  # failed after training
     (["--set", "data.max_train_rows=-5"], "data.max_train_rows"),
@@ -158,3 +159,10 @@ def test_study_options_are_checked_before_any_run(tmp_path, args, message):
     r = runner.invoke(app, [*args, "--out", str(tmp_path / "o")])
     assert r.exit_code != 0 and message in " ".join(r.output.split()), r.output
     assert not (tmp_path / "o" / "runs").exists()
+
+
+def test_data_info_on_a_folder_without_the_dataset_exits_non_zero(tmp_path):
+    """It listed every file as missing and exited 0, so a script checking for the data went on."""
+    r = runner.invoke(app, ["data", "info", "nsl-kdd", "--data-dir", str(tmp_path)])
+    assert r.exit_code == 2, r.output
+    assert "no file of nsl-kdd in" in r.output and "fedlstm data fetch nsl-kdd --data-dir" in r.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import pickle
 import random
 import re
 import socket
@@ -172,6 +173,17 @@ def test_kdd99_from_mirror(mirror, tmp_path):
         assert registry.locate(KDD99, fspec.role, tmp_path) == path
 
 
+def test_a_mirror_without_the_file_is_named_with_its_layout(tmp_path):
+    """The hint was "pass --mirror URL", to a user who had just passed one."""
+    empty = tmp_path / "mirror"
+    empty.mkdir()
+    with pytest.raises(FetchError) as caught:
+        fetch_dataset(NSL_KDD, tmp_path / "data", mirror=str(empty), roles=["test-21"])
+    assert f"the mirror {empty} must hold nsl-kdd/KDDTest-21.txt" in str(caught.value)
+    assert "pass --mirror" not in str(caught.value)
+    assert pickle.loads(pickle.dumps(caught.value)).hint == caught.value.hint
+
+
 def test_publisher_url_without_mirror(mirror, tmp_path):
     spec = NSL_KDD.model_copy(deep=True)
     fspec = spec.file("test-21")
@@ -265,7 +277,8 @@ def test_missing_required_file_raises_fetch_error(serve, tmp_path):
         fetch_dataset(NSL_KDD, tmp_path / "data", mirror=mirror.url, roles=["test"])
     url = f"{mirror.url}/nsl-kdd/KDDTest+.txt"
     assert info.value.url == url and info.value.status == 404
-    assert url in str(info.value) and "404" in str(info.value) and "--mirror" in str(info.value)
+    assert url in str(info.value) and "404" in str(info.value)
+    assert f"the mirror {mirror.url} must hold nsl-kdd/KDDTest+.txt" in str(info.value)
     assert list((tmp_path / "data" / "nsl-kdd").iterdir()) == []
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import click
+from click.core import ParameterSource
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -55,11 +56,25 @@ def skip_hint() -> str | None:
     return None
 
 
+def _where(loc: tuple) -> str:
+    """A setting as the user gave it: `--epochs (train.epochs)` when the running command's option
+    of that name was typed, else the dotted key alone."""
+    key = ".".join(map(str, loc))
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not loc:
+        return key
+    for param in ctx.command.params:
+        if (isinstance(param, click.Option) and param.name == loc[-1]
+                and ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE):
+            return f"{max(param.opts, key=len)} ({key})"
+    return key
+
+
 def error_message(exc: BaseException) -> str:
     """The words of an expected error. A malformed line gets the running command's own option to
     skip it; a pydantic error lists where and what, without the offending input (a record)."""
     if isinstance(exc, ValidationError):
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or exc.title}: {e['msg']}"
+        problems = "; ".join(f"{_where(tuple(e['loc'])) or exc.title}: {e['msg']}"
                              for e in exc.errors(include_url=False, include_input=False))
         return f"invalid {exc.title}: {problems}"
     if isinstance(exc, BadLineError):

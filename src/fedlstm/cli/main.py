@@ -152,8 +152,11 @@ def data_fetch(names: Annotated[Optional[list[str]], typer.Argument(help="Datase
 
 
 @data_app.command("info")
-def data_info(name: str, data_dir: DataDir = None, lenient: bool = False) -> None:
-    """Files, rows, class and attack-family distribution of a dataset."""
+def data_info(name: str, data_dir: DataDir = None, lenient: Annotated[bool, typer.Option(
+        help="Skip (and count) malformed lines instead of stopping at the first.")] = False,
+) -> None:
+    """Files, rows, class and attack-family distribution of a dataset (exit 2 when none of its
+    files is in the data folder)."""
     from fedlstm.data.readers import read_records
     from fedlstm.data.registry import data_dir as resolve
     from fedlstm.data.registry import locate
@@ -165,12 +168,14 @@ def data_info(name: str, data_dir: DataDir = None, lenient: bool = False) -> Non
         out_console.print(Text.assemble(
             (spec.title, "bold"), f" ({spec.name}): {len(spec.feature_columns)} features "
             f"({len(spec.categorical)} categorical); order: {spec.order_note}"))
+        found = 0
         for fspec in spec.files:
             try:
                 path = locate(spec, fspec.role, root)
             except FileNotFoundError as exc:
                 out_console.print(Text.assemble((fspec.role, "yellow"), f": {exc}"))
                 continue
+            found += 1
             recs = read_records(path, spec, lenient=lenient)
             table = Table(title=Text(f"{fspec.role}: {path} ({len(recs):,} rows)"))
             table.add_column("family")
@@ -181,6 +186,9 @@ def data_info(name: str, data_dir: DataDir = None, lenient: bool = False) -> Non
             out_console.print(table)
             out_console.print(f"attack types: {len(set(recs.attack)) - 1}; duplicate records: "
                               f"{int(recs.frame.assign(a=recs.attack).duplicated().sum()):,}")
+        if not found:  # a script checking for the data must not read "described" here
+            raise FileNotFoundError(f"no file of {spec.name} in {root / spec.folder}: run "
+                                    f"`fedlstm data fetch {spec.name} --data-dir {root}`")
     except (KeyError, OSError, ValueError) as exc:
         fail(exc)
 

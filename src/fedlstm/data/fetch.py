@@ -36,14 +36,16 @@ _MIRROR_HINT = ("if the publisher is unreachable or has moved the file, pass --m
 class FetchError(RuntimeError):
     """A download that failed for a network or HTTP reason; `status` is the HTTP code if any."""
 
-    def __init__(self, url: str, reason: str, status: int | None = None):
+    def __init__(self, url: str, reason: str, status: int | None = None,
+                 hint: str = _MIRROR_HINT):
         self.url = url
         self.reason = reason
         self.status = status
-        super().__init__(f"could not download {url}: {reason}; {_MIRROR_HINT}")
+        self.hint = hint
+        super().__init__(f"could not download {url}: {reason}; {hint}")
 
     def __reduce__(self):  # keep it picklable despite the custom signature
-        return (type(self), (self.url, self.reason, self.status))
+        return (type(self), (self.url, self.reason, self.status, self.hint))
 
     @property
     def not_found(self) -> bool:
@@ -241,6 +243,11 @@ def fetch_dataset(spec: DatasetSpec, root: Path, mirror: str | None = None,
             paths.append(_fetch_file(spec, fspec, url, dest, progress, timeout))
         except FetchError as exc:
             optional = base is not None and fspec.sha256 is None and roles is None
+            if base is not None and not (exc.not_found and optional):
+                # The generic hint ("pass --mirror") is no help to whoever just did.
+                raise FetchError(url, exc.reason, exc.status, hint=(
+                    f"the mirror {mirror} must hold {spec.folder}/{fspec.name}, laid out as "
+                    "FOLDER/FILE")) from None
             if not (exc.not_found and optional):
                 raise
             log.warning("%s: the mirror has no %s (%s partition, %s); skipped", spec.name,

@@ -184,8 +184,9 @@ class KeyHome:
         """The local signing key; created on first use (with a one-line notice) when `create`."""
         if not self.private_path.exists():
             if not create:
+                where = "" if self.path == default_home() else f" --dir {self.path}"
                 raise KeyFileError(f"no signing key in {self.path}; create one with "
-                                   "`fedlstm keys init`")
+                                   f"`fedlstm keys init{where}`")
             key = self._create()
             if key is not None:
                 log.warning("created a signing key in %s (fingerprint %s): bundles you write are "
