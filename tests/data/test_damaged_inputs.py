@@ -53,6 +53,19 @@ def test_a_header_naming_a_column_twice_is_said(spec, tmp_path, caplog):
     assert f"{path}:1: the header names 'bytes' 2 times (fields 1, 4)" in caplog.text
 
 
+def test_a_file_without_its_header_is_named_as_such(spec, tmp_path):
+    """The error listed pandas' renamings of the first record ('0', '0.1') as the header."""
+    path = tmp_path / "noheader.csv"
+    first = flow_lines(1)[0].split(",")
+    first[4] = first[3]  # two equal fields, which pandas would rename (305.9, 305.9.1)
+    path.write_text("\n".join([",".join(first), *flow_lines(50)]) + "\n")
+    with pytest.raises(SchemaError) as caught:
+        read_flow_file(path, spec)
+    message = str(caught.value)
+    assert "'305.9', '305.9'," in message and "305.9.1" not in message, message
+    assert "looks like a record" in message and "header = false" in message
+
+
 def test_a_schema_delimiter_is_one_character(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text(SCHEMA_TOML.replace('format = "csv"', 'format = "csv"\ndelimiter = ";;"'))
@@ -71,3 +84,14 @@ def test_a_small_site_splits_without_stratifying_and_an_empty_one_is_named():
         == [5, 5]  # stratified where it can be
     with pytest.raises(ValueError, match="1 record"):
         stratified_indices(np.array(["a"]), 0.1, seed=0)
+
+
+def test_a_headerless_file_for_a_schema_of_named_columns_says_so(tmp_path):
+    schema = tmp_path / "s.toml"
+    schema.write_text('[schema]\nname = "s"\nformat = "csv"\nlabel = "Label"\n'
+                      'normal = ["BENIGN"]\ncategorical = ["proto"]\nnumeric = ["dur", "bytes"]\n')
+    path = tmp_path / "flows.csv"
+    path.write_text("0,0,tcp,DoS\n1.5,20,udp,BENIGN\n")
+    with pytest.raises(SchemaError, match=r"found \['0', '0', 'tcp', 'DoS'\]; the first line "
+                                          r"looks like a record .*header = false"):
+        read_flow_file(path, load_schema(schema))

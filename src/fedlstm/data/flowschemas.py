@@ -36,6 +36,7 @@ import csv
 import io
 import ipaddress
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -295,6 +296,22 @@ def canonical_names(spec: DatasetSpec, header: list[str]) -> tuple[list[str], di
 KNOWN_REPEATS = frozenset({"Fwd Header Length"})
 
 
+def _no_header_hint(fields: list[str]) -> str:
+    """What to do when the first line holds numbers: a record, not column names."""
+    numbers = []
+    for field in fields:
+        try:
+            if math.isfinite(float(field)):
+                numbers.append(field)
+        except ValueError:
+            pass
+    if not numbers:
+        return ""
+    return (f"; the first line looks like a record (it holds numbers: {_shorten(numbers, 3)}): "
+            "a file without a header needs `header = false` and `columns = [...]` in the "
+            "schema (docs/schemas.md)")
+
+
 def match_header(spec: DatasetSpec, header: list[str], where: str = "") -> HeaderMatch:
     """The spec for a file with this header: header-driven schemas take their columns from it.
 
@@ -317,8 +334,9 @@ def match_header(spec: DatasetSpec, header: list[str], where: str = "") -> Heade
         required = [c for c in spec.feature_columns if c not in spec.optional_columns]
         missing = [c for c in required if c not in present]
         if missing:
+            # The header as written: `names` has pandas' renamings of repeats ('0', '0.1').
             raise SchemaError(f"{where}:1: header lacks column(s) {missing} of schema "
-                              f"{spec.name!r}; found {names}")
+                              f"{spec.name!r}; found {stripped}{_no_header_hint(stripped)}")
     update: dict = {}
     no_ids = spec.identifiers_optional and not present & set(spec.ignore)
     for key, role in (("entity_column", "entity"), ("time_column", "time")):
@@ -335,9 +353,10 @@ def match_header(spec: DatasetSpec, header: list[str], where: str = "") -> Heade
             continue
         raise SchemaError(
             f"{where}:1: no {role} column {column!r}{_spellings(spec, column)} in the file, which "
-            f"schema {spec.name!r} names (`{role}`); its columns: {_shorten(names)}. Name the "
+            f"schema {spec.name!r} names (`{role}`); its columns: {_shorten(stripped)}. Name the "
             f"file's {role} column in a schema file (`{role} = \"...\"`, docs/schemas.md), or "
-            f"draft one with `fedlstm schema infer {Path(where).name or 'FILE'}`")
+            f"draft one with `fedlstm schema infer {Path(where).name or 'FILE'}`"
+            f"{_no_header_hint(stripped)}")
     if not spec.columns:
         update.update(
             columns=names, ignore=[c for c in spec.ignore if c in present],
