@@ -38,6 +38,17 @@ def test_stratified_indices_take_the_fraction_of_every_stratum_in_file_order():
     assert np.array_equal(again[1], taken) and not np.array_equal(other[1], taken)
 
 
+def test_a_subsample_of_m_rows_has_m_rows(id_dataset):
+    """data.max_test_rows=1000 gave NSL-KDD's Test+ (22,544 rows) 1,001: 1000/22544*22544 rounds
+    up in floating point."""
+    strata = np.array(["a", "b", "c", "d"] * 5636)
+    assert len(stratified_indices(strata, 1000 / len(strata), seed=0)[1]) == 1001  # the cause
+    assert len(stratified_indices(strata, 1000, seed=0)[1]) == 1000
+    split = build_split(_cfg(id_dataset, max_train_rows=102, max_test_rows=102), seed=0,
+                        carve_val=False)  # 102/600*600 and 102/300*300 round up, too
+    assert len(split.train) == len(split.tests["test"]) == 102
+
+
 def test_strata_of_one_record_are_pooled_not_dropped():
     strata = np.array(["a"] * 20 + ["b"] * 20 + ["x", "y"])  # two single records: pooled
     rest, taken = stratified_indices(strata, 0.5, seed=0)

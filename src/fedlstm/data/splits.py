@@ -43,12 +43,16 @@ class Split:
     notes: dict = field(default_factory=dict)
 
 
-def stratified_indices(strata: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split positions into (rest, taken) with `fraction` taken per stratum, both in file order."""
+def stratified_indices(strata: np.ndarray, fraction: float | int,
+                       seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions into (rest, taken) with `fraction` taken per stratum, both in file order.
+    An int `fraction` is the number to take: a share m/n rounds up to m + 1 in floating point."""
     strata = np.asarray(strata).astype(str)
-    n, n_taken = len(strata), int(np.ceil(fraction * len(strata)))
+    n = len(strata)
+    n_taken = fraction if isinstance(fraction, int) else int(np.ceil(fraction * n))
     if n < 2:
-        raise ValueError(f"{n} record(s): too few to set {fraction:.0%} of them apart "
+        share = f"{fraction:,}" if isinstance(fraction, int) else f"{fraction:.0%}"
+        raise ValueError(f"{n} record(s): too few to set {share} of them apart "
                          "(validation or test)")
     values, counts = np.unique(strata, return_counts=True)
     rare = set(values[counts < 2])
@@ -161,13 +165,13 @@ def build_split(cfg: DataConfig, seed: int = 0, carve_val: bool = True) -> Split
         notes["split_file"] = role
 
     if cfg.max_train_rows and len(train) > cfg.max_train_rows:
-        _, keep = stratified_indices(train.family, cfg.max_train_rows / len(train), seed + 1)
+        _, keep = stratified_indices(train.family, cfg.max_train_rows, seed + 1)
         train = train.take(keep)
         notes["train_subsampled_to"] = len(train)
     if cfg.max_test_rows:
         for name, recs in list(tests.items()):
             if len(recs) > cfg.max_test_rows:
-                _, keep = stratified_indices(recs.family, cfg.max_test_rows / len(recs), seed + 3)
+                _, keep = stratified_indices(recs.family, cfg.max_test_rows, seed + 3)
                 tests[name] = recs.take(keep)
         notes["tests_subsampled_to"] = cfg.max_test_rows
     if carve_val:
@@ -239,7 +243,7 @@ def build_split_from_files(spec: DatasetSpec, train_files: str | Path | list,
         rest, test_idx = stratified_indices(whole.family, cfg.test_fraction, seed)
         train, tests, protocol = whole.take(rest), {"test": whole.take(test_idx)}, "random-split"
     if cfg.max_train_rows and len(train) > cfg.max_train_rows:
-        _, keep = stratified_indices(train.family, cfg.max_train_rows / len(train), seed + 1)
+        _, keep = stratified_indices(train.family, cfg.max_train_rows, seed + 1)
         train = train.take(keep)
         notes["train_subsampled_to"] = len(train)
     if carve_val:
