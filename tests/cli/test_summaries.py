@@ -56,3 +56,16 @@ def test_a_test_set_mostly_seen_in_training_is_said():
         "90% of the records of 'test' also occur in the training data: its scores partly "
         "measure memorised records"]
     assert overlap_warnings({"evaluations": {}}) == []
+
+
+def test_the_round_table_says_its_accuracy_is_the_classifiers_alone(capsys, monkeypatch):
+    """Its accuracy (argmax over windows) was read as the detector's, which a hybrid's summary
+    then contradicted."""
+    from fedlstm.cli import common
+
+    monkeypatch.setattr(common.out_console, "_width", 1000)
+    common.print_rounds([{"round": 1, "val_loss": 0.1, "val_accuracy": 0.9,
+                          "test_accuracy/test": 0.8}])
+    out = " ".join(capsys.readouterr().out.split())  # the title wraps to the table's width
+    assert "accuracy of the classifier alone (argmax over windows)" in out
+    assert "detector is scored after the last round" in out and "0.8000" in out

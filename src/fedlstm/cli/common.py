@@ -275,7 +275,10 @@ def federation_options(dataset, protocol, data_dir, clients, partition, strategy
 
 
 def print_rounds(rounds: list[dict]) -> None:
-    table = Table(title="rounds (test columns: reporting only)")
+    # *_accuracy is the classifier's (argmax over windows), not the detector's decision, which
+    # is scored once, after the last round: a hybrid's summary accuracy differs from these.
+    table = Table(title="rounds: accuracy of the classifier alone (argmax over windows); the "
+                        "detector is scored after the last round (test columns: reporting only)")
     keys = ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
     keys += sorted({k for r in rounds for k in r if k.startswith("test_accuracy/")})
     table.add_column("round", justify="right")

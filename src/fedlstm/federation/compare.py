@@ -103,7 +103,7 @@ def _plot(curves: dict[str, list[tuple[float, float]]], path: Path, title: str) 
             ax.plot(*zip(*points), marker="o", ms=3, label=method,
                     lw=2.5 if method == "fed-lstm" else 1.2)
     ax.set_xlabel("epoch (local / centralised) or round (Fed-LSTM)")
-    ax.set_ylabel("test accuracy (reporting only)")
+    ax.set_ylabel("test accuracy of the classifier (argmax; reporting only)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -129,8 +129,10 @@ def section(steps: list[dict], figs: Path, doc, networks: dict[str, str]) -> Non
                "accuracy", "Δ pp", "FPR", "ROC-AUC", "val loss", "target"], rows)
     path = figs / "communication.png"
     _figure(runs, path, networks)
-    doc.image(path, "Test accuracy of the global model after each round (reporting only) "
-                    "against the megabytes sent and received so far, per compression mode.")
+    doc.image(path, "Test accuracy of the global model's classifier alone (argmax over windows) "
+                    "after each round (reporting only) against the megabytes sent and received "
+                    "so far, per compression mode; the table's accuracy is the detector's, "
+                    "scored after the last round.")
 
 
 def _figure(runs: list[dict], path: Path, networks: dict[str, str]) -> None:
@@ -143,7 +145,7 @@ def _figure(runs: list[dict], path: Path, networks: dict[str, str]) -> None:
                 ax.plot(*zip(*points), marker="o", ms=3, label=label(r["mode"]))
         ax.set_xscale("log")
         ax.set_xlabel("cumulative MB (up + down)")
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel("test accuracy of the classifier (argmax)")
         ax.set_title(networks.get(ds, ds))
         ax.grid(alpha=0.3)
         if ax.lines:

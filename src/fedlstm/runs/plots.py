@@ -27,7 +27,7 @@ def learning_curves(records: list[dict], path: Path, title: str, x_key: str = "e
                 points = [(r[x_key], r[key]) for r in records if key in r]
                 ax.plot(*zip(*points), marker="o", ms=3, label=key.replace(f"_{metric}", ""))
         ax.set_xlabel(x_key)
-        ax.set_ylabel(metric)
+        ax.set_ylabel("accuracy of the classifier (argmax)" if metric == "accuracy" else metric)
         if ax.lines:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
@@ -52,7 +52,7 @@ def accuracy_vs_traffic(records: list[dict], path: Path, title: str) -> Path:
         points = [(x, r[key]) for x, r in zip(xs, records) if key in r]
         ax.plot(*zip(*points), marker="o", ms=3, label=key.removeprefix("test_accuracy/"))
     ax.set_xlabel("cumulative MB (up + down)")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("test accuracy of the classifier (argmax)")
     if ax.lines:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
