@@ -92,6 +92,9 @@ def test_official_protocol_trains_on_the_training_file_and_tests_on_the_test_fil
     assert split.files["train"].endswith("train.csv") and split.files["test"].endswith("test.csv")
     alone = build_split(_cfg(id_dataset), seed=0, carve_val=False)
     assert len(alone.val) == 0 and len(alone.train) == 600
+    # a federation's sites set their validation apart: its notes said "val: 0"
+    assert "val" not in alone.notes["rows"]
+    assert alone.notes["val"] == "each site sets 10% of its training rows apart"
 
 
 def test_random_split_splits_one_file(id_dataset):

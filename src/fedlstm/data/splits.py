@@ -178,9 +178,19 @@ def build_split(cfg: DataConfig, seed: int = 0, carve_val: bool = True) -> Split
         train, val = carve_validation(train, cfg.val_fraction, seed)
     else:
         val = train.take(np.array([], np.int64))
-    notes["rows"] = {"train": len(train), "val": len(val), **{k: len(v) for k, v in tests.items()}}
+    notes.update(_row_notes(train, val, tests, None if carve_val else cfg.val_fraction))
     notes["test_overlap_with_train"] = {k: overlap_share(train, v) for k, v in tests.items()}
     return Split(spec, cfg.protocol, train, val, tests, files, notes)
+
+
+def _row_notes(train, val, tests: dict, site_val: float | None) -> dict:
+    """Rows per part; `site_val`: each site sets that share of its training rows apart for
+    validation later (a "val: 0" here read as federating without validation)."""
+    tests = {k: len(v) for k, v in tests.items()}
+    if site_val is None:
+        return {"rows": {"train": len(train), "val": len(val), **tests}}
+    return {"rows": {"train": len(train), **tests},
+            "val": f"each site sets {site_val:.0%} of its training rows apart"}
 
 
 def _first_present(spec: DatasetSpec, root: Path) -> str:
@@ -251,7 +261,7 @@ def build_split_from_files(spec: DatasetSpec, train_files: str | Path | list,
     else:
         val = train.take(np.array([], np.int64))
     spec = with_families(spec, train, *tests.values())
-    notes["rows"] = {"train": len(train), "val": len(val), **{k: len(v) for k, v in tests.items()}}
+    notes.update(_row_notes(train, val, tests, None if carve_val else cfg.val_fraction))
     notes["test_overlap_with_train"] = {k: overlap_share(train, v) for k, v in tests.items()}
     file_map = {"train": str(files[0]), **({"test": str(test_file)} if test_file else {})}
     return Split(spec, protocol, train, val, tests, file_map, notes)
