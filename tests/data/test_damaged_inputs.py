@@ -3,8 +3,10 @@ header name is said, a schema's delimiter is one character, and a split of a sma
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import logging
+import lzma
 import sys
 import zlib
 from pathlib import Path
@@ -13,10 +15,12 @@ import numpy as np
 import pytest
 
 from fedlstm.data.flows import FlowReader, read_flow_file
-from fedlstm.data.flowschemas import SchemaError, load_schema
+from fedlstm.data.flowschemas import SchemaError, infer_schema, load_schema
+from fedlstm.data.io import BadLineError, DataFormatError
 from fedlstm.data.splits import stratified_indices
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detection"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _detect_helpers import HEADER, SCHEMA_TOML, flow_lines  # noqa: E402
 
 
@@ -95,3 +99,88 @@ def test_a_headerless_file_for_a_schema_of_named_columns_says_so(tmp_path):
     with pytest.raises(SchemaError, match=r"found \['0', '0', 'tcp', 'DoS'\]; the first line "
                                           r"looks like a record .*header = false"):
         read_flow_file(path, load_schema(schema))
+
+
+def _csv(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join([HEADER, *lines]) + "\n")
+    return path
+
+
+def test_a_line_with_quotes_has_its_fields_counted_too(spec, tmp_path):
+    """A line holding a '"' skipped the field count: pandas dropped an extra field or padded a
+    short line, and its values moved to other columns (a count became the label) unreported."""
+    lines = flow_lines(30)
+    fields = lines[4].split(",")
+    lines[4] = ",".join([*fields[:5], f'"{fields[5]}"', "999", *fields[6:]])  # one field more
+    lines[9] = '"one quoted field"'
+    lines[14] = lines[14].replace(",tcp,", ',"t,cp",').replace(",udp,", ',"u,dp",')  # delimiter
+    path = _csv(tmp_path / "quoted.csv", lines)
+    reader = FlowReader(path, spec, strict=False)
+    rows = sum(len(chunk) for chunk in reader)
+    assert [b.describe(path) for b in reader.report.examples] == [
+        f"{path}:6: expected 8 fields, found 9", f"{path}:11: expected 8 fields, found 1"]
+    assert rows == 28 and reader.report.bad == 2
+    with pytest.raises(BadLineError, match=r"quoted.csv:6: expected 8 fields, found 9"):
+        read_flow_file(path, spec)
+
+
+@pytest.mark.parametrize("suffix, compress", [(".bz2", bz2.compress), (".xz", lzma.compress),
+                                              (".csv", bz2.compress)])  # told by their bytes
+def test_bz2_and_xz_files_are_read_like_plain_ones(spec, tmp_path, suffix, compress):
+    """They stopped with 'unexpected Error ... a bug' (xz) or read the compressed bytes as the
+    header (bz2)."""
+    text = ("\n".join([HEADER, *flow_lines(40)]) + "\n").encode()
+    plain = tmp_path / "plain.csv"
+    plain.write_bytes(text)
+    packed = tmp_path / f"flows{suffix}"
+    packed.write_bytes(compress(text))
+    assert read_flow_file(packed, spec)[0].frame.equals(read_flow_file(plain, spec)[0].frame)
+    assert "numeric" in infer_schema(packed)
+
+
+@pytest.mark.parametrize("encode, message", [
+    (lambda t: t.replace("\n", "\r").encode(), "end in a carriage return alone"),
+    (lambda t: t.encode("utf-16"), "the text is UTF-16"),
+])
+def test_files_that_are_not_lines_of_utf8_say_what_to_do(spec, tmp_path, encode, message):
+    """A classic-Mac file stopped with 'unexpected Error ... a bug' in train, detect and schema
+    infer; UTF-16 crashed schema infer, which detect's own error message recommended."""
+    path = tmp_path / "odd.csv"
+    path.write_bytes(encode("\n".join([HEADER, *flow_lines(20)]) + "\n"))
+    with pytest.raises(DataFormatError, match=f"odd.csv:1: .*{message}"):
+        read_flow_file(path, spec)
+    with pytest.raises(SchemaError, match=f"odd.csv:1: .*{message}"):
+        infer_schema(path)
+
+
+def test_schema_infer_reads_past_a_short_line(tmp_path):
+    """A comment line in the middle (padded with NaN) crashed it with a TypeError."""
+    lines = flow_lines(40)
+    lines.insert(10, "# exported by a tool")
+    assert 'label = "label"' in infer_schema(_csv(tmp_path / "c.csv", lines))
+
+
+def test_a_zeek_log_with_a_byte_order_mark_is_read(tmp_path):
+    """It was refused ('expected 23 fields, found 1'), TSV and JSON alike."""
+    from _flow_corpus import flows, zeek_json, zeek_tsv  # noqa: PLC0415
+
+    from fedlstm.data.schemas import get_spec
+
+    for write in (lambda p, r: zeek_tsv(p, r, labelled=True), zeek_json):
+        path = write(tmp_path / "conn.log", flows(30))  # labelled: training reads it
+        n = len(read_flow_file(path, get_spec("zeek-conn"))[0])
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+        assert len(read_flow_file(path, get_spec("zeek-conn"))[0]) == n == 30
+
+
+def test_a_carriage_return_inside_a_line_is_named(spec, tmp_path):
+    """pandas ended a line there, and the reason given was 'unbalanced quotes?'."""
+    lines = flow_lines(20)
+    lines[3] = lines[3].replace(",tcp,", ",t\rcp,").replace(",udp,", ",u\rdp,")
+    path = tmp_path / "cr.csv"
+    path.write_bytes(("\n".join([HEADER, *lines]) + "\n").encode())
+    reader = FlowReader(path, spec, strict=False)
+    assert sum(map(len, reader)) == 19
+    assert [b.describe(path) for b in reader.report.examples] == [
+        f"{path}:5: a carriage return inside the line (a file written in text mode on Windows "
+        "ends its lines in \\r\\r\\n)"]

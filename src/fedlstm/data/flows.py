@@ -27,6 +27,7 @@ import gzip
 import io
 import json
 import logging
+import lzma
 import os
 import re
 import time
@@ -47,13 +48,21 @@ from fedlstm.data.flowschemas import (
     match_header,
     unique_names,
 )
-from fedlstm.data.io import BadLineError, DataFormatError, finite_float32, open_binary
+from fedlstm.data.io import (
+    BadLineError,
+    DataFormatError,
+    finite_float32,
+    open_binary,
+    text_problem,
+)
 from fedlstm.data.readers import BadLine, ReadReport, Records, shown
 from fedlstm.data.spec import NORMAL_FAMILY, UNKNOWN_FAMILY, DatasetSpec
 
 log = logging.getLogger(__name__)
 _NAN_TOKENS = ["", "NaN", "nan", "NA", "null", "None"]
-_CORRUPT = (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile)
+_CORRUPT = (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile, lzma.LZMAError)
+_STRAY_CR = ("a carriage return inside the line (a file written in text mode on Windows ends "
+             "its lines in \\r\\r\\n)")
 _TOO_LONG = object()  # a block-stream marker: one line longer than max_line_bytes ended here
 DEFAULT_MAX_BAD_SHARE = 0.5  # training with lenient reading: most malformed lines per file
 
@@ -179,6 +188,8 @@ class FlowReader:
             # Bounded reads: a data line too long comes back cut, and _blocks drops the rest.
             for raw in iter(lambda: fh.readline(self.max_line_bytes + 1), b""):
                 lineno += 1
+                if lineno == 1:  # a byte-order mark hid the '#' or '{' that says the layout
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")
                 if not raw.startswith(b"#"):
                     # Zeek's JSON writer (LogAscii::use_json): one object a line, no header.
                     self._json = names is None and raw.lstrip().startswith(b"{")
@@ -189,6 +200,9 @@ class FlowReader:
             return lineno, b""
         if spec.has_header or not spec.columns:
             raw = fh.readline(self.max_line_bytes + 1)
+            problem = text_problem(raw)
+            if problem:
+                raise DataFormatError(f"{self.path}:1: {problem}")
             if len(raw) > self.max_line_bytes:
                 raise DataFormatError(f"{self.path}:1: header line longer than "
                                       f"{self.max_line_bytes:,} bytes; is this a flow log?")
@@ -352,6 +366,10 @@ class FlowReader:
                 self._file_error(f"{self.path}: truncated or corrupt compressed data after "
                                  f"line {lineno} ({exc}); no record after it is read")
                 return
+            except OSError as exc:  # also bz2's corrupt data ("Invalid data stream")
+                self._file_error(f"{self.path}: cannot read after line {lineno} ({exc}); no "
+                                 "record after it is read")
+                return
         self._check_share(final=True)
         if self.report.rows == 0 and not self.report.errors and not self._rotated:
             self._file_error(f"{self.path}: no records")
@@ -435,14 +453,26 @@ class FlowReader:
         seps = per_line(arr == self.sep[0]) if len(self.sep) == 1 else \
             np.array([block[a:b].count(self.sep) for a, b in zip(starts, ends)])
         nul = per_line(arr == 0) > 0
-        quoted = per_line(arr == 34) > 0
         empty = length == 0
         long = length > self.max_line_bytes  # began in the last bytes of a read: caught here
-        wrong = ~quoted & (seps + 1 != self.n_fields) & ~empty & ~nul & ~comment & ~long
+        if self.spec.format != "zeek":  # Zeek is read unquoted: a quote is a plain character
+            # A quoted field may hold the delimiter: such lines (rare) are counted by the csv
+            # module. Left uncounted, pandas padded a short line or dropped a long one's extra
+            # fields, and its values moved to other columns without a word.
+            quoted = (per_line(arr == 34) > 0) & ~empty & ~nul & ~long
+            for i in np.flatnonzero(quoted):
+                seps[i] = self._quoted_fields(block[starts[i]:ends[i]]) - 1
+        # A carriage return before a line's end: pandas ends a line there, which shifted the
+        # lines after it ('\r\r\n': a CSV written in text mode on Windows).
+        trailing_cr = (arr[np.maximum(ends - 1, 0)] == 13) & (ends > starts)
+        stray_cr = (per_line(arr == 13) > trailing_cr) & ~empty & ~nul & ~long
+        wrong = ((seps + 1 != self.n_fields) | stray_cr) & ~empty & ~nul & ~comment & ~long
         good = ~(empty | nul | wrong | comment | long)
         for i in np.flatnonzero(~good & ~comment):
             reason = self._too_long if long[i] else "empty line" if empty[i] else \
                 "binary data (NUL byte)" if nul[i] else \
+                _STRAY_CR if stray_cr[i] else \
+                "a quote that does not close" if seps[i] < 0 else \
                 f"expected {self.n_fields} fields, found {seps[i] + 1}"
             self._bad(BadLine(int(lines[i]), None, reason))
         if not good.any():
@@ -458,6 +488,16 @@ class FlowReader:
             raw = [block[a:b] for a, b in zip(starts[good], ends[good])]
             frame, lines = self._read_text(raw, lines)
         yield from self._checked(frame, lines)
+
+    def _quoted_fields(self, line: bytes) -> int:
+        """Fields of a line holding quotes; 0 where the csv module cannot read it (a stray
+        carriage return, a quote that does not close)."""
+        text = line.decode("utf-8", errors="replace").rstrip("\r")
+        try:
+            return len(next(csv.reader([text], delimiter=self.spec.delimiter, strict=True),
+                            [""]))
+        except csv.Error:
+            return 0
 
     def _checked(self, frame: pd.DataFrame, lines: np.ndarray) -> Iterator[Chunk]:
         """The rows of `frame` whose values pass the schema's checks, as one chunk (if any)."""

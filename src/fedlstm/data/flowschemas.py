@@ -47,7 +47,7 @@ import pandas as pd
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedlstm.data.io import open_binary
+from fedlstm.data.io import open_binary, text_problem
 from fedlstm.data.spec import DatasetSpec
 
 # Zeek's conn.log fields (Zeek 3-6). Research datasets (IoT-23, CTU) append label columns.
@@ -551,6 +551,10 @@ def _sniff(path: Path, sample_lines: int) -> _Sample:
                               "line of it could be read") from None
     if not any(ln.strip() for ln in lines):
         raise SchemaError(f"{path}: file is empty")
+    with open_binary(path) as fh:
+        problem = text_problem(fh.readline(1 << 20))
+    if problem:
+        raise SchemaError(f"{path}:1: {problem}")
     if lines[0].startswith("#separator"):
         return _sniff_zeek(path, lines)
     if lines[0].lstrip().startswith("{"):
@@ -568,7 +572,7 @@ def _sniff_zeek(path: Path, lines: list[str]) -> _Sample:
             for ln in lines if ln and not ln.startswith("#")]
     frame = pd.read_csv(io.StringIO("\n".join(data)), sep="\t", header=None, dtype=str,
                         keep_default_na=False, quoting=csv.QUOTE_NONE, names=fields,
-                        on_bad_lines="skip", engine="python")
+                        on_bad_lines="skip", engine="python").fillna("")
     return _Sample("zeek", "\t", fields, True, frame)
 
 
@@ -615,7 +619,7 @@ def _sniff_csv(path: Path, lines: list[str]) -> _Sample:
                           "to tell numbers from categories")
     frame = pd.read_csv(io.StringIO("\n".join(lines[1:] if has_header else lines)),
                         sep=delimiter, header=None, dtype=str, keep_default_na=False,
-                        engine="python", on_bad_lines="skip")
+                        engine="python", on_bad_lines="skip").fillna("")  # short rows: unset
     names = unique_names(first) if has_header else [f"col{i + 1}" for i in range(frame.shape[1])]
     if len(names) != frame.shape[1]:
         raise SchemaError(f"{path}: the header names {len(names)} columns, rows have "

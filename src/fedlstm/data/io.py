@@ -3,8 +3,10 @@ single-member zip files; numbers kept inside float32's range."""
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
+import lzma
 import zipfile
 from pathlib import Path
 
@@ -34,6 +36,18 @@ def file_key(path: Path) -> tuple[str, int, int]:
     return str(path.resolve()), st.st_size, st.st_mtime_ns
 
 
+def text_problem(first_line: bytes) -> str | None:
+    """Why a file whose first line (up to its first line feed) is `first_line` cannot be read as
+    lines of UTF-8 text, in words that say what to do; None when nothing is wrong with it."""
+    if first_line[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return ("the text is UTF-16 (a byte-order mark opens it): save it as UTF-8, e.g. "
+                "`iconv -f UTF-16 -t UTF-8 FILE > FILE.utf8`")
+    if b"\r" in first_line.rstrip(b"\r\n"):
+        return ("its lines end in a carriage return alone (classic Mac OS): convert them to "
+                "line feeds, e.g. `tr '\\r' '\\n' < FILE > FILE.unix`")
+    return None
+
+
 def open_text(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
@@ -54,17 +68,29 @@ def finite_float32(values: np.ndarray) -> np.ndarray:
     return np.clip(values, -limit, limit).astype(np.float32)
 
 
+# Compressed streams told by their first bytes, whatever the file's name: bz2 and xz as
+# exported by rotation tools (the standard library reads both).
+_STREAMS = ((b"BZh", bz2.BZ2File), (b"\xfd7zXZ\x00", lzma.LZMAFile))
+
+
 def open_binary(path: Path) -> io.BufferedIOBase:
-    """A file as bytes; .gz (also rotated Zeek logs) and single-member .zip are decompressed.
-    A pipe (/dev/stdin: `fedlstm detect BUNDLE -`) is peeked at, not reopened: it can be read
-    only once."""
+    """A file as bytes; gzip (also rotated Zeek logs), bz2, xz and single-member .zip are
+    decompressed. A pipe (/dev/stdin: `fedlstm detect BUNDLE -`) is peeked at, not reopened:
+    it can be read only once."""
     path = Path(path)
     fh = open(path, "rb")
     try:
-        gzipped = fh.peek(2)[:2] == b"\x1f\x8b"
+        magic = fh.peek(6)[:6]
     except BaseException:
         fh.close()
         raise
+    gzipped = magic[:2] == b"\x1f\x8b"
+    for start, stream_type in _STREAMS:
+        if magic.startswith(start):
+            if fh.seekable():
+                fh.close()
+                return stream_type(path, "rb")
+            return stream_type(fh, "rb")  # a pipe: closed with the process
     if gzipped and not fh.seekable():
         stream = gzip.GzipFile(fileobj=fh, mode="rb")
         stream.myfileobj = fh  # closed with it (GzipFile leaves a passed fileobj open)
