@@ -26,7 +26,8 @@ def test_a_model_that_flags_everything_is_called_unusable_though_its_accuracy_is
 def test_a_model_that_flags_no_attack_is_named_and_a_sound_one_is_not():
     metrics = {"evaluations": {"test": {"binary": _binary(90, 0, 10, 0)},
                                "test-21": {"binary": _binary(40, 5, 3, 50)}}}
-    assert useless_model_warnings(metrics) == ["the model flags none of the 10 attacks of 'test'"]
+    assert useless_model_warnings(metrics) == [
+        "the model flags none of the 10 attacks of 'test': it is not usable as it stands"]
 
 
 def test_every_model_of_a_comparison_is_checked_and_named():

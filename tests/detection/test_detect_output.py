@@ -161,3 +161,23 @@ def test_follow_tails_the_last_file_and_reads_the_others_first(tiny_model, tmp_p
                      on_chunk=live.append)
     assert files_read_when_stop_asked[0] == 1  # the first file was read whole, not followed
     assert [f["file"] for f in summary.files] == [str(first), str(last)]
+
+
+def test_the_labelled_summary_gives_the_fpr_and_names_an_unusable_model(tiny, tmp_path):
+    """It gave accuracy, precision and recall only, and no warning for a model that flags most
+    normal traffic (which `train` and `evaluate` call unusable)."""
+    _, _, bundle = tiny
+    swapped = []  # every attack labelled benign and every benign record an attack
+    for line in flow_lines(300, seed=4):
+        rest, label = line.rsplit(",", 1)
+        swapped.append(f"{rest},{'dos' if label == 'benign' else 'benign'}")
+    path = tmp_path / "swapped.csv"
+    path.write_text("\n".join([HEADER, *swapped]) + "\n")
+    summary = tmp_path / "s.json"
+    r = runner.invoke(app, ["detect", str(bundle), str(path), "--summary-json", str(summary)])
+    assert r.exit_code == 0, r.output
+    lab = json.loads(summary.read_text())["labelled"]
+    assert lab["fpr"] == lab["fp"] / (lab["fp"] + lab["tn"]) > 0.5
+    out = " ".join(r.output.split())
+    assert f"FPR {lab['fpr']:.4f}" in out
+    assert f"the model flags {lab['fpr']:.0%} of the normal traffic: it is not usable" in out

@@ -216,8 +216,14 @@ def _communication_row(steps: Steps, row: list[str]) -> list[str]:
     if mode in communication.TARGETS:
         cap, pp = communication.TARGETS[mode]
         target = "met" if up / up0 <= cap and delta >= -pp else "missed"
+    traffic, traffic0 = runs[mode].get("traffic_bytes"), runs["none"].get("traffic_bytes")
+    cal = (f"{traffic['get_properties_up'] / 1e3:,.1f} / "
+           f"{traffic['get_properties_down'] / 1e3:,.1f}") if traffic else "-"
+    up_all = [sum(v for k, v in t.items() if k.endswith("_up")) if t else None
+              for t in (traffic, traffic0)]
+    whole = f"{up_all[0] / up_all[1]:.3f}x" if traffic and traffic0 else "-"
     return [row[0], row[1], f"{up / 1e3:,.1f}", f"{up / up0:.3f}x", f"{down / 1e3:,.1f}",
-            f"{down / down0:.3f}x", f"{ev['accuracy']:.4f}", f"{delta:+.2f}", f"{ev['fpr']:.4f}",
+            f"{down / down0:.3f}x", cal, whole, f"{ev['accuracy']:.4f}", f"{delta:+.2f}", f"{ev['fpr']:.4f}",
             f"{ev['roc_auc']:.4f}", f"{val[-1]:.4f}" if val else "-", target]
 
 

@@ -138,3 +138,20 @@ def test_hybrid_parts_unseen_types_budget_curve_and_targets_are_reported(tmp_pat
     # Fed-LSTM at 0.88 on Test+ misses the 90% target, and the report says so
     assert "| A (NSL-KDD) `official`, Test+ | 0.8800 | ≥ 0.9000 | **missed** |" in report
     assert check_report(tmp_path) > 300
+
+
+def test_a_method_that_flags_most_normal_traffic_is_named_under_table_two():
+    """Autoencoder + SVM on UNSW-NB15 flagged 63% of normal traffic, shown as a plain cell."""
+    from collections import defaultdict
+
+    from fedlstm.reports.report import unusable_cells
+
+    grouped = defaultdict(dict)
+    grouped[("unsw-nb15", "random-split", "ae-ocsvm")]["test"] = {
+        "confusion_matrix": [[[30, 70], [5, 95]], [[34, 66], [5, 95]]]}  # FPR 0.70 and 0.66
+    grouped[("unsw-nb15", "random-split", "hgb")]["test"] = {
+        "confusion_matrix": [[[99, 1], [2, 98]]]}
+    grouped[("kdd99", "random-split", "hgb")]["test"] = {"confusion_matrix": [[[99, 1], [7, 0]]]}
+    assert unusable_cells(grouped, "random-split", ["kdd99", "unsw-nb15"], ["ae-ocsvm", "hgb"]) \
+        == ["Autoencoder + SVM on C (UNSW-NB15) flags 68% of the normal traffic",
+            "Gradient boosting on B (KDD Cup 99) flags none of the 7 attacks"]

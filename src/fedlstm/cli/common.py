@@ -362,15 +362,14 @@ def summary_table(metrics: dict) -> Table:
 
 def useless_model_warnings(metrics: dict) -> list[str]:
     """What a summary must not hide: a model that flags most normal traffic, or no attack."""
+    from fedlstm.training.metrics import unusable
+
     out = []
     for name, ev in metrics["evaluations"].items():
-        b = ev["binary"]
-        (tn, fp), (fn, tp) = b["confusion_matrix"]
-        if tn + fp and fp / (tn + fp) > 0.5:
-            out.append(f"the model flags {fp / (tn + fp):.0%} of the normal traffic of '{name}': "
-                       "it is not usable as it stands")
-        if fn + tp and tp == 0:
-            out.append(f"the model flags none of the {fn:,} attacks of '{name}'")
+        (tn, fp), (fn, tp) = ev["binary"]["confusion_matrix"]
+        reason = unusable(tn, fp, fn, tp)
+        if reason:
+            out.append(f"the model {reason} of '{name}': it is not usable as it stands")
     return out
 
 

@@ -168,8 +168,12 @@ def _render_summary(s: dict, out: Path | None) -> None:
         lab = s["labelled"]
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
         console.print(f"labelled input: accuracy {fmt(lab['accuracy'])}, precision "
-                      f"{fmt(lab['precision'])}, recall {fmt(lab['recall'])} "
-                      f"(tp {lab['tp']}, fp {lab['fp']}, fn {lab['fn']}, tn {lab['tn']})")
+                      f"{fmt(lab['precision'])}, recall {fmt(lab['recall'])}, FPR "
+                      f"{fmt(lab['fpr'])} (tp {lab['tp']}, fp {lab['fp']}, fn {lab['fn']}, "
+                      f"tn {lab['tn']})")
+        if lab["unusable"]:  # accuracy alone hid a model that flags most normal traffic
+            console.print(Text(f"warning: on this input the model {lab['unusable']}: it is not "
+                               "usable as it stands", style="yellow"))
 
 
 def serve(

@@ -43,6 +43,7 @@ from fedlstm.data.readers import shown
 from fedlstm.detection.bundle import ModelBundle
 from fedlstm.features.windows import WindowSet, segment_starts
 from fedlstm.models.lstm import LSTMClassifier
+from fedlstm.training.metrics import unusable
 
 log = logging.getLogger(__name__)
 
@@ -493,6 +494,8 @@ class DetectSummary:
             d["labelled"]["precision"] = tp / (tp + fp) if tp + fp else None
             d["labelled"]["recall"] = tp / (tp + fn) if tp + fn else None
             d["labelled"]["accuracy"] = (tp + c["tn"]) / sum(c.values())
+            d["labelled"]["fpr"] = fp / (fp + c["tn"]) if fp + c["tn"] else None
+            d["labelled"]["unusable"] = unusable(c["tn"], fp, fn, tp)
         if self.unlabelled:
             d["unlabelled"] = self.unlabelled
         return d

@@ -6,7 +6,8 @@ set (official, or its random split where only one file exists) by:
   rounds x local epochs (a federation of one site: the same code path);
 - the same-schema federation (A+B: one plain model, merged preprocessing), where one exists;
 - the cross-schema federation (A+B+C: private encoders, shared body), with each input mode;
-- its centralised model (`fedlstm train` on that network, its tuned defaults) and gradient
+- its centralised model (`fedlstm train` on that network: its tuned model settings, with the
+  study's detector, threshold and training rows) and gradient
   boosting on the same split (the strongest simple baseline).
 Each site's detector also names the site's own attack families (its private head); those are
 scored next to gradient boosting trained on the same families.
@@ -418,7 +419,8 @@ def description(cfg: RunConfig, summary: dict) -> str:
             "plain Fed-LSTM of NSL-KDD and KDD99 (merged preprocessing, one model); "
             "cross-schema is all three, each site with its private encoder (or, harmonised, "
             "the common flow vocabulary through a shared layer as well); centralised is "
-            "`fedlstm train` on that network with its tuned defaults; gradient boosting "
+            f"`fedlstm train --detector {cfg.detector}` on that network (its tuned model "
+            "settings, with the threshold and training rows above); gradient boosting "
             "(`--detector supervised --set model.name=hgb`) on the same split."
             + (" Detector: the hybrid in every column but gradient boosting (each site adds its "
                "own model of normal traffic after the last round; centralised: `fedlstm train "

@@ -237,6 +237,7 @@ def run_step(step: Step, profile: Profile, root: Path, out: Path,
         result["curves"] = [r for r in metrics["rounds"] if r["round"] > 0]
         result["curve_axis"] = "round"
         result["run_dir"] = str(run_dir)
+        result["traffic_bytes"] = metrics.get("traffic_bytes")
         if comm_reference:
             result["comm_reference"] = True  # the study's `none` row (`communication.study_runs`)
     else:
@@ -270,7 +271,7 @@ def _federated_extra(key: str, cfg: RunConfig, out: Path) -> dict:
             "config": json.loads(cfg.model_dump_json()),
             "curves": [r for r in metrics["rounds"] if r["round"] > 0], "curve_axis": "round",
             "evaluations": {k: v["binary"] for k, v in metrics["evaluations"].items()},
-            "partitions": metrics["partitions"],
+            "partitions": metrics["partitions"], "traffic_bytes": metrics.get("traffic_bytes"),
             "epsilon": metrics["rounds"][-1].get("epsilon"),
             "delta": max((c["delta"] for c in metrics["rounds"][-1].get("clients_fit", {}).values()
                           if "delta" in c), default=None)}

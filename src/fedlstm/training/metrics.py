@@ -14,6 +14,20 @@ def _skm():
     return metrics
 
 
+UNUSABLE_FPR = 0.5  # a detector that flags more than this share of normal traffic is noise
+
+
+def unusable(tn: int | float, fp: int | float, fn: int | float, tp: int | float) -> str | None:
+    """Why a detector with this confusion matrix is not usable as it stands (None: it may be):
+    it flags most normal traffic, or no attack. Accuracy hides both where one class dominates.
+    Counts may be means over seeds."""
+    if tn + fp and fp / (tn + fp) > UNUSABLE_FPR:
+        return f"flags {fp / (tn + fp):.0%} of the normal traffic"
+    if fn + tp and tp == 0:
+        return f"flags none of the {fn:,.0f} attacks"
+    return None
+
+
 def binary_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -> dict:
     skm = _skm()
     y_true = np.asarray(y_true).astype(int)
