@@ -83,6 +83,7 @@ class FlowReport:
     filled: Counter = field(default_factory=Counter)  # column -> unset/NaN/Inf values filled
     errors: list[str] = field(default_factory=list)  # file-level: empty, truncated, bad header
     rotations: int = 0  # follow mode: times the path was replaced (rotated) or truncated
+    blank: int = 0  # empty lines, skipped: an export's trailing or double-spaced line ends
     notes: list[str] = field(default_factory=list)  # e.g. a column this file's layout lacks
     max_examples: int = 20
 
@@ -97,6 +98,7 @@ class FlowReport:
                 "bad_examples": [b.describe(self.path) for b in self.examples],
                 "filled": dict(self.filled), "errors": list(self.errors),
                 **({"notes": list(self.notes)} if self.notes else {}),
+                **({"blank_lines": self.blank} if self.blank else {}),
                 **({"rotations": self.rotations} if self.rotations else {})}
 
 
@@ -468,8 +470,9 @@ class FlowReader:
         stray_cr = (per_line(arr == 13) > trailing_cr) & ~empty & ~nul & ~long
         wrong = ((seps + 1 != self.n_fields) | stray_cr) & ~empty & ~nul & ~comment & ~long
         good = ~(empty | nul | wrong | comment | long)
-        for i in np.flatnonzero(~good & ~comment):
-            reason = self._too_long if long[i] else "empty line" if empty[i] else \
+        self.report.blank += int(empty.sum())
+        for i in np.flatnonzero(~good & ~comment & ~empty):
+            reason = self._too_long if long[i] else \
                 "binary data (NUL byte)" if nul[i] else \
                 _STRAY_CR if stray_cr[i] else \
                 "a quote that does not close" if seps[i] < 0 else \
@@ -528,8 +531,10 @@ class FlowReader:
         for k, raw in enumerate(block.split(b"\n")[:-1]):
             line = first_line + k
             text = raw.strip()
-            reason = self._too_long if len(raw) > self.max_line_bytes else \
-                "empty line" if not text else None
+            if not text:  # as in CSV: an empty line is no record and nothing wrong
+                self.report.blank += 1
+                continue
+            reason = self._too_long if len(raw) > self.max_line_bytes else None
             if reason is None:
                 try:
                     record = json.loads(text)
