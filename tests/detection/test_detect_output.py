@@ -181,3 +181,19 @@ def test_the_labelled_summary_gives_the_fpr_and_names_an_unusable_model(tiny, tm
     out = " ".join(r.output.split())
     assert f"FPR {lab['fpr']:.4f}" in out
     assert f"the model flags {lab['fpr']:.0%} of the normal traffic: it is not usable" in out
+
+
+def test_the_summary_goes_into_place_after_the_alerts(tiny, tmp_path, monkeypatch):
+    """The summary was renamed into place while the alerts were still being written: an
+    interrupted run could leave a new summary beside the earlier alerts."""
+    from fedlstm.runs import rundir
+
+    _, _, bundle = tiny
+    order, real = [], os.replace
+    monkeypatch.setattr(rundir.os, "replace", lambda a, b: (order.append(Path(b).name),
+                                                            real(a, b)))
+    r = runner.invoke(app, ["detect", str(bundle), str(flows(tmp_path / "f.csv")),
+                            "--out", str(tmp_path / "a.jsonl"),
+                            "--summary-json", str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    assert order == ["a.jsonl", "s.json"]

@@ -28,9 +28,11 @@ from fedlstm.cli.common import (
     console,
     data_label,
     fail,
+    interrupted_federation,
     out_console,
     say,
 )
+from fedlstm.federation.audit import RunInterrupted
 from fedlstm.federation.simulation import run_federated
 from fedlstm.runs.rundir import check_out, output_lock, write_run
 from fedlstm.tasks import task_for
@@ -101,7 +103,9 @@ def federate(dataset: Dataset = None, protocol: Protocol = None, model: Model = 
              engine: Annotated[str, typer.Option(help="flower (simulation engine) | inprocess")] = "flower",
              out: Annotated[Path, typer.Option(help="Run directory to create.")] = Path("runs/anomaly-federated"),
              config: ConfigFile = None, set_: Overrides = None, data_dir: DataDir = None,
-             overwrite: bool = False) -> None:
+             overwrite: bool = False,
+             resume: Annotated[bool, typer.Option(help="Continue a run stopped after a completed round (its checkpoint), with the same settings.")] = False,
+             ) -> None:
     """FedAvg of the normal-only LSTM; μ, Σ and ζ from merged per-site sums and histograms."""
     try:
         with output_lock(out):  # what is printed below is this run's
@@ -113,9 +117,13 @@ def federate(dataset: Dataset = None, protocol: Protocol = None, model: Model = 
                                  anomaly__beta=beta, federation__clients=clients,
                                  federation__partition=partition, federation__rounds=rounds,
                                  federation__local_epochs=local_epochs, seed=seed)
+            check_out(out, overwrite, resume)
             with console.status("federated training and calibration..."):
-                run_federated(cfg, out, overwrite=overwrite, command=command_line(), engine=engine)
+                run_federated(cfg, out, overwrite=overwrite, resume=resume,
+                              command=command_line(), engine=engine)
             metrics = json.loads((out / "metrics.json").read_text())
+    except RunInterrupted as exc:
+        interrupted_federation(exc, out)
     except (KeyError, OSError, ValueError, RuntimeError, TimeoutError) as exc:
         fail(exc)
     out_console.print(_summary(metrics))

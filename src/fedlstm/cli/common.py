@@ -100,11 +100,31 @@ def say(text: str, to: Console = console) -> None:
     to.print(Text(text), soft_wrap=True)
 
 
-def fail(exc: BaseException) -> None:
+# What a study keeps when it is stopped: the runs (or steps) it finished.
+KEPT_RUNS = "; the runs it finished are kept, and the same command reuses them"
+
+
+def fail(exc: BaseException, stopped: str = "") -> None:
     """An expected error: one line naming what was wrong, exit code 2. Never wrapped, so a path
-    stays whole for whoever greps the log."""
+    stays whole for whoever greps the log. A federation stopped by Ctrl-C is no error: its
+    words and `stopped` (what was kept), exit code 130, as for `train`."""
+    audit = sys.modules.get("fedlstm.federation.audit")  # loaded wherever it can be raised
+    if audit is not None and isinstance(exc, audit.RunInterrupted):
+        console.print(Text(f"{exc}{stopped}", style="yellow"), soft_wrap=True)
+        raise typer.Exit(130)
     console.print(error_text(exc), soft_wrap=True)
     raise typer.Exit(2)
+
+
+def interrupted_federation(exc: BaseException, out: Path) -> None:
+    """Ctrl-C in a federation that keeps its checkpoint: say whether a round completed."""
+    from fedlstm.federation.server import CHECKPOINT
+    from fedlstm.runs.rundir import partial_dir
+
+    if (partial_dir(out) / CHECKPOINT).exists():
+        fail(exc, stopped=": the last completed round is checkpointed; continue with the same "
+                          "command and --resume")
+    fail(exc, stopped=": no round had completed, so nothing is kept; run the command again")
 
 
 def command_line() -> str:

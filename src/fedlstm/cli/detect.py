@@ -90,8 +90,8 @@ def detect(
         # --follow may wait for its (last) file to appear
         inputs = expand_inputs(inputs[:-1] if follow else inputs) + (inputs[-1:] if follow else [])
         check_outputs([bundle, *inputs], {"--out": out, "--summary-json": summary_json})
-        with ExitStack() as outputs:
-            outputs.enter_context(output_lock(*(p for p in (out, summary_json) if p is not None)))
+        with output_lock(*(p for p in (out, summary_json) if p is not None)), \
+                ExitStack() as outputs:
             model = load_bundle(bundle, trusted_key, allow_unsigned)
             kind = fmt or ("csv" if out is not None and out.suffix == ".csv" else "jsonl")
             stream = sys.stdout
@@ -125,6 +125,9 @@ def detect(
                     f"no record parsed in {len(inputs)} input file(s) with the bundle's schema "
                     f"{spec.name!r} ({spec.format}): are they in its format? `fedlstm schema "
                     "infer FILE` drafts a schema for another format")
+            # The alerts go into place as `outputs` closes; the summary after them, so that an
+            # interrupted run never leaves a new summary beside the earlier alerts.
+            outputs.close()
             if summary_json:
                 with staged_file(summary_json) as fh:
                     fh.write(json.dumps(result, indent=2))

@@ -60,8 +60,10 @@ from fedlstm.cli.common import (
     comparison_warnings,
     console,
     data_label,
+    KEPT_RUNS,
     fail,
     federation_options,
+    interrupted_federation,
     load_bundle,
     load_run_config,
     n_sites,
@@ -283,6 +285,9 @@ def federate(
     if partition is None and train_file and len(train_file) > 1:
         partition = "files"  # several sites' logs: each file (or folder) is one client
     try:
+        if compare and resume:  # it was ignored, and the comparison started over
+            raise typer.BadParameter("--resume continues a single federation, not a --compare "
+                                     "run (which keeps nothing of an unfinished run)")
         with output_lock(out):  # as in `train`: a second run on --out stops now
             cfg = load_run_config(config, set_, detector, alert_budget, **federation_options(
                                   dataset, protocol, data_dir, clients, partition, strategy, rounds,
@@ -319,9 +324,9 @@ def federate(
             report = (out / "comparison.md").read_text() if compare else None
             metrics = None if compare else json.loads((out / "metrics.json").read_text())
     except RunInterrupted as exc:
-        console.print(Text(f"{exc}: the last completed round is checkpointed; "
-                           "continue with the same command and --resume", style="yellow"))
-        raise typer.Exit(130)
+        if compare:  # the comparison's stage goes with it (run_comparison keeps nothing)
+            fail(exc, stopped=": a comparison keeps nothing of an unfinished run; run it again")
+        interrupted_federation(exc, out)
     except (KeyError, OSError, ValueError, RuntimeError, TimeoutError) as exc:
         fail(exc)
     if compare:
@@ -359,7 +364,7 @@ def privacy_utility(
             path = sweep(cfg, values, out, command=command_line(),
                          progress=lambda text: status.update(Text(text)))
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
-        fail(exc)
+        fail(exc, stopped=KEPT_RUNS)
     out_console.print(Text(path.read_text()))
 
 
@@ -391,7 +396,7 @@ def robustness(
                                             rule=" in [0, 1)"), command=command_line(),
                          progress=lambda text: status.update(Text(text)))
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
-        fail(exc)
+        fail(exc, stopped=KEPT_RUNS)
     out_console.print(Text(path.read_text()))
 
 
@@ -438,7 +443,7 @@ def networks(
                          starved=tuple(starved), starve_fraction=starve_fraction,
                          command=command_line(), progress=lambda text: status.update(Text(text)))
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
-        fail(exc)
+        fail(exc, stopped=KEPT_RUNS)
     out_console.print(Text(path.read_text()))
 
 
@@ -470,7 +475,8 @@ def reproduce(
             path = run(out, profile, data_dir, datasets, methods, progress=report,
                        command=command_line(), mirror=mirror, jobs=jobs)
         except (KeyError, OSError, ValueError, RuntimeError) as exc:
-            fail(exc)
+            fail(exc, stopped="; the steps it finished are kept, and the same command reuses "
+                              "them")
     say(f"report written to {path} and {path.with_suffix('.html')}", to=out_console)
 
 

@@ -416,7 +416,7 @@ class GuardedGrid:
         replies = []
         while pending:
             if self.stop.is_set():
-                raise RunInterrupted("stopped on request; the last completed round is saved")
+                raise RunInterrupted("stopped on request")  # what is kept: the caller says
             got = self.pull_messages(pending)
             replies += got
             pending -= {m.metadata.reply_to_message_id for m in got}
