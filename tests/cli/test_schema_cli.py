@@ -78,3 +78,16 @@ def test_show_on_a_file_names_the_spelling_found_and_what_is_missing(corpus, tmp
     r = runner.invoke(app, ["schema", "show", str(custom), "--file", str(bare)])
     assert r.exit_code == 2
     assert f"error: {bare}:1: no entity column 'host' in the file" in r.output
+
+
+def test_infer_never_replaces_an_edited_draft_without_overwrite(corpus, tmp_path):
+    """A second `schema infer --out` replaced the user's edits without a word."""
+    out = tmp_path / "s.toml"
+    args = ["schema", "infer", str(corpus["pipe"].path), "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    out.write_text(out.read_text() + "# my edits\n")
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "pass --overwrite to replace it" in r.output
+    assert out.read_text().endswith("# my edits\n")
+    r = runner.invoke(app, [*args, "--overwrite"])
+    assert r.exit_code == 0 and "# my edits" not in out.read_text()

@@ -222,10 +222,17 @@ def served(monkeypatch):
     from fedlstm.cli.main import app as cli
 
     ran: list[uvicorn.Config] = []
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: ran.append(self.config))
+
+    def run(self, sockets=None):
+        [sock] = sockets  # bound by the command before it said "serving"
+        self.config.bound_port = sock.getsockname()[1]
+        sock.close()
+        ran.append(self.config)
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
 
     def serve(*args: str):
-        result = CliRunner().invoke(cli, ["serve", *map(str, args)])
+        result = CliRunner().invoke(cli, ["serve", "--port", "0", *map(str, args)])
         return result, ran[-1] if ran and result.exit_code == 0 else None
 
     return serve
@@ -240,7 +247,8 @@ def test_serve_wires_api_key_tls_and_limits(served, tiny, tmp_path):
     result, config = served(tiny[2], "--api-key-file", key_file, "--tls-cert", cert,
                             "--tls-key", key, "--read-timeout", 3, "--limit-concurrency", 64)
     assert result.exit_code == 0, result.output
-    assert "https://127.0.0.1:8080" in result.output and "API key required" in result.output
+    assert f"https://127.0.0.1:{config.bound_port} " in result.output  # --port 0: the real one
+    assert config.bound_port > 0 and "API key required" in result.output
     assert (config.ssl_certfile, config.ssl_keyfile) == (str(cert), str(key))
     assert config.limit_concurrency == 64 and config.timeout_keep_alive <= 5
     assert config.app.state.read_timeout == 3
@@ -273,3 +281,14 @@ def test_serve_refuses_a_broken_setup(served, tiny, tmp_path, problem):
     result, config = served(tiny[2], *args)
     assert result.exit_code == 2 and config is None, result.output
     assert "error" in result.output
+
+
+def test_serve_on_a_taken_port_fails_before_saying_it_serves(served, tiny):
+    """It printed 'serving ... on http://127.0.0.1:PORT', then uvicorn's bind error, exit 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result, config = served(tiny[2], "--port", port)
+    assert result.exit_code == 2 and config is None
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "serving" not in result.output

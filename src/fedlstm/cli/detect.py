@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sys
 import threading
 from contextlib import ExitStack
@@ -210,6 +211,10 @@ def serve(
                          max_body_bytes=max_body_bytes, api_key=api_key, read_timeout=read_timeout)
         config = server_config(app, host, port, tls_cert=tls_cert, tls_key=tls_key,
                                limit_concurrency=limit_concurrency)
+        # Bound here, before "serving" is said: uvicorn bound later (a taken port was announced
+        # as served, then exit 1) and --port 0 never said which port it got.
+        sock = listening_socket(host, port)
+        port = sock.getsockname()[1]
     except (BundleError, OSError, ValueError) as exc:
         fail(exc)
     exposed = host not in ("127.0.0.1", "::1", "localhost")
@@ -221,7 +226,20 @@ def serve(
     scheme = "http" if tls_cert is None else "https"
     say(f"serving {bundle} on {scheme}://{host}:{port} (docs: /docs)"
         + (", API key required" if api_key else ""))
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port (port 0: any free one), as uvicorn would bind it."""
+    sock = socket.socket(family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 @schema_app.command("infer")
@@ -229,15 +247,22 @@ def schema_infer(
     file: Annotated[Path, typer.Argument(help="A flow log (CSV, TSV or Zeek), plain or .gz.")],
     out: Annotated[Optional[Path], typer.Option(help="Write the schema here (default: stdout).")] = None,
     rows: Annotated[int, typer.Option(help="Lines to sample.")] = 5000,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
     """Draft a schema TOML from a sample of FILE, for you to check and edit."""
     from fedlstm.data.flowschemas import infer_schema
+    from fedlstm.runs.rundir import is_stream, output_lock, staged_file
 
     try:
         check_outputs([file], {"--out": out})
+        if out and out.exists() and not overwrite and not is_stream(out):
+            # a draft is for editing: a second run replaced the edits without a word
+            raise FileExistsError(f"{out} exists (a schema you may have edited); pass "
+                                  "--overwrite to replace it, or choose another --out")
         text = infer_schema(file, sample_lines=rows)
         if out:
-            out.write_text(text)
+            with output_lock(out), staged_file(out) as fh:
+                fh.write(text)
     except (OSError, ValueError, EOFError) as exc:  # EOFError: a truncated .gz
         fail(exc)
     if out:
