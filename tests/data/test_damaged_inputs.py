@@ -184,3 +184,14 @@ def test_a_carriage_return_inside_a_line_is_named(spec, tmp_path):
     assert [b.describe(path) for b in reader.report.examples] == [
         f"{path}:5: a carriage return inside the line (a file written in text mode on Windows "
         "ends its lines in \\r\\r\\n)"]
+
+
+def test_normal_labels_match_whatever_their_case(spec, tmp_path):
+    """'Normal', 'NORMAL' and ' normal' were counted as attacks where the schema says 'normal'
+    (here 'benign'): evaluate and detect scored a good model as raising false alarms."""
+    from fedlstm.data.flows import label_arrays
+
+    _, family, is_attack = label_arrays(spec, np.array(["benign", "Benign", "BENIGN", " benign",
+                                                        "dos", "DoS"], object), None)
+    assert is_attack.tolist() == [0, 0, 0, 0, 1, 1]
+    assert family.tolist()[:4] == ["normal"] * 4

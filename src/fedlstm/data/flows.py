@@ -701,12 +701,27 @@ class FlowReader:
 # ---------------------------------------------------------------------- labels and records
 
 def family_of(spec: DatasetSpec, attack: str) -> str:
-    """Attack family; a schema that declares no families uses the attack name itself."""
-    if attack in spec.normal_labels:
+    """Attack family; a schema that declares no families uses the attack name itself. Names
+    are matched whatever their case ('Exploits' and 'exploits' are one attack)."""
+    if _folded(attack) in {_folded(n) for n in spec.normal_labels}:
         return NORMAL_FAMILY
     if spec.families:
-        return spec.families.get(attack, UNKNOWN_FAMILY)
+        folded = {_folded(k): v for k, v in spec.families.items()}
+        return spec.families.get(attack, folded.get(_folded(attack), UNKNOWN_FAMILY))
     return attack.lower()
+
+
+def _folded(value) -> str:
+    return str(value).strip().casefold()
+
+
+def is_normal(spec: DatasetSpec, label: np.ndarray) -> np.ndarray:
+    """Rows whose label is one of the schema's normal values, whatever its case: an export's
+    'Normal' or 'NORMAL' was counted as an attack where the schema says 'normal'."""
+    normal = {_folded(n) for n in spec.normal_labels}
+    codes, values = pd.factorize(np.asarray(label, object))  # each distinct value once
+    return np.array([_folded(v) in normal for v in values], bool)[codes] if len(codes) else \
+        np.zeros(0, bool)
 
 
 def unset_labels(spec: DatasetSpec, label: np.ndarray) -> np.ndarray:
@@ -739,7 +754,7 @@ def label_arrays(spec: DatasetSpec, label: np.ndarray,
         is_attack = numeric.to_numpy() != 0
         attack = np.where(is_attack, family_label, spec.normal_labels[0]).astype(object)
     else:
-        is_attack = ~np.isin(label, spec.normal_labels)
+        is_attack = ~is_normal(spec, label)
         attack = label.copy()
         if family_label is not None:  # a detailed label refines the attack name
             detailed = ~np.isin(family_label, ["", "-", *spec.missing_values]) & is_attack
