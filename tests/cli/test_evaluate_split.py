@@ -94,3 +94,23 @@ def test_evaluate_on_a_later_file_of_your_own_scores_what_a_time_split_tested(tm
     mixed = runner.invoke(app, ["evaluate", str(run / "model.fedlstm"), "--test-file",
                                 str(later), "--seed", "2"])
     assert mixed.exit_code == 2 and "--seed choose a benchmark's split" in mixed.output
+
+
+def test_evaluate_scores_the_runs_own_test_subsample(id_dataset, tmp_path):
+    """A run with data.max_test_rows was re-evaluated on every test row, without a word: other
+    numbers for 'the same' split."""
+    cfg = RunConfig.model_validate({
+        "seed": 1, "data": {"dataset": "ids", "data_dir": str(id_dataset), "max_test_rows": 120},
+        "windows": {"window": 2}, "model": {"hidden_size": 8}, "train": {"epochs": 1}})
+    run = write_run(train(task_for(cfg)), cfg, tmp_path / "run")
+    first = json.loads((run / "metrics.json").read_text())["evaluations"]["test"]["binary"]
+    out = tmp_path / "eval.json"
+    args = ["evaluate", str(run / "model.fedlstm"), "--data-dir", str(id_dataset), "--json", str(out)]
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert "subsampled to at most 120 rows" in " ".join(done.output.split())
+    again = json.loads(out.read_text())
+    assert again["evaluations"]["test"]["binary"] == first and first["n"] == 120
+    done = runner.invoke(app, [*args, "--max-test-rows", "0"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(out.read_text())["evaluations"]["test"]["binary"]["n"] == 300

@@ -488,6 +488,7 @@ def evaluate(
     data_dir: DataDir = None,
     seed: Annotated[Optional[int], typer.Option(help="Random-split seed; default: the bundle's own.")] = None,
     dedup: Annotated[Optional[bool], typer.Option("--dedup/--no-dedup", help="Default: the bundle's own.")] = None,
+    max_test_rows: Annotated[Optional[int], typer.Option(min=0, help="Stratified subsample of each test set, 0: every row; default: the run's own (data.max_test_rows).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write metrics here.")] = None,
     test_file: Annotated[Optional[list[Path]], typer.Option(
         "--test-file", help="A labelled flow file or folder of your own, in the bundle's schema "
@@ -505,7 +506,8 @@ def evaluate(
     try:
         check_outputs([bundle, *(test_file or [])], {"--json": json_out})
         split_options = {"--dataset": dataset, "--protocol": protocol, "--data-dir": data_dir,
-                         "--seed": seed, "--dedup/--no-dedup": dedup}
+                         "--seed": seed, "--dedup/--no-dedup": dedup,
+                         "--max-test-rows": max_test_rows}
         if test_file and any(v is not None for v in split_options.values()):
             given = [k for k, v in split_options.items() if v is not None]
             raise ValueError(f"--test-file scores the bundle on your own file; {', '.join(given)} "
@@ -517,7 +519,12 @@ def evaluate(
             tests = {"test": read_labelled_files(test_file, model.spec)[0]}
         else:
             cfg, seed = bundle_split(model.metadata, dataset or model.spec.name, protocol, seed,
-                                     dedup, data_dir)
+                                     dedup, data_dir, max_test_rows)
+            if cfg.max_test_rows:  # the run's scores were on a subsample: say which one this is
+                console.print(Text(f"each test set subsampled to at most {cfg.max_test_rows:,} "
+                                   f"rows (stratified, seed {seed}"
+                                   + (", as in the run" if max_test_rows is None else "")
+                                   + "); --max-test-rows 0 scores every row"))
             other = get_spec(cfg.dataset)
             if not set(model.spec.feature_columns) <= set(other.feature_columns):
                 # it failed in pandas: "None of [Index(['duration', ...])] are in the [columns]"
@@ -529,7 +536,7 @@ def evaluate(
                                             "seed this model was trained with: its random-split "
                                             "test set holds records the model trained on"))
             metrics = {"dataset": cfg.dataset, "protocol": cfg.protocol, "seed": seed,
-                       "dedup": cfg.dedup}
+                       "dedup": cfg.dedup, "max_test_rows": cfg.max_test_rows}
             tests = build_split(cfg, seed=seed).tests
         evaluations = {name: public(evaluate_detector(model, recs)) for name, recs in tests.items()}
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
@@ -559,7 +566,7 @@ def _recorded_split(metadata: dict) -> dict:
 
 
 def bundle_split(metadata: dict, dataset: str, protocol: str | None, seed: int | None,
-                 dedup: bool | None, data_dir: str | None):
+                 dedup: bool | None, data_dir: str | None, max_test_rows: int | None = None):
     """(data configuration, seed) of the split to evaluate on: the bundle's recorded split,
     with whatever the command line gives instead."""
     from fedlstm.config import DataConfig
@@ -573,7 +580,8 @@ def bundle_split(metadata: dict, dataset: str, protocol: str | None, seed: int |
                          "official or random-split and --dataset")
     fields = {k: recorded[k] for k in ("test_fraction", "val_fraction", "split_file")
               if recorded.get(k) is not None}
-    cfg = DataConfig(dataset=dataset, protocol=protocol, data_dir=data_dir,
+    rows = recorded.get("max_test_rows") if max_test_rows is None else max_test_rows or None
+    cfg = DataConfig(dataset=dataset, protocol=protocol, data_dir=data_dir, max_test_rows=rows,
                      dedup=recorded.get("dedup", False) if dedup is None else dedup, **fields)
     return cfg, recorded["seed"] if seed is None else seed
 

@@ -172,7 +172,7 @@ def split_metadata(cfg: RunConfig) -> dict:
     d = cfg.data
     return {"seed": cfg.seed, "protocol": run_protocol(d), "dedup": d.dedup,
             "test_fraction": d.test_fraction, "val_fraction": d.val_fraction,
-            "split_file": d.split_file}
+            "split_file": d.split_file, "max_test_rows": d.max_test_rows}
 
 
 @dataclass
