@@ -166,3 +166,16 @@ def test_data_info_on_a_folder_without_the_dataset_exits_non_zero(tmp_path):
     r = runner.invoke(app, ["data", "info", "nsl-kdd", "--data-dir", str(tmp_path)])
     assert r.exit_code == 2, r.output
     assert "no file of nsl-kdd in" in r.output and "fedlstm data fetch nsl-kdd --data-dir" in r.output
+
+
+def test_two_reproduce_runs_on_one_folder_do_not_write_it_together(tmp_path):
+    """reproduce took no lock: two runs wrote the same step and report files."""
+    from filelock import FileLock
+
+    from fedlstm.runs.rundir import lock_file
+
+    out = tmp_path / "paper"
+    with FileLock(lock_file(out), timeout=0):  # as another process would hold it
+        r = runner.invoke(app, ["reproduce", "--profile", "quick", "--out", str(out)])
+    assert r.exit_code == 2 and "is being written by another fedlstm run" in r.output, r.output
+    assert not out.exists()

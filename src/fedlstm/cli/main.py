@@ -461,6 +461,7 @@ def reproduce(
     Datasets missing from the data folder (default ~/.cache/fedlstm/datasets) are fetched."""
     from fedlstm.reports.reproduce import PROFILES
     from fedlstm.reports.reproduce import reproduce as run
+    from fedlstm.runs.rundir import output_lock
 
     if profile not in PROFILES:
         fail(ValueError(f"unknown profile {profile!r}; use {' or '.join(PROFILES)}"))
@@ -472,8 +473,10 @@ def reproduce(
             progress.update(task, completed=done, total=total, description=text)
 
         try:
-            path = run(out, profile, data_dir, datasets, methods, progress=report,
-                       command=command_line(), mirror=mirror, jobs=jobs)
+            # Two runs on one folder wrote the same step and report files (fixed temp names)
+            with output_lock(out):
+                path = run(out, profile, data_dir, datasets, methods, progress=report,
+                           command=command_line(), mirror=mirror, jobs=jobs)
         except (KeyError, OSError, ValueError, RuntimeError) as exc:
             fail(exc, stopped="; the steps it finished are kept, and the same command reuses "
                               "them")
