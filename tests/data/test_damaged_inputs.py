@@ -195,3 +195,16 @@ def test_normal_labels_match_whatever_their_case(spec, tmp_path):
                                                         "dos", "DoS"], object), None)
     assert is_attack.tolist() == [0, 0, 0, 0, 1, 1]
     assert family.tolist()[:4] == ["normal"] * 4
+
+
+def test_schema_infer_names_numbers_written_in_a_locale(tmp_path):
+    """'1,234' and '0,125' were drafted as 'text ...: an identifier or free text'."""
+    rng = np.random.default_rng(0)
+    rows = [f'{i},"{int(b):,}",{d:.3f}'.replace(f"{d:.3f}", f'"{d:.3f}"'.replace(".", ","))
+            + f",{'benign' if i % 3 else 'dos'}"
+            for i, (b, d) in enumerate(zip(rng.integers(1, 90_000, 200), rng.random(200)))]
+    path = tmp_path / "locale.csv"
+    path.write_text("\n".join(["id,bytes,duration,label", *rows]) + "\n")
+    text = infer_schema(path)
+    assert 'bytes = "ignore: numbers written with thousands separators' in text
+    assert 'duration = "ignore: numbers written with thousands separators or decimal commas' in text

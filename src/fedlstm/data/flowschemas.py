@@ -689,6 +689,10 @@ def _decide_labels(names: list[str], frame: pd.DataFrame) -> dict[str, _Decision
     return out
 
 
+# 1,234 / 1.234.567 / 1 234 / 0,1255 / 12,5: numbers as a spreadsheet's locale writes them
+_LOCAL_NUMBER = r"[-+]?(?:\d{1,3}(?:[,. ]\d{3})+(?:[.,]\d+)?|\d+,\d+)"
+
+
 def _decide(name: str, values: pd.Series, sample: _Sample, taken: dict[str, str]) -> _Decision:
     """One column's role from its name and its sampled values. `taken`: role -> column."""
     n = normalized(name)
@@ -744,6 +748,11 @@ def _decide(name: str, values: pd.Series, sample: _Sample, taken: dict[str, str]
     unset_note = f"; {unset} of {len(values)} sampled values unset" if unset else ""
     if numbers.notna().mean() >= 0.99:
         return _Decision("numeric", f"numbers ({distinct} distinct in the sample){unset_note}")
+    local = present.str.fullmatch(_LOCAL_NUMBER).to_numpy(bool) & numbers.isna().to_numpy()
+    if local.any() and (local | numbers.notna().to_numpy()).mean() >= 0.99:
+        return _Decision("ignore", "numbers written with thousands separators or decimal commas "
+                                   f"(e.g. {present[local].iloc[0]!r}), which are read as text: "
+                                   "export plain numbers (1234.5), then make it numeric")
     if distinct <= 64:
         return _Decision("categorical", f"text with {distinct} distinct values: a category")
     return _Decision("ignore", f"text with {distinct} distinct values in {len(present)} rows: an "
