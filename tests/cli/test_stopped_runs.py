@@ -71,3 +71,18 @@ def test_a_stopped_study_exits_130_and_says_what_it_reuses(tmp_path, monkeypatch
     r = runner.invoke(app, ["privacy-utility", "--epsilons", "8", "--out", str(tmp_path / "p")])
     assert r.exit_code == 130, r.output
     assert "error" not in r.output and "the runs it finished are kept" in r.output
+
+
+@pytest.mark.parametrize("command", [["federate"], ["anomaly", "federate"]])
+def test_leftovers_to_resume_are_named_before_any_work(tmp_path, monkeypatch, wide_consoles,
+                                                       command):
+    """The refusal came after the run's banner and the data loading."""
+    out = tmp_path / "run"
+    checkpoint = partial_dir(out) / CHECKPOINT
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"round 1")
+    monkeypatch.setattr(simulation, "run_federated", _stop(True))  # must not be reached
+    monkeypatch.setattr(anomaly_cli, "run_federated", _stop(True))
+    r = runner.invoke(app, [*command, "--clients", "2", "--out", str(out)])
+    assert r.exit_code == 2 and "pass --resume to continue it" in r.output, r.output
+    assert "Fed-LSTM" not in r.output and "stopped" not in r.output

@@ -34,7 +34,7 @@ from fedlstm.cli.common import (
 )
 from fedlstm.federation.audit import RunInterrupted
 from fedlstm.federation.simulation import run_federated
-from fedlstm.runs.rundir import check_out, output_lock, write_run
+from fedlstm.runs.rundir import check_leftovers, check_out, output_lock, write_run
 from fedlstm.tasks import task_for
 from fedlstm.tasks.anomaly import anomaly_config
 from fedlstm.tasks.centralised import train as train_detector
@@ -118,6 +118,7 @@ def federate(dataset: Dataset = None, protocol: Protocol = None, model: Model = 
                                  federation__partition=partition, federation__rounds=rounds,
                                  federation__local_epochs=local_epochs, seed=seed)
             check_out(out, overwrite, resume)
+            check_leftovers(out, overwrite, resume)
             with console.status("federated training and calibration..."):
                 run_federated(cfg, out, overwrite=overwrite, resume=resume,
                               command=command_line(), engine=engine)

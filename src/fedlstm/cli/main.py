@@ -280,7 +280,7 @@ def federate(
     from fedlstm.federation.audit import RunInterrupted
     from fedlstm.federation.compare import run_comparison
     from fedlstm.federation.simulation import run_federated
-    from fedlstm.runs.rundir import check_out, output_lock
+    from fedlstm.runs.rundir import check_leftovers, check_out, output_lock
 
     if partition is None and train_file and len(train_file) > 1:
         partition = "files"  # several sites' logs: each file (or folder) is one client
@@ -300,6 +300,8 @@ def federate(
                               federation__attack=attack, federation__malicious=malicious,
                               **byo_overrides(schema, train_file, test_file))
             check_out(out, overwrite, resume)
+            if not compare:  # a comparison keeps no checkpoints
+                check_leftovers(out, overwrite, resume)
             f = cfg.federation
             console.print(Text.assemble(
                 f"fedlstm {__version__}: Fed-LSTM ({cfg.detector}) on ", data_label(cfg),

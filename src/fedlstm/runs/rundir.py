@@ -163,10 +163,8 @@ def staged_dir(out: str | Path, overwrite: bool = False, keep_on_failure: bool =
         check_out(out, overwrite, resume)
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = partial_dir(out)
-        left = stage.is_dir() and any(stage.iterdir())
-        if left and keep_on_failure and not resume and not overwrite:
-            raise RunExists(f"{stage} holds what a failed run left (its checkpoints); pass "
-                            "--resume to continue it, or --overwrite to start a new run")
+        if keep_on_failure:
+            check_leftovers(out, overwrite, resume)
         if not resume:
             shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(exist_ok=True)
@@ -205,6 +203,16 @@ def check_out(out: str | Path, overwrite: bool = False, resume: bool = False) ->
     if any(out.iterdir()) and not any((out / m).exists() for m in _RUN_MARKERS):
         raise RunExists(f"{out} is not a fedlstm run directory (no config.json or metrics.json "
                         "in it), so --overwrite will not delete it; choose another --out")
+
+
+def check_leftovers(out: str | Path, overwrite: bool = False, resume: bool = False) -> None:
+    """Refuse to start over a run that a failed or stopped one left to resume (its checkpoints),
+    unless `overwrite` lets it clear them. Commands call it before any work: the refusal came
+    after the banner and the data loading."""
+    stage = partial_dir(out)
+    if stage.is_dir() and any(stage.iterdir()) and not resume and not overwrite:
+        raise RunExists(f"{stage} holds what a failed run left (its checkpoints); pass "
+                        "--resume to continue it, or --overwrite to start a new run")
 
 
 def partial_dir(out: str | Path) -> Path:
