@@ -96,9 +96,12 @@ def test_an_output_another_run_is_writing_is_refused(tiny, tmp_path, earlier, he
     assert (earlier / "summary.json").read_text() == '{"earlier": true}'
 
 
-def test_follow_writes_a_partial_file_and_moves_it_into_place_when_stopped(tiny, tmp_path, earlier):
-    """A real second process: it follows a log until SIGTERM (a service manager's stop) while
-    another run on the same --out is refused; its alerts then replace the earlier ones."""
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+def test_follow_writes_a_partial_file_and_moves_it_into_place_when_stopped(tiny, tmp_path, earlier,
+                                                                           stop):
+    """A real second process: it follows a log until SIGTERM (a service manager's stop) or
+    SIGHUP (its terminal closed: the alerts stayed in the partial file) while another run on
+    the same --out is refused; its alerts then replace the earlier ones."""
     src = flows(tmp_path / "live.csv", 40)
     follower = subprocess.Popen(
         [sys.executable, "-m", "fedlstm.cli", *detect_args(tiny[2], [src], earlier), "--follow"],
@@ -121,7 +124,7 @@ def test_follow_writes_a_partial_file_and_moves_it_into_place_when_stopped(tiny,
         with src.open("a") as fh:  # the log grows; the follower scores it
             fh.write("\n".join(flow_lines(20, seed=5)) + "\n")
         time.sleep(2)
-        follower.send_signal(signal.SIGTERM)
+        follower.send_signal(stop)
         _, err = follower.communicate(timeout=60)
     finally:
         if follower.poll() is None:

@@ -78,8 +78,10 @@ def detect(
     def terminate(*_):  # a batch run stopped by SIGTERM cleans up like one that fails
         raise SystemExit(128 + signal.SIGTERM)
 
-    handlers = {signal.SIGINT: stop, signal.SIGTERM: stop} if follow else \
-        {signal.SIGTERM: terminate}
+    # SIGHUP (the terminal or SSH session closed) ends a run as SIGTERM does: a --follow run
+    # left its alerts in the partial file, no summary and its locks
+    handlers = {signal.SIGINT: stop, signal.SIGTERM: stop, signal.SIGHUP: stop} if follow else \
+        {signal.SIGTERM: terminate, signal.SIGHUP: terminate}
     if threading.current_thread() is not threading.main_thread():
         handlers = {}  # only the main thread may set them (detect called from a thread)
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
