@@ -208,3 +208,19 @@ def test_schema_infer_names_numbers_written_in_a_locale(tmp_path):
     text = infer_schema(path)
     assert 'bytes = "ignore: numbers written with thousands separators' in text
     assert 'duration = "ignore: numbers written with thousands separators or decimal commas' in text
+
+
+def test_bytes_that_are_not_utf8_are_said_once_with_their_line(spec, tmp_path):
+    """They became U+FFFD ('t\\ufffdp') without a word: a category never seen in training."""
+    lines = flow_lines(30)
+    path = tmp_path / "latin1.csv"
+    lines[7] = lines[7].replace(",SF,", ",SF\xe9,").replace(",S0,", ",S0\xe9,")
+    lines[20] = lines[20].replace(",SF,", ",SF\xe9,").replace(",S0,", ",S0\xe9,")
+    body = "\n".join([HEADER, *lines]) + "\n"
+    path.write_bytes(body.encode("latin-1"))
+    reader = FlowReader(path, spec, strict=False)
+    sum(map(len, reader))
+    assert [n for n in reader.report.notes if "not UTF-8" in n] == [
+        f"{path}:9: bytes that are not UTF-8 (the first of them here) are read as U+FFFD; a file "
+        "exported as Latin-1 or Windows-1252 reads right once converted, e.g. `iconv -f "
+        "WINDOWS-1252 -t UTF-8`"]

@@ -145,6 +145,7 @@ class FlowReader:
         self.stop = stop or (lambda: False)
         self.report = FlowReport(self.path, max_examples=max_examples)
         self._rotated = False
+        self._not_utf8_noted = False
 
     # ------------------------------------------------------------------ header
     def _set_columns(self, names: list[str], header_line: int) -> None:
@@ -428,6 +429,8 @@ class FlowReader:
             return
         if self._space_split:
             block = block.replace(b"   ", self.sep)
+        if not self._not_utf8_noted:
+            self._note_not_utf8(block, first_line)
         arr = np.frombuffer(block, np.uint8)
         ends = np.flatnonzero(arr == 10)
         starts = np.concatenate([[0], ends[:-1] + 1])
@@ -491,6 +494,20 @@ class FlowReader:
             raw = [block[a:b] for a, b in zip(starts[good], ends[good])]
             frame, lines = self._read_text(raw, lines)
         yield from self._checked(frame, lines)
+
+    def _note_not_utf8(self, block: bytes, first_line: int) -> None:
+        """Say once per file where bytes that are not UTF-8 were read as U+FFFD ('ic\ufffdp'):
+        values that then match no category seen in training, without a word."""
+        try:
+            block.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = first_line + block.count(b"\n", 0, exc.start)
+            note = (f"{self.path}:{line}: bytes that are not UTF-8 (the first of them here) are "
+                    "read as U+FFFD; a file exported as Latin-1 or Windows-1252 reads right "
+                    "once converted, e.g. `iconv -f WINDOWS-1252 -t UTF-8`")
+            self.report.notes.append(note)
+            log.warning("%s", note)
+            self._not_utf8_noted = True
 
     def _quoted_fields(self, line: bytes) -> int:
         """Fields of a line holding quotes; 0 where the csv module cannot read it (a stray
