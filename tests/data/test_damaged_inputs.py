@@ -224,3 +224,16 @@ def test_bytes_that_are_not_utf8_are_said_once_with_their_line(spec, tmp_path):
         f"{path}:9: bytes that are not UTF-8 (the first of them here) are read as U+FFFD; a file "
         "exported as Latin-1 or Windows-1252 reads right once converted, e.g. `iconv -f "
         "WINDOWS-1252 -t UTF-8`"]
+
+
+def test_files_joined_with_cat_read_past_their_repeated_headers(spec, tmp_path):
+    """Each repeated header was a bad line: "column 'bytes' ... expected a number, found
+    'bytes'"."""
+    path = tmp_path / "joined.csv"
+    path.write_text("\n".join([HEADER, *flow_lines(30), HEADER, *flow_lines(20, seed=2),
+                               HEADER, *flow_lines(10, seed=3)]) + "\n")
+    reader = FlowReader(path, spec, strict=True)
+    assert sum(map(len, reader)) == 60 and reader.report.bad == 0
+    assert [n for n in reader.report.notes if "header line again" in n] == [
+        f"{path}:32: the header line again (files joined with cat?): skipped, as every repeat "
+        "of it"]

@@ -146,6 +146,8 @@ class FlowReader:
         self.report = FlowReport(self.path, max_examples=max_examples)
         self._rotated = False
         self._not_utf8_noted = False
+        self._header_line = None  # a CSV's header, as bytes: met again where files were joined
+        self._repeats = 0
 
     # ------------------------------------------------------------------ header
     def _set_columns(self, names: list[str], header_line: int) -> None:
@@ -213,6 +215,7 @@ class FlowReader:
                 self._set_columns(spec.columns, 1)
                 return 0, b""
             text = raw.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+            self._header_line = raw.removeprefix(b"\xef\xbb\xbf").rstrip(b"\r\n")
             self._set_columns(next(csv.reader([text], delimiter=spec.delimiter)), 1)
             return 1, b""
         self._set_columns(spec.columns, 1)
@@ -492,6 +495,8 @@ class FlowReader:
         frame = self._read(text)
         if frame is None or len(frame) != len(lines):  # find the culprits in text
             raw = [block[a:b] for a, b in zip(starts[good], ends[good])]
+            if self._header_line is not None:
+                raw, lines = self._without_repeated_headers(raw, lines)
             frame, lines = self._read_text(raw, lines)
         yield from self._checked(frame, lines)
 
@@ -619,6 +624,21 @@ class FlowReader:
             if text:
                 raise
             return None
+
+    def _without_repeated_headers(self, raw: list[bytes], lines: np.ndarray):
+        """The lines that are not the header again (files joined with `cat`): skipped, and said
+        once with their count so far; they read as bad values ('expected a number, found
+        'duration'')."""
+        again = np.array([r.rstrip(b"\r") == self._header_line for r in raw], bool)
+        if not again.any():
+            return raw, lines
+        if not self._repeats:
+            note = (f"{self.path}:{int(lines[again][0])}: the header line again (files joined "
+                    "with cat?): skipped, as every repeat of it")
+            self.report.notes.append(note)
+            log.warning("%s", note)
+        self._repeats += int(again.sum())
+        return [r for r, a in zip(raw, again) if not a], lines[~again]
 
     def _read_text(self, raw: list[bytes], lines: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
         """Slow path for a chunk the typed parse refused: every cell as text, checked here."""
