@@ -35,7 +35,7 @@ schema_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=Fal
 
 def detect(
     bundle: Annotated[Path, typer.Argument(help="Model bundle (model.fedlstm of a run).")],
-    inputs: Annotated[list[Path], typer.Argument(help="Flow files (plain, .gz, .zip) or folders of them; - reads standard input.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Flow files (plain, gzip, bz2, xz, .zip) or folders of them; - reads standard input.")],
     out: Annotated[Optional[Path], typer.Option(help="Alert file (.jsonl or .csv); default: stdout.")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="jsonl | csv (default: from --out's suffix).")] = None,
     follow: Annotated[bool, typer.Option(help="Keep reading as the (last) file grows; Ctrl-C or SIGTERM ends it.")] = False,
@@ -246,7 +246,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 @schema_app.command("infer")
 def schema_infer(
-    file: Annotated[Path, typer.Argument(help="A flow log (CSV, TSV or Zeek), plain or .gz.")],
+    file: Annotated[Path, typer.Argument(help="A flow log (CSV, TSV or Zeek), plain or compressed (gzip, bz2, xz, .zip).")],
     out: Annotated[Optional[Path], typer.Option(help="Write the schema here (default: stdout).")] = None,
     rows: Annotated[int, typer.Option(help="Lines to sample.")] = 5000,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
