@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import click
-from click.core import ParameterSource
 import typer
+from click.core import ParameterSource
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (

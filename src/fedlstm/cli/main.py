@@ -26,6 +26,7 @@ from rich.text import Text
 from fedlstm import __version__
 from fedlstm.cli import anomaly, deploy, detect, keys
 from fedlstm.cli.common import (
+    KEPT_RUNS,
     AlertBudgetOpt,
     AllowUnsignedOpt,
     Attack,
@@ -60,7 +61,6 @@ from fedlstm.cli.common import (
     comparison_warnings,
     console,
     data_label,
-    KEPT_RUNS,
     fail,
     federation_options,
     interrupted_federation,

@@ -299,10 +299,10 @@ KNOWN_REPEATS = frozenset({"Fwd Header Length"})
 def _no_header_hint(fields: list[str]) -> str:
     """What to do when the first line holds numbers: a record, not column names."""
     numbers = []
-    for field in fields:
+    for value in fields:
         try:
-            if math.isfinite(float(field)):
-                numbers.append(field)
+            if math.isfinite(float(value)):
+                numbers.append(value)
         except ValueError:
             pass
     if not numbers:
