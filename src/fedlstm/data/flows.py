@@ -627,8 +627,7 @@ class FlowReader:
 
     def _without_repeated_headers(self, raw: list[bytes], lines: np.ndarray):
         """The lines that are not the header again (files joined with `cat`): skipped, and said
-        once with their count so far; they read as bad values ('expected a number, found
-        'duration'')."""
+        once, at the first; they read as bad values ('expected a number, found 'duration'')."""
         again = np.array([r.rstrip(b"\r") == self._header_line for r in raw], bool)
         if not again.any():
             return raw, lines
