@@ -114,3 +114,26 @@ def test_evaluate_scores_the_runs_own_test_subsample(id_dataset, tmp_path):
     done = runner.invoke(app, [*args, "--max-test-rows", "0"])
     assert done.exit_code == 0, done.output
     assert json.loads(out.read_text())["evaluations"]["test"]["binary"]["n"] == 300
+
+
+def test_evaluate_on_a_file_with_a_bad_line_is_lenient_on_request(tmp_path):
+    """evaluate --test-file stopped at a file's first malformed line, with no way to skip it."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detection"))
+    from _detect_helpers import HEADER, flow_lines, tiny_bundle
+
+    _, _, bundle = tiny_bundle(tmp_path)
+    later = tmp_path / "later.csv"
+    later.write_text("\n".join([HEADER, *flow_lines(60, seed=4), "1,2,3",
+                                *flow_lines(20, seed=5)]) + "\n")
+    args = ["evaluate", str(bundle), "--test-file", str(later)]
+    done = runner.invoke(app, args)
+    assert done.exit_code == 2 and "pass --lenient to skip bad lines" in done.output
+    out = tmp_path / "e.json"
+    done = runner.invoke(app, [*args, "--lenient", "--json", str(out)])
+    assert done.exit_code == 0, done.output
+    assert json.loads(out.read_text())["evaluations"]["test"]["binary"]["n"] == 80
+    done = runner.invoke(app, ["evaluate", str(bundle), "--lenient"])
+    assert done.exit_code == 2 and "--lenient reads --test-file files" in done.output

@@ -498,11 +498,13 @@ def evaluate(
     test_file: Annotated[Optional[list[Path]], typer.Option(
         "--test-file", help="A labelled flow file or folder of your own, in the bundle's schema "
                             "(repeatable): score the bundle on it, e.g. a later day's log.")] = None,
+    lenient: Annotated[bool, typer.Option(help="With --test-file: skip (and count) malformed lines instead of stopping at the first, unless more than half of a file's are.")] = False,
     trusted_key: TrustedKeyOpt = None,
     allow_unsigned: AllowUnsignedOpt = False,
 ) -> None:
     """Re-evaluate a model bundle on a dataset's test set(s), split as the bundle records, or on
     labelled files of your own (--test-file)."""
+    from fedlstm.data.flows import DEFAULT_MAX_BAD_SHARE
     from fedlstm.data.schemas import get_spec
     from fedlstm.data.splits import build_split, read_labelled_files
     from fedlstm.runs.rundir import public
@@ -513,6 +515,8 @@ def evaluate(
         split_options = {"--dataset": dataset, "--protocol": protocol, "--data-dir": data_dir,
                          "--seed": seed, "--dedup/--no-dedup": dedup,
                          "--max-test-rows": max_test_rows}
+        if lenient and not test_file:  # a benchmark's split is read as its run read it
+            raise ValueError("--lenient reads --test-file files; give one, or leave it out")
         if test_file and any(v is not None for v in split_options.values()):
             given = [k for k, v in split_options.items() if v is not None]
             raise ValueError(f"--test-file scores the bundle on your own file; {', '.join(given)} "
@@ -521,7 +525,8 @@ def evaluate(
         if test_file:
             metrics = {"dataset": model.spec.name, "protocol": "files",
                        "test_files": [str(f) for f in test_file]}
-            tests = {"test": read_labelled_files(test_file, model.spec)[0]}
+            tests = {"test": read_labelled_files(test_file, model.spec, lenient=lenient,
+                                                 max_bad_share=DEFAULT_MAX_BAD_SHARE)[0]}
         else:
             cfg, seed = bundle_split(model.metadata, dataset or model.spec.name, protocol, seed,
                                      dedup, data_dir, max_test_rows)
