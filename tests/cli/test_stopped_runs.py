@@ -86,3 +86,26 @@ def test_leftovers_to_resume_are_named_before_any_work(tmp_path, monkeypatch, wi
     r = runner.invoke(app, [*command, "--clients", "2", "--out", str(out)])
     assert r.exit_code == 2 and "pass --resume to continue it" in r.output, r.output
     assert "Fed-LSTM" not in r.output and "stopped" not in r.output
+
+
+@pytest.mark.parametrize("stop, code", [(KeyboardInterrupt(), 130), (SystemExit(143), 143)])
+@pytest.mark.parametrize("round_done", [True, False])
+def test_a_stopped_deployment_says_whether_a_round_was_kept(tmp_path, monkeypatch, wide_consoles,
+                                                            stop, code, round_done):
+    """Ctrl-C or SIGTERM on `deploy local` said nothing of the checkpoint --resume continues."""
+    from fedlstm.federation.deploy import launch
+
+    out = tmp_path / "run"
+    work = tmp_path / ".run.deploy"
+
+    def stopped(*_, **__):
+        if round_done:
+            (launch.server_dir(work) / CHECKPOINT).parent.mkdir(parents=True)
+            (launch.server_dir(work) / CHECKPOINT).write_bytes(b"round 1")
+        raise stop
+    monkeypatch.setattr(launch, "run_local_deployment", stopped)
+    r = runner.invoke(app, ["deploy", "local", "--clients", "2", "--out", str(out)])
+    assert r.exit_code == code, r.output
+    expected = f"checkpointed in {work}; continue with the same command and --resume" \
+        if round_done else "no round had completed, so nothing is kept"
+    assert expected in " ".join(r.output.split())

@@ -216,6 +216,18 @@ def run(
     raise typer.Exit(code)
 
 
+def _stopped_deployment(out: Path, work_dir: Path | None, code: int) -> None:
+    """What a stopped `deploy local` kept: it said nothing of the checkpoint --resume uses."""
+    from fedlstm.federation.deploy.launch import resumable
+
+    work = work_dir or out.parent / f".{out.name}.deploy"
+    kept = (f"the last completed round is checkpointed in {work}; continue with the same "
+            "command and --resume") if resumable(work) else \
+        "no round had completed, so nothing is kept; run the command again"
+    console.print(Text(f"the deployment was stopped: {kept}", style="yellow"), soft_wrap=True)
+    raise typer.Exit(code)
+
+
 @deploy_app.command("local")
 def local(
     dataset: Dataset = None,
@@ -282,6 +294,11 @@ def local(
                                           overwrite=overwrite, resume=resume,
                                           timeout=timeout, command=command_line(),
                                           progress=progress)
+    except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C, or SIGTERM (LocalFederation)
+        code = 130 if isinstance(exc, KeyboardInterrupt) else exc.code
+        if code not in (130, 143):
+            raise
+        _stopped_deployment(out, work_dir, code)
     except (KeyError, OSError, ValueError, RuntimeError, TimeoutError,
             subprocess.SubprocessError) as exc:
         fail(exc)
