@@ -292,8 +292,20 @@ class _HeadDeadline:
             self.transport.close()
 
 
+def _refused_head(transport, buffered: int, data: bytes, limit: int) -> bool:
+    """Answer 431 and close when the request head, `buffered` bytes so far and `data` up to its
+    blank line, is over `limit`. Both parsers admitted any head that came whole in one read:
+    httptools parsed it at once, and h11 bounds only a head still incomplete."""
+    end = data.find(b"\r\n\r\n")
+    if buffered + (len(data) if end < 0 else end + 4) <= limit or transport.is_closing():
+        return False
+    _close_with(transport, b"431 Request Header Fields Too Large",
+                b"request head over %d bytes" % limit)
+    return True
+
+
 class GuardedH11Protocol(_HeadDeadline, H11Protocol):
-    """uvicorn's h11 protocol with the head deadline; h11 bounds the head's size itself."""
+    """uvicorn's h11 protocol with the head deadline and the bound on the head's size."""
 
     def __init__(self, *args, read_timeout: float, **kwargs):
         super().__init__(*args, **kwargs)
@@ -301,6 +313,12 @@ class GuardedH11Protocol(_HeadDeadline, H11Protocol):
 
     def _head_state(self) -> tuple[bool, bool]:
         return self.conn.their_state is h11.IDLE, bool(self.conn.trailing_data[0])
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE and _refused_head(
+                self.transport, len(self.conn.trailing_data[0]), data, MAX_HEAD_BYTES):
+            return
+        super().data_received(data)
 
 
 class GuardedHttpToolsProtocol(_HeadDeadline, HttpToolsProtocol or object):  # object: unusable
@@ -315,6 +333,8 @@ class GuardedHttpToolsProtocol(_HeadDeadline, HttpToolsProtocol or object):  # o
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
+            if _refused_head(self.transport, self._head_bytes, data, self.max_head_bytes):
+                return
             self._head_bytes += len(data)
         super().data_received(data)
         if self._in_head and self._head_bytes > self.max_head_bytes \
