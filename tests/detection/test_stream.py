@@ -168,3 +168,55 @@ def test_follow_reads_across_log_rotation(tiny_model, tmp_path):
     # Windows run on across the rotation (one stream); line numbers restart in the new file.
     assert summary.scored == 90 == len(out)
     assert [o["line"] for o in out][-40:] == list(range(2, 42))
+
+
+def test_follow_stops_while_its_log_keeps_growing(tiny_model, tmp_path):
+    """The stop was checked only when a read found nothing new: under a busy writer, Ctrl-C and
+    SIGTERM went unheeded until the writer paused."""
+    path = tmp_path / "busy.csv"
+    path.write_text("\n".join([HEADER, *flow_lines(50)]) + "\n")
+    block = "\n".join(flow_lines(20, seed=7)) + "\n"
+    stop, start = threading.Event(), time.monotonic()
+
+    def writer():  # never pauses, for 5 s
+        with open(path, "a") as fh:
+            while time.monotonic() - start < 5:
+                fh.write(block)
+                fh.flush()
+    thread = threading.Thread(target=writer)
+    thread.start()
+    threading.Timer(0.5, stop.set).start()
+    detect(tiny_model, [path], None, follow=True, poll_seconds=0.01, stop=stop.is_set)
+    took = time.monotonic() - start - 0.5
+    thread.join()
+    assert took < 2, f"stopped {took:.1f} s after the stop, while the log grew"
+
+
+def test_follow_leaves_a_half_written_last_line_unscored_at_the_stop(tiny_model, tmp_path):
+    """It was scored as a whole record: '987' of '9876543210', with no word."""
+    path = tmp_path / "cut.csv"
+    lines = flow_lines(30)
+    path.write_text("\n".join([HEADER, *lines]) + "\n" + flow_lines(31)[30][:12])
+    summary = detect(tiny_model, [path], None, follow=True, poll_seconds=0.01,
+                     stop=lambda: True)
+    assert summary.records == 30 and summary.bad_lines == 0
+    assert any("stopped while a line was being written" in n
+               for n in summary.files[0].get("notes", []))
+
+
+def test_follow_waits_for_its_log_and_for_a_whole_header(tiny_model, tmp_path):
+    """It stopped at once when the log did not exist yet ('no record parsed ... are they in its
+    format?'), and read a half-written header as the whole one."""
+    path = tmp_path / "later.csv"
+    lines = flow_lines(20)
+
+    def write():
+        time.sleep(0.2)
+        with open(path, "w") as fh:
+            fh.write(HEADER[:10])
+            fh.flush()
+            time.sleep(0.2)
+            fh.write(HEADER[10:] + "\n" + "\n".join(lines) + "\n")
+        time.sleep(0.2)
+    summary = _detect_while(tiny_model, path, write)
+    assert summary.records == 20 and summary.bad_lines == 0

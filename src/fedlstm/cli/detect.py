@@ -121,6 +121,9 @@ def detect(
                                  max_bad_share=max_bad_share,
                                  share_hint=" (--max-bad-share sets the share)")
             result = summary.to_dict()
+            if not summary.records and follow and stopping["now"] and not summary.bad_lines:
+                # stopped before the followed log had a record: not a format problem
+                raise DataFormatError(f"stopped before any record arrived in {inputs[-1]}")
             if not summary.records:  # a pipeline must not take "nothing" for "no alerts"
                 _render_summary(result, None)
                 spec = model.spec

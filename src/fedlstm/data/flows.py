@@ -191,7 +191,7 @@ class FlowReader:
         if spec.format == "zeek":
             lineno, names = 0, None
             # Bounded reads: a data line too long comes back cut, and _blocks drops the rest.
-            for raw in iter(lambda: fh.readline(self.max_line_bytes + 1), b""):
+            for raw in iter(lambda: self._whole_line(fh), b""):
                 lineno += 1
                 if lineno == 1:  # a byte-order mark hid the '#' or '{' that says the layout
                     raw = raw.removeprefix(b"\xef\xbb\xbf")
@@ -204,7 +204,7 @@ class FlowReader:
             self._zeek_header(names or spec.columns, lineno + 1)
             return lineno, b""
         if spec.has_header or not spec.columns:
-            raw = fh.readline(self.max_line_bytes + 1)
+            raw = self._whole_line(fh)
             problem = text_problem(raw)
             if problem:
                 raise DataFormatError(f"{self.path}:1: {problem}")
@@ -220,6 +220,16 @@ class FlowReader:
             return 1, b""
         self._set_columns(spec.columns, 1)
         return 0, b""
+
+    def _whole_line(self, fh) -> bytes:
+        """A header line, bounded; when following, waited for until its line end arrives: a
+        rotated log's half-written header was read as the whole one (and the run stopped)."""
+        line = fh.readline(self.max_line_bytes + 1)
+        while self.follow and line and not line.endswith(b"\n") \
+                and len(line) <= self.max_line_bytes and not self.stop():
+            time.sleep(self.poll_seconds)
+            line += fh.readline(self.max_line_bytes + 1 - len(line))
+        return line
 
     def header_match(self) -> HeaderMatch:
         """The schema read on the file's header alone: the columns under the schema's names,
@@ -278,13 +288,23 @@ class FlowReader:
                     yield block
                 if len(pending) > self.max_line_bytes:  # no line end in sight
                     skipping, pending = True, b""
-                continue
+                # A log that never pauses would never reach the stop check below: Ctrl-C and
+                # SIGTERM went unheeded while a busy sensor kept writing.
+                if not (self.follow and self.stop()):
+                    continue
             # Checked before `stop`, so a log rotated just before the stop is still read.
-            if self.follow and self._replaced(fh):
+            elif self.follow and self._replaced(fh):
                 self._rotated = True
             if self._rotated or not self.follow or self.stop():
                 if skipping:
                     yield _TOO_LONG
+                elif pending and self.follow and not self._rotated:
+                    # stopped while its writer was mid-line: a cut value ('987' of '9876543210')
+                    # was scored as if whole
+                    note = (f"{self.path}: stopped while a line was being written "
+                            f"({len(pending):,} bytes without a line end): left unscored")
+                    self.report.notes.append(note)
+                    log.warning("%s", note)
                 elif pending:
                     yield pending + b"\n"
                 return
@@ -329,6 +349,8 @@ class FlowReader:
     def __iter__(self) -> Iterator[Chunk]:
         """Chunks of the file; in follow mode, across rotations: when the path is replaced, the
         old file is read to its end and the new one from its start (line numbers restart)."""
+        if self.follow and not self._wait_for_data():  # --follow may start before its log
+            return
         while True:
             self._rotated = False
             yield from self._read_once()
@@ -336,10 +358,16 @@ class FlowReader:
                 return
             self.report.rotations += 1
             log.info("%s: rotated; reading the new file from its start", self.path)
-            while not (self.path.exists() and self.path.stat().st_size):  # the new one is empty
-                if self.stop():
-                    return
-                time.sleep(self.poll_seconds)
+            if not self._wait_for_data():  # the new one is empty
+                return
+
+    def _wait_for_data(self) -> bool:
+        """Wait until the followed path exists and holds bytes; False: stopped before."""
+        while not (self.path.exists() and self.path.stat().st_size):
+            if self.stop():
+                return False
+            time.sleep(self.poll_seconds)
+        return True
 
     def _read_once(self) -> Iterator[Chunk]:
         self._ended, self._corrupt = False, None
