@@ -57,6 +57,7 @@ def certs(
     supernodes: Annotated[int, typer.Option("--supernodes", "-n", min=0,
                                             help="SuperNode key pairs to generate.")] = 2,
     days: Annotated[int, typer.Option(min=1, help="Validity of the certificates.")] = 365,
+    overwrite: Annotated[bool, typer.Option(help="Replace the credentials OUT_DIR holds (every site then needs the new ca.crt and keys).")] = False,
 ) -> None:
     """Generate a CA, the coordinator's TLS certificate, SuperNode key pairs (ECDSA P-384) and
     the public key sites trust apps from (this host's fedlstm key, `fedlstm keys`)."""
@@ -66,6 +67,11 @@ def certs(
     from fedlstm.federation.deploy.credentials import generate_certificates, generate_supernode_keys
 
     try:
+        if (out_dir / "ca.crt").exists() and not overwrite:
+            # a rerun (to add a site) replaced the CA and every key: each site was cut off
+            raise FileExistsError(f"{out_dir} holds a federation's credentials (ca.crt); new "
+                                  "ones cut off every site that has the old: pass --overwrite "
+                                  "to replace them, or choose another folder")
         paths = generate_certificates(out_dir, hosts=host or ["localhost", "127.0.0.1"], days=days)
         keys = generate_supernode_keys(out_dir / "keys", supernodes)
         signer = KeyHome.default().signing_key()
@@ -119,6 +125,7 @@ def superlink(
     Fleet API to the sites. Runs until Ctrl-C."""
     from fedlstm.federation.deploy.credentials import Certificates
     from fedlstm.federation.deploy.processes import DeploymentError, LocalFederation
+    from fedlstm.runs.rundir import output_lock
 
     creds = creds.resolve()  # the SuperLink and nginx run in the work folder
     c = Certificates(creds / "ca.crt", creds / "ca.key", creds / "server.pem", creds / "server.key")
@@ -127,10 +134,13 @@ def superlink(
             if not path.is_file():
                 raise FileNotFoundError(f"{path} not found: run `fedlstm deploy certs {creds} "
                                         "--host NAME` first")
+        # Taken ports fail here: the SuperLink's own bind error came after the start banner
+        check_ports_free([(host, port, "--port"), ("127.0.0.1", control_port, "--control-port")])
         federation = LocalFederation(work_dir, public_host=host, public_port=port,
                                      superlink_port=control_port, certificates=c,
                                      database=str(database.resolve()))
-        with federation:
+        # one coordinator per folder: a second one rewrote the first's front door and logs
+        with output_lock(work_dir), federation:
             console.print(Text(
                 f"SuperLink on {federation.address} (Control API: this host only); sites connect "
                 f"to {host}:{port} (Fleet API only). In $FLWR_HOME/config.toml, use address = "
@@ -143,6 +153,20 @@ def superlink(
         console.print("stopped")
     except (OSError, ValueError, RuntimeError) as exc:
         fail(exc)
+
+
+def check_ports_free(ports: list[tuple[str, int, str]]) -> None:
+    """Refuse ports another program listens on, naming the option that set each."""
+    import socket
+
+    for host, port, option in ports:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise OSError(f"{host}:{port} ({option}) is in use: {exc.strerror}; choose "
+                              "another port, or stop what listens there") from None
 
 
 @deploy_app.command("supernode")
@@ -167,6 +191,12 @@ def supernode(
     from fedlstm.federation.deploy.site import site_environment, write_clientapp_shim
 
     try:
+        # Checked before the SuperNode starts: a missing key was a traceback, missing data a
+        # site that went online and failed at its first run
+        for path, option in ((root_certificates, "--root-certificates"),
+                             (auth_key, "--auth-key"), (data_path, "--data-path")):
+            if not path.exists():
+                raise FileNotFoundError(f"{path} ({option}) not found")
         shim = write_clientapp_shim(tempfile.mkdtemp(prefix="fedlstm-site-"))
         env = site_environment({**os.environ, **FLWR_ENV}, shim, list(trusted_app_key))
         node_config = config_args({"data-path": str(data_path.resolve()), "name": name,
@@ -192,13 +222,19 @@ def run(
 ) -> None:
     """Start a run of the signed app on the coordinator's SuperLink and stream its log
     (`flwr run`, with the configuration and the signature in a run-config file)."""
+    import shutil
     import subprocess
     import tempfile
 
     from fedlstm.federation.deploy.app import CONFIG_KEY, SIGNATURE_FILE, SIGNATURE_KEY
     from fedlstm.federation.deploy.processes import LocalFederation, write_run_config
+    from fedlstm.runs.rundir import check_leftovers, check_out
 
+    folder = None
     try:
+        # Two runs into one --out-dir both ran and both wrote it, the last one winning
+        check_out(out_dir)
+        check_leftovers(out_dir)
         cfg = load_run_config(config, set_)  # the hybrid unless the configuration names a kind
         signature = (app.parent / SIGNATURE_FILE).read_text().strip()
         folder = Path(tempfile.mkdtemp(prefix="fedlstm-run-"))
@@ -208,11 +244,22 @@ def run(
         command = [LocalFederation.executable("flwr"), "run", str(app),
                    *([connection] if connection else []), "--run-config", str(overrides),
                    "--stream"]
+        code = subprocess.run(command).returncode
+    except KeyboardInterrupt:  # flwr stops streaming; the run goes on at the SuperLink
+        console.print(Text("stopped following the run's log; the run itself goes on at the "
+                           "SuperLink: `flwr ls` shows it, `flwr stop RUN_ID` stops it",
+                           style="yellow"))
+        raise typer.Exit(130)
     except (OSError, ValueError) as exc:
         fail(exc)
-    code = subprocess.run(command).returncode
-    console.print(Text("check the run's status with `flwr ls` (flwr run exits 0 even when a run "
-                       f"fails); its run directory goes to {out_dir}"))
+    finally:  # it holds the configuration and the app's signature
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+    if code:
+        console.print(Text(f"flwr run exited with code {code}: see its output above"))
+    else:
+        console.print(Text("check the run's status with `flwr ls` (flwr run exits 0 even when a "
+                           f"run fails); a run that completes writes its directory to {out_dir}"))
     raise typer.Exit(code)
 
 

@@ -231,7 +231,11 @@ def serve(
     scheme = "http" if tls_cert is None else "https"
     say(f"serving {bundle} on {scheme}://{host}:{port} (docs: /docs)"
         + (", API key required" if api_key else ""))
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    # SIGHUP (a closed terminal) ends the service as SIGTERM does (uvicorn handles only
+    # SIGINT and SIGTERM: it died on the spot, connections cut)
+    signal.signal(signal.SIGHUP, lambda *_: setattr(server, "should_exit", True))
+    server.run(sockets=[sock])
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

@@ -50,12 +50,15 @@ def write_clientapp_shim(folder: str | Path) -> Path:
 
 def site_environment(env: Mapping[str, str], shim_dir: Path,
                      trusted_key_files: list[str | Path]) -> dict[str, str]:
-    """The SuperNode's environment: our `flwr-clientapp` first on PATH, and the trusted keys."""
+    """The SuperNode's environment: our `flwr-clientapp` first on PATH, then this environment's
+    own commands (Flower starts `flower-superexec` by name: without an activated venv the
+    SuperNode failed and hung), and the trusted keys."""
     if not trusted_key_files:
         raise ValueError("a site needs at least one trusted app key (the coordinator's public key)")
     for path in trusted_key_files:
         read_public_key(path)  # fail at start-up, not at the first run
-    return {**env, "PATH": os.pathsep.join([str(shim_dir), env.get("PATH", "")]),
+    path = os.pathsep.join([str(shim_dir), str(Path(sys.executable).parent), env.get("PATH", "")])
+    return {**env, "PATH": path,
             TRUSTED_KEYS_ENV: os.pathsep.join(str(Path(p).resolve()) for p in trusted_key_files)}
 
 
