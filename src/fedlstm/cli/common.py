@@ -11,6 +11,7 @@ through `Text` / `Text.assemble` (plain strings there are never parsed) or `esca
 from __future__ import annotations
 
 import shlex
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -125,6 +126,20 @@ def interrupted_federation(exc: BaseException, out: Path) -> None:
         fail(exc, stopped=": the last completed round is checkpointed; continue with the same "
                           "command and --resume")
     fail(exc, stopped=": no round had completed, so nothing is kept; run the command again")
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port (port 0: any free one), as uvicorn would bind it
+    (`serve`; `deploy superlink` checks its ports with it before starting anything)."""
+    sock = socket.socket(family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def command_line() -> str:

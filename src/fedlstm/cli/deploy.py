@@ -35,6 +35,7 @@ from fedlstm.cli.common import (
     data_label,
     fail,
     federation_options,
+    listening_socket,
     load_run_config,
     n_sites,
     out_console,
@@ -157,16 +158,12 @@ def superlink(
 
 def check_ports_free(ports: list[tuple[str, int, str]]) -> None:
     """Refuse ports another program listens on, naming the option that set each."""
-    import socket
-
     for host, port, option in ports:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
-            try:
-                sock.bind((host, port))
-            except OSError as exc:
-                raise OSError(f"{host}:{port} ({option}) is in use: {exc.strerror}; choose "
-                              "another port, or stop what listens there") from None
+        try:
+            listening_socket(host, port).close()
+        except OSError as exc:
+            raise OSError(f"{host}:{port} ({option}) is in use ({exc}); choose another port, "
+                          "or stop what listens there") from None
 
 
 @deploy_app.command("supernode")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sys
 import threading
 from contextlib import ExitStack
@@ -24,6 +23,7 @@ from fedlstm.cli.common import (
     check_outputs,
     console,
     fail,
+    listening_socket,
     load_bundle,
     out_console,
     say,
@@ -236,19 +236,6 @@ def serve(
     # SIGINT and SIGTERM: it died on the spot, connections cut)
     signal.signal(signal.SIGHUP, lambda *_: setattr(server, "should_exit", True))
     server.run(sockets=[sock])
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to host:port (port 0: any free one), as uvicorn would bind it."""
-    sock = socket.socket(family=socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    sock.set_inheritable(True)
-    return sock
 
 
 @schema_app.command("infer")

@@ -460,7 +460,7 @@ class FlowReader:
             return
         if self._space_split:
             block = block.replace(b"   ", self.sep)
-        if not self._not_utf8_noted:
+        if not self._not_utf8_noted and not block.isascii():  # isascii: the cheap common case
             self._note_not_utf8(block, first_line)
         arr = np.frombuffer(block, np.uint8)
         ends = np.flatnonzero(arr == 10)
@@ -500,8 +500,10 @@ class FlowReader:
                 seps[i] = self._quoted_fields(block[starts[i]:ends[i]]) - 1
         # A carriage return before a line's end: pandas ends a line there, which shifted the
         # lines after it ('\r\r\n': a CSV written in text mode on Windows).
-        trailing_cr = (arr[np.maximum(ends - 1, 0)] == 13) & (ends > starts)
-        stray_cr = (per_line(arr == 13) > trailing_cr) & ~empty & ~nul & ~long
+        stray_cr = np.zeros(len(ends), bool)
+        if b"\r" in block:  # one more pass over the block only where a CR is in it
+            trailing_cr = (arr[np.maximum(ends - 1, 0)] == 13) & (ends > starts)
+            stray_cr = (per_line(arr == 13) > trailing_cr) & ~empty & ~nul & ~long
         wrong = ((seps + 1 != self.n_fields) | stray_cr) & ~empty & ~nul & ~comment & ~long
         good = ~(empty | nul | wrong | comment | long)
         self.report.blank += int(empty.sum())
