@@ -393,6 +393,28 @@ def test_the_anomaly_detector_deploys_like_the_supervised_one(federation, datase
     assert metrics["evaluations"]["test"]["unseen"]["n"] > 0
 
 
+def test_deploy_run_exits_non_zero_when_the_run_fails(federation, tmp_path, monkeypatch):
+    """`fedlstm deploy run` exited 0 after a run that failed at the SuperLink (`flwr run
+    --stream` exits 0 either way): a script chaining it went on as if a detector existed."""
+    from typer.testing import CliRunner
+
+    from fedlstm.cli.main import app
+    from fedlstm.federation.deploy.app import write_signed_app
+
+    for key, value in federation.env().items():
+        monkeypatch.setenv(key, value)
+    signed = write_signed_app(tmp_path, federation.app_key)
+    config = tmp_path / "config.json"  # the ServerApp finds no test data there: it fails
+    config.write_text(load_config(None, ["data.max_train_rows=300"], data__dataset="nsl-kdd",
+                                  data__data_dir=str(tmp_path / "no-data")).model_dump_json())
+    r = CliRunner().invoke(app, ["deploy", "run", "--config", str(config), "--out-dir",
+                                 str(tmp_path / "out"), "--app", str(signed.folder),
+                                 "--connection", "fedlstm-local"], terminal_width=200)
+    assert r.exit_code == 1, r.output
+    assert "ended with status 'finished:failed'" in r.output, r.output
+    assert not (tmp_path / "out").exists()
+
+
 def _after_round_1(federation, *actions) -> tuple[threading.Thread, list[float]]:
     """Run `actions` once round 1's checkpoint is written (in the ServerApp's out-dir); returns
     the watching thread and the time they ran, once they have."""

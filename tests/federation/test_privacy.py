@@ -112,6 +112,10 @@ def test_server_receives_only_aggregates(datasets_dir, tmp_path, mode):
             answer = {k.split("/")[-1] for k in m.config if k.startswith("getpropertiesres.properties")}
             # preprocessing statistics; the hybrid's sums for μ, Σ and its score histogram
             assert answer - {"client"} in ({"statistics"}, {"error_stats"}, {"histogram"})
+    if detector == "hybrid":  # three calibration questions, the final model sent once a site
+        sent = [m for m in log if m.direction == "sent" and m.message_type == "get_properties"]
+        with_model = [m.node_id for m in sent if "getpropertiesins.config/weights" in m.config]
+        assert len(sent) > len(with_model) == len(set(with_model)) == len(sizes), with_model
     individual = [a for m in received if m.message_type == "train" for a in m.float_arrays
                   if tuple(a.shape) in model_shapes]
     if mode == "plain":

@@ -217,17 +217,16 @@ def run(
         help="SuperLink connection in $FLWR_HOME/config.toml (default: its default).")] = None,
     set_: Overrides = None,
 ) -> None:
-    """Start a run of the signed app on the coordinator's SuperLink and stream its log
-    (`flwr run`, with the configuration and the signature in a run-config file)."""
+    """Start a run of the signed app on the coordinator's SuperLink, stream its log, and exit
+    non-zero unless it completed (`flwr run` exits 0 even when a run fails)."""
     import shutil
-    import subprocess
     import tempfile
 
     from fedlstm.federation.deploy.app import CONFIG_KEY, SIGNATURE_FILE, SIGNATURE_KEY
-    from fedlstm.federation.deploy.processes import LocalFederation, write_run_config
+    from fedlstm.federation.deploy.processes import FINISHED, DeploymentError, write_run_config
     from fedlstm.runs.rundir import check_leftovers, check_out
 
-    folder = None
+    folder, run_id = None, None
     try:
         # Two runs into one --out-dir both ran and both wrote it, the last one winning
         check_out(out_dir)
@@ -238,26 +237,69 @@ def run(
         overrides = write_run_config(folder / "run-config.toml", {
             CONFIG_KEY: cfg.model_dump_json(), "out-dir": str(out_dir.resolve()),
             SIGNATURE_KEY: signature})
-        command = [LocalFederation.executable("flwr"), "run", str(app),
-                   *([connection] if connection else []), "--run-config", str(overrides),
-                   "--stream"]
-        code = subprocess.run(command).returncode
+        flwr = _Flwr(connection)
+        run_id = flwr.start(app, overrides)
+        console.print(Text(f"run {run_id} started; its log follows (Ctrl-C stops following, "
+                           "not the run)"))
+        info = flwr.follow(run_id)
     except KeyboardInterrupt:  # flwr stops streaming; the run goes on at the SuperLink
-        console.print(Text("stopped following the run's log; the run itself goes on at the "
-                           "SuperLink: `flwr ls` shows it, `flwr stop RUN_ID` stops it",
+        which = f"run {run_id}" if run_id else "the run, if it started,"
+        console.print(Text(f"stopped following {which}; it goes on at the SuperLink: `flwr ls` "
+                           f"shows it, `flwr stop {run_id or 'RUN_ID'}` stops it",
                            style="yellow"))
         raise typer.Exit(130)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, DeploymentError, subprocess.SubprocessError) as exc:
         fail(exc)
     finally:  # it holds the configuration and the app's signature
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
-    if code:
-        console.print(Text(f"flwr run exited with code {code}: see its output above"))
-    else:
-        console.print(Text("check the run's status with `flwr ls` (flwr run exits 0 even when a "
-                           f"run fails); a run that completes writes its directory to {out_dir}"))
-    raise typer.Exit(code)
+    status, details = str(info.get("status", "")), info.get("status-details") or ""
+    if status == FINISHED and (out_dir / "metrics.json").exists():
+        console.print(Text(f"run {run_id} completed; its run directory is {out_dir}"))
+        return
+    why = (f"ended with status {status!r}" + (f": {details}" if details else "")
+           if status != FINISHED else f"completed but wrote no run directory at {out_dir} "
+           "(the ServerApp writes it on the SuperLink's host)")
+    console.print(Text(f"run {run_id} {why}; the ServerApp's log above says why "
+                       f"(`flwr log {run_id}` shows it again)", style="red"), soft_wrap=True)
+    raise typer.Exit(1)
+
+
+class _Flwr:
+    """The `flwr` CLI on a user's connection ($FLWR_HOME/config.toml; its default when None)."""
+
+    def __init__(self, connection: str | None):
+        from fedlstm.federation.deploy.processes import LocalFederation
+
+        self.executable = LocalFederation.executable("flwr")
+        self.connection = [connection] if connection else []
+
+    def _call(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([self.executable, *args], capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+
+    def start(self, app: Path, run_config: Path) -> int:
+        from fedlstm.federation.deploy.processes import started_run
+
+        return started_run(self._call("run", str(app), *self.connection, "--run-config",
+                                      str(run_config), "--format", "json"))
+
+    def status(self, run_id: int) -> dict:
+        from fedlstm.federation.deploy.processes import run_status
+
+        return run_status(run_id, self._call("ls", *self.connection, "--run-id", str(run_id),
+                                             "--format", "json"))
+
+    def follow(self, run_id: int) -> dict:
+        """Stream the run's log to this terminal until it ends; return its status."""
+        subprocess.run([self.executable, "log", str(run_id), *self.connection, "--stream"],
+                       stdin=subprocess.DEVNULL)
+        info = self.status(run_id)
+        while not str(info.get("status", "")).startswith("finished"):
+            # the stream ended early (a dropped connection): poll instead, gently
+            time.sleep(3.0)
+            info = self.status(run_id)
+        return info
 
 
 def _stopped_deployment(out: Path, work_dir: Path | None, code: int) -> None:

@@ -58,6 +58,7 @@ from fedlstm.federation.networks import (
     restore_private,
 )
 from fedlstm.federation.partitions import load_client_records
+from fedlstm.federation.questions import NOT_HELD, HeldModels, with_held_weights
 from fedlstm.federation.robust import (
     ROBUST_STRATEGIES,
     CappedCounts,
@@ -114,9 +115,11 @@ class FlowerClient(NumPyClient):
 
     def get_properties(self, config):
         site = self._state()
+        config = dict(config)
         if self.state is not None:
             restore_private(site, self.state)
-        return site.answer(dict(config))
+            config = with_held_weights(config, self.state)
+        return site.answer(config)
 
     def fit(self, parameters, config):
         site = self._site(config)
@@ -192,32 +195,44 @@ class FederationStalled(RuntimeError):
 
 
 def query_clients(grid: Grid, config: dict, n_clients: int, timeout: float | None = 600.0,
-                  min_answers: int = 1) -> list[dict]:
+                  min_answers: int = 1, held: HeldModels | None = None) -> list[dict]:
     """Ask every connected site one aggregate-only question (`config["phase"]`); the answers of
     the sites that gave one (a site that failed or went away is named in the log and left out;
-    fewer than `min_answers` is an error)."""
+    fewer than `min_answers` is an error). `held`: the model each site holds from an earlier
+    question of this run, which the question then names instead of carrying it."""
     phase = config.get("phase")
     deadline = time.monotonic() + (timeout or 600.0)
     while len(node_ids := list(grid.get_node_ids())) < n_clients:
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {len(node_ids)} of {n_clients} sites connected")
         time.sleep(0.5)
-    messages = [Message(content=RecordDict({_PROPS_IN: ConfigRecord(config)}), dst_node_id=node_id,
-                        message_type="get_properties") for node_id in node_ids]
+    held, asked = held or HeldModels(), len(node_ids)
     answers, errors = [], []
-    for reply in grid.send_and_receive(messages, timeout=timeout):
-        if reply.has_error():
-            log.warning("site %s did not answer %r: %s", reply.metadata.src_node_id, phase,
-                        reply.error.reason)
-            errors.append(reply.error.reason)
-            continue
-        answers.append(dict(reply.content.config_records[_PROPS_OUT]))
+    for attempt in range(2):  # a site that no longer holds the model is sent it once more
+        messages = [Message(content=RecordDict({_PROPS_IN: ConfigRecord(
+            held.question_for(node_id, config))}), dst_node_id=node_id,
+            message_type="get_properties") for node_id in node_ids]
+        node_ids = []
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                if NOT_HELD in reply.error.reason and attempt == 0:
+                    held.forget(node)
+                    node_ids.append(node)
+                    continue
+                log.warning("site %s did not answer %r: %s", node, phase, reply.error.reason)
+                errors.append(reply.error.reason)
+                continue
+            held.answered(node, config)
+            answers.append(dict(reply.content.config_records[_PROPS_OUT]))
+        if not node_ids:
+            break
     if len(answers) < min_answers:
         # the sites' own error first: "did not answer within 600 s" read as a timeout when a
         # site had failed after seconds
         why = f"; a site's error: {(errors[0].strip().splitlines() or ['?'])[-1]}" if errors else \
             f" within {timeout or 600:.0f} s"
-        raise FederationStalled(f"{len(answers)} of {len(messages)} sites answered {phase!r}, "
+        raise FederationStalled(f"{len(answers)} of {asked} sites answered {phase!r}, "
                                 f"{min_answers} needed{why} (see the sites' logs; "
                                 "federation.round_timeout, min_fit_clients)")
     return answers
@@ -362,8 +377,9 @@ def finish(grid: Grid, task: ServerTask):
     fed = task.cfg.federation
     # Every connected site is asked; a site that stopped during training is not waited for.
     enough = min(fed.min_fit_clients, fed.clients)
+    held = HeldModels()  # each site is sent the final model once, for every question
     return task.detector(lambda question: query_clients(
-        grid, question, enough, fed.round_timeout, min_answers=enough))
+        grid, question, enough, fed.round_timeout, min_answers=enough, held=held))
 
 
 def make_server_app(task: ServerTask | None = None) -> ServerApp:

@@ -97,6 +97,29 @@ def _parse_json(text: str) -> dict:
     return json.JSONDecoder().raw_decode(text[start:])[0]
 
 
+def started_run(result: subprocess.CompletedProcess) -> int:
+    """The run id in the answer of `flwr run ... --format json`."""
+    try:
+        reply = _parse_json(result.stdout)
+    except ValueError:
+        reply = {}
+    # `flwr run` exits 0 even when the SuperLink refused the run: read its answer.
+    if result.returncode != 0 or not reply.get("success") or not reply.get("run-id"):
+        output = _ANSI.sub("", result.stdout + result.stderr)
+        raise DeploymentError(f"flwr run failed:\n{output[-3000:]}")
+    return int(reply["run-id"])
+
+
+def run_status(run_id: int, result: subprocess.CompletedProcess) -> dict:
+    """The run in the answer of `flwr ls --run-id ID --format json`: status, status-details,
+    elapsed, network-traffic, ..."""
+    try:
+        return dict(_parse_json(result.stdout)["runs"][0])
+    except (ValueError, KeyError, IndexError):
+        raise DeploymentError(f"cannot read the status of run {run_id}:\n"
+                              f"{_ANSI.sub('', result.stdout + result.stderr)[-2000:]}")
+
+
 def _toml_string(value: str | Path) -> str:
     return json.dumps(str(value))  # a JSON string of plain text is a valid TOML basic string
 
@@ -391,26 +414,13 @@ class LocalFederation:
         """`flwr run APP fedlstm-local --run-config FILE.toml`: returns the run id at once."""
         overrides = write_run_config(self.work_dir / f"run-config-{uuid.uuid4().hex[:8]}.toml",
                                      run_config)
-        result = self.flwr("run", str(app_dir), CONNECTION, "--run-config", str(overrides),
-                           "--format", "json")
-        output = _ANSI.sub("", result.stdout + result.stderr)
-        try:
-            reply = _parse_json(result.stdout)
-        except ValueError:
-            reply = {}
-        # `flwr run` exits 0 even when the SuperLink refused the run: read its answer.
-        if result.returncode != 0 or not reply.get("success") or not reply.get("run-id"):
-            raise DeploymentError(f"flwr run failed:\n{output[-3000:]}")
-        return int(reply["run-id"])
+        return started_run(self.flwr("run", str(app_dir), CONNECTION, "--run-config",
+                                     str(overrides), "--format", "json"))
 
     def run_info(self, run_id: int) -> dict:
         """`flwr ls --run-id ID --format json`: status, status-details, elapsed, traffic, ..."""
-        result = self.flwr("ls", CONNECTION, "--run-id", str(run_id), "--format", "json")
-        try:
-            return dict(_parse_json(result.stdout)["runs"][0])
-        except (ValueError, KeyError, IndexError):
-            raise DeploymentError(f"cannot read the status of run {run_id}:\n"
-                                  f"{_ANSI.sub('', result.stdout + result.stderr)[-2000:]}")
+        return run_status(run_id, self.flwr("ls", CONNECTION, "--run-id", str(run_id),
+                                            "--format", "json"))
 
     def wait(self, run_id: int, timeout: float | None = None,
              watch: list[ManagedProcess] | None = None, min_sites: int | None = None) -> dict:
