@@ -168,6 +168,12 @@ def test_follow_reads_across_log_rotation(tiny_model, tmp_path):
     # Windows run on across the rotation (one stream); line numbers restart in the new file.
     assert summary.scored == 90 == len(out)
     assert [o["line"] for o in out][-40:] == list(range(2, 42))
+    # ... so each record says which file it was in: line 2 named two records, one per file
+    assert [o.get("rotation", 0) for o in out] == [0] * 50 + [1] * 40
+    sink = io.StringIO()  # the CSV alerts of a followed log: a rotation column
+    AlertWriter(sink, "csv", tiny_model.class_names, follow=True).write(out[-1])
+    header, row = sink.getvalue().splitlines()
+    assert header.startswith("file,line,rotation,") and row.split(",")[1:3] == ["41", "1"]
 
 
 def test_follow_stops_while_its_log_keeps_growing(tiny_model, tmp_path):

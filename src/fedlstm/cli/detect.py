@@ -101,7 +101,7 @@ def detect(
             if out is not None:
                 stream = outputs.enter_context(staged_file(out, keep_on_failure=follow))
                 partial = stream.name
-            writer = AlertWriter(stream, kind, model.class_names)
+            writer = AlertWriter(stream, kind, model.class_names, follow=follow)
             if follow:
                 console.print(Text.assemble(
                     "following ", str(inputs[-1]), " (Ctrl-C to stop)",

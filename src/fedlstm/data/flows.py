@@ -111,6 +111,7 @@ class Chunk:
     entity: np.ndarray | None = None
     label: np.ndarray | None = None  # raw label values, where the file has the label column
     family_label: np.ndarray | None = None
+    rotation: int = 0  # follow mode: the file's rotations before it (its lines count from 1)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -761,7 +762,7 @@ class FlowReader:
             family = np.char.strip(family).astype(object)
         if self.entity_col:
             entity = frame[self.entity_col].fillna("").to_numpy(object)
-        return Chunk(features, lines, entity, label, family)
+        return Chunk(features, lines, entity, label, family, self.report.rotations)
 
 
 # ---------------------------------------------------------------------- labels and records

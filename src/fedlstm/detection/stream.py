@@ -334,14 +334,15 @@ def _rows_mask(n: int, rows: np.ndarray) -> np.ndarray:
 class AlertWriter:
     """Alerts as JSON lines (default) or CSV; one row per alert (or per scored record)."""
 
-    def __init__(self, stream: IO[str], fmt: str, class_names: list[str]):
+    def __init__(self, stream: IO[str], fmt: str, class_names: list[str], follow: bool = False):
         if fmt not in ("jsonl", "csv"):
             raise ValueError(f"alert format must be jsonl or csv, not {fmt!r}")
         self.stream, self.fmt, self.class_names = stream, fmt, class_names
         self._csv = None
         if fmt == "csv":  # the JSON lines' fields; a binary model's p_ columns were always empty
             probabilities = [f"p_{c}" for c in class_names] if len(class_names) > 2 else []
-            fields = ["file", "line", "entity", "score", "score_type", "threshold", "alert",
+            # following a log: which file of the rotated log a line is in
+            fields = ["file", "line", *(["rotation"] if follow else []), "entity", "score", "score_type", "threshold", "alert",
                       "predicted", "fired", "reason", "label", "top_features", *probabilities]
             self._csv = csv.DictWriter(stream, fieldnames=fields, extrasaction="ignore")
             self._csv.writeheader()
@@ -363,8 +364,10 @@ class AlertWriter:
 
 def alert_records(bundle: ModelBundle, frame: pd.DataFrame, scores: Scores,
                   rows: Iterable[int], source: str | None = None, lines: np.ndarray | None = None,
-                  entity: np.ndarray | None = None, label: np.ndarray | None = None) -> list[dict]:
-    """JSON-ready descriptions of the given rows (alerts, or every scored row)."""
+                  entity: np.ndarray | None = None, label: np.ndarray | None = None,
+                  rotation: int = 0) -> list[dict]:
+    """JSON-ready descriptions of the given rows (alerts, or every scored row). `rotation`: a
+    followed log's rotations before the rows' file (0: the file at the start; omitted)."""
     classes = bundle.class_names
     columns: dict[str, np.ndarray] = {}  # input values of top features, one array per column
     out = []
@@ -380,6 +383,8 @@ def alert_records(bundle: ModelBundle, frame: pd.DataFrame, scores: Scores,
             item["file"] = source
         if lines is not None:
             item["line"] = int(lines[r])
+            if rotation:  # line numbers restart in each new file of a rotated log
+                item["rotation"] = rotation
         if entity is not None:
             item["entity"] = str(entity[r])
         kind = "hybrid" if hasattr(bundle, "parts") else \
@@ -580,7 +585,7 @@ def _score_chunk(bundle: ModelBundle, scorer: StreamScorer, chunk: Chunk, source
         c["fn"] += int((y & ~a).sum())
         c["tn"] += int((~y & ~a).sum())
     records = alert_records(bundle, chunk.frame, scores, rows, source, chunk.lines,
-                            chunk.entity, chunk.label)
+                            chunk.entity, chunk.label, chunk.rotation)
     for item in records:
         if item["alert"]:
             summary.predicted[item["predicted"]] += 1
