@@ -124,6 +124,10 @@ def test_follow_scores_lines_appended_while_running(tiny_model, tmp_path):
 
     summary = _detect_while(tiny_model, path, writer)
     assert summary.records == 60 and summary.bad_lines == 0
+    # the rate is over the time spent reading and scoring: it counted the waits for the writer
+    d = summary.to_dict()
+    assert 0 < d["waiting_seconds"] < d["seconds"]
+    assert d["records_per_second"] == round(60 / (summary.seconds - summary.waited))
 
 
 def test_incompatible_bundle_version_is_refused(tiny, tmp_path):

@@ -164,7 +164,9 @@ def _render_summary(s: dict, out: Path | None) -> None:
     if s.get("invalid_values"):
         console.print(Text("values the service refuses, scored here clipped into the model's "
                            f"range: {s['invalid_values']}", style="yellow"))
-    rate = f" ({s['records_per_second']:,} records/s)" if s["records_per_second"] else ""
+    rate = [f"{s['waiting_seconds']:.2f}s waiting for data"] if s.get("waiting_seconds") else []
+    rate += [f"{s['records_per_second']:,} records/s"] if s["records_per_second"] else []
+    rate = f" ({'; '.join(rate)})" if rate else ""
     predicted = f" {s['predicted']}" if s["predicted"] else ""
     console.print(Text.assemble(
         f"{s['records']:,} records, {s['scored']:,} scored, ",

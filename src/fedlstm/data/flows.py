@@ -85,6 +85,7 @@ class FlowReport:
     rotations: int = 0  # follow mode: times the path was replaced (rotated) or truncated
     blank: int = 0  # empty lines, skipped: an export's trailing or double-spaced line ends
     notes: list[str] = field(default_factory=list)  # e.g. a column this file's layout lacks
+    waited: float = 0.0  # follow mode: seconds spent waiting for the log to grow
     max_examples: int = 20
 
     def add_bad(self, bad: BadLine) -> None:
@@ -228,7 +229,7 @@ class FlowReader:
         line = fh.readline(self.max_line_bytes + 1)
         while self.follow and line and not line.endswith(b"\n") \
                 and len(line) <= self.max_line_bytes and not self.stop():
-            time.sleep(self.poll_seconds)
+            self._idle()
             line += fh.readline(self.max_line_bytes + 1 - len(line))
         return line
 
@@ -310,7 +311,7 @@ class FlowReader:
                     yield pending + b"\n"
                 return
             yield None
-            time.sleep(self.poll_seconds)
+            self._idle()
 
     def _read_upto(self, fh, n: int) -> bytes:
         """Up to `n` bytes. Compressed data cut short raises, and a plain `read(n)` dropped every
@@ -362,12 +363,17 @@ class FlowReader:
             if not self._wait_for_data():  # the new one is empty
                 return
 
+    def _idle(self) -> None:
+        t = time.perf_counter()
+        time.sleep(self.poll_seconds)
+        self.report.waited += time.perf_counter() - t
+
     def _wait_for_data(self) -> bool:
         """Wait until the followed path exists and holds bytes; False: stopped before."""
         while not (self.path.exists() and self.path.stat().st_size):
             if self.stop():
                 return False
-            time.sleep(self.poll_seconds)
+            self._idle()
         return True
 
     def _read_once(self) -> Iterator[Chunk]:

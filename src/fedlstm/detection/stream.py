@@ -477,6 +477,7 @@ class DetectSummary:
     labelled: dict = field(default_factory=lambda: {"tp": 0, "fp": 0, "tn": 0, "fn": 0})
     unlabelled: int = 0  # scored records whose label cell is unset: not in `labelled`
     seconds: float = 0.0
+    waited: float = 0.0  # --follow: of `seconds`, those spent waiting for the log to grow
 
     @property
     def bad_lines(self) -> int:
@@ -491,7 +492,10 @@ class DetectSummary:
                  "invalid_examples": self.invalid_examples} if self.invalid_values else {}),
              "evicted_entities": self.evicted_entities,
              "seconds": round(self.seconds, 3),
-             "records_per_second": round(self.records / self.seconds) if self.seconds else None}
+             **({"waiting_seconds": round(self.waited, 3)} if self.waited else {}),
+             # over the time spent reading and scoring: a followed log's quiet hours aside
+             "records_per_second": round(self.records / busy) if (
+                 busy := self.seconds - self.waited) > 0 else None}
         c = self.labelled
         if sum(c.values()):
             d["labelled"] = dict(c)
@@ -534,6 +538,7 @@ def detect(bundle: ModelBundle, inputs: list[str | Path], writer: AlertWriter | 
             if on_chunk:
                 on_chunk(summary)
         summary.files.append(reader.report.to_dict())
+        summary.waited += reader.report.waited
     summary.evicted_entities = scorer.evicted
     summary.seconds = time.perf_counter() - t0
     if writer:
