@@ -66,28 +66,61 @@ def private_shares(data: FederatedData, spec: DatasetSpec) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
+
+
 @contextmanager
 def interruptible(stop: threading.Event) -> Iterator[None]:
-    """Ctrl-C sets `stop`, which the server checks while it waits for sites (every 0.2 s), so
-    the run ends within seconds with its last completed round checkpointed. Flower's simulation
-    swallows SIGINT in the thread that drives the clients; a second Ctrl-C interrupts at once."""
+    """Ctrl-C, SIGTERM (a service manager, CI cancelling a job) or SIGHUP (the terminal closed)
+    sets `stop`, which the server checks while it waits for sites (every 0.2 s), so the run ends
+    within seconds with its last completed round checkpointed. Flower's simulation swallows
+    SIGINT in the thread that drives the clients; a second signal interrupts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
 
     def request_stop(signum, frame):
         if stop.is_set():
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             raise KeyboardInterrupt
         stop.set()
-        log.warning("stopping the federation (Ctrl-C again to abort at once)")
+        log.warning("stopping the federation (%s); a second one aborts at once",
+                    _SIGNAL_NAMES.get(signum, signum))
 
-    signal.signal(signal.SIGINT, request_stop)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, request_stop)
+    try:
+        with _handlers_kept_over_ray(request_stop):
+            yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def _handlers_kept_over_ray(handler) -> Iterator[None]:
+    """`ray.init` replaces the SIGTERM handler twice: natively (a crash handler that printed a
+    raw stack dump and aborted, exit 134) and in Python (`sys.exit`, which killed Ray's
+    workers and left the run hanging). Flower starts Ray in this (main) thread; `handler` is
+    put back right after."""
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    init_ray = RayBackend.init_ray
+
+    def init_then_restore(self, *args, **kwargs):
+        init_ray(self, *args, **kwargs)
+        if threading.current_thread() is threading.main_thread():
+            for sig in _STOP_SIGNALS:
+                signal.signal(sig, handler)
+
+    RayBackend.init_ray = init_then_restore
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        RayBackend.init_ray = init_ray
 
 
 class _PromptQueue(queue.Queue):
@@ -129,11 +162,11 @@ def simulate(server_app, client_app, n_clients: int, stop: threading.Event) -> N
                                                          "log_to_driver": False}})
         except Exception:
             if stop.is_set():
-                raise RunInterrupted("the federation was stopped (Ctrl-C)") from None
+                raise RunInterrupted("the federation was stopped on request") from None
             stop.set()  # the engine failed: release a server thread still waiting for replies
             raise
     if stop.is_set():
-        raise RunInterrupted("the federation was stopped (Ctrl-C)")
+        raise RunInterrupted("the federation was stopped on request")
 
 
 def federate(cfg: RunConfig, data: FederatedData, out_dir: Path | None = None,
