@@ -85,6 +85,34 @@ def test_a_folder_is_read_file_by_file(tiny, tmp_path):
     assert json.loads((tmp_path / "s.json").read_text())["records"] == 70
 
 
+def test_a_folders_files_of_another_format_are_skipped_and_named(tiny, tmp_path):
+    """A log folder also holds a README and other logs (Zeek writes dns.log beside conn.log):
+    the README stopped the run, after the first file, and its alerts were lost."""
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    _flows(folder / "a.csv", 40)
+    (folder / "README.txt").write_text("rotated daily by cron\n")
+    (folder / "dns.log").write_text("ts,query,answer\n1,example.com,192.0.2.1\n")
+    _flows(folder / "z.csv", 30)
+    r = runner.invoke(app, ["detect", str(tiny[2]), str(folder), "--summary-json",
+                            str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["records"] == 70 and len(summary["files"]) == 2
+    assert [s.split(":")[1].strip() for s in summary["skipped_files"]] == [
+        str(folder / "README.txt"), str(folder / "dns.log")]
+    assert "skipped, not a 'tiny-flows' flow file" in r.output
+    # a file the user named is read as a flow file, or the run stops
+    r = runner.invoke(app, ["detect", str(tiny[2]), str(folder / "a.csv"),
+                            str(folder / "dns.log")])
+    assert r.exit_code == 2 and "header lacks column(s)" in r.output, r.output
+    # a folder with no flow file at all
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "README.txt").write_text("nothing here\n")
+    r = runner.invoke(app, ["detect", str(tiny[2]), str(tmp_path / "docs")])
+    assert r.exit_code == 2 and "no record parsed" in r.output, r.output
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_standard_input_is_read_once_plain_or_gzipped(tiny, tmp_path, gz):
     text = ("\n".join([HEADER, *flow_lines(50)]) + "\n").encode()

@@ -91,7 +91,9 @@ def detect(
         # and exit 0; folders are read file by file, as --train-file reads them.
         inputs = [Path("/dev/stdin") if str(p) == "-" else p for p in inputs]
         # --follow may wait for its (last) file to appear
-        inputs = expand_inputs(inputs[:-1] if follow else inputs) + (inputs[-1:] if follow else [])
+        named = inputs[:-1] if follow else inputs
+        inputs = expand_inputs(named) + (inputs[-1:] if follow else [])
+        in_folders = frozenset(inputs) - {Path(p) for p in named if not Path(p).is_dir()}
         check_outputs([bundle, *inputs], {"--out": out, "--summary-json": summary_json})
         with output_lock(*(p for p in (out, summary_json) if p is not None)), \
                 ExitStack() as outputs:
@@ -119,7 +121,8 @@ def detect(
                                  all_records=all_records, explain_top=top,
                                  stop=lambda: stopping["now"], on_chunk=on_chunk,
                                  max_bad_share=max_bad_share,
-                                 share_hint=" (--max-bad-share sets the share)")
+                                 share_hint=" (--max-bad-share sets the share)",
+                                 skippable=in_folders)
             result = summary.to_dict()
             if not summary.records and follow and stopping["now"] and not summary.bad_lines:
                 # stopped before the followed log had a record: not a format problem
@@ -159,7 +162,8 @@ def _render_summary(s: dict, out: Path | None) -> None:
     for f in s["files"]:
         for line in [*f["errors"], *f.get("notes", []), *f["bad_examples"][:5]]:
             console.print(Text(line, style="yellow"))
-    for line in [*s["unseen_examples"][:5], *s.get("invalid_examples", [])[:5]]:
+    for line in [*s.get("skipped_files", []), *s["unseen_examples"][:5],
+                 *s.get("invalid_examples", [])[:5]]:
         console.print(Text(line, style="yellow"))
     if s.get("invalid_values"):
         console.print(Text("values the service refuses, scored here clipped into the model's "

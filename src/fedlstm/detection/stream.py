@@ -38,7 +38,8 @@ import torch
 from captum.attr import IntegratedGradients
 
 from fedlstm.data.flows import Chunk, FlowReader, label_arrays, unset_labels
-from fedlstm.data.flowschemas import count_like
+from fedlstm.data.flowschemas import SchemaError, count_like
+from fedlstm.data.io import DataFormatError
 from fedlstm.data.readers import shown
 from fedlstm.detection.bundle import ModelBundle
 from fedlstm.features.windows import WindowSet, segment_starts
@@ -474,6 +475,7 @@ class DetectSummary:
     invalid_values: Counter = field(default_factory=Counter)
     invalid_examples: list[str] = field(default_factory=list)
     evicted_entities: int = 0
+    skipped: list[str] = field(default_factory=list)  # a named folder's files of another format
     labelled: dict = field(default_factory=lambda: {"tp": 0, "fp": 0, "tn": 0, "fn": 0})
     unlabelled: int = 0  # scored records whose label cell is unset: not in `labelled`
     seconds: float = 0.0
@@ -491,6 +493,7 @@ class DetectSummary:
              **({"invalid_values": dict(self.invalid_values),
                  "invalid_examples": self.invalid_examples} if self.invalid_values else {}),
              "evicted_entities": self.evicted_entities,
+             **({"skipped_files": self.skipped} if self.skipped else {}),
              "seconds": round(self.seconds, 3),
              **({"waiting_seconds": round(self.waited, 3)} if self.waited else {}),
              # over the time spent reading and scoring: a followed log's quiet hours aside
@@ -515,10 +518,13 @@ def detect(bundle: ModelBundle, inputs: list[str | Path], writer: AlertWriter | 
            explain_top: int = 3, chunk_bytes: int = 1 << 20, max_entities: int = 10_000,
            stop: Callable[[], bool] | None = None, poll_seconds: float = 0.5,
            on_chunk: Callable[[DetectSummary], None] | None = None,
-           max_bad_share: float | None = None, share_hint: str = "") -> DetectSummary:
+           max_bad_share: float | None = None, share_hint: str = "",
+           skippable: frozenset[Path] = frozenset()) -> DetectSummary:
     """Score every input file as its own stream; write alerts as they are found.
     `max_bad_share`: a file none of whose lines parse, or with more than this share of
-    malformed lines, stops detection with `TooManyBadLines` (`share_hint`: how to change it)."""
+    malformed lines, stops detection with `TooManyBadLines` (`share_hint`: how to change it).
+    `skippable`: files found in a folder the user named; one whose header is not the schema's
+    (a README, another Zeek log) is skipped and said, where a file named itself stops the run."""
     summary = DetectSummary()
     scorer = StreamScorer(bundle, explain_top=explain_top, max_entities=max_entities)
     counts = np.array(nonnegative_columns(bundle), bool)
@@ -531,12 +537,18 @@ def detect(bundle: ModelBundle, inputs: list[str | Path], writer: AlertWriter | 
                             follow=follow and i == len(inputs) - 1, stop=stop,
                             poll_seconds=poll_seconds,
                             max_bad_share=max_bad_share, share_hint=share_hint)
-        for chunk in reader:
-            _check_values(bundle.preprocessor.numeric_columns, counts, chunk, str(path),
-                          summary)
-            _score_chunk(bundle, scorer, chunk, str(path), writer, summary, all_records)
-            if on_chunk:
-                on_chunk(summary)
+        try:
+            for chunk in reader:
+                _check_values(bundle.preprocessor.numeric_columns, counts, chunk, str(path),
+                              summary)
+                _score_chunk(bundle, scorer, chunk, str(path), writer, summary, all_records)
+                if on_chunk:
+                    on_chunk(summary)
+        except (DataFormatError, SchemaError) as exc:  # its header, or its encoding
+            if Path(path) not in skippable or reader.report.rows or reader.report.bad:
+                raise
+            summary.skipped.append(f"skipped, not a {bundle.spec.name!r} flow file: {exc}")
+            continue
         summary.files.append(reader.report.to_dict())
         summary.waited += reader.report.waited
     summary.evicted_entities = scorer.evicted
