@@ -113,6 +113,16 @@ def test_a_folders_files_of_another_format_are_skipped_and_named(tiny, tmp_path)
     assert r.exit_code == 2 and "no record parsed" in r.output, r.output
 
 
+def test_the_histories_kept_are_the_users_to_bound(tiny, tmp_path):
+    src = _flows(tmp_path / "a.csv", 40)  # four hosts, interleaved
+    for bound, evicted in ((1, True), (4, False)):
+        r = runner.invoke(app, ["detect", str(tiny[2]), str(src), "--max-entities", str(bound),
+                                "--summary-json", str(tmp_path / f"s{bound}.json")])
+        assert r.exit_code == 0, r.output
+        summary = json.loads((tmp_path / f"s{bound}.json").read_text())
+        assert (summary["evicted_entities"] > 0) == evicted, summary
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_standard_input_is_read_once_plain_or_gzipped(tiny, tmp_path, gz):
     text = ("\n".join([HEADER, *flow_lines(50)]) + "\n").encode()

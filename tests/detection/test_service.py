@@ -312,3 +312,6 @@ def test_stream_histories_are_bounded(tiny_model):
         assert _score(c.post("/score", json=records(1), params={"stream": "s1"})) == joined["new"]
         assert _score(c.post("/score", json=records(1), params={"stream": "s3"})) == \
             joined["after 2"]
+        # an operator sees the bound reached: histories kept and evicted
+        text = c.get("/metrics").text
+        assert "fedlstm_histories 2.0" in text and "fedlstm_histories_evicted 2.0" in text

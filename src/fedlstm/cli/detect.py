@@ -33,6 +33,9 @@ schema_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=Fal
                          help="Flow-log schemas: draft one, show one.")
 
 
+MaxEntities = Annotated[int, typer.Option(min=1, help="Most host histories kept (serve: over all its streams); the least recently used beyond are evicted, and a record of an evicted host starts a new window.")]
+
+
 def detect(
     bundle: Annotated[Path, typer.Argument(help="Model bundle (model.fedlstm of a run).")],
     inputs: Annotated[list[Path], typer.Argument(help="Flow files (plain, gzip, bz2, xz, .zip) or folders of them; - reads standard input.")],
@@ -44,6 +47,7 @@ def detect(
     all_records: Annotated[bool, typer.Option("--all-records", help="Write every scored record, not only alerts.")] = False,
     top: Annotated[int, typer.Option(min=0, help="Top contributing features per alert (0: none).")] = 3,
     threads: Annotated[int, typer.Option(min=1, help="Torch threads.")] = 1,
+    max_entities: MaxEntities = 10_000,
     summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary here.")] = None,
     trusted_key: TrustedKeyOpt = None,
     allow_unsigned: AllowUnsignedOpt = False,
@@ -122,7 +126,7 @@ def detect(
                                  stop=lambda: stopping["now"], on_chunk=on_chunk,
                                  max_bad_share=max_bad_share,
                                  share_hint=" (--max-bad-share sets the share)",
-                                 skippable=in_folders)
+                                 skippable=in_folders, max_entities=max_entities)
             result = summary.to_dict()
             if not summary.records and follow and stopping["now"] and not summary.bad_lines:
                 # stopped before the followed log had a record: not a format problem
@@ -198,6 +202,7 @@ def serve(
     max_records: Annotated[int, typer.Option(min=1, help="Most records per request.")] = 1000,
     max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body.")] = 1 << 20,
     threads: Annotated[int, typer.Option(min=1, help="Torch threads.")] = 1,
+    max_entities: MaxEntities = 10_000,
     trusted_key: TrustedKeyOpt = None,
     allow_unsigned: AllowUnsignedOpt = False,
     api_key_file: Annotated[Optional[Path], typer.Option(help="File with the API key that POST /score and GET /metrics require (Authorization: Bearer KEY, or X-API-Key); default: $FEDLSTM_API_KEY, else none.")] = None,
@@ -219,7 +224,8 @@ def serve(
             raise ValueError(f"--read-timeout {read_timeout}: give a number of seconds above 0")
         api_key = load_api_key(api_key_file)
         app = create_app(load_bundle(bundle, trusted_key, allow_unsigned), max_records=max_records,
-                         max_body_bytes=max_body_bytes, api_key=api_key, read_timeout=read_timeout)
+                         max_body_bytes=max_body_bytes, api_key=api_key, read_timeout=read_timeout,
+                         max_entities=max_entities)
         config = server_config(app, host, port, tls_cert=tls_cert, tls_key=tls_key,
                                limit_concurrency=limit_concurrency)
         # Bound here, before "serving" is said: uvicorn bound later (a taken port was announced

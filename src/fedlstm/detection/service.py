@@ -51,7 +51,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -428,6 +428,16 @@ class Metrics:
         self.rejected = counter("fedlstm_records_rejected_total", "Records in rejected requests.")
         self.latency = Histogram("fedlstm_score_seconds", "Latency of POST /score.",
                                  buckets=self.BUCKETS, registry=self.registry)
+        self.histories = Gauge("fedlstm_histories", "(stream, entity) histories kept now.",
+                               registry=self.registry)
+        self.evicted = Gauge("fedlstm_histories_evicted", "Histories evicted since the start "
+                             "(least recently used, beyond max_entities): a record of an "
+                             "evicted one starts a new window.", registry=self.registry)
+
+    def watch(self, scorer: StreamScorer) -> None:
+        """Read the scorer's histories at each scrape (nothing to update per request)."""
+        self.histories.set_function(lambda: scorer.histories)
+        self.evicted.set_function(lambda: scorer.evicted)
 
     def observe(self, path: str, status: int, seconds: float, method: str = "POST") -> None:
         self.requests.labels(path, _status_label(status)).inc()
@@ -895,6 +905,7 @@ def create_app(bundle: ModelBundle, max_records: int = 1000, max_body_bytes: int
     metrics = Metrics()
     _add_middlewares(app, metrics, max_body_bytes, read_timeout, api_key)  # checks the key
     scorer = StreamScorer(bundle, explain_top=explain_top, max_entities=max_entities)
+    metrics.watch(scorer)
     app.state.metrics, app.state.scorer, app.state.read_timeout = metrics, scorer, read_timeout
     denied = {401: {"description": "Missing or wrong API key"}} if api_key is not None else {}
     _add_healthz(app, bundle)

@@ -99,6 +99,11 @@ class StreamScorer:
         """Forget all history (a new, unrelated stream starts)."""
         self._tails.clear()
 
+    @property
+    def histories(self) -> int:
+        """The (stream, entity) histories kept now (at most `max_entities`)."""
+        return len(self._tails)
+
     def score(self, frame: pd.DataFrame, entity: np.ndarray | None = None,
               features: np.ndarray | None = None, stream: Hashable = None) -> Scores:
         """Scores of `frame`'s rows; `features`: their preprocessed form, when already known.
