@@ -75,3 +75,27 @@ def test_time_split_sites_each_test_on_their_latest_flows(tmp_path):
     notes = metrics["data_notes"]
     assert [notes[s]["test_from_record"] for s in sorted(notes)] == [241, 161]
     assert ModelBundle.load(out / "model.fedlstm").metadata["protocol"] == "time-split"
+
+
+def test_a_deployed_run_directory_names_its_flower_run(tmp_path):
+    """`deploy run` wrote no run id anywhere: its metrics.json could not be matched with what
+    `flwr ls` and `flwr log` show. The ServerApp writes it (`deploy local` added it after)."""
+    import json
+
+    from conftest import SYNTHETIC_SPEC, synthetic_records
+    from fedlstm.config import RunConfig
+    from fedlstm.federation.client import ClientTask
+    from fedlstm.federation.deploy.launch import write_deployed_run
+    from fedlstm.federation.inprocess import run_inprocess
+    from fedlstm.federation.server import ServerTask
+    from fedlstm.tasks import task_for
+
+    cfg = RunConfig.model_validate({"detector": "supervised", "windows": {"window": 2},
+                                    "model": {"hidden_size": 8}, "train": {"epochs": 1},
+                                    "federation": {"clients": 2, "rounds": 1}})
+    sites = [ClientTask(task_for(cfg), synthetic_records(200, seed=i), SYNTHETIC_SPEC, f"c{i}")
+             for i in range(2)]
+    server = run_inprocess(ServerTask(task_for(cfg), SYNTHETIC_SPEC), sites)
+    out = write_deployed_run(server, {"out-dir": str(tmp_path / "run")}, run_id=4242)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["deployment"]["run_id"] == "4242" and metrics["runtime"] == "deployment"

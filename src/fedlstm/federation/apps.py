@@ -394,7 +394,7 @@ def make_server_app(task: ServerTask | None = None) -> ServerApp:
         run_server(grid, context, server)
         server.result = finish(grid, server)
         if task is None:
-            write_deployed_run(server, context.run_config)
+            write_deployed_run(server, context.run_config, context.run_id)
 
     return app
 

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 DEPLOYMENT_FILE = "deployment.json"
 
 
-def write_deployed_run(task: ServerTask, run_config: Mapping) -> Path:
+def write_deployed_run(task: ServerTask, run_config: Mapping, run_id: int | None = None) -> Path:
     """Inside the ServerApp: turn the finished federation into a run directory at `out-dir`.
 
     The files are those of a simulated run (config.json, metrics.json with the rounds,
@@ -54,6 +54,8 @@ def write_deployed_run(task: ServerTask, run_config: Mapping) -> Path:
         raise RuntimeError("the federation finished without producing a model; see the log")
     info_file = out / DEPLOYMENT_FILE
     info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    if run_id is not None:  # what `flwr ls` and `flwr log` know the run by
+        info["deployment"] = {**info.get("deployment", {}), "run_id": str(run_id)}
     command = info.get("command") or "flwr run"
     with staged_dir(out, overwrite=True) as stage:
         if isinstance(task, NetworkServer):  # every site scored its own detector
@@ -227,7 +229,8 @@ def _run_on_shares(federation: LocalFederation, cfg: RunConfig, data, paths: lis
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text())
     metrics["timings"] = {**timings, **metrics.get("timings", {})}
-    metrics["deployment"] = {**metrics.get("deployment", {}), "run_id": str(run_id), "status": status,
+    metrics["deployment"] = {"run_id": str(run_id), **metrics.get("deployment", {}),
+                             "status": status,
                              **{k: info[k] for k in ("elapsed", "network-traffic", "compute-time")
                                 if k in info}}
     metrics_path.write_text(json.dumps(metrics, indent=2))
