@@ -13,6 +13,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, MessageType, RecordDict
 from flwr.common import (
     Code,
+    EvaluateIns,
     FitIns,
     FitRes,
     Status,
@@ -229,6 +230,32 @@ def test_sites_receive_the_model_as_versions_and_send_packed_updates():
         for n, r, tol in zip(new, server.reference, level):
             assert np.allclose(n, r + 0.01 * rnd, atol=tol)
     assert server.held == {"a": server.version, "b": server.version}
+
+
+def test_uncompressed_a_site_is_never_sent_the_model_it_holds():
+    """Each round's federated evaluation sent the new global model, and the next round's training
+    sent it again: half of every round's downlink. Nothing else changes: models go as they are."""
+    server = CompressedUpdates(FedAvg(), parse("none"), seed=0)
+    ctxt = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    model = ndarrays_to_parameters(_arrays(seed=5, shapes=LARGER))
+    full = sum(a.nbytes for a in _arrays(shapes=LARGER))
+    server._track(model)
+    (proxy, ins), = server._instructions([(_proxy("a"), EvaluateIns(model, {}))], EvaluateIns)
+    assert sum(len(t) for t in ins.parameters.tensors) >= full  # first: the whole model
+    _site_round(ctxt, FitIns(ins.parameters, ins.config), 0.0, [])  # the site keeps it
+    server._settle([(proxy, None)], [])
+    server._track(model)  # the next round trains from the model just evaluated
+    (proxy, ins), = server._instructions([(_proxy("a"), FitIns(model, {"seed": 2}))], FitIns)
+    assert sum(len(t) for t in ins.parameters.tensors) == 0
+    seen: list = []
+    res = _site_round(ctxt, ins, 0.25, seen)
+    assert all(np.array_equal(s, m) for s, m in zip(seen[0], parameters_to_ndarrays(model)))
+    # the reply is the trained model itself (no difference, nothing rounded)
+    assert all(np.array_equal(r, m + np.float32(0.25)) for r, m in
+               zip(parameters_to_ndarrays(res.parameters), parameters_to_ndarrays(model)))
+    aggregated, _ = server.aggregate_fit(2, [(proxy, res)], [])
+    assert all(np.array_equal(a, b) for a, b in zip(parameters_to_ndarrays(aggregated),
+                                                    parameters_to_ndarrays(res.parameters)))
 
 
 def test_a_site_that_missed_a_version_gets_the_full_model_again():

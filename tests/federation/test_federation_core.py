@@ -181,7 +181,7 @@ def test_strategies_come_from_flower(name, cls):
         update={"strategy": name, "fraction_fit": 0.6, "proximal_mu": 0.1})})
     server = ServerTask(task_for(cfg), SYNTHETIC_SPEC)
     server.merge_statistics([c.statistics() for c in _clients(2)])
-    strategy = build_strategy(server)
+    strategy = build_strategy(server).strategy  # inside the downlink bookkeeping
     assert type(strategy).__name__ == cls and strategy.fraction_fit == 0.6
     fit_config = strategy.on_fit_config_fn(1)
     assert fit_config["local_epochs"] == 1 and "preprocessor" in fit_config

@@ -44,7 +44,7 @@ def _agreed_file(tmp_path) -> str:
 
 def _broadcast(server: ServerTask) -> dict:
     """What every site receives about the preprocessing: the fit configuration's preprocessor."""
-    return build_strategy(server).on_fit_config_fn(1)
+    return build_strategy(server).strategy.on_fit_config_fn(1)  # inside CompressedUpdates
 
 
 def test_federated_mode_sends_every_site_the_others_extremes():
@@ -120,7 +120,7 @@ def test_local_mode_never_sends_a_site_the_merged_statistics():
     sites = _sites(cfg, rare_category=False)  # own one-hot columns must match the global model
     server = run_inprocess(ServerTask(task_for(cfg), SYNTHETIC_SPEC), sites)
     assert "preprocessor" not in _broadcast(server)
-    assert "preprocessor" not in build_strategy(server).on_evaluate_config_fn(1)
+    assert "preprocessor" not in build_strategy(server).strategy.on_evaluate_config_fn(1)
     own = make_preprocessor(SYNTHETIC_SPEC, cfg).fit(sites[0].train_records.frame)
     np.testing.assert_array_equal(sites[0].windows.train.features.numpy(),
                                   own.transform(sites[0].train_records.frame))

@@ -297,11 +297,12 @@ def build_strategy(task: ServerTask) -> Strategy:
         strategy = DifferentialPrivacyClientSideFixedClipping(
             strategy, noise_multiplier=fed.client_dp_noise, clipping_norm=fed.client_dp_clip,
             num_sampled_clients=sampled_clients(fed))
-    codec = parse(fed.compress)
-    if codec.active:  # outermost: every strategy above sees plain model weights
-        strategy = CompressedUpdates(strategy, codec, error_feedback=fed.compress_feedback,
-                                     downlink=fed.compress_downlink, seed=task.cfg.seed,
-                                     secagg=fed.secagg)
+    # Outermost: every strategy above sees plain model weights. Also uncompressed, where it
+    # only keeps a site from being sent the model it holds.
+    strategy = CompressedUpdates(strategy, parse(fed.compress),
+                                 error_feedback=fed.compress_feedback,
+                                 downlink=fed.compress_downlink, seed=task.cfg.seed,
+                                 secagg=fed.secagg)
     return Float32Model(strategy) if fed.secagg or fed.client_dp else strategy
 
 

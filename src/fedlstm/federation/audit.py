@@ -268,6 +268,8 @@ def summarise(message, direction: str, keep_arrays: bool = False) -> MessageSumm
         return out
     for rec_name, record in message.content.array_records.items():
         for name, array in record.items():
+            if name == "_empty" and not array.data:  # Flower's entry for no arrays at all
+                continue
             value = _decode(array)
             out.arrays.append((f"{rec_name}/{name}", tuple(value.shape), str(value.dtype)))
             if keep_arrays and value.dtype.kind == "f":

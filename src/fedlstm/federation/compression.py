@@ -6,6 +6,10 @@ rounds in simulation and deployment), and sends the packed update; the server's 
 every update onto that starting model before the wrapped strategy sees it. Any strategy (FedAvg,
 FedProx, FedAdam, client-level DP) therefore works unchanged.
 
+Uncompressed (`none`): models travel as they are, but a site is never sent the model it holds:
+the model a round's federated evaluation sent is the one the next round trains from, and went
+twice (half of every round's downlink).
+
 Downlink: the server keeps a reference model that every up-to-date site holds. Each new global
 model is sent as the q8-packed difference from the reference (the reference then moves by exactly
 what was sent, so rounding errors are sent later: server-side error feedback); a site that
@@ -97,7 +101,7 @@ def compression_mod(msg: Message, ctxt: Context, call_next) -> Message:
         msg.content = compat.evaluateins_to_recorddict(
             EvaluateIns(ndarrays_to_parameters(start), config), True)
     out = call_next(msg, ctxt)
-    if not train or out.has_error():
+    if not train or out.has_error() or not codec.active:  # none: the trained model as it is
         return out
     res = compat.recorddict_to_fitres(out.content, keep_input=True)
     update = [np.asarray(n, np.float32) - s for n, s in zip(parameters_to_ndarrays(res.parameters),
@@ -233,12 +237,13 @@ class CompressedUpdates(Strategy):
     def __init__(self, strategy: Strategy, codec: Codec, error_feedback: bool = True,
                  downlink: bool = True, seed: int = 0, secagg: bool = False):
         super().__init__()
-        if secagg and (codec.topk is not None or not codec.q8):
+        if secagg and codec.topk is not None:
             raise ValueError(f"only q8 composes with SecAgg+, not {codec}")
         self.strategy, self.codec, self.secagg = strategy, codec, secagg
         self.scales: list[float] = []  # SecAgg+: this round's shared scale of each array
         self.last_update: list[np.ndarray] | None = None  # SecAgg+: the last mean update
-        self.error_feedback, self.downlink = error_feedback, downlink
+        # none: the models go as they are, and only the model a site holds is not sent again
+        self.error_feedback, self.downlink = error_feedback, downlink and codec.active
         self.rng = np.random.default_rng(seed)
         self.reference: list[np.ndarray] | None = None  # what up-to-date sites hold
         self.version = 0
@@ -291,7 +296,7 @@ class CompressedUpdates(Strategy):
         instructions = self.strategy.configure_fit(server_round, parameters, client_manager)
         self._track(parameters)
         self.sent = {}
-        if not self.secagg:
+        if not self.secagg or not self.codec.active:
             return self._instructions(instructions, FitIns)
         self.scales = shared_scales(self.reference, self.last_update)
         # As bytes: Flower's legacy configuration holds scalars only.
@@ -318,6 +323,9 @@ class CompressedUpdates(Strategy):
             self.held.pop(cid, None)
 
     def aggregate_fit(self, server_round, results, failures):
+        if not self.codec.active:  # the sites' models, as they sent them
+            self._settle(results, failures)
+            return self.strategy.aggregate_fit(server_round, results, failures)
         shapes = [r.shape for r in self.reference]
         unpacked, failures = [], list(failures)
         for proxy, res in results:
