@@ -223,7 +223,12 @@ def run(
     import tempfile
 
     from fedlstm.federation.deploy.app import CONFIG_KEY, SIGNATURE_FILE, SIGNATURE_KEY
-    from fedlstm.federation.deploy.processes import FINISHED, DeploymentError, write_run_config
+    from fedlstm.federation.deploy.processes import (
+        FINISHED,
+        DeploymentError,
+        FlwrCli,
+        write_run_config,
+    )
     from fedlstm.runs.rundir import check_leftovers, check_out
 
     folder, run_id = None, None
@@ -237,7 +242,7 @@ def run(
         overrides = write_run_config(folder / "run-config.toml", {
             CONFIG_KEY: cfg.model_dump_json(), "out-dir": str(out_dir.resolve()),
             SIGNATURE_KEY: signature})
-        flwr = _Flwr(connection)
+        flwr = FlwrCli(connection)
         run_id = flwr.start(app, overrides)
         console.print(Text(f"run {run_id} started; its log follows (Ctrl-C stops following, "
                            "not the run)"))
@@ -263,43 +268,6 @@ def run(
     console.print(Text(f"run {run_id} {why}; the ServerApp's log above says why "
                        f"(`flwr log {run_id}` shows it again)", style="red"), soft_wrap=True)
     raise typer.Exit(1)
-
-
-class _Flwr:
-    """The `flwr` CLI on a user's connection ($FLWR_HOME/config.toml; its default when None)."""
-
-    def __init__(self, connection: str | None):
-        from fedlstm.federation.deploy.processes import LocalFederation
-
-        self.executable = LocalFederation.executable("flwr")
-        self.connection = [connection] if connection else []
-
-    def _call(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([self.executable, *args], capture_output=True, text=True,
-                              timeout=120, stdin=subprocess.DEVNULL)
-
-    def start(self, app: Path, run_config: Path) -> int:
-        from fedlstm.federation.deploy.processes import started_run
-
-        return started_run(self._call("run", str(app), *self.connection, "--run-config",
-                                      str(run_config), "--format", "json"))
-
-    def status(self, run_id: int) -> dict:
-        from fedlstm.federation.deploy.processes import run_status
-
-        return run_status(run_id, self._call("ls", *self.connection, "--run-id", str(run_id),
-                                             "--format", "json"))
-
-    def follow(self, run_id: int) -> dict:
-        """Stream the run's log to this terminal until it ends; return its status."""
-        subprocess.run([self.executable, "log", str(run_id), *self.connection, "--stream"],
-                       stdin=subprocess.DEVNULL)
-        info = self.status(run_id)
-        while not str(info.get("status", "")).startswith("finished"):
-            # the stream ended early (a dropped connection): poll instead, gently
-            time.sleep(3.0)
-            info = self.status(run_id)
-        return info
 
 
 def _stopped_deployment(out: Path, work_dir: Path | None, code: int) -> None:

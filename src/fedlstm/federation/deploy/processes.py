@@ -476,6 +476,37 @@ class LocalFederation:
         return "\n".join(parts)
 
 
+class FlwrCli:
+    """The `flwr` CLI on a user's connection ($FLWR_HOME/config.toml; its default when None)."""
+
+    def __init__(self, connection: str | None):
+        self.executable = LocalFederation.executable("flwr")
+        self.connection = [connection] if connection else []
+
+    def _call(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([self.executable, *args], capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+
+    def start(self, app: Path, run_config: Path) -> int:
+        return started_run(self._call("run", str(app), *self.connection, "--run-config",
+                                      str(run_config), "--format", "json"))
+
+    def status(self, run_id: int) -> dict:
+        return run_status(run_id, self._call("ls", *self.connection, "--run-id", str(run_id),
+                                             "--format", "json"))
+
+    def follow(self, run_id: int) -> dict:
+        """Stream the run's log to this terminal until it ends; return its status."""
+        subprocess.run([self.executable, "log", str(run_id), *self.connection, "--stream"],
+                       stdin=subprocess.DEVNULL)
+        info = self.status(run_id)
+        while not str(info.get("status", "")).startswith("finished"):
+            # the stream ended early (a dropped connection): poll instead, gently
+            time.sleep(3.0)
+            info = self.status(run_id)
+        return info
+
+
 def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)  # start_new_session=True: the group id is the leader's pid
