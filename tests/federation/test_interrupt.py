@@ -47,7 +47,7 @@ def test_a_stopped_federation_ends_within_seconds_and_keeps_its_checkpoint(datas
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, output
     assert "stopping the federation" in output and "received at time" not in output, output
-    assert stopped_after < 20, f"took {stopped_after:.1f} s to stop"
+    assert stopped_after < 45, f"took {stopped_after:.1f} s to stop"
     assert "--resume" in output
     assert not out.exists()
     assert (partial / "checkpoints" / "last.pt").exists()  # resumable
