@@ -53,3 +53,32 @@ def test_a_stopped_federation_ends_within_seconds_and_keeps_its_checkpoint(datas
     assert (partial / "checkpoints" / "last.pt").exists()  # resumable
     assert not set(temp.glob("fedlstm-shares-*")) - before  # no raw-data copies left
     assert not [p for p in partial.rglob("*.parquet")]
+
+
+RAY_THEN_SIGTERM = """
+import os, signal, time
+import ray
+from fedlstm.cli.common import stop_signals_interrupt
+from fedlstm.federation.simulation import one_ray_runtime
+
+with stop_signals_interrupt():
+    ours = signal.getsignal(signal.SIGTERM)
+    with one_ray_runtime():
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        signal.signal(signal.SIGTERM, ours)  # over Ray's, as a simulation does (interruptible)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+    except KeyboardInterrupt:
+        print("interrupted as by Ctrl-C")
+"""
+
+
+def test_sigterm_after_ray_shut_down_reaches_the_handler(tmp_path):
+    """Ray's native clean-up at its shutdown reset SIGTERM to its default action behind
+    Python's back: `reproduce` died on the spot once its Flower steps were done (exit 143),
+    leaving its workers running. Run in a child process: without the fix, SIGTERM kills it."""
+    env = {**os.environ, "TMPDIR": tempfile.gettempdir()}  # Ray's sockets need a short path
+    done = subprocess.run([sys.executable, "-c", RAY_THEN_SIGTERM], env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert done.returncode == 0 and "interrupted as by Ctrl-C" in done.stdout, done.stderr[-2000:]

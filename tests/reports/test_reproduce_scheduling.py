@@ -137,3 +137,45 @@ def test_workers_remember_reads_and_keep_openmp_to_their_share_of_cores(tmp_path
     for job in steps:
         assert results[job.path]["openmp"] == [share]  # torch's and scikit-learn's runtimes
         assert results[job.path]["remembers_reads"]
+
+
+def sleep_then_say(seconds: float) -> dict:
+    """A centralised step that runs long (in a spawned worker)."""
+    time.sleep(seconds)
+    return {"slept": seconds}
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_ends_the_running_steps_and_their_workers(tmp_path, sig):
+    """SIGTERM reached only this process: the default action killed it at once and its workers
+    ran on as orphans (their results written by nobody), or, with a handler, the pool's shutdown
+    waited for their steps. Now the signal interrupts this process as Ctrl-C does, the workers
+    are ended at once, and what finished is kept."""
+    import multiprocessing
+    import os
+    import signal
+    import threading
+
+    from fedlstm.cli.common import stop_signals_interrupt
+
+    short = _job(tmp_path / "short.json", partial(json.loads, '{"i": 0}'))
+    long = [_job(tmp_path / f"long{i}.json", partial(sleep_then_say, 600)) for i in range(2)]
+    counter = _counter(3)
+    # signalled once both long steps run, and only then (the short one is written by then)
+    timer = threading.Thread(target=lambda: (
+        _until(lambda: sorted(counter.running) == ["long0", "long1"]),
+        time.sleep(1), os.kill(os.getpid(), getattr(signal, sig))))
+    with stop_signals_interrupt():
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            _run([short, *long], [], counter=counter)
+    timer.join()
+    assert not multiprocessing.active_children()  # no worker left running its step
+    assert json.loads(short.path.read_text())["i"] == 0  # the finished step is kept
+    assert not any(job.path.exists() for job in long)
+
+
+def _until(condition, seconds: float = 120) -> None:
+    end = time.monotonic() + seconds
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.05)

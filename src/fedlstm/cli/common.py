@@ -11,8 +11,12 @@ through `Text` / `Text.assemble` (plain strings there are never parsed) or `esca
 from __future__ import annotations
 
 import shlex
+import signal
 import socket
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -103,6 +107,7 @@ def say(text: str, to: Console = console) -> None:
 
 # What a study keeps when it is stopped: the runs (or steps) it finished.
 KEPT_RUNS = "; the runs it finished are kept, and the same command reuses them"
+KEPT_STEPS = "; the steps it finished are kept, and the same command reuses them"
 
 
 def fail(exc: BaseException, stopped: str = "") -> None:
@@ -115,6 +120,27 @@ def fail(exc: BaseException, stopped: str = "") -> None:
         raise typer.Exit(130)
     console.print(error_text(exc), soft_wrap=True)
     raise typer.Exit(2)
+
+
+@contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """SIGTERM (a service manager, CI cancelling a job) and SIGHUP (the terminal closed) raise
+    KeyboardInterrupt in the main thread, as Ctrl-C does, so a run stops the same way whatever
+    asked it to: the default handlers ended the process without its clean-up. Ctrl-C's own
+    handler is set too: after Ray had run, Python reported SIGINT at its default action."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers
+        return
+    previous = {sig: signal.signal(sig, interrupt)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def interrupted_federation(exc: BaseException, out: Path) -> None:

@@ -27,6 +27,7 @@ from fedlstm import __version__
 from fedlstm.cli import anomaly, deploy, detect, keys
 from fedlstm.cli.common import (
     KEPT_RUNS,
+    KEPT_STEPS,
     AlertBudgetOpt,
     AllowUnsignedOpt,
     Attack,
@@ -72,6 +73,7 @@ from fedlstm.cli.common import (
     print_rounds,
     print_summary,
     say,
+    stop_signals_interrupt,
     traffic_label,
 )
 
@@ -475,13 +477,18 @@ def reproduce(
             progress.update(task, completed=done, total=total, description=text)
 
         try:
-            # Two runs on one folder wrote the same step and report files (fixed temp names)
-            with output_lock(out):
+            # Two runs on one folder wrote the same step and report files (fixed temp names);
+            # SIGTERM and SIGHUP stop it as Ctrl-C does (the process died on the spot, and its
+            # workers ran on as orphans)
+            with output_lock(out), stop_signals_interrupt():
                 path = run(out, profile, data_dir, datasets, methods, progress=report,
                            command=command_line(), mirror=mirror, jobs=jobs)
+        except KeyboardInterrupt:
+            from fedlstm.federation.audit import RunInterrupted
+
+            fail(RunInterrupted("reproduce was stopped on request"), stopped=KEPT_STEPS)
         except (KeyError, OSError, ValueError, RuntimeError) as exc:
-            fail(exc, stopped="; the steps it finished are kept, and the same command reuses "
-                              "them")
+            fail(exc, stopped=KEPT_STEPS)
     say(f"report written to {path} and {path.with_suffix('.html')}", to=out_console)
 
 

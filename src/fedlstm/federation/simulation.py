@@ -306,6 +306,19 @@ def one_ray_runtime():
         BasicActorPool.terminate_all_actors = terminate_actors
         if ray.is_initialized():
             shutdown()
+        signal_handlers_back()
+
+
+def signal_handlers_back() -> None:
+    """Ray's native clean-up (at `ray.shutdown`, and again some seconds later) resets SIGINT,
+    SIGTERM and SIGHUP to their default actions behind Python's back: the handler Python still
+    reported never ran, and `reproduce` died on SIGTERM (exit 143) with its workers left
+    running. Setting each handler again puts Python's back in place."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in _STOP_SIGNALS:
+            handler = signal.getsignal(sig)
+            if handler is not None:  # None: not set from Python; nothing to put back
+                signal.signal(sig, handler)
 
 
 def _quiet_flower() -> None:

@@ -42,7 +42,7 @@ from fedlstm.data.schemas import get_spec
 from fedlstm.data.splits import build_split
 from fedlstm.detection import ModelBundle
 from fedlstm.detection.classical import CLASSICAL
-from fedlstm.federation.simulation import one_ray_runtime, run_federated
+from fedlstm.federation.simulation import one_ray_runtime, run_federated, signal_handlers_back
 from fedlstm.reports import communication, networks, robustness
 from fedlstm.reports.report import write_report
 from fedlstm.runs.rundir import git_commit, roc_points
@@ -700,16 +700,42 @@ def _run_steps(side: list[_Job], flower: list[_Job], workers: int, results: dict
         feeder = threading.Thread(target=feed, args=(pool,), name="reproduce-feed", daemon=True)
         feeder.start()
         try:
-            _run_flower(flower, results, counter, stopped)
-        except BaseException as exc:  # Ctrl-C or a failed simulation: start nothing more
+            try:
+                _run_flower(flower, results, counter, stopped)
+            finally:
+                with gate:
+                    state["flower"] = False
+                    gate.notify_all()
+            # The last steps are waited for here, where Ctrl-C or SIGTERM reaches; Ray's native
+            # clean-up resets their handlers some time after its shutdown, so they are put back
+            while True:
+                with gate:
+                    if gate.wait_for(lambda: not feeder.is_alive() and state["running"] == 0,
+                                     timeout=0.5):
+                        break
+                signal_handlers_back()
+        except BaseException as exc:  # a failed simulation, Ctrl-C or SIGTERM: start nothing more
             fail(exc)
-        finally:
-            with gate:
-                state["flower"] = False
-                gate.notify_all()
+            if _is_stop_request(exc):
+                _stop_workers()
             feeder.join()
     if errors:
         raise errors[0]
+
+
+def _is_stop_request(exc: BaseException) -> bool:
+    """Ctrl-C or SIGTERM, in this process or in a Flower step (which stops gracefully)."""
+    from fedlstm.federation.audit import RunInterrupted
+
+    return isinstance(exc, (KeyboardInterrupt, RunInterrupted))
+
+
+def _stop_workers() -> None:
+    """End the pool's workers now. A SIGTERM reaches only this process: the pool's shutdown
+    waited for the steps they ran (minutes), and when this process died they ran on as orphans
+    whose results nobody wrote. Their unfinished steps are lost; the finished ones are on disk."""
+    for child in multiprocessing.active_children():  # this process's only children: the pool's
+        child.terminate()
 
 
 def worker_threads(workers: int) -> int:
