@@ -126,8 +126,9 @@ def fail(exc: BaseException, stopped: str = "") -> None:
 def stop_signals_interrupt() -> Iterator[None]:
     """SIGTERM (a service manager, CI cancelling a job) and SIGHUP (the terminal closed) raise
     KeyboardInterrupt in the main thread, as Ctrl-C does, so a run stops the same way whatever
-    asked it to: the default handlers ended the process without its clean-up. Ctrl-C's own
-    handler is set too: after Ray had run, Python reported SIGINT at its default action."""
+    asked it to: the default handlers ended the process without its clean-up. Ctrl-C gets the
+    same handler, set from Python, so that `simulation.signal_handlers_back` has one to put back
+    after Ray's shutdown left SIGINT at its default action (seen in /proc/PID/status SigCgt)."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
