@@ -11,10 +11,8 @@ through `Text` / `Text.assemble` (plain strings there are never parsed) or `esca
 from __future__ import annotations
 
 import shlex
-import signal
 import socket
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +34,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from fedlstm import signals
 from fedlstm.config import RunConfig, raw_config
 from fedlstm.data.io import BadLineError
 from fedlstm.data.splits import run_protocol
@@ -127,21 +126,13 @@ def stop_signals_interrupt() -> Iterator[None]:
     """SIGTERM (a service manager, CI cancelling a job) and SIGHUP (the terminal closed) raise
     KeyboardInterrupt in the main thread, as Ctrl-C does, so a run stops the same way whatever
     asked it to: the default handlers ended the process without its clean-up. Ctrl-C gets the
-    same handler, set from Python, so that `simulation.signal_handlers_back` has one to put back
-    after Ray's shutdown left SIGINT at its default action (seen in /proc/PID/status SigCgt)."""
+    same handler, set from Python, so that `signals.put_back` has one to put back after Ray's
+    shutdown left SIGINT at its default action (seen in /proc/PID/status SigCgt)."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers
-        return
-    previous = {sig: signal.signal(sig, interrupt)
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    try:
+    with signals.handling(dict.fromkeys(signals.STOP_SIGNALS, interrupt)):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def interrupted_federation(exc: BaseException, out: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import threading
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,6 +16,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from fedlstm import signals
 from fedlstm.cli.common import (
     AllowUnsignedOpt,
     TrustedKeyOpt,
@@ -84,73 +84,68 @@ def detect(
 
     # SIGHUP (the terminal or SSH session closed) ends a run as SIGTERM does: a --follow run
     # left its alerts in the partial file, no summary and its locks
-    handlers = {signal.SIGINT: stop, signal.SIGTERM: stop, signal.SIGHUP: stop} if follow else \
-        {signal.SIGTERM: terminate, signal.SIGHUP: terminate}
-    if threading.current_thread() is not threading.main_thread():
-        handlers = {}  # only the main thread may set them (detect called from a thread)
-    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
-    partial = None
-    try:
-        # Every input up front: a mistyped name among several was an error row in the summary
-        # and exit 0; folders are read file by file, as --train-file reads them.
-        inputs = [Path("/dev/stdin") if str(p) == "-" else p for p in inputs]
-        # --follow may wait for its (last) file to appear
-        named = inputs[:-1] if follow else inputs
-        inputs = expand_inputs(named) + (inputs[-1:] if follow else [])
-        in_folders = frozenset(inputs) - {Path(p) for p in named if not Path(p).is_dir()}
-        check_outputs([bundle, *inputs], {"--out": out, "--summary-json": summary_json})
-        with output_lock(*(p for p in (out, summary_json) if p is not None)), \
-                ExitStack() as outputs:
-            model = load_bundle(bundle, trusted_key, allow_unsigned)
-            kind = fmt or ("csv" if out is not None and out.suffix == ".csv" else "jsonl")
-            stream = sys.stdout
-            if out is not None:
-                stream = outputs.enter_context(staged_file(out, keep_on_failure=follow))
-                partial = stream.name
-            writer = AlertWriter(stream, kind, model.class_names, follow=follow)
-            if follow:
-                console.print(Text.assemble(
-                    "following ", str(inputs[-1]), " (Ctrl-C to stop)",
-                    f"; alerts go to {partial} until then, and to {out} after" if out else ""))
-            # Progress on stderr (a terminal only: rich shows no spinner elsewhere); a large
-            # batch printed nothing until its summary.
-            status = outputs.enter_context(console.status("scoring..."))
-
-            def on_chunk(s) -> None:
+    handlers = dict.fromkeys(signals.STOP_SIGNALS, stop) if follow else \
+        dict.fromkeys((signal.SIGTERM, signal.SIGHUP), terminate)
+    with signals.handling(handlers):
+        partial = None
+        try:
+            # Every input up front: a mistyped name among several was an error row in the summary
+            # and exit 0; folders are read file by file, as --train-file reads them.
+            inputs = [Path("/dev/stdin") if str(p) == "-" else p for p in inputs]
+            # --follow may wait for its (last) file to appear
+            named = inputs[:-1] if follow else inputs
+            inputs = expand_inputs(named) + (inputs[-1:] if follow else [])
+            in_folders = frozenset(inputs) - {Path(p) for p in named if not Path(p).is_dir()}
+            check_outputs([bundle, *inputs], {"--out": out, "--summary-json": summary_json})
+            with output_lock(*(p for p in (out, summary_json) if p is not None)), \
+                    ExitStack() as outputs:
+                model = load_bundle(bundle, trusted_key, allow_unsigned)
+                kind = fmt or ("csv" if out is not None and out.suffix == ".csv" else "jsonl")
+                stream = sys.stdout
+                if out is not None:
+                    stream = outputs.enter_context(staged_file(out, keep_on_failure=follow))
+                    partial = stream.name
+                writer = AlertWriter(stream, kind, model.class_names, follow=follow)
                 if follow:
-                    writer.flush()
-                status.update(f"{s.records:,} records scored, {s.alerts:,} alerts")
+                    console.print(Text.assemble(
+                        "following ", str(inputs[-1]), " (Ctrl-C to stop)",
+                        f"; alerts go to {partial} until then, and to {out} after" if out else ""))
+                # Progress on stderr (a terminal only: rich shows no spinner elsewhere); a large
+                # batch printed nothing until its summary.
+                status = outputs.enter_context(console.status("scoring..."))
 
-            summary = run_detect(model, list(inputs), writer, strict=strict, follow=follow,
-                                 all_records=all_records, explain_top=top,
-                                 stop=lambda: stopping["now"], on_chunk=on_chunk,
-                                 max_bad_share=max_bad_share,
-                                 share_hint=" (--max-bad-share sets the share)",
-                                 skippable=in_folders, max_entities=max_entities)
-            result = summary.to_dict()
-            if not summary.records and follow and stopping["now"] and not summary.bad_lines:
-                # stopped before the followed log had a record: not a format problem
-                raise DataFormatError(f"stopped before any record arrived in {inputs[-1]}")
-            if not summary.records:  # a pipeline must not take "nothing" for "no alerts"
-                _render_summary(result, None)
-                spec = model.spec
-                raise DataFormatError(
-                    f"no record parsed in {len(inputs)} input file(s) with the bundle's schema "
-                    f"{spec.name!r} ({spec.format}): are they in its format? `fedlstm schema "
-                    "infer FILE` drafts a schema for another format")
-            # The alerts go into place as `outputs` closes; the summary after them, so that an
-            # interrupted run never leaves a new summary beside the earlier alerts.
-            outputs.close()
-            if summary_json:
-                with staged_file(summary_json) as fh:
-                    fh.write(json.dumps(result, indent=2))
-    except (BundleError, OSError, ValueError, KeyError) as exc:
-        if follow and partial and Path(partial).exists():
-            say(f"alerts found before the error are kept in {partial}")
-        fail(exc)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+                def on_chunk(s) -> None:
+                    if follow:
+                        writer.flush()
+                    status.update(f"{s.records:,} records scored, {s.alerts:,} alerts")
+
+                summary = run_detect(model, list(inputs), writer, strict=strict, follow=follow,
+                                     all_records=all_records, explain_top=top,
+                                     stop=lambda: stopping["now"], on_chunk=on_chunk,
+                                     max_bad_share=max_bad_share,
+                                     share_hint=" (--max-bad-share sets the share)",
+                                     skippable=in_folders, max_entities=max_entities)
+                result = summary.to_dict()
+                if not summary.records and follow and stopping["now"] and not summary.bad_lines:
+                    # stopped before the followed log had a record: not a format problem
+                    raise DataFormatError(f"stopped before any record arrived in {inputs[-1]}")
+                if not summary.records:  # a pipeline must not take "nothing" for "no alerts"
+                    _render_summary(result, None)
+                    spec = model.spec
+                    raise DataFormatError(
+                        f"no record parsed in {len(inputs)} input file(s) with the bundle's schema "
+                        f"{spec.name!r} ({spec.format}): are they in its format? `fedlstm schema "
+                        "infer FILE` drafts a schema for another format")
+                # The alerts go into place as `outputs` closes; the summary after them, so that an
+                # interrupted run never leaves a new summary beside the earlier alerts.
+                outputs.close()
+                if summary_json:
+                    with staged_file(summary_json) as fh:
+                        fh.write(json.dumps(result, indent=2))
+        except (BundleError, OSError, ValueError, KeyError) as exc:
+            if follow and partial and Path(partial).exists():
+                say(f"alerts found before the error are kept in {partial}")
+            fail(exc)
     _render_summary(result, out)
 
 

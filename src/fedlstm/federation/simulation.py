@@ -27,6 +27,7 @@ for _name, _value in (("FLWR_TELEMETRY_ENABLED", "0"), ("FLWR_DISABLE_UPDATE_CHE
 
 import numpy as np  # noqa: E402
 
+from fedlstm import signals  # noqa: E402
 from fedlstm.config import RunConfig  # noqa: E402
 from fedlstm.data.spec import DatasetSpec  # noqa: E402
 from fedlstm.federation.apps import make_client_app, make_server_app  # noqa: E402
@@ -66,38 +67,28 @@ def private_shares(data: FederatedData, spec: DatasetSpec) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGHUP: "SIGHUP"}
-
-
 @contextmanager
 def interruptible(stop: threading.Event) -> Iterator[None]:
     """Ctrl-C, SIGTERM (a service manager, CI cancelling a job) or SIGHUP (the terminal closed)
     sets `stop`, which the server checks while it waits for sites (every 0.2 s), so the run ends
     within seconds with its last completed round checkpointed. Flower's simulation swallows
     SIGINT in the thread that drives the clients; a second signal interrupts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    previous: dict = {}
 
     def request_stop(signum, frame):
         if stop.is_set():
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            signals.restore(previous)
             raise KeyboardInterrupt
         stop.set()
         log.warning("stopping the federation (%s); a second one aborts at once",
-                    _SIGNAL_NAMES.get(signum, signum))
+                    signals.NAMES.get(signum, signum))
 
-    for sig in _STOP_SIGNALS:
-        signal.signal(sig, request_stop)
-    try:
-        with _handlers_kept_over_ray(request_stop):
-            yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    if not signals.in_main_thread():
+        yield
+        return
+    with signals.handling(dict.fromkeys(signals.STOP_SIGNALS, request_stop)) as previous, \
+            _handlers_kept_over_ray(request_stop):
+        yield
 
 
 @contextmanager
@@ -112,8 +103,8 @@ def _handlers_kept_over_ray(handler) -> Iterator[None]:
 
     def init_then_restore(self, *args, **kwargs):
         init_ray(self, *args, **kwargs)
-        if threading.current_thread() is threading.main_thread():
-            for sig in _STOP_SIGNALS:
+        if signals.in_main_thread():
+            for sig in signals.STOP_SIGNALS:
                 signal.signal(sig, handler)
 
     RayBackend.init_ray = init_then_restore
@@ -306,19 +297,7 @@ def one_ray_runtime():
         BasicActorPool.terminate_all_actors = terminate_actors
         if ray.is_initialized():
             shutdown()
-        signal_handlers_back()
-
-
-def signal_handlers_back() -> None:
-    """Ray's native clean-up (at `ray.shutdown`, and again some seconds later) resets SIGINT,
-    SIGTERM and SIGHUP to their default actions behind Python's back: the handler Python still
-    reported never ran, and `reproduce` died on SIGTERM (exit 143) with its workers left
-    running. Setting each handler again puts Python's back in place."""
-    if threading.current_thread() is threading.main_thread():
-        for sig in _STOP_SIGNALS:
-            handler = signal.getsignal(sig)
-            if handler is not None:  # None: not set from Python; nothing to put back
-                signal.signal(sig, handler)
+        signals.put_back()
 
 
 def _quiet_flower() -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 
 import fedlstm
-from fedlstm import __version__
+from fedlstm import __version__, signals
 from fedlstm.config import DataConfig, RunConfig, load_config, with_dataset_defaults
 from fedlstm.data.fetch import FetchError, fetch_dataset
 from fedlstm.data.readers import remember_reads, remembered_reads
@@ -42,7 +42,7 @@ from fedlstm.data.schemas import get_spec
 from fedlstm.data.splits import build_split
 from fedlstm.detection import ModelBundle
 from fedlstm.detection.classical import CLASSICAL
-from fedlstm.federation.simulation import one_ray_runtime, run_federated, signal_handlers_back
+from fedlstm.federation.simulation import one_ray_runtime, run_federated
 from fedlstm.reports import communication, networks, robustness
 from fedlstm.reports.report import write_report
 from fedlstm.runs.rundir import git_commit, roc_points
@@ -713,7 +713,7 @@ def _run_steps(side: list[_Job], flower: list[_Job], workers: int, results: dict
                     if gate.wait_for(lambda: not feeder.is_alive() and state["running"] == 0,
                                      timeout=0.5):
                         break
-                signal_handlers_back()
+                signals.put_back()
         except BaseException as exc:  # a failed simulation, Ctrl-C or SIGTERM: start nothing more
             fail(exc)
             if _is_stop_request(exc):
