@@ -34,6 +34,7 @@ def test_gradient_boosting_trains_from_the_cli_with_scores_and_no_bundle(dataset
     assert set(m["evaluations"]["test"]["family"]["per_class"]) == {"normal", "dos", "probe",
                                                                      "r2l", "u2r"}
     assert not (out / "model.fedlstm").exists() and (out / "confusion_family_test.png").exists()
+    assert "baseline" not in m  # it is the baseline
     # without --detector supervised a baseline (or the RNN) is refused, never quietly replaced
     # by the hybrid LSTM
     result = runner.invoke(app, ["train", "--dataset", "nsl-kdd", "--set", "model.name=hgb",
@@ -42,6 +43,28 @@ def test_gradient_boosting_trains_from_the_cli_with_scores_and_no_bundle(dataset
     result = runner.invoke(app, ["train", "--dataset", "nsl-kdd", "--set", "model.name=rnn",
                                  "--out", str(tmp_path / "x"), "--data-dir", str(datasets_dir)])
     assert result.exit_code == 2 and "model rnn is not the hybrid" in result.output
+
+
+def test_train_scores_gradient_boosting_on_the_same_split_beside_the_detector(run_dir):
+    m = json.loads((run_dir / "metrics.json").read_text())
+    base = m["baseline"]
+    assert (base["method"], base["task"], base["on"]) == ("hgb", "family", "the same split")
+    assert set(base["evaluations"]) == set(m["evaluations"]) == {"val", "test", "test-21"}
+    for name, ev in base["evaluations"].items():  # the same records, scored by both
+        assert ev["binary"]["n"] == m["evaluations"][name]["binary"]["n"]
+        assert sum(map(sum, ev["binary"]["confusion_matrix"])) == ev["binary"]["n"]
+        assert 0.5 < ev["binary"]["accuracy"] <= 1
+    assert set(base["evaluations"]["test"]["family"]["per_class"]) == {
+        "normal", "dos", "probe", "r2l", "u2r"}
+
+
+def test_no_baseline_trains_the_detector_alone(datasets_dir, tmp_path):
+    out = tmp_path / "alone"
+    result = runner.invoke(app, ["train", "--dataset", "nsl-kdd", "--window", "2", "--out",
+                                 str(out), "--data-dir", str(datasets_dir), "--no-baseline", *QUICK])
+    assert result.exit_code == 0, result.output
+    assert "baseline" not in json.loads((out / "metrics.json").read_text())
+    assert "hgb" not in result.output
 
 
 def test_train_writes_a_complete_run(run_dir):

@@ -70,3 +70,39 @@ def test_the_round_table_says_its_accuracy_is_the_classifiers_alone(capsys, monk
     out = " ".join(capsys.readouterr().out.split())  # the title wraps to the table's width
     assert "accuracy of the classifier alone (argmax over windows)" in out
     assert "detector is scored after the last round" in out and "0.8000" in out
+
+
+def test_the_summary_says_when_gradient_boosting_on_the_same_split_is_more_accurate():
+    from fedlstm.cli.common import baseline_warnings
+
+    metrics = {"evaluations": {"val": {"binary": _binary(90, 10, 0, 100)},
+                               "test": {"binary": _binary(90, 10, 0, 100)},
+                               "test-21": {"binary": _binary(95, 5, 0, 100)}},
+               "baseline": {"method": "hgb", "title": "gradient boosting", "on": "the same split",
+                            "evaluations": {"val": {"binary": _binary(100, 0, 0, 100)},
+                                            "test": {"binary": _binary(100, 0, 0, 100)},
+                                            "test-21": {"binary": _binary(97, 3, 2, 98)}}}}
+    # 'test': 5 points; 'test-21': as accurate (fewer false alarms); 'val' is not a test set
+    assert baseline_warnings(metrics) == [
+        "gradient boosting on the same split is more accurate on 'test': 1.0000 against 0.9500 "
+        "(FPR 0.0000 against 0.1000)"]
+    assert baseline_warnings({"evaluations": metrics["evaluations"]}) == []
+
+
+def test_the_summary_table_shows_the_baseline_rows_of_the_detectors_sets_only(monkeypatch):
+    """A federated run is scored on its test sets only; the baseline's validation row would be a
+    row with nothing beside it."""
+    from fedlstm.cli import common
+
+    metrics = {"dataset": "d", "protocol": "p", "mode": "federated",
+               "evaluations": {"test": {"binary": _binary(90, 10, 0, 100)}},
+               "baseline": {"method": "hgb", "title": "gradient boosting",
+                            "on": "the sites' pooled shares",
+                            "evaluations": {"val": {"binary": _binary(100, 0, 0, 100)},
+                                            "test": {"binary": _binary(99, 1, 0, 100)}}}}
+    monkeypatch.setattr(common.out_console, "_width", 1000)
+    with common.out_console.capture() as captured:
+        common.out_console.print(common.summary_table(metrics))
+    out = captured.get()
+    assert "test, hgb" in out and "val, hgb" not in out and "99 / 1 / 0 / 100" in out
+    assert "hgb: gradient boosting on the sites' pooled shares" in out

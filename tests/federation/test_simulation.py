@@ -18,7 +18,9 @@ def test_compare_local_centralised_and_fed_lstm(datasets_dir, tmp_path):
         "--set", "train.epochs=1", "--set", "model.hidden_size=16"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "comparison.json").read_text())
-    assert set(summary["methods"]) == {"local-client-0", "local-client-1", "centralised", "fed-lstm"}
+    # and gradient boosting on the pooled shares, the centralised LSTM's split
+    assert set(summary["methods"]) == {"local-client-0", "local-client-1", "centralised", "hgb",
+                                       "fed-lstm"}
     for scores in summary["methods"].values():
         assert set(scores) == {"test", "test-21"} and 0 < scores["test"]["accuracy"] <= 1
     fed = json.loads((out / "fed-lstm" / "metrics.json").read_text())
@@ -119,3 +121,33 @@ def test_a_simulation_builds_flowers_runtime_queues_that_notice_the_stop_event_p
     built[0].get(timeout=0.01)
     built[0].get()
     assert waits == [0.05, 0.01, None]
+
+
+def test_a_simulated_federation_keeps_gradient_boosting_on_the_pooled_shares_beside_it(
+        datasets_dir, tmp_path):
+    """What the sites' pooled shares give gradient boosting, scored on the federation's test
+    sets: the summary's reference, which a simulation can train and a real federation cannot."""
+    from fedlstm.config import RunConfig
+    from fedlstm.federation.client import ClientTask
+    from fedlstm.federation.simulation import run_federated
+    from fedlstm.federation.sites import federated_data, pooled_split
+    from fedlstm.tasks import task_for
+
+    cfg = RunConfig.model_validate({
+        "data": {"data_dir": str(datasets_dir), "max_train_rows": 2000, "max_test_rows": 400},
+        "federation": {"clients": 2, "rounds": 1}, "model": {"hidden_size": 8},
+        "windows": {"window": 2}})
+    run_federated(cfg, tmp_path / "run", engine="inprocess", plots=False, baseline=True)
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    base = m["baseline"]
+    assert (base["method"], base["on"]) == ("hgb", "the sites' pooled shares")
+    for name, ev in m["evaluations"].items():
+        assert base["evaluations"][name]["binary"]["n"] == ev["binary"]["n"]
+    # pooled: every site's training and validation records, carved as each site carves them
+    data = federated_data(cfg)
+    split = pooled_split(cfg, data)
+    assert len(split.train) + len(split.val) == sum(len(c) for c in data.clients)
+    sites = [ClientTask(task_for(cfg), c, data.spec, n) for c, n in zip(data.clients, data.names)]
+    assert len(split.val) == sum(len(s.val_records) for s in sites) > 0
+    run_federated(cfg, tmp_path / "plain", engine="inprocess", plots=False)
+    assert "baseline" not in json.loads((tmp_path / "plain" / "metrics.json").read_text())

@@ -404,13 +404,41 @@ def summary_table(metrics: dict) -> Table:
     scores = ("accuracy", "precision", "recall", "f1", "roc_auc", "fpr")
     for col in ("set", "n", *scores, "tn / fp / fn / tp"):
         table.add_column(col, justify="right")
-    for name, ev in metrics["evaluations"].items():
-        b = ev["binary"]
-        (tn, fp), (fn, tp) = b["confusion_matrix"]
-        table.add_row(Text(name), f"{b['n']:,}", *(f"{b[k]:.4f}" if b[k] is not None else "-"
-                                                   for k in scores),
-                      f"{tn:,} / {fp:,} / {fn:,} / {tp:,}")
+    def rows(evaluations: dict, suffix: str = "", style: str = "") -> None:
+        for name, ev in evaluations.items():
+            b = ev["binary"]
+            (tn, fp), (fn, tp) = b["confusion_matrix"]
+            table.add_row(Text(name + suffix), f"{b['n']:,}",
+                          *(f"{b[k]:.4f}" if b[k] is not None else "-" for k in scores),
+                          f"{tn:,} / {fp:,} / {fn:,} / {tp:,}", style=style)
+
+    rows(metrics["evaluations"])
+    baseline = metrics.get("baseline")
+    if baseline:  # the same split: what the detector must beat
+        table.add_section()
+        rows({k: v for k, v in baseline["evaluations"].items() if k in metrics["evaluations"]},
+             f", {baseline['method']}", "dim")
+        table.caption = f"{baseline['method']}: {baseline['title']} on {baseline['on']}"
     return table
+
+
+def baseline_warnings(metrics: dict, margin: float = 0.005) -> list[str]:
+    """Test sets on which gradient boosting, trained on the same split, is more accurate than
+    the detector by more than `margin`: the summary says so rather than leave it to a reader."""
+    baseline = metrics.get("baseline")
+    if not baseline:
+        return []
+    out = []
+    for name, ev in metrics["evaluations"].items():
+        ref = baseline["evaluations"].get(name)
+        if name == "val" or ref is None:
+            continue
+        ours, theirs = ev["binary"], ref["binary"]
+        if theirs["accuracy"] - ours["accuracy"] > margin:
+            out.append(f"{baseline['title']} on {baseline['on']} is more accurate on '{name}': "
+                       f"{theirs['accuracy']:.4f} against {ours['accuracy']:.4f} (FPR "
+                       f"{theirs['fpr']:.4f} against {ours['fpr']:.4f})")
+    return out
 
 
 def useless_model_warnings(metrics: dict) -> list[str]:
@@ -459,7 +487,8 @@ def print_summary(metrics: dict) -> None:
     out_console.print(summary_table(metrics))
     for line in unseen_attack_lines(metrics):
         say(line)
-    for warning in [*useless_model_warnings(metrics), *overlap_warnings(metrics)]:
+    for warning in [*useless_model_warnings(metrics), *overlap_warnings(metrics),
+                    *baseline_warnings(metrics)]:
         console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
 
 

@@ -216,10 +216,12 @@ def train(
     set_: Overrides = None,
     data_dir: DataDir = None,
     overwrite: bool = False,
+    baseline: Annotated[bool, typer.Option(help="Also train gradient boosting on the same split and show it beside the detector (metrics.json: baseline).")] = True,
 ) -> None:
     """Train and evaluate the centralised detector; writes a run directory."""
     from fedlstm.runs.rundir import check_out, output_lock, write_run
     from fedlstm.tasks import task_for
+    from fedlstm.tasks.centralised import baseline_on_split
     from fedlstm.tasks.centralised import train as train_detector
 
     try:
@@ -236,8 +238,12 @@ def train(
                                         data_label(cfg), f", W={cfg.windows.window}, task "
                                         f"{cfg.model.task}, {cfg.train.epochs} epochs"))
             result = train_detector(task_for(cfg), reporter=RichReporter("train"))
+            reference = None
+            if baseline:
+                with console.status("gradient boosting on the same split..."):
+                    reference = baseline_on_split(cfg, result.split)
             write_run(result, cfg, out, overwrite=overwrite,
-                      command=command_line())
+                      command=command_line(), baseline=reference)
             metrics = json.loads((out / "metrics.json").read_text())
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         fail(exc)
@@ -277,6 +283,7 @@ def federate(
     defence: Defence = None,
     attack: Attack = None,
     malicious: Malicious = None,
+    baseline: Annotated[bool, typer.Option(help="Also train gradient boosting on the sites' pooled shares (what a simulation can do and no real federation can) and show it beside Fed-LSTM; with --compare, as one more method.")] = True,
 ) -> None:
     """Train Fed-LSTM with Flower's simulation engine (1 CPU and 1 torch thread per client)."""
     from fedlstm.federation.audit import RunInterrupted
@@ -322,9 +329,11 @@ def federate(
             with console.status("federated training (Flower simulation engine)...") as status:
                 if compare:
                     summary = run_comparison(cfg, out, overwrite=overwrite, command=command,
-                                             progress=lambda text: status.update(Text(text)))
+                                             progress=lambda text: status.update(Text(text)),
+                                             baseline=baseline)
                 else:
-                    run_federated(cfg, out, overwrite=overwrite, resume=resume, command=command)
+                    run_federated(cfg, out, overwrite=overwrite, resume=resume, command=command,
+                                  baseline=baseline)
             report = (out / "comparison.md").read_text() if compare else None
             metrics = None if compare else json.loads((out / "metrics.json").read_text())
     except RunInterrupted as exc:

@@ -23,13 +23,15 @@ from fedlstm.federation.simulation import run_federated  # noqa: E402
 from fedlstm.federation.sites import federated_data  # noqa: E402
 from fedlstm.runs.rundir import staged_dir, write_run  # noqa: E402
 from fedlstm.tasks import task_for  # noqa: E402
-from fedlstm.tasks.centralised import train  # noqa: E402
+from fedlstm.tasks.centralised import baseline_on_split, train  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
 def run_comparison(cfg: RunConfig, out: str | Path, overwrite: bool = False,
-                   command: str | None = None, progress=None) -> dict:
+                   command: str | None = None, progress=None, baseline: bool = False) -> dict:
+    """`baseline`: gradient boosting on the pooled shares too (method `hgb`), the centralised
+    LSTM's split."""
     progress = progress or (lambda text: None)
     data = federated_data(cfg)
     protocol = run_protocol(cfg.data)
@@ -50,6 +52,11 @@ def run_comparison(cfg: RunConfig, out: str | Path, overwrite: bool = False,
             write_run(result, cfg, stage / method, command=command)
             summary["methods"][method] = _scores(result.evaluations)
             curves[method] = _curve(result.history.epochs, "epoch")
+        if baseline:  # on `split`: the pooled shares, as the centralised LSTM
+            progress("training gradient boosting (hgb) on the pooled shares")
+            reference = baseline_on_split(cfg, split)
+            if reference is not None:
+                summary["methods"][reference["method"]] = _scores(reference["evaluations"])
         progress("training fed-lstm (Flower simulation)")
         run_federated(cfg, stage / "fed-lstm", command=command)
         fed = json.loads((stage / "fed-lstm" / "metrics.json").read_text())

@@ -44,9 +44,16 @@ from fedlstm.federation.networks import (  # noqa: E402
 )
 from fedlstm.federation.partitions import describe, save_records  # noqa: E402
 from fedlstm.federation.server import ServerTask  # noqa: E402
-from fedlstm.federation.sites import FederatedData, federated_data  # noqa: E402
-from fedlstm.runs.rundir import REQUEST_NAME, partial_dir, staged_dir, write_results  # noqa: E402
+from fedlstm.federation.sites import FederatedData, federated_data, pooled_split  # noqa: E402
+from fedlstm.runs.rundir import (  # noqa: E402
+    REQUEST_NAME,
+    baseline_metrics,
+    partial_dir,
+    staged_dir,
+    write_results,
+)
 from fedlstm.tasks import task_for  # noqa: E402
+from fedlstm.tasks.centralised import baseline_on_split  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +228,12 @@ def federate_networks(cfg: RunConfig, data: FederatedData, out_dir: Path | None,
 
 
 def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
-                  command: str | None = None, engine: str = "flower", plots: bool = True) -> Path:
+                  command: str | None = None, engine: str = "flower", plots: bool = True,
+                  baseline: bool = False) -> Path:
     """A federated run directory at `out`: `federate`, then the one run writer (`plots`: its
-    figures too)."""
+    figures too). `baseline`: also gradient boosting on the sites' pooled shares, beside the
+    federation in metrics.json and its summary (sites of one schema; a simulation can pool
+    what no deployed federation can)."""
     out = Path(out)
     if resume and not (partial_dir(out) / "checkpoints" / "last.pt").exists():
         raise FileNotFoundError(f"nothing to resume: no checkpoint in {partial_dir(out)}")
@@ -234,7 +244,10 @@ def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resu
         t = time.perf_counter()
         task = federate(cfg, data, stage, engine)
         timings["simulation_seconds"] = time.perf_counter() - t
-        finish_run(task, task.cfg, stage, data, timings, command, engine, plots)
+        reference = None
+        if baseline and not isinstance(task, NetworkServer):
+            reference = baseline_on_split(cfg, pooled_split(cfg, data), "the sites' pooled shares")
+        finish_run(task, task.cfg, stage, data, timings, command, engine, plots, reference)
         (stage / REQUEST_NAME).write_text(cfg.model_dump_json(indent=2))
     return out
 
@@ -310,7 +323,8 @@ def _quiet_flower() -> None:
 
 
 def finish_run(task: ServerTask, cfg: RunConfig, stage: Path, data: FederatedData, timings: dict,
-               command: str | None, engine: str = "flower", plots: bool = True) -> Path:
+               command: str | None, engine: str = "flower", plots: bool = True,
+               baseline: dict | None = None) -> Path:
     if isinstance(task, NetworkServer):
         write_networks_run(stage, task.cfg, task, describe(data.clients, data.names), data.notes,
                            {**timings, "engine": engine}, command)
@@ -319,6 +333,8 @@ def finish_run(task: ServerTask, cfg: RunConfig, stage: Path, data: FederatedDat
     evaluations, extra = task.results(train_attacks, describe(data.clients, data.names),
                                       data.notes, timings)
     extra["engine"] = engine
+    if baseline is not None:
+        extra["baseline"] = baseline_metrics(baseline)
     write_results(stage, cfg, task.result, evaluations, extra, command,
                   curves=[r for r in extra["rounds"] if r["round"] > 0], curve_axis="round",
                   plots=plots)

@@ -13,7 +13,7 @@ from fedlstm.data.readers import Records, concat_records
 from fedlstm.data.registry import DatasetNotFound
 from fedlstm.data.schemas import get_spec
 from fedlstm.data.spec import DatasetSpec
-from fedlstm.data.splits import build_split
+from fedlstm.data.splits import Split, build_split, carve_validation, run_protocol
 from fedlstm.federation.partitions import (
     BLOCK,
     PartitionScheme,
@@ -39,6 +39,15 @@ class FederatedData:
     def site_tests(self, i: int) -> dict[str, Records]:
         """Site `i`'s own test sets: those of `tests` named `SITE/...`."""
         return {k: v for k, v in self.tests.items() if k.startswith(f"{self.names[i]}/")}
+
+
+def pooled_split(cfg: RunConfig, data: FederatedData) -> Split:
+    """Every site's share pooled, as a centralised model would see it (simulation only: no real
+    federation can pool): each site's training and validation records, carved as the site carves
+    them (`ClientTask`), and the federation's test sets."""
+    shares = [carve_validation(c, cfg.data.val_fraction, cfg.seed) for c in data.clients]
+    return Split(data.spec, run_protocol(cfg.data), concat_records([t for t, _ in shares]),
+                 concat_records([v for _, v in shares]), data.tests, notes={})
 
 
 def dataset_cfg(cfg: RunConfig, dataset: str) -> RunConfig:

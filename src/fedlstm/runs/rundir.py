@@ -280,15 +280,24 @@ def ran_with(run_dir: str | Path, cfg: RunConfig) -> bool:
         json.loads(config_file.read_text()) == json.loads(cfg.model_dump_json())
 
 
+def baseline_metrics(baseline: dict) -> dict:
+    """Gradient boosting on a run's split (`centralised.baseline_on_split`), as metrics.json
+    keeps it (`baseline`): its evaluations as the run's own are kept."""
+    return {**baseline, "evaluations": {k: public(v) for k, v in baseline["evaluations"].items()}}
+
+
 def write_run(result: TrainResult, cfg: RunConfig, out: str | Path, overwrite: bool = False,
-              command: str | None = None) -> Path:
-    """A centralised (or local-only) run: `write_results` in a staged folder."""
+              command: str | None = None, baseline: dict | None = None) -> Path:
+    """A centralised (or local-only) run: `write_results` in a staged folder. `baseline`:
+    gradient boosting on the same split (`centralised.baseline_on_split`), kept as `baseline`."""
     with staged_dir(out, overwrite) as stage:
         extra = {"files": result.split.files, "data_notes": result.split.notes,
                  "unseen_attacks": unseen_attack_recall(
                      training_attacks(result.split.train, result.split.val), result.split.spec,
                      result.evaluations),
                  "history": result.history.to_dict(), "timings": result.timings}
+        if baseline is not None:
+            extra["baseline"] = baseline_metrics(baseline)
         write_results(stage, cfg, result.bundle, result.evaluations, extra, command,
                       curves=result.history.epochs)
     return Path(out)

@@ -6,8 +6,11 @@ from __future__ import annotations
 import logging
 import time
 
+from fedlstm.config import RunConfig
 from fedlstm.data.splits import Split, build_split
+from fedlstm.detection.classical import CLASSICAL
 from fedlstm.tasks.base import Task, TrainResult, test_curves, training_attacks, windows_of
+from fedlstm.tasks.classical import ClassicalTask
 from fedlstm.training.loop import Reporter
 
 log = logging.getLogger(__name__)
@@ -73,3 +76,27 @@ def train(task: Task, split: Split | None = None, reporter: Reporter | None = No
                    for name, recs in {"val": split.val, **split.tests}.items()}
     timings["evaluate_seconds"] = time.perf_counter() - t
     return TrainResult(detector, history, split, evaluations, timings)
+
+
+BASELINE = "hgb"  # the strongest simple baseline in every report table: gradient boosting
+BASELINE_TITLE = "gradient boosting"
+
+
+def baseline_on_split(cfg: RunConfig, split: Split, on: str = "the same split") -> dict | None:
+    """Gradient boosting trained and scored on `split`, the split a detector was just trained
+    on: same training, validation and test records, same task (binary or families), same
+    windows. What a run summary puts beside the detector, so that a model no better than a
+    10-second baseline is seen as such. None where it does not apply: the detector is itself a
+    classical baseline, or the training data holds one class only (nothing to classify). `on`:
+    what the split is, as the summary says it."""
+    if cfg.model.name in CLASSICAL:
+        return None
+    attacks = int(split.train.is_attack.sum())
+    if attacks in (0, len(split.train)):
+        return None
+    hgb = cfg.model_copy(update={"detector": "supervised",
+                                 "model": cfg.model.model_copy(update={"name": BASELINE})})
+    t = time.perf_counter()
+    result = train(ClassicalTask(hgb), split)
+    return {"method": BASELINE, "title": BASELINE_TITLE, "on": on, "task": cfg.model.task,
+            "evaluations": result.evaluations, "seconds": time.perf_counter() - t}
