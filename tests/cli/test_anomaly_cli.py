@@ -27,6 +27,11 @@ def test_anomaly_train_on_nsl_kdd(datasets_dir, tmp_path):
     assert m["anomaly"]["normal_windows_for_mu_sigma"] > 0
     assert {"roc.png", "pr.png", "model.fedlstm", "config.json"} <= {p.name for p in out.iterdir()}
     assert "anomaly" in json.loads((out / "config.json").read_text())
+    # supervised gradient boosting on the same records, beside it
+    assert (m["baseline"]["method"], m["baseline"]["on"]) == ("hgb", "the same split")
+    assert {k: v["binary"]["n"] for k, v in m["baseline"]["evaluations"].items()} == \
+        {k: v["binary"]["n"] for k, v in m["evaluations"].items()}
+    assert "hgb" in result.output  # its rows (the narrow console wraps their names)
     detector = ModelBundle.load(out / "model.fedlstm")
     assert isinstance(detector, MahalanobisDetector)
 
@@ -58,6 +63,7 @@ def test_anomaly_federate_with_flower_on_nsl_kdd(datasets_dir, tmp_path):
     assert sorted(phases) == ["error-stats"] * 2 + ["score-histogram"] * 2
     assert m["evaluations"]["test"]["binary"]["roc_auc"] > 0.7
     assert not (out / "partitions").exists()
+    assert m["baseline"]["on"] == "the sites' pooled shares"
 
 
 @pytest.mark.parametrize("engine", ["bogus"])

@@ -23,6 +23,7 @@ from fedlstm.cli.common import (
     TestFile,
     TrainFiles,
     Window,
+    baseline_warnings,
     byo_overrides,
     command_line,
     console,
@@ -37,6 +38,7 @@ from fedlstm.federation.simulation import run_federated
 from fedlstm.runs.rundir import check_leftovers, check_out, output_lock, write_run
 from fedlstm.tasks import task_for
 from fedlstm.tasks.anomaly import anomaly_config
+from fedlstm.tasks.centralised import baseline_on_split
 from fedlstm.tasks.centralised import train as train_detector
 
 anomaly_app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -59,7 +61,27 @@ def _summary(metrics: dict) -> Table:
         table.add_row(Text(name), f"{b['n']:,}", *(f"{b[k]:.4f}" if b[k] is not None else "-" for k in cols),
                       f"{ev['at_fpr']['recall']:.4f}", f"{u['n']:,}",
                       f"{u['recall_at_threshold']:.4f}" if u["recall_at_threshold"] is not None else "-")
+    baseline = metrics.get("baseline")
+    if baseline:  # supervised, on the same records: what the labels alone give
+        table.add_section()
+        for name, ev in baseline["evaluations"].items():
+            if name in metrics["evaluations"]:
+                b = ev["binary"]
+                table.add_row(Text(f"{name}, {baseline['method']}"), f"{b['n']:,}",
+                              *(f"{b[k]:.4f}" if b.get(k) is not None else "-" for k in cols),
+                              "-", "-", "-", style="dim")
+        table.caption = f"{baseline['method']}: {baseline['title']} on {baseline['on']}"
     return table
+
+
+def _print(metrics: dict, out: Path) -> None:
+    out_console.print(_summary(metrics))
+    for warning in baseline_warnings(metrics):
+        console.print(Text.assemble(("warning:", "bold yellow"), f" {warning}"))
+    say(f"run written to {out}", to=out_console)
+
+
+BaselineOpt = Annotated[bool, typer.Option(help="Also train gradient boosting (supervised) on the same records and show it beside the detector (metrics.json: baseline).")]
 
 
 @anomaly_app.command()
@@ -70,7 +92,7 @@ def train(dataset: Dataset = None, protocol: Protocol = None, model: Model = Non
           out: Annotated[Path, typer.Option(help="Run directory to create.")] = Path("runs/anomaly"),
           config: ConfigFile = None, set_: Overrides = None, data_dir: DataDir = None,
           schema: SchemaOpt = None, train_file: TrainFiles = None, test_file: TestFile = None,
-          overwrite: bool = False) -> None:
+          overwrite: bool = False, baseline: BaselineOpt = True) -> None:
     """Train the normal-only LSTM centrally, fit μ, Σ and ζ on validation data; writes a run.
     Your own flow logs as `train` takes them: --schema with --train-file (and --test-file)."""
     try:
@@ -84,12 +106,16 @@ def train(dataset: Dataset = None, protocol: Protocol = None, model: Model = Non
             with console.status(Text.assemble(f"training {cfg.anomaly.model} on the normal "
                                               "traffic of ", data_label(cfg))):
                 result = train_detector(task_for(cfg))
-            write_run(result, cfg, out, overwrite=overwrite, command=command_line())
+            reference = None
+            if baseline:
+                with console.status("gradient boosting on the same split..."):
+                    reference = baseline_on_split(cfg, result.split)
+            write_run(result, cfg, out, overwrite=overwrite, command=command_line(),
+                      baseline=reference)
             metrics = json.loads((out / "metrics.json").read_text())
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         fail(exc)
-    out_console.print(_summary(metrics))
-    say(f"run written to {out}", to=out_console)
+    _print(metrics, out)
 
 
 @anomaly_app.command()
@@ -105,6 +131,7 @@ def federate(dataset: Dataset = None, protocol: Protocol = None, model: Model = 
              config: ConfigFile = None, set_: Overrides = None, data_dir: DataDir = None,
              overwrite: bool = False,
              resume: Annotated[bool, typer.Option(help="Continue a run stopped after a completed round (its checkpoint), with the same settings.")] = False,
+             baseline: BaselineOpt = True,
              ) -> None:
     """FedAvg of the normal-only LSTM; μ, Σ and ζ from merged per-site sums and histograms."""
     try:
@@ -121,14 +148,13 @@ def federate(dataset: Dataset = None, protocol: Protocol = None, model: Model = 
             check_leftovers(out, overwrite, resume)
             with console.status("federated training and calibration..."):
                 run_federated(cfg, out, overwrite=overwrite, resume=resume,
-                              command=command_line(), engine=engine)
+                              command=command_line(), engine=engine, baseline=baseline)
             metrics = json.loads((out / "metrics.json").read_text())
     except RunInterrupted as exc:
         interrupted_federation(exc, out)
     except (KeyError, OSError, ValueError, RuntimeError, TimeoutError) as exc:
         fail(exc)
-    out_console.print(_summary(metrics))
-    say(f"run written to {out}", to=out_console)
+    _print(metrics, out)
 
 
 @anomaly_app.command()
