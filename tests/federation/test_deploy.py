@@ -210,7 +210,11 @@ def test_unregistered_supernode_is_rejected(federation, tmp_path):
     node = federation.start_supernode("intruder", {"name": "intruder"}, private)
     returncode = node.popen.wait(timeout=60)
     assert returncode != 0
-    assert "Failed to activate SuperNode" in tail(node.log_path, 50)
+    log = tail(node.log_path, 50)
+    assert "Failed to activate SuperNode" in log
+    # Flower calls it a connection failure; the site is told the likely cause, and the key
+    assert f"its public key ({private}.pub) is most likely not registered" in " ".join(log.split())
+    assert "flwr supernode register" in log
     superlink_log = tail(federation.superlink.log_path, 400)
     assert "No SuperNode found with the given public key" in superlink_log
     assert federation.superlink.running  # the SuperLink itself carries on
