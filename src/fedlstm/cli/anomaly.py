@@ -146,9 +146,10 @@ def federate(dataset: Dataset = None, protocol: Protocol = None, model: Model = 
                                  federation__local_epochs=local_epochs, seed=seed)
             check_out(out, overwrite, resume)
             check_leftovers(out, overwrite, resume)
-            with console.status("federated training and calibration..."):
+            with console.status("federated training and calibration...") as status:
                 run_federated(cfg, out, overwrite=overwrite, resume=resume,
-                              command=command_line(), engine=engine, baseline=baseline)
+                              command=command_line(), engine=engine, baseline=baseline,
+                              progress=lambda text: status.update(Text(text)))
             metrics = json.loads((out / "metrics.json").read_text())
     except RunInterrupted as exc:
         interrupted_federation(exc, out)

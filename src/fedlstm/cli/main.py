@@ -333,7 +333,8 @@ def federate(
                                              baseline=baseline)
                 else:
                     run_federated(cfg, out, overwrite=overwrite, resume=resume, command=command,
-                                  baseline=baseline)
+                                  baseline=baseline,
+                                  progress=lambda text: status.update(Text(text)))
             report = (out / "comparison.md").read_text() if compare else None
             metrics = None if compare else json.loads((out / "metrics.json").read_text())
     except RunInterrupted as exc:

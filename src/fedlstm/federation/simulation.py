@@ -229,11 +229,11 @@ def federate_networks(cfg: RunConfig, data: FederatedData, out_dir: Path | None,
 
 def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resume: bool = False,
                   command: str | None = None, engine: str = "flower", plots: bool = True,
-                  baseline: bool = False) -> Path:
+                  baseline: bool = False, progress=None) -> Path:
     """A federated run directory at `out`: `federate`, then the one run writer (`plots`: its
     figures too). `baseline`: also gradient boosting on the sites' pooled shares, beside the
     federation in metrics.json and its summary (sites of one schema; a simulation can pool
-    what no deployed federation can)."""
+    what no deployed federation can). `progress(text)` hears when that starts."""
     out = Path(out)
     if resume and not (partial_dir(out) / "checkpoints" / "last.pt").exists():
         raise FileNotFoundError(f"nothing to resume: no checkpoint in {partial_dir(out)}")
@@ -246,6 +246,8 @@ def run_federated(cfg: RunConfig, out: str | Path, overwrite: bool = False, resu
         timings["simulation_seconds"] = time.perf_counter() - t
         reference = None
         if baseline and not isinstance(task, NetworkServer):
+            if progress:
+                progress("gradient boosting on the sites' pooled shares...")
             reference = baseline_on_split(cfg, pooled_split(cfg, data), "the sites' pooled shares")
         finish_run(task, task.cfg, stage, data, timings, command, engine, plots, reference)
         (stage / REQUEST_NAME).write_text(cfg.model_dump_json(indent=2))

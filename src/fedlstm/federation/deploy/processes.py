@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from typing import IO
 import psutil
 import tomli_w
 
+from fedlstm import signals
 from fedlstm.detection.signing import KeyHome, SigningKey
 from fedlstm.federation.deploy.credentials import Certificates, generate_certificates
 from fedlstm.federation.deploy.frontdoor import nginx_command
@@ -215,7 +215,7 @@ class LocalFederation:
 
     def _catch_sigterm(self) -> None:
         """A SIGTERM to the launcher (CI cancelling a job) must still run `stop`."""
-        if threading.current_thread() is not threading.main_thread():
+        if not signals.in_main_thread():
             return
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             def _exit(signum, frame):
