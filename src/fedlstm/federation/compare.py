@@ -17,10 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from fedlstm.config import RunConfig  # noqa: E402
-from fedlstm.data.readers import concat_records  # noqa: E402
-from fedlstm.data.splits import Split, carve_validation, run_protocol  # noqa: E402
+from fedlstm.data.splits import run_protocol  # noqa: E402
 from fedlstm.federation.simulation import run_federated  # noqa: E402
-from fedlstm.federation.sites import federated_data  # noqa: E402
+from fedlstm.federation.sites import federated_data, pooled_split, site_shares  # noqa: E402
 from fedlstm.runs.rundir import staged_dir, write_run  # noqa: E402
 from fedlstm.tasks import task_for  # noqa: E402
 from fedlstm.tasks.centralised import baseline_on_split, train  # noqa: E402
@@ -39,22 +38,21 @@ def run_comparison(cfg: RunConfig, out: str | Path, overwrite: bool = False,
                      "partition": cfg.federation.partition, "clients": data.names, "methods": {}}
     curves: dict[str, list[tuple[float, float]]] = {}
     with staged_dir(out, overwrite) as stage:
-        shares = [carve_validation(c, cfg.data.val_fraction, cfg.seed) for c in data.clients]
+        shares = site_shares(cfg, data)
         jobs = [(f"local-{name}", [share]) for name, share in zip(data.names, shares)]
         jobs.append(("centralised", shares))
+        splits = {}
         for method, parts in jobs:
             progress(f"training {method}")
-            pooled = concat_records([p[0] for p in parts])
-            val = concat_records([p[1] for p in parts])
-            split = Split(data.spec, protocol, pooled, val, data.tests, notes={"method": method})
+            splits[method] = split = pooled_split(cfg, data, parts, notes={"method": method})
             result = train(task_for(cfg), split, curves=True,
                            mode="centralised" if method == "centralised" else "local")
             write_run(result, cfg, stage / method, command=command)
             summary["methods"][method] = _scores(result.evaluations)
             curves[method] = _curve(result.history.epochs, "epoch")
-        if baseline:  # on `split`: the pooled shares, as the centralised LSTM
+        if baseline:  # on the centralised LSTM's split: every site's share pooled
             progress("training gradient boosting (hgb) on the pooled shares")
-            reference = baseline_on_split(cfg, split)
+            reference = baseline_on_split(cfg, splits["centralised"])
             if reference is not None:
                 summary["methods"][reference["method"]] = _scores(reference["evaluations"])
         progress("training fed-lstm (Flower simulation)")

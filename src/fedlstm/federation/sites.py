@@ -41,13 +41,20 @@ class FederatedData:
         return {k: v for k, v in self.tests.items() if k.startswith(f"{self.names[i]}/")}
 
 
-def pooled_split(cfg: RunConfig, data: FederatedData) -> Split:
-    """Every site's share pooled, as a centralised model would see it (simulation only: no real
-    federation can pool): each site's training and validation records, carved as the site carves
-    them (`ClientTask`), and the federation's test sets."""
-    shares = [carve_validation(c, cfg.data.val_fraction, cfg.seed) for c in data.clients]
+def site_shares(cfg: RunConfig, data: FederatedData) -> list[tuple[Records, Records]]:
+    """Each site's (training, validation) records, carved as the site carves them (`ClientTask`)."""
+    return [carve_validation(c, cfg.data.val_fraction, cfg.seed) for c in data.clients]
+
+
+def pooled_split(cfg: RunConfig, data: FederatedData,
+                 shares: list[tuple[Records, Records]] | None = None,
+                 notes: dict | None = None) -> Split:
+    """Sites' shares pooled, as a centralised model would see them (simulation only: no real
+    federation can pool), with the federation's test sets: every site's (`site_shares`), or the
+    `shares` given (one site's: its local-only model)."""
+    shares = site_shares(cfg, data) if shares is None else shares
     return Split(data.spec, run_protocol(cfg.data), concat_records([t for t, _ in shares]),
-                 concat_records([v for _, v in shares]), data.tests, notes={})
+                 concat_records([v for _, v in shares]), data.tests, notes=notes or {})
 
 
 def dataset_cfg(cfg: RunConfig, dataset: str) -> RunConfig:

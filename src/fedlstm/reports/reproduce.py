@@ -42,6 +42,7 @@ from fedlstm.data.schemas import get_spec
 from fedlstm.data.splits import build_split
 from fedlstm.detection import ModelBundle
 from fedlstm.detection.classical import CLASSICAL
+from fedlstm.federation.audit import RunInterrupted
 from fedlstm.federation.simulation import one_ray_runtime, run_federated
 from fedlstm.reports import communication, networks, robustness
 from fedlstm.reports.report import write_report
@@ -725,8 +726,6 @@ def _run_steps(side: list[_Job], flower: list[_Job], workers: int, results: dict
 
 def _is_stop_request(exc: BaseException) -> bool:
     """Ctrl-C or SIGTERM, in this process or in a Flower step (which stops gracefully)."""
-    from fedlstm.federation.audit import RunInterrupted
-
     return isinstance(exc, (KeyboardInterrupt, RunInterrupted))
 
 
