@@ -39,6 +39,38 @@ def test_evaluate_uses_the_recorded_split(id_dataset, tmp_path):
     assert again["evaluations"]["test"]["binary"] == first  # the very same test records
 
 
+def test_evaluate_shows_gradient_boosting_trained_on_the_same_split(id_dataset, tmp_path,
+                                                                   wide_consoles):
+    """Every summary that shows accuracy shows gradient boosting beside it: evaluate trains it on
+    the evaluated split's training records, with the run's settings (its config.json) or, for a
+    bundle alone, the dataset's defaults; the bundle's window and task either way."""
+    import shutil
+
+    from fedlstm.tasks.centralised import baseline_on_split
+
+    run, result = _trained(id_dataset, tmp_path)
+    out = tmp_path / "eval.json"
+    args = ["evaluate", str(run / "model.fedlstm"), "--data-dir", str(id_dataset), "--json", str(out)]
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.output
+    again = json.loads(out.read_text())
+    cfg = RunConfig.model_validate_json((run / "config.json").read_text())
+    expected = baseline_on_split(cfg, result.split)["evaluations"]["test"]["binary"]
+    assert again["baseline"]["method"] == "hgb" and "the same split" in again["baseline"]["on"]
+    assert again["baseline"]["evaluations"]["test"]["binary"] == expected
+    assert "test, hgb" in done.output
+    alone = tmp_path / "alone" / "model.fedlstm"  # no config.json beside it
+    alone.parent.mkdir()
+    shutil.copy(run / "model.fedlstm", alone)
+    done = runner.invoke(app, ["evaluate", str(alone), *args[2:]])
+    assert done.exit_code == 0, done.output
+    assert json.loads(out.read_text())["baseline"]["evaluations"]["test"]["binary"]["n"] == \
+        expected["n"]
+    done = runner.invoke(app, [*args, "--no-baseline"])
+    assert done.exit_code == 0, done.output
+    assert "baseline" not in json.loads(out.read_text()) and "hgb" not in done.output
+
+
 def test_another_seed_is_flagged_as_scoring_training_records(id_dataset, tmp_path):
     run, result = _trained(id_dataset, tmp_path)
     done = runner.invoke(app, ["evaluate", str(run / "model.fedlstm"), "--data-dir",
@@ -82,6 +114,7 @@ def test_evaluate_on_a_later_file_of_your_own_scores_what_a_time_split_tested(tm
     assert again["evaluations"]["test"]["binary"] == trained["binary"]
     assert again["evaluations"]["test"]["family"] == trained["family"]
     assert "test: flagged by label: benign" in done.output
+    assert "baseline" not in again and "no gradient-boosting reference" in done.output
     novel = tmp_path / "novel.csv"  # the same flows, the attacks renamed: a family it never saw
     novel.write_text(later.read_text().replace(",dos\n", ",exfil\n"))
     done = runner.invoke(app, ["evaluate", str(run / "model.fedlstm"), "--test-file", str(novel),

@@ -518,14 +518,16 @@ def evaluate(
     lenient: Annotated[bool, typer.Option(help="With --test-file: skip (and count) malformed lines instead of stopping at the first, unless more than half of a file's are.")] = False,
     trusted_key: TrustedKeyOpt = None,
     allow_unsigned: AllowUnsignedOpt = False,
+    baseline: Annotated[bool, typer.Option(help="On a benchmark's split: also train gradient boosting on its training records and show it beside the bundle (--json: baseline). --test-file has no training records, so no baseline.")] = True,
 ) -> None:
     """Re-evaluate a model bundle on a dataset's test set(s), split as the bundle records, or on
     labelled files of your own (--test-file)."""
     from fedlstm.data.flows import DEFAULT_MAX_BAD_SHARE
     from fedlstm.data.schemas import get_spec
     from fedlstm.data.splits import build_split, read_labelled_files
-    from fedlstm.runs.rundir import public
+    from fedlstm.runs.rundir import baseline_metrics, public
     from fedlstm.tasks.base import evaluate_detector
+    from fedlstm.tasks.centralised import baseline_on_split
 
     try:
         check_outputs([bundle, *(test_file or [])], {"--json": json_out})
@@ -564,13 +566,24 @@ def evaluate(
                                             "test set holds records the model trained on"))
             metrics = {"dataset": cfg.dataset, "protocol": cfg.protocol, "seed": seed,
                        "dedup": cfg.dedup, "max_test_rows": cfg.max_test_rows}
-            tests = build_split(cfg, seed=seed).tests
+            split = build_split(cfg, seed=seed)
+            tests = split.tests
         evaluations = {name: public(evaluate_detector(model, recs)) for name, recs in tests.items()}
+        if baseline and not test_file:
+            with console.status("gradient boosting on the split's training records..."):
+                reference = baseline_on_split(
+                    baseline_config(bundle, model, cfg, seed), split,
+                    on="the same split (its training records, the bundle's window and task)")
+            if reference:
+                metrics["baseline"] = baseline_metrics(reference)
     except (KeyError, OSError, ValueError, RuntimeError) as exc:
         fail(exc)
     metrics.update({"mode": model.metadata.get("mode", "?"), "bundle": str(bundle),
                     "evaluations": evaluations})
     print_summary(metrics)
+    if test_file and baseline:
+        say("no gradient-boosting reference: --test-file gives test records only, none to train "
+            "it on (train and federate show one on their own split)")
     for name, ev in evaluations.items():
         flagged = ", ".join(f"{attack} {g['flagged']:.0%} of {g['n']:,}"
                             for attack, g in sorted(ev["flagged_by_attack"].items()))
@@ -581,6 +594,26 @@ def evaluate(
                 "left out)")
     if json_out:
         json_out.write_text(json.dumps(metrics, indent=2))
+
+
+def baseline_config(bundle: Path, model, data, seed: int):
+    """The settings gradient boosting is trained with beside a re-evaluated bundle: its run's
+    (config.json beside it, as `train` trained its own baseline) where there is one, else the
+    dataset's defaults; the split evaluated, the bundle's window and task either way."""
+    from fedlstm.config import RunConfig, load_config
+
+    run_config = Path(bundle).parent / "config.json"
+    cfg = None
+    if run_config.is_file():
+        try:
+            cfg = RunConfig.model_validate_json(run_config.read_text())
+        except ValueError:  # another version's, or not fedlstm's: the defaults will do
+            cfg = None
+    cfg = cfg or load_config(overrides=[f"data.dataset={data.dataset}"])
+    return cfg.model_copy(update={
+        "data": data, "seed": seed,
+        "windows": cfg.windows.model_copy(update={"window": model.window}),
+        "model": cfg.model.model_copy(update={"task": model.task})})
 
 
 def _recorded_split(metadata: dict) -> dict:
