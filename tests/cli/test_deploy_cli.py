@@ -77,3 +77,24 @@ def test_run_refuses_an_out_dir_that_holds_a_run(tmp_path, wide_consoles):
     r = runner.invoke(app, ["deploy", "run", "--config", str(tmp_path / "c.json"),
                             "--out-dir", str(out)])
     assert r.exit_code == 2 and "already exists" in r.output, r.output
+
+
+def test_app_folder_is_not_replaced_unasked(creds, tmp_path):
+    """`deploy app` rewrote an app folder's pyproject.toml without a word, edits and all."""
+    folder = tmp_path / "apps"
+    r = runner.invoke(app, ["deploy", "app", str(folder)])
+    assert r.exit_code == 0, r.output
+    pyproject = folder / "fedlstm-app" / "pyproject.toml"
+    signature = (folder / "fedlstm-app.signature").read_text()
+    r = runner.invoke(app, ["deploy", "app", str(folder)])  # the same app again: nothing to ask
+    assert r.exit_code == 0, r.output
+    assert (folder / "fedlstm-app.signature").read_text() == signature
+    edited = pyproject.read_text().replace('publisher = "fedlstm"', 'publisher = "ours"')
+    pyproject.write_text(edited)
+    r = runner.invoke(app, ["deploy", "app", str(folder)])
+    assert r.exit_code == 2 and "pass --overwrite to replace it" in r.output
+    assert pyproject.read_text() == edited
+    r = runner.invoke(app, ["deploy", "app", str(folder), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert pyproject.read_text() != edited
+    assert (folder / "fedlstm-app.signature").read_text() == signature

@@ -97,13 +97,14 @@ def certs(
 @deploy_app.command("app")
 def app_folder(
     out_dir: Annotated[Path, typer.Argument(help="Where to create the fedlstm-app folder.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an app folder's pyproject.toml that differs from this fedlstm's (another version's, or edited).")] = False,
 ) -> None:
     """Write the Flower app folder that `flwr run` submits, signed with this host's key."""
     from fedlstm.detection.signing import KeyFileError, KeyHome
     from fedlstm.federation.deploy.app import write_signed_app
 
     try:
-        app = write_signed_app(out_dir, KeyHome.default().signing_key())
+        app = write_signed_app(out_dir, KeyHome.default().signing_key(), overwrite)
     except (OSError, KeyFileError) as exc:
         fail(exc)
     out_console.print(Text(

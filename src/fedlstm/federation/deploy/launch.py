@@ -209,7 +209,7 @@ def _run_on_shares(federation: LocalFederation, cfg: RunConfig, data, paths: lis
                                                "out-dir": str(sites_dir / name)}, key)
              for i, (name, path, key) in enumerate(zip(data.names, paths, keys))]
     try:
-        app = write_signed_app(work, federation.app_key)
+        app = write_signed_app(work, federation.app_key, overwrite=True)  # its own folder
         run_id = federation.submit(app.folder, {CONFIG_KEY: cfg.model_dump_json(),
                                                 "out-dir": str(run_dir),
                                                 SIGNATURE_KEY: app.signature})
