@@ -49,7 +49,7 @@ from fedlstm.federation.codec import (
 )
 from fedlstm.federation.compression import (
     KEY_SCALES,
-    CompressedUpdates,
+    CodecStrategy,
     UnpackedMasks,
     compression_mod,
     pack_masked,
@@ -202,7 +202,7 @@ def _site_round(ctxt: Context, ins: FitIns, step: float, seen: list):
 
 def test_sites_receive_the_model_as_versions_and_send_packed_updates():
     codec = parse("q8")
-    server = CompressedUpdates(FedAvg(), codec, seed=0)
+    server = CodecStrategy(FedAvg(), codec, seed=0)
     contexts = {cid: Context(run_id=1, node_id=i + 1, node_config={}, state=RecordDict(),
                              run_config={}) for i, cid in enumerate(["a", "b"])}
     global_model = ndarrays_to_parameters(_arrays(seed=5, shapes=LARGER))
@@ -235,7 +235,7 @@ def test_sites_receive_the_model_as_versions_and_send_packed_updates():
 def test_uncompressed_a_site_is_never_sent_the_model_it_holds():
     """Each round's federated evaluation sent the new global model, and the next round's training
     sent it again: half of every round's downlink. Nothing else changes: models go as they are."""
-    server = CompressedUpdates(FedAvg(), parse("none"), seed=0)
+    server = CodecStrategy(FedAvg(), parse("none"), seed=0)
     ctxt = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     model = ndarrays_to_parameters(_arrays(seed=5, shapes=LARGER))
     full = sum(a.nbytes for a in _arrays(shapes=LARGER))
@@ -260,7 +260,7 @@ def test_uncompressed_a_site_is_never_sent_the_model_it_holds():
 
 def test_a_site_that_missed_a_version_gets_the_full_model_again():
     codec = parse("topk:0.1")
-    server = CompressedUpdates(FedAvg(), codec)
+    server = CodecStrategy(FedAvg(), codec)
     m1, m2 = ndarrays_to_parameters(_arrays(1)), ndarrays_to_parameters(_arrays(2))
     server._track(m1)
     server._instructions([(_proxy("a"), FitIns(m1, {}))], FitIns)
@@ -323,7 +323,7 @@ def test_q8_under_secagg_is_unbiased_and_what_the_scale_clips_is_fed_back():
 
 
 def test_secagg_scales_follow_the_mean_update_and_it_lands_on_the_reference():
-    server = CompressedUpdates(FedAvg(), parse("q8"), seed=0, secagg=True)
+    server = CodecStrategy(FedAvg(), parse("q8"), seed=0, secagg=True)
     model = _arrays(5, shapes=LARGER)
     global_model = ndarrays_to_parameters(model)
     ctxt = [Context(run_id=1, node_id=i + 1, node_config={}, state=RecordDict(), run_config={})
@@ -345,7 +345,7 @@ def test_secagg_scales_follow_the_mean_update_and_it_lands_on_the_reference():
         for new, ref in zip(parameters_to_ndarrays(global_model), server.reference):
             assert np.allclose(new, ref + step, atol=1e-6)
     with pytest.raises(ValueError, match="only q8 composes with SecAgg"):
-        CompressedUpdates(FedAvg(), parse("topk:0.05+q8"), secagg=True)
+        CodecStrategy(FedAvg(), parse("topk:0.05+q8"), secagg=True)
 
 
 def _secagg_reply(vectors: list[np.ndarray]):

@@ -44,7 +44,7 @@ def _agreed_file(tmp_path) -> str:
 
 def _broadcast(server: ServerTask) -> dict:
     """What every site receives about the preprocessing: the fit configuration's preprocessor."""
-    return build_strategy(server).strategy.on_fit_config_fn(1)  # inside CompressedUpdates
+    return build_strategy(server).strategy.on_fit_config_fn(1)  # inside CodecStrategy
 
 
 def test_federated_mode_sends_every_site_the_others_extremes():

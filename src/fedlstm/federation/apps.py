@@ -41,7 +41,7 @@ from fedlstm.federation.audit import GuardedGrid
 from fedlstm.federation.client import ClientTask
 from fedlstm.federation.codec import parse
 from fedlstm.federation.compression import (
-    CompressedUpdates,
+    CodecStrategy,
     Float32Model,
     UnpackedMasks,
     compression_mod,
@@ -299,7 +299,7 @@ def build_strategy(task: ServerTask) -> Strategy:
             num_sampled_clients=sampled_clients(fed))
     # Outermost: every strategy above sees plain model weights. Also uncompressed, where it
     # only keeps a site from being sent the model it holds.
-    strategy = CompressedUpdates(strategy, parse(fed.compress),
+    strategy = CodecStrategy(strategy, parse(fed.compress),
                                  error_feedback=fed.compress_feedback,
                                  downlink=fed.compress_downlink, seed=task.cfg.seed,
                                  secagg=fed.secagg)

@@ -230,9 +230,10 @@ def _received_model(ins, ctxt: Context) -> list[np.ndarray]:
 
 
 # --- the server --------------------------------------------------------------------------------
-class CompressedUpdates(Strategy):
-    """Wraps any strategy: sends models as packed differences to sites that hold the reference,
-    and unpacks the sites' updates before the wrapped strategy aggregates them."""
+class CodecStrategy(Strategy):
+    """Wraps any strategy with the run's codec, `none` included: sends models as packed
+    differences to sites that hold the reference (with `none`, sends a site no model it already
+    holds), and unpacks the sites' updates before the wrapped strategy aggregates them."""
 
     def __init__(self, strategy: Strategy, codec: Codec, error_feedback: bool = True,
                  downlink: bool = True, seed: int = 0, secagg: bool = False):
@@ -253,7 +254,7 @@ class CompressedUpdates(Strategy):
         self.sent: dict[str, int] = {}  # site -> version sent in the current exchange
 
     def __repr__(self) -> str:
-        return f"CompressedUpdates({self.codec}, {self.strategy!r})"
+        return f"CodecStrategy({self.codec}, {self.strategy!r})"
 
     def initialize_parameters(self, client_manager):
         return self.strategy.initialize_parameters(client_manager)

@@ -15,7 +15,7 @@ malicious sites (`fedlstm.federation.attacks`) can do:
   drops them, so a site that attacks repeatedly loses its influence.
 
 The wrappers delegate everything to the strategy they wrap and change only the fit results it
-aggregates; they all need plain model weights, so they go inside `CompressedUpdates`. Suggested
+aggregates; they all need plain model weights, so they go inside `CodecStrategy`. Suggested
 nesting, outermost first: CappedCounts(Reputation(NormBounded(robust or FedAvg))) - reputation
 sees the updates before they are clipped, and scales counts that were already capped.
 
