@@ -300,9 +300,9 @@ def build_strategy(task: ServerTask) -> Strategy:
     # Outermost: every strategy above sees plain model weights. Also uncompressed, where it
     # only keeps a site from being sent the model it holds.
     strategy = CodecStrategy(strategy, parse(fed.compress),
-                                 error_feedback=fed.compress_feedback,
-                                 downlink=fed.compress_downlink, seed=task.cfg.seed,
-                                 secagg=fed.secagg)
+                             error_feedback=fed.compress_feedback,
+                             downlink=fed.compress_downlink, seed=task.cfg.seed,
+                             secagg=fed.secagg)
     return Float32Model(strategy) if fed.secagg or fed.client_dp else strategy
 
 
