@@ -180,6 +180,34 @@ def test_follow_reads_across_log_rotation(tiny_model, tmp_path):
     assert header.startswith("file,line,rotation,") and row.split(",")[1:3] == ["41", "1"]
 
 
+def test_follow_sees_a_copytruncate_that_regrew_within_one_poll(tiny_model, tmp_path):
+    """copytruncate rotation (the file truncated in place, then written again) was seen only
+    when the reader found the file shorter than its position: a file that had grown past it
+    again by the next poll was read on from the old position, mid-way into the new records."""
+    path = tmp_path / "live.csv"
+    lines = flow_lines(90)
+    path.write_text("\n".join([HEADER, *lines[:30]]) + "\n")
+
+    def copytruncate():
+        time.sleep(0.5)  # the reader has read the 30 lines and waits (polls every 0.3 s)
+        with open(path, "r+") as fh:  # truncated and rewritten at once: longer than before
+            fh.truncate(0)
+            fh.write("\n".join([HEADER, *lines[30:]]) + "\n")
+        time.sleep(0.8)
+
+    summary = detect(tiny_model, [path], None, follow=True, poll_seconds=0.3,
+                     stop=_stopped_after(copytruncate))
+    assert summary.files[0]["rotations"] == 1
+    assert summary.records == 90 and summary.bad_lines == 0
+
+
+def _stopped_after(write):
+    """A stop callable that turns true once `write()`, started now in a thread, returned."""
+    done = threading.Event()
+    threading.Thread(target=lambda: (write(), done.set()), daemon=True).start()
+    return done.is_set
+
+
 def test_follow_stops_while_its_log_keeps_growing(tiny_model, tmp_path):
     """The stop was checked only when a read found nothing new: under a busy writer, Ctrl-C and
     SIGTERM went unheeded until the writer paused. The writer here pauses only once detect has

@@ -64,6 +64,7 @@ _CORRUPT = (EOFError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile, lzma.LZM
 _STRAY_CR = ("a carriage return inside the line (a file written in text mode on Windows ends "
              "its lines in \\r\\r\\n)")
 _TOO_LONG = object()  # a block-stream marker: one line longer than max_line_bytes ended here
+TAIL_BYTES = 256  # follow mode: the last bytes read, to see a file rewritten under the reader
 DEFAULT_MAX_BAD_SHARE = 0.5  # training with lenient reading: most malformed lines per file
 
 
@@ -134,6 +135,7 @@ class FlowReader:
         self._json = spec.format == "json"  # also set for a Zeek log written as JSON
         self._ended = False  # the schema's stop_at line was met
         self._corrupt: BaseException | None = None  # compressed data cut short (`_read_upto`)
+        self._tail = b""  # follow mode: the last bytes read (`_replaced`)
         self._first_data_line = 1
         self.require_label = require_label
         self.base_spec = spec
@@ -274,9 +276,13 @@ class FlowReader:
         """Byte blocks ending at a line end (None: the log is idle, flush what you hold;
         _TOO_LONG: a line longer than max_line_bytes ended, its bytes dropped as they came)."""
         pending, skipping = first, False
+        self._tail, waited = b"", False
         while True:
-            data = self._read_upto(fh, self.chunk_bytes)
+            self._rotated = waited and self.follow and self._rewritten(fh)
+            data = b"" if self._rotated else self._read_upto(fh, self.chunk_bytes)
+            waited = False
             if data:
+                self._tail = (self._tail + data)[-TAIL_BYTES:]
                 if skipping:  # inside a line too long: drop bytes up to its end
                     end = data.find(b"\n")
                     if end < 0:
@@ -295,7 +301,7 @@ class FlowReader:
                 if not (self.follow and self.stop()):
                     continue
             # Checked before `stop`, so a log rotated just before the stop is still read.
-            elif self.follow and self._replaced(fh):
+            elif self.follow and not self._rotated and self._replaced(fh):
                 self._rotated = True
             if self._rotated or not self.follow or self.stop():
                 if skipping:
@@ -312,6 +318,7 @@ class FlowReader:
                 return
             yield None
             self._idle()
+            waited = True
 
     def _read_upto(self, fh, n: int) -> bytes:
         """Up to `n` bytes. Compressed data cut short raises, and a plain `read(n)` dropped every
@@ -346,7 +353,21 @@ class FlowReader:
             return False
         if now.st_ino != os.fstat(fh.fileno()).st_ino:
             return True
-        return self.path.suffix not in (".gz", ".zip") and now.st_size < fh.tell()
+        # decompressed data: positions are not the file's
+        return isinstance(fh, io.BufferedReader) and now.st_size < fh.tell()
+
+    def _rewritten(self, fh) -> bool:
+        """Truncated in place (copytruncate) while this reader waited, and perhaps written past
+        its position again, which the size cannot tell: the bytes before the position are not
+        the ones it read last. Asked after each wait, before reading on from mid-way into the
+        new records; a file moved away is read to its end first (`_replaced`)."""
+        if not self._tail or not isinstance(fh, io.BufferedReader):
+            return False
+        position = fh.tell()
+        try:
+            return os.pread(fh.fileno(), len(self._tail), position - len(self._tail)) != self._tail
+        except OSError:  # not a regular file
+            return False
 
     def __iter__(self) -> Iterator[Chunk]:
         """Chunks of the file; in follow mode, across rotations: when the path is replaced, the
