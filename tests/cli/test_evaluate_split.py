@@ -15,10 +15,11 @@ from fedlstm.tasks.centralised import train
 runner = CliRunner()
 
 
-def _trained(root, tmp_path, seed=1):
+def _trained(root, tmp_path, seed=1, **data):
     cfg = RunConfig.model_validate({
         "seed": seed, "data": {"dataset": "ids", "protocol": "random-split",
-                               "data_dir": str(root), "dedup": True, "test_fraction": 0.3},
+                               "data_dir": str(root), "dedup": True, "test_fraction": 0.3,
+                               **data},
         "windows": {"window": 2}, "model": {"hidden_size": 8}, "train": {"epochs": 1}})
     result = train(task_for(cfg))
     return write_run(result, cfg, tmp_path / "run"), result
@@ -69,6 +70,22 @@ def test_evaluate_shows_gradient_boosting_trained_on_the_same_split(id_dataset, 
     done = runner.invoke(app, [*args, "--no-baseline"])
     assert done.exit_code == 0, done.output
     assert "baseline" not in json.loads(out.read_text()) and "hgb" not in done.output
+
+
+def test_evaluate_trains_its_baseline_on_the_runs_training_subsample(id_dataset, tmp_path):
+    """A run on a subsample of the training rows (data.max_train_rows) had its bundle compared
+    with gradient boosting trained on every training row."""
+    from fedlstm.tasks.centralised import baseline_on_split
+
+    run, result = _trained(id_dataset, tmp_path, max_train_rows=150)
+    assert len(result.split.train) + len(result.split.val) == 150
+    out = tmp_path / "eval.json"
+    done = runner.invoke(app, ["evaluate", str(run / "model.fedlstm"), "--data-dir",
+                               str(id_dataset), "--json", str(out)])
+    assert done.exit_code == 0, done.output
+    cfg = RunConfig.model_validate_json((run / "config.json").read_text())
+    expected = baseline_on_split(cfg, result.split)["evaluations"]["test"]["binary"]
+    assert json.loads(out.read_text())["baseline"]["evaluations"]["test"]["binary"] == expected
 
 
 def test_another_seed_is_flagged_as_scoring_training_records(id_dataset, tmp_path):

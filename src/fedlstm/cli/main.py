@@ -571,8 +571,9 @@ def evaluate(
         evaluations = {name: public(evaluate_detector(model, recs)) for name, recs in tests.items()}
         if baseline and not test_file:
             with console.status("gradient boosting on the split's training records..."):
+                base = baseline_config(bundle, model, cfg, seed)
                 reference = baseline_on_split(
-                    baseline_config(bundle, model, cfg, seed), split,
+                    base, split if base.data == cfg else build_split(base.data, seed=seed),
                     on="the same split (its training records, the bundle's window and task)")
             if reference:
                 metrics["baseline"] = baseline_metrics(reference)
@@ -599,7 +600,9 @@ def evaluate(
 def baseline_config(bundle: Path, model, data, seed: int):
     """The settings gradient boosting is trained with beside a re-evaluated bundle: its run's
     (config.json beside it, as `train` trained its own baseline) where there is one, else the
-    dataset's defaults; the split evaluated, the bundle's window and task either way."""
+    dataset's defaults; the split evaluated, the bundle's window and task either way. A run
+    that trained on a subsample of the dataset's training rows (`data.max_train_rows`) has its
+    baseline trained on the same subsample (it changes no test set)."""
     from fedlstm.config import RunConfig, load_config
 
     run_config = Path(bundle).parent / "config.json"
@@ -609,6 +612,8 @@ def baseline_config(bundle: Path, model, data, seed: int):
             cfg = RunConfig.model_validate_json(run_config.read_text())
         except ValueError:  # another version's, or not fedlstm's: the defaults will do
             cfg = None
+    if cfg is not None and cfg.data.dataset == data.dataset and cfg.data.max_train_rows:
+        data = data.model_copy(update={"max_train_rows": cfg.data.max_train_rows})
     cfg = cfg or load_config(overrides=[f"data.dataset={data.dataset}"])
     return cfg.model_copy(update={
         "data": data, "seed": seed,
