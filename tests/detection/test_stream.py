@@ -208,6 +208,35 @@ def _stopped_after(write):
     return done.is_set
 
 
+def test_follow_reads_a_pipe_and_ends_when_its_writer_closes_it(tiny_model, tmp_path):
+    """`tail -F log | fedlstm detect BUNDLE - --follow` read nothing: a pipe has no size, so
+    the reader waited for ever for its log to hold bytes (and a stop said no record arrived)."""
+    import os
+
+    fifo = tmp_path / "flows.fifo"
+    os.mkfifo(fifo)
+    lines = flow_lines(60)
+
+    def write():
+        with open(fifo, "w") as fh:
+            fh.write("\n".join([HEADER, *lines[:30]]) + "\n")
+            fh.flush()
+            time.sleep(0.3)  # the reader waits for more, then gets it
+            fh.write("\n".join(lines[30:]))  # the last line without its line end: whole
+    thread = threading.Thread(target=write)
+    thread.start()
+    deadline = time.monotonic() + 20  # only if it never ends by itself
+    summary = detect(tiny_model, [fifo], None, follow=True, poll_seconds=0.01,
+                     stop=lambda: time.monotonic() > deadline)
+    thread.join(timeout=5)
+    if thread.is_alive():  # the reader never opened the pipe: let the writer's open return
+        with open(fifo) as drain:
+            drain.read()
+    thread.join()
+    assert time.monotonic() < deadline, "it ended only at the stop, not at the pipe's end"
+    assert summary.records == 60 and summary.bad_lines == 0
+
+
 def test_follow_stops_while_its_log_keeps_growing(tiny_model, tmp_path):
     """The stop was checked only when a read found nothing new: under a busy writer, Ctrl-C and
     SIGTERM went unheeded until the writer paused. The writer here pauses only once detect has

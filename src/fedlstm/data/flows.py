@@ -303,10 +303,12 @@ class FlowReader:
             # Checked before `stop`, so a log rotated just before the stop is still read.
             elif self.follow and not self._rotated and self._replaced(fh):
                 self._rotated = True
-            if self._rotated or not self.follow or self.stop():
+            # The end of a pipe: its writer closed it, and nothing more can come.
+            ended = not data and not fh.seekable()
+            if self._rotated or not self.follow or ended or self.stop():
                 if skipping:
                     yield _TOO_LONG
-                elif pending and self.follow and not self._rotated:
+                elif pending and self.follow and not (self._rotated or ended):
                     # stopped while its writer was mid-line: a cut value ('987' of '9876543210')
                     # was scored as if whole
                     note = (f"{self.path}: stopped while a line was being written "
@@ -353,15 +355,15 @@ class FlowReader:
             return False
         if now.st_ino != os.fstat(fh.fileno()).st_ino:
             return True
-        # decompressed data: positions are not the file's
-        return isinstance(fh, io.BufferedReader) and now.st_size < fh.tell()
+        # decompressed data: positions are not the file's; a pipe has none
+        return isinstance(fh, io.BufferedReader) and fh.seekable() and now.st_size < fh.tell()
 
     def _rewritten(self, fh) -> bool:
         """Truncated in place (copytruncate) while this reader waited, and perhaps written past
         its position again, which the size cannot tell: the bytes before the position are not
         the ones it read last. Asked after each wait, before reading on from mid-way into the
         new records; a file moved away is read to its end first (`_replaced`)."""
-        if not self._tail or not isinstance(fh, io.BufferedReader):
+        if not self._tail or not isinstance(fh, io.BufferedReader) or not fh.seekable():
             return False
         position = fh.tell()
         try:
@@ -390,8 +392,10 @@ class FlowReader:
         self.report.waited += time.perf_counter() - t
 
     def _wait_for_data(self) -> bool:
-        """Wait until the followed path exists and holds bytes; False: stopped before."""
-        while not (self.path.exists() and self.path.stat().st_size):
+        """Wait until the followed path exists and holds bytes; False: stopped before. A pipe
+        (`tail -F log | fedlstm detect BUNDLE - --follow`) has no size: it is read at once (a
+        size of 0 kept it waiting for ever, its records unread)."""
+        while not (self.path.exists() and (self.path.stat().st_size or not self.path.is_file())):
             if self.stop():
                 return False
             self._idle()
