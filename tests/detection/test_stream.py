@@ -237,6 +237,33 @@ def test_follow_reads_a_pipe_and_ends_when_its_writer_closes_it(tiny_model, tmp_
     assert summary.records == 60 and summary.bad_lines == 0
 
 
+def test_follow_scores_a_quiet_pipe_at_once_and_stops_while_it_is_open(tiny_model, tmp_path):
+    """A blocking read of the pipe waited for a whole chunk (1 MB) or its end: the records that
+    came were not scored, and SIGTERM went unheeded while the pipe stayed open and quiet."""
+    import os
+
+    fifo = tmp_path / "flows.fifo"
+    os.mkfifo(fifo)
+    release = threading.Event()
+
+    def write():  # 30 records, then the pipe stays open until the reader has returned
+        with open(fifo, "w") as fh:
+            fh.write("\n".join([HEADER, *flow_lines(30)]) + "\n")
+            fh.flush()
+            release.wait(30)
+    thread = threading.Thread(target=write)
+    thread.start()
+    start = time.monotonic()
+    try:
+        summary = detect(tiny_model, [fifo], None, follow=True, poll_seconds=0.01,
+                         stop=lambda: time.monotonic() > start + 1.0)
+        still_open = thread.is_alive()
+    finally:
+        release.set()
+        thread.join()
+    assert still_open and summary.records == 30
+
+
 def test_follow_stops_while_its_log_keeps_growing(tiny_model, tmp_path):
     """The stop was checked only when a read found nothing new: under a busy writer, Ctrl-C and
     SIGTERM went unheeded until the writer paused. The writer here pauses only once detect has

@@ -30,6 +30,7 @@ import logging
 import lzma
 import os
 import re
+import select
 import time
 import zipfile
 import zlib
@@ -277,10 +278,19 @@ class FlowReader:
         _TOO_LONG: a line longer than max_line_bytes ended, its bytes dropped as they came)."""
         pending, skipping = first, False
         self._tail, waited = b"", False
+        pipe = self.follow and not fh.seekable()
+        if pipe:  # read what has come, never block: the stop is checked between reads
+            os.set_blocking(fh.fileno(), False)
         while True:
             self._rotated = waited and self.follow and self._rewritten(fh)
-            data = b"" if self._rotated else self._read_upto(fh, self.chunk_bytes)
-            waited = False
+            if self._rotated:
+                data = b""
+            elif pipe:
+                data = self._read_pipe(fh)
+            else:
+                data = self._read_upto(fh, self.chunk_bytes)
+            # The end of a pipe: its writer closed it, and nothing more can come.
+            ended, data, waited = data == b"" and pipe, data or b"", False
             if data:
                 self._tail = (self._tail + data)[-TAIL_BYTES:]
                 if skipping:  # inside a line too long: drop bytes up to its end
@@ -303,8 +313,6 @@ class FlowReader:
             # Checked before `stop`, so a log rotated just before the stop is still read.
             elif self.follow and not self._rotated and self._replaced(fh):
                 self._rotated = True
-            # The end of a pipe: its writer closed it, and nothing more can come.
-            ended = not data and not fh.seekable()
             if self._rotated or not self.follow or ended or self.stop():
                 if skipping:
                     yield _TOO_LONG
@@ -321,6 +329,18 @@ class FlowReader:
             yield None
             self._idle()
             waited = True
+
+    def _read_pipe(self, fh) -> bytes | None:
+        """A followed pipe (its file made non-blocking): what it holds now, else what comes
+        within one poll; b"" at its end (readable, yet empty); None: nothing came. A blocking
+        read waited for a whole chunk (alerts late by up to 1 MB of flows) and could not be
+        stopped while the pipe was quiet."""
+        data = fh.read1(self.chunk_bytes)
+        if data:
+            return data
+        if select.select([fh.fileno()], [], [], self.poll_seconds)[0]:
+            return fh.read1(self.chunk_bytes)
+        return None
 
     def _read_upto(self, fh, n: int) -> bytes:
         """Up to `n` bytes. Compressed data cut short raises, and a plain `read(n)` dropped every
