@@ -97,12 +97,12 @@ def test_unknown_categories_are_counted_and_scored(tiny, tiny_model, tmp_path):
     assert s.records == 30
 
 
-def _detect_while(model, path, write, writer=None, **kwargs):
+def _detect_while(model, path, write, writer=None, poll_seconds=0.01, **kwargs):
     """`detect --follow` on `path` while `write()` runs in a thread; stops once it returned."""
     done = threading.Event()
     thread = threading.Thread(target=lambda: (write(), done.set()))
     thread.start()
-    summary = detect(model, [path], writer, follow=True, poll_seconds=0.01,
+    summary = detect(model, [path], writer, follow=True, poll_seconds=poll_seconds,
                      stop=done.is_set, **kwargs)
     thread.join()
     return summary
@@ -195,17 +195,9 @@ def test_follow_sees_a_copytruncate_that_regrew_within_one_poll(tiny_model, tmp_
             fh.write("\n".join([HEADER, *lines[30:]]) + "\n")
         time.sleep(0.8)
 
-    summary = detect(tiny_model, [path], None, follow=True, poll_seconds=0.3,
-                     stop=_stopped_after(copytruncate))
+    summary = _detect_while(tiny_model, path, copytruncate, poll_seconds=0.3)
     assert summary.files[0]["rotations"] == 1
     assert summary.records == 90 and summary.bad_lines == 0
-
-
-def _stopped_after(write):
-    """A stop callable that turns true once `write()`, started now in a thread, returned."""
-    done = threading.Event()
-    threading.Thread(target=lambda: (write(), done.set()), daemon=True).start()
-    return done.is_set
 
 
 def test_follow_reads_a_pipe_and_ends_when_its_writer_closes_it(tiny_model, tmp_path):

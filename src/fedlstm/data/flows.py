@@ -69,6 +69,11 @@ TAIL_BYTES = 256  # follow mode: the last bytes read, to see a file rewritten un
 DEFAULT_MAX_BAD_SHARE = 0.5  # training with lenient reading: most malformed lines per file
 
 
+def _file_positions(fh) -> bool:
+    """Whether `fh`'s positions are the file's own: not decompressed data, not a pipe."""
+    return isinstance(fh, io.BufferedReader) and fh.seekable()
+
+
 class TooManyBadLines(DataFormatError):
     """A file none of whose lines parse, or with more malformed lines than allowed: most likely a
     file of another format than the schema's."""
@@ -136,7 +141,7 @@ class FlowReader:
         self._json = spec.format == "json"  # also set for a Zeek log written as JSON
         self._ended = False  # the schema's stop_at line was met
         self._corrupt: BaseException | None = None  # compressed data cut short (`_read_upto`)
-        self._tail = b""  # follow mode: the last bytes read (`_replaced`)
+        self._tail = b""  # follow mode: the last bytes read (`_rewritten`)
         self._first_data_line = 1
         self.require_label = require_label
         self.base_spec = spec
@@ -289,10 +294,11 @@ class FlowReader:
                 data = self._read_pipe(fh)
             else:
                 data = self._read_upto(fh, self.chunk_bytes)
-            # The end of a pipe: its writer closed it, and nothing more can come.
-            ended, data, waited = data == b"" and pipe, data or b"", False
+            ended = pipe and data == b""  # its writer closed the pipe: nothing more can come
+            data, waited = data or b"", False
             if data:
-                self._tail = (self._tail + data)[-TAIL_BYTES:]
+                if self.follow:  # a few hundred bytes, not a copy of every chunk
+                    self._tail = (self._tail + data[-TAIL_BYTES:])[-TAIL_BYTES:]
                 if skipping:  # inside a line too long: drop bytes up to its end
                     end = data.find(b"\n")
                     if end < 0:
@@ -375,21 +381,17 @@ class FlowReader:
             return False
         if now.st_ino != os.fstat(fh.fileno()).st_ino:
             return True
-        # decompressed data: positions are not the file's; a pipe has none
-        return isinstance(fh, io.BufferedReader) and fh.seekable() and now.st_size < fh.tell()
+        return _file_positions(fh) and now.st_size < fh.tell()
 
     def _rewritten(self, fh) -> bool:
         """Truncated in place (copytruncate) while this reader waited, and perhaps written past
         its position again, which the size cannot tell: the bytes before the position are not
         the ones it read last. Asked after each wait, before reading on from mid-way into the
         new records; a file moved away is read to its end first (`_replaced`)."""
-        if not self._tail or not isinstance(fh, io.BufferedReader) or not fh.seekable():
+        if not self._tail or not _file_positions(fh):
             return False
         position = fh.tell()
-        try:
-            return os.pread(fh.fileno(), len(self._tail), position - len(self._tail)) != self._tail
-        except OSError:  # not a regular file
-            return False
+        return os.pread(fh.fileno(), len(self._tail), position - len(self._tail)) != self._tail
 
     def __iter__(self) -> Iterator[Chunk]:
         """Chunks of the file; in follow mode, across rotations: when the path is replaced, the
